@@ -1,0 +1,872 @@
+//! One WebSocket connection on its shard: the outbound queue and writer, the
+//! reader, and the closing handshake.
+//!
+//! A connection is an `Rc<Conn>` owned by one shard thread. Three parties
+//! touch it, all on that thread and never across an `.await` while borrowed:
+//! - the shard's dispatcher writes broadcast frames straight to the socket
+//!   when nothing is queued (one vectored `try_write` per batch), and queues
+//!   the rest;
+//! - a flush task, spawned only while bytes are queued, drains the queue when
+//!   the socket is writable;
+//! - the connection's own task ([`serve`]) reads frames, publishes messages,
+//!   answers pings and runs the closing handshake.
+//!
+//! Idle connections cost little memory: the reader creates fastwebsockets'
+//! `WebSocketRead` (which allocates an 8 KiB buffer) only when the socket is
+//! readable, and drops it again as soon as every byte it was given has been
+//! parsed into frames. A silent connection holds no read buffer at all.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
+use protocol::close::{self, CloseReason};
+use protocol::frame::{encode_server_frame, encode_server_header, MAX_SERVER_HEADER};
+use protocol::utf8::Utf8Validator;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Notify;
+
+use crate::config::CLOSE_TIMEOUT;
+use crate::fanout::{Broadcast, ChannelId, ConnId};
+use crate::shard::Shard;
+
+/// Most slices handed to one `writev` by the flush task.
+const MAX_IOV: usize = 64;
+
+/// Where a connection is in its closing handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseState {
+    /// Data flows both ways.
+    Open,
+    /// Our close frame is queued; no more data is queued after it.
+    Queued,
+    /// Our close frame has been written to the socket.
+    Sent,
+    /// The socket failed; nothing more can be written.
+    Broken,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Data,
+    Ping,
+    Pong,
+    Close,
+}
+
+/// A frame waiting to be written.
+#[derive(Debug)]
+struct Out {
+    kind: Kind,
+    bytes: Bytes,
+}
+
+/// Frames waiting for the socket to accept them.
+#[derive(Debug, Default)]
+struct Outbox {
+    queue: VecDeque<Out>,
+    /// Bytes of `queue[0]` already written: control frames may only be
+    /// inserted after it when this is non-zero.
+    head_written: usize,
+    /// Unwritten bytes of data frames: what `--max-backlog` bounds.
+    data_bytes: usize,
+    /// A flush task is running for this connection.
+    flushing: bool,
+}
+
+impl Outbox {
+    /// Index at which a control frame can go: the first frame boundary.
+    fn boundary(&self) -> usize {
+        usize::from(self.head_written > 0)
+    }
+
+    /// Records that `n` more bytes were written; returns whether a close
+    /// frame was completed.
+    fn consume(&mut self, mut n: usize) -> bool {
+        let mut close_written = false;
+        while n > 0 {
+            let front = &self.queue[0];
+            let rest = front.bytes.len() - self.head_written;
+            let step = rest.min(n);
+            if front.kind == Kind::Data {
+                self.data_bytes -= step;
+            }
+            n -= step;
+            if step == rest {
+                close_written |= front.kind == Kind::Close;
+                self.queue.pop_front();
+                self.head_written = 0;
+            } else {
+                self.head_written += step;
+            }
+        }
+        close_written
+    }
+
+    /// Drops every queued frame that has not started to go out.
+    fn drop_unstarted(&mut self) {
+        let keep = self.boundary();
+        self.queue.truncate(keep);
+        self.data_bytes = match self.queue.front() {
+            Some(front) if front.kind == Kind::Data => front.bytes.len() - self.head_written,
+            _ => 0,
+        };
+    }
+}
+
+/// Outcome of queueing broadcast data for one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// Written or queued within the backlog budget.
+    Ok,
+    /// The backlog is over budget: the caller closes the connection.
+    Overflow,
+}
+
+/// A WebSocket connection's shared state.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) id: ConnId,
+    pub(crate) channel: ChannelId,
+    /// Position in the shard registry's member list (maintained by the registry).
+    pub(crate) slot: Cell<usize>,
+    writer: OwnedWriteHalf,
+    out: RefCell<Outbox>,
+    close: Cell<CloseState>,
+    /// When a close we started is given up on.
+    close_deadline: Cell<Option<Instant>>,
+    /// Last time bytes arrived from the peer.
+    last_seen: Cell<Instant>,
+    /// A keepalive ping was sent since the peer was last heard from.
+    pinged: Cell<bool>,
+    /// Wakes the connection's own task when the close state changes.
+    wake: Notify,
+}
+
+impl Conn {
+    pub(crate) fn new(id: ConnId, channel: ChannelId, writer: OwnedWriteHalf) -> Self {
+        Self {
+            id,
+            channel,
+            slot: Cell::new(usize::MAX),
+            writer,
+            out: RefCell::new(Outbox::default()),
+            close: Cell::new(CloseState::Open),
+            close_deadline: Cell::new(None),
+            last_seen: Cell::new(Instant::now()),
+            pinged: Cell::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Whether broadcast data may still be queued for this connection.
+    pub(crate) fn is_open(&self) -> bool {
+        self.close.get() == CloseState::Open
+    }
+
+    /// Writes the frames `picked` (indices into `batch`) to the socket, or
+    /// queues what it does not take right now.
+    ///
+    /// When nothing is queued this is one vectored `try_write` straight from
+    /// the shared frames; only the unwritten tail is queued (by reference
+    /// count, never copied).
+    pub(crate) fn send_batch<'a>(
+        self: &Rc<Self>,
+        batch: &'a [Broadcast],
+        picked: &[u32],
+        iov: &mut Vec<IoSlice<'a>>,
+        max_backlog: usize,
+    ) -> Queued {
+        let mut out = self.out.borrow_mut();
+        let mut written = 0;
+        if out.queue.is_empty() && !out.flushing {
+            iov.clear();
+            iov.extend(
+                picked
+                    .iter()
+                    .map(|&i| IoSlice::new(&batch[i as usize].frame)),
+            );
+            match self.writer.try_write_vectored(iov) {
+                Ok(n) => written = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    drop(out);
+                    self.mark_broken();
+                    return Queued::Ok;
+                }
+            }
+        }
+        for &i in picked {
+            let frame = &batch[i as usize].frame;
+            if written >= frame.len() {
+                written -= frame.len();
+                continue;
+            }
+            // Only the first unwritten frame can be partial, and only when
+            // the queue was empty, so it becomes the head.
+            out.head_written = written;
+            out.data_bytes += frame.len() - written;
+            written = 0;
+            out.queue.push_back(Out {
+                kind: Kind::Data,
+                bytes: frame.clone(),
+            });
+        }
+        let over = out.data_bytes > max_backlog;
+        let start_flush = !out.queue.is_empty() && !out.flushing;
+        if start_flush {
+            out.flushing = true;
+        }
+        drop(out);
+        if start_flush {
+            tokio::task::spawn_local(flush(self.clone()));
+        }
+        if over {
+            Queued::Overflow
+        } else {
+            Queued::Ok
+        }
+    }
+
+    /// Queues a pong answering a ping with `payload`. Only the newest
+    /// unanswered ping gets a pong (RFC 6455 §5.5.3), which bounds ping floods.
+    fn queue_pong(self: &Rc<Self>, payload: &[u8]) {
+        if !self.is_open() {
+            return;
+        }
+        let bytes = Bytes::from(encode_server_frame(protocol::frame::OpCode::Pong, payload));
+        let mut out = self.out.borrow_mut();
+        let at = out.boundary();
+        let end = out.queue.len().min(at + 2);
+        if let Some(pending) = out.queue.range_mut(at..end).find(|o| o.kind == Kind::Pong) {
+            pending.bytes = bytes;
+            return;
+        }
+        out.queue.insert(
+            at,
+            Out {
+                kind: Kind::Pong,
+                bytes,
+            },
+        );
+        drop(out);
+        self.kick();
+    }
+
+    /// Sends a keepalive ping (empty payload) at the next frame boundary.
+    pub(crate) fn queue_ping(self: &Rc<Self>) {
+        if !self.is_open() {
+            return;
+        }
+        let bytes = Bytes::from_static(b"\x89\x00");
+        let mut out = self.out.borrow_mut();
+        let at = out.boundary();
+        out.queue.insert(
+            at,
+            Out {
+                kind: Kind::Ping,
+                bytes,
+            },
+        );
+        drop(out);
+        self.pinged.set(true);
+        self.kick();
+    }
+
+    /// Starts the closing handshake: queues a close frame with `payload`
+    /// (after the queued data unless `drop_data`), and gives the peer
+    /// `timeout` to answer before the connection is dropped.
+    pub(crate) fn start_close(self: &Rc<Self>, payload: &[u8], drop_data: bool, timeout: Duration) {
+        if !self.is_open() {
+            return;
+        }
+        self.close.set(CloseState::Queued);
+        self.close_deadline.set(Some(Instant::now() + timeout));
+        let frame = Bytes::from(encode_server_frame(protocol::frame::OpCode::Close, payload));
+        let mut out = self.out.borrow_mut();
+        if drop_data {
+            out.drop_unstarted();
+        }
+        out.queue.push_back(Out {
+            kind: Kind::Close,
+            bytes: frame,
+        });
+        drop(out);
+        self.kick();
+        self.wake.notify_waiters();
+    }
+
+    /// Closes with `reason` (see [`Conn::start_close`]).
+    pub(crate) fn close_with(
+        self: &Rc<Self>,
+        reason: CloseReason,
+        drop_data: bool,
+        timeout: Duration,
+    ) {
+        self.start_close(&reason.payload(), drop_data, timeout);
+    }
+
+    /// Makes sure queued frames are being written: writes what the socket
+    /// takes now and leaves the rest to a flush task.
+    fn kick(self: &Rc<Self>) {
+        if self.out.borrow().flushing {
+            return;
+        }
+        if self.write_queued() == Flush::Pending {
+            self.out.borrow_mut().flushing = true;
+            tokio::task::spawn_local(flush(self.clone()));
+        }
+    }
+
+    /// Writes queued frames until the queue is empty or the socket is full.
+    fn write_queued(&self) -> Flush {
+        let mut out = self.out.borrow_mut();
+        loop {
+            if out.queue.is_empty() {
+                return Flush::Done;
+            }
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut k = 0;
+            for (i, o) in out.queue.iter().take(MAX_IOV).enumerate() {
+                let start = if i == 0 { out.head_written } else { 0 };
+                iov[k] = IoSlice::new(&o.bytes[start..]);
+                k += 1;
+            }
+            match self.writer.try_write_vectored(&iov[..k]) {
+                Ok(0) => {
+                    drop(out);
+                    self.mark_broken();
+                    return Flush::Broken;
+                }
+                Ok(n) => {
+                    if out.consume(n) {
+                        self.close.set(CloseState::Sent);
+                        self.wake.notify_waiters();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flush::Pending,
+                Err(_) => {
+                    drop(out);
+                    self.mark_broken();
+                    return Flush::Broken;
+                }
+            }
+        }
+    }
+
+    /// The socket failed: forget everything queued and wake the owner.
+    fn mark_broken(&self) {
+        self.close.set(CloseState::Broken);
+        let mut out = self.out.borrow_mut();
+        out.queue.clear();
+        out.head_written = 0;
+        out.data_bytes = 0;
+        drop(out);
+        self.wake.notify_waiters();
+    }
+
+    /// Notes that the peer was heard from.
+    fn touch(&self) {
+        self.last_seen.set(Instant::now());
+        self.pinged.set(false);
+    }
+
+    /// How long the peer has been silent, and whether it was pinged since.
+    pub(crate) fn silence(&self, now: Instant) -> (Duration, bool) {
+        (
+            now.saturating_duration_since(self.last_seen.get()),
+            self.pinged.get(),
+        )
+    }
+
+    /// Resolves when the socket breaks or a close we started times out.
+    async fn abandoned(&self) {
+        loop {
+            let notified = self.wake.notified();
+            if self.close.get() == CloseState::Broken {
+                return;
+            }
+            match self.close_deadline.get() {
+                Some(deadline) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(deadline.into()) => return,
+                        () = notified => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Resolves when our close frame is on the wire (or cannot be sent).
+    async fn close_sent(&self) {
+        loop {
+            let notified = self.wake.notified();
+            if matches!(self.close.get(), CloseState::Sent | CloseState::Broken) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    Done,
+    Pending,
+    Broken,
+}
+
+/// Drains a connection's queue as the socket becomes writable; exits when
+/// the queue is empty.
+async fn flush(conn: Rc<Conn>) {
+    loop {
+        if conn.writer.writable().await.is_err() {
+            conn.mark_broken();
+            break;
+        }
+        if conn.write_queued() != Flush::Pending {
+            break;
+        }
+    }
+    conn.out.borrow_mut().flushing = false;
+}
+
+/// Why a connection's read side ended.
+#[derive(Debug)]
+enum End {
+    /// The peer sent a close frame (with this code, if any).
+    PeerClose(Option<u16>),
+    /// The peer broke the protocol; close with this reason.
+    Violation(CloseReason),
+    /// The socket reached EOF or failed.
+    Gone,
+}
+
+impl From<WebSocketError> for End {
+    fn from(e: WebSocketError) -> Self {
+        use WebSocketError as E;
+        match e {
+            E::InvalidUTF8 => End::Violation(CloseReason::INVALID_UTF8),
+            E::FrameTooLarge => End::Violation(CloseReason::MESSAGE_TOO_BIG),
+            E::ReservedBitsNotZero => End::Violation(CloseReason::protocol("reserved bits set")),
+            E::ControlFrameFragmented => {
+                End::Violation(CloseReason::protocol("fragmented control frame"))
+            }
+            E::PingFrameTooLarge => End::Violation(CloseReason::protocol("control frame too long")),
+            E::InvalidValue => End::Violation(CloseReason::protocol("unknown opcode")),
+            E::UnexpectedEOF | E::IoError(_) => End::Gone,
+            _ => End::Violation(CloseReason::protocol("protocol error")),
+        }
+    }
+}
+
+/// Serves an upgraded connection until it is closed, then unregisters it.
+///
+/// `prefix` holds bytes the client sent right behind its upgrade request,
+/// which the HTTP layer had already read.
+pub(crate) async fn serve(
+    shard: Rc<Shard>,
+    conn: Rc<Conn>,
+    mut reader: OwnedReadHalf,
+    prefix: Bytes,
+) {
+    let end = tokio::select! {
+        biased;
+        () = conn.abandoned() => End::Gone,
+        end = read_loop(&shard, &conn, &mut reader, prefix) => end,
+    };
+    match end {
+        End::PeerClose(code) => {
+            if conn.is_open() {
+                // Answer with the same code; drop data that has not started
+                // to go out (no data may follow a close frame).
+                let payload = code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
+                conn.start_close(&payload, true, CLOSE_TIMEOUT);
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close_sent()).await;
+            }
+            // Both close frames are exchanged: the server closes TCP first.
+        }
+        End::Violation(reason) => {
+            shard.note_violation(reason);
+            conn.close_with(reason, true, CLOSE_TIMEOUT);
+            linger(&conn, &mut reader).await;
+        }
+        End::Gone => {}
+    }
+    shard.unregister(&conn);
+}
+
+/// After failing a connection: let the close frame go out, half-close, and
+/// discard input until the peer closes (bounded), so that unread input does
+/// not turn our close into a reset that destroys the close frame.
+async fn linger(conn: &Conn, reader: &mut OwnedReadHalf) {
+    let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+    let drain = async {
+        conn.close_sent().await;
+        if conn.close.get() == CloseState::Broken {
+            return;
+        }
+        let _ = socket2::SockRef::from(conn.writer.as_ref()).shutdown(std::net::Shutdown::Write);
+        let mut sink = [0u8; 1024];
+        loop {
+            if reader.readable().await.is_err() {
+                return;
+            }
+            match reader.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline, drain).await;
+}
+
+/// Feeds fastwebsockets' reader from the socket (after any bytes the HTTP
+/// layer had read ahead) and counts what it handed over.
+struct Source<'a> {
+    prefix: &'a mut Bytes,
+    rd: &'a mut OwnedReadHalf,
+    delivered: &'a Cell<u64>,
+    conn: &'a Conn,
+}
+
+impl AsyncRead for Source<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            this.delivered.set(this.delivered.get() + n as u64);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut *this.rd).poll_read(cx, buf))?;
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.delivered.set(this.delivered.get() + n as u64);
+            this.conn.touch();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Reads frames until the connection ends.
+///
+/// fastwebsockets' `WebSocketRead` is created when the socket turns
+/// readable and dropped once every byte handed to it has come back as
+/// frames, so idle connections hold no read buffer. (It is never dropped in
+/// the middle of a frame, which it would not survive.)
+async fn read_loop(
+    shard: &Shard,
+    conn: &Rc<Conn>,
+    rd: &mut OwnedReadHalf,
+    mut prefix: Bytes,
+) -> End {
+    let mut message = Assembly::default();
+    let delivered = Cell::new(0u64);
+    let max_message = shard.config().max_message_size;
+    loop {
+        if prefix.is_empty() && rd.readable().await.is_err() {
+            return End::Gone;
+        }
+        delivered.set(0);
+        let source = Source {
+            prefix: &mut prefix,
+            rd: &mut *rd,
+            delivered: &delivered,
+            conn,
+        };
+        let (mut ws, _) =
+            fastwebsockets::after_handshake_split(source, tokio::io::sink(), Role::Server);
+        ws.set_auto_close(false);
+        ws.set_auto_pong(false);
+        // fastwebsockets rejects a frame when `len >= max`.
+        ws.set_max_message_size(max_message.saturating_add(1));
+        let mut consumed = 0u64;
+        loop {
+            let mut frame = match ws
+                .read_frame(&mut |_: Frame<'_>| {
+                    std::future::ready(Ok::<(), std::convert::Infallible>(()))
+                })
+                .await
+            {
+                Ok(frame) => frame,
+                Err(e) => return e.into(),
+            };
+            let mut head = [0u8; 14];
+            let head_len = frame.fmt_head(&mut head);
+            consumed += (head_len + frame.payload.len()) as u64;
+            // fastwebsockets unmasks but does not reject unmasked frames,
+            // which RFC 6455 §5.1 requires of a server. The mask bit survives
+            // in the re-encoded header.
+            if head[1] & 0x80 == 0 {
+                return End::Violation(CloseReason::protocol("unmasked client frame"));
+            }
+            if let Some(end) = on_frame(shard, conn, &mut message, max_message, frame) {
+                return end;
+            }
+            if consumed == delivered.get() {
+                break;
+            }
+        }
+    }
+}
+
+/// Handles one frame; returns why reading ends, if it does.
+fn on_frame(
+    shard: &Shard,
+    conn: &Rc<Conn>,
+    message: &mut Assembly,
+    max: usize,
+    frame: Frame<'_>,
+) -> Option<End> {
+    let payload: &[u8] = &frame.payload;
+    match frame.opcode {
+        OpCode::Text | OpCode::Binary => {
+            if message.in_progress() {
+                return Some(End::Violation(CloseReason::protocol(
+                    "expected a continuation frame",
+                )));
+            }
+            let opcode = if frame.opcode == OpCode::Text {
+                protocol::frame::OpCode::Text
+            } else {
+                protocol::frame::OpCode::Binary
+            };
+            if frame.fin {
+                // fastwebsockets has checked the size, and UTF-8 for text.
+                publish(shard, conn, frame_message(opcode, payload));
+            } else if let Err(reason) = message.start(opcode, payload, max) {
+                return Some(End::Violation(reason));
+            }
+        }
+        OpCode::Continuation => {
+            if !message.in_progress() {
+                return Some(End::Violation(CloseReason::protocol(
+                    "continuation frame without a message",
+                )));
+            }
+            match message.extend(payload, frame.fin, max) {
+                Err(reason) => return Some(End::Violation(reason)),
+                Ok(Some(whole)) => publish(shard, conn, whole),
+                Ok(None) => {}
+            }
+        }
+        OpCode::Ping => conn.queue_pong(payload),
+        OpCode::Pong => {
+            if payload.len() > protocol::MAX_CONTROL_PAYLOAD {
+                return Some(End::Violation(CloseReason::protocol(
+                    "control frame too long",
+                )));
+            }
+        }
+        OpCode::Close => return Some(on_close(payload)),
+    }
+    None
+}
+
+/// Checks a close frame from the peer (RFC 6455 §5.5.1, §7.4).
+fn on_close(payload: &[u8]) -> End {
+    if payload.len() > protocol::MAX_CONTROL_PAYLOAD {
+        return End::Violation(CloseReason::protocol("control frame too long"));
+    }
+    match payload.len() {
+        0 => End::PeerClose(None),
+        1 => End::Violation(CloseReason::protocol("close frame with a 1-byte payload")),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            if !close::is_valid_close_code(code) {
+                End::Violation(CloseReason::protocol("invalid close code"))
+            } else if std::str::from_utf8(&payload[2..]).is_err() {
+                End::Violation(CloseReason::INVALID_UTF8)
+            } else {
+                End::PeerClose(Some(code))
+            }
+        }
+    }
+}
+
+/// Frames a complete single-frame message: the one copy a message gets.
+fn frame_message(opcode: protocol::frame::OpCode, payload: &[u8]) -> Bytes {
+    let mut head = [0u8; MAX_SERVER_HEADER];
+    let n = encode_server_header(opcode, payload.len(), &mut head);
+    let mut frame = BytesMut::with_capacity(n + payload.len());
+    frame.put_slice(&head[..n]);
+    frame.put_slice(payload);
+    frame.freeze()
+}
+
+/// Hands a framed message to every shard, unless this connection or the
+/// server is closing (data after a close is discarded, RFC 6455 §5.5.1).
+fn publish(shard: &Shard, conn: &Conn, frame: Bytes) {
+    if conn.is_open() {
+        shard.publish(Broadcast {
+            frame,
+            sender: conn.id,
+            channel: conn.channel,
+        });
+    }
+}
+
+/// A fragmented message being reassembled.
+///
+/// The buffer starts with [`MAX_SERVER_HEADER`] spare bytes so that the
+/// server header can be written in front of the payload when the last
+/// fragment arrives, without copying the payload again.
+#[derive(Debug, Default)]
+struct Assembly {
+    buf: Option<BytesMut>,
+    opcode: Option<protocol::frame::OpCode>,
+    utf8: Utf8Validator,
+}
+
+impl Assembly {
+    fn in_progress(&self) -> bool {
+        self.buf.is_some()
+    }
+
+    fn start(
+        &mut self,
+        opcode: protocol::frame::OpCode,
+        payload: &[u8],
+        max: usize,
+    ) -> Result<(), CloseReason> {
+        let mut buf = BytesMut::with_capacity(MAX_SERVER_HEADER + payload.len().max(256));
+        buf.put_bytes(0, MAX_SERVER_HEADER);
+        self.buf = Some(buf);
+        self.opcode = Some(opcode);
+        self.utf8 = Utf8Validator::new();
+        self.extend(payload, false, max).map(|_| ())
+    }
+
+    /// Appends a fragment; returns the framed message after the last one.
+    fn extend(
+        &mut self,
+        payload: &[u8],
+        fin: bool,
+        max: usize,
+    ) -> Result<Option<Bytes>, CloseReason> {
+        let buf = self.buf.as_mut().expect("a message is in progress");
+        if buf.len() - MAX_SERVER_HEADER + payload.len() > max {
+            return Err(CloseReason::MESSAGE_TOO_BIG);
+        }
+        buf.put_slice(payload);
+        let opcode = self.opcode.expect("a message is in progress");
+        if opcode == protocol::frame::OpCode::Text
+            && self.utf8.feed(&buf[MAX_SERVER_HEADER..], fin).is_err()
+        {
+            return Err(CloseReason::INVALID_UTF8);
+        }
+        if !fin {
+            return Ok(None);
+        }
+        let mut buf = self.buf.take().expect("a message is in progress");
+        let len = buf.len() - MAX_SERVER_HEADER;
+        let mut head = [0u8; MAX_SERVER_HEADER];
+        let n = encode_server_header(opcode, len, &mut head);
+        buf[MAX_SERVER_HEADER - n..MAX_SERVER_HEADER].copy_from_slice(&head[..n]);
+        buf.advance(MAX_SERVER_HEADER - n);
+        Ok(Some(buf.freeze()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::frame::OpCode as Op;
+
+    #[test]
+    fn assembly_frames_fragments_in_place() {
+        let mut a = Assembly::default();
+        a.start(Op::Text, b"hel", 100).unwrap();
+        assert!(a.extend(b"lo ", false, 100).unwrap().is_none());
+        let whole = a.extend("wörld".as_bytes(), true, 100).unwrap().unwrap();
+        assert_eq!(
+            &whole[..],
+            &encode_server_frame(Op::Text, "hello wörld".as_bytes())[..]
+        );
+        assert!(!a.in_progress());
+    }
+
+    #[test]
+    fn assembly_caps_total_size() {
+        let mut a = Assembly::default();
+        a.start(Op::Binary, &[0; 60], 100).unwrap();
+        assert_eq!(
+            a.extend(&[0; 41], false, 100),
+            Err(CloseReason::MESSAGE_TOO_BIG)
+        );
+    }
+
+    #[test]
+    fn assembly_rejects_bad_utf8_early() {
+        let mut a = Assembly::default();
+        assert_eq!(
+            a.start(Op::Text, b"ok\xc0\xaf", 100),
+            Err(CloseReason::INVALID_UTF8)
+        );
+    }
+
+    #[test]
+    fn large_frames_use_the_64_bit_length() {
+        let payload = vec![7u8; 70_000];
+        let mut a = Assembly::default();
+        a.start(Op::Binary, &payload[..1], 100_000).unwrap();
+        let whole = a.extend(&payload[1..], true, 100_000).unwrap().unwrap();
+        assert_eq!(&whole[..], &encode_server_frame(Op::Binary, &payload)[..]);
+    }
+
+    #[test]
+    fn server_header_matches_fastwebsockets() {
+        for len in [0usize, 1, 125, 126, 65535, 65536, 1 << 20] {
+            let payload = vec![0u8; len];
+            let mut theirs = Frame::binary(fastwebsockets::Payload::Borrowed(&payload));
+            let mut head = [0u8; 14];
+            let n = theirs.fmt_head(&mut head);
+            let ours = frame_message(Op::Binary, &payload);
+            assert_eq!(&ours[..n], &head[..n], "len {len}");
+            assert_eq!(ours.len(), n + len);
+        }
+    }
+
+    #[test]
+    fn outbox_consume_tracks_partial_head_and_close() {
+        let mut o = Outbox::default();
+        for (kind, b) in [(Kind::Data, &b"abcd"[..]), (Kind::Close, &b"xy"[..])] {
+            if kind == Kind::Data {
+                o.data_bytes += b.len();
+            }
+            o.queue.push_back(Out {
+                kind,
+                bytes: Bytes::copy_from_slice(b),
+            });
+        }
+        assert!(!o.consume(3));
+        assert_eq!((o.head_written, o.data_bytes, o.boundary()), (3, 1, 1));
+        o.drop_unstarted();
+        assert_eq!(o.queue.len(), 1);
+        assert_eq!(o.data_bytes, 1);
+        o.queue.push_back(Out {
+            kind: Kind::Close,
+            bytes: Bytes::from_static(b"xy"),
+        });
+        assert!(o.consume(3));
+        assert!(o.queue.is_empty());
+        assert_eq!(o.data_bytes, 0);
+    }
+}

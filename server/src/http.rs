@@ -1,0 +1,167 @@
+//! The HTTP/1.1 side of a connection: routing, `/healthz`, and the WebSocket
+//! upgrade (hyper + fastwebsockets' `upgrade`).
+//!
+//! After the upgrade the socket leaves hyper: it is downcast back to the
+//! `TcpStream` (keeping any bytes hyper read ahead) and adopted by the shard.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::shard::Shard;
+
+/// Longest a plain HTTP connection may live (the upgrade is bounded by the
+/// handshake timeout; this bounds slow bodies and keep-alive sessions).
+const HTTP_CONNECTION_LIMIT: Duration = Duration::from_secs(120);
+
+const INDEX_HTML: &str = include_str!("index.html");
+
+/// Serves HTTP on an accepted connection until it closes or upgrades.
+pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let handshake_timeout = shard.config().handshake_timeout;
+    let service_shard = shard.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let shard = service_shard.clone();
+        async move { Ok::<_, Infallible>(route(&shard, req)) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    match tokio::time::timeout(HTTP_CONNECTION_LIMIT, connection).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::trace!(%peer, cause = %e, "http connection ended"),
+        Err(_) => tracing::debug!(%peer, "http connection hit its time limit"),
+    }
+    shard.http_done();
+}
+
+type Body = Full<Bytes>;
+
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut res = Response::new(Full::new(body.into()));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}
+
+fn route(shard: &Rc<Shard>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    if path == protocol::WS_PATH {
+        return upgrade(shard, req);
+    }
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    match path {
+        protocol::HEALTH_PATH if get => {
+            let mut res = respond(
+                StatusCode::OK,
+                "application/json",
+                shard.stats().health_json(shard.config().workers),
+            );
+            res.headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            res
+        }
+        "/" | "/index.html" if get => {
+            respond(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML)
+        }
+        "/" | "/index.html" | protocol::HEALTH_PATH => respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "method not allowed\n",
+        ),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found\n",
+        ),
+    }
+}
+
+fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        let mut res = respond(
+            StatusCode::UPGRADE_REQUIRED,
+            "text/plain; charset=utf-8",
+            "this endpoint speaks WebSocket: send an upgrade request\n",
+        );
+        res.headers_mut()
+            .insert(UPGRADE, HeaderValue::from_static("websocket"));
+        return res;
+    }
+    if req.method() != Method::GET {
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "upgrade with GET\n",
+        );
+    }
+    if shard.is_draining() {
+        return respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "server shutting down\n",
+        );
+    }
+    let stats = shard.stats();
+    if stats.connections.fetch_add(1, Ordering::Relaxed) >= shard.config().max_connections {
+        stats.connections.fetch_sub(1, Ordering::Relaxed);
+        stats.refused.fetch_add(1, Ordering::Relaxed);
+        return respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "too many connections\n",
+        );
+    }
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(parts) => parts,
+        Err(e) => {
+            stats.connections.fetch_sub(1, Ordering::Relaxed);
+            return respond(
+                StatusCode::BAD_REQUEST,
+                "text/plain; charset=utf-8",
+                format!("bad upgrade request: {e}\n"),
+            );
+        }
+    };
+    let shard = shard.clone();
+    tokio::task::spawn_local(async move {
+        let upgraded = match upgrade.await {
+            Ok(ws) => ws.into_inner().into_inner(),
+            Err(e) => {
+                shard.stats().connections.fetch_sub(1, Ordering::Relaxed);
+                tracing::debug!(cause = %e, "upgrade failed");
+                return;
+            }
+        };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => shard.adopt(parts.io.into_inner(), parts.read_buf),
+            Err(_) => {
+                shard.stats().connections.fetch_sub(1, Ordering::Relaxed);
+                tracing::error!("upgraded connection is not a TcpStream");
+            }
+        }
+    });
+    let (mut parts, _empty) = response.into_parts();
+    parts
+        .headers
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Response::from_parts(parts, Full::new(Bytes::new()))
+}

@@ -1,0 +1,193 @@
+//! broadcast-server: a WebSocket fan-out server.
+//!
+//! Every message one client sends reaches every other connected client, in
+//! the order that client sent it.
+//!
+//! # Architecture
+//! - [`Server::run`] accepts TCP connections on the caller's runtime and
+//!   hands each to the least-loaded *shard*: a worker thread with its own
+//!   current-thread tokio runtime. A connection stays on its shard for life.
+//! - Each shard speaks HTTP/1.1 with hyper and upgrades `/ws` with
+//!   fastwebsockets (`http`), then owns the socket (`conn`).
+//! - A received message is framed once into a shared `Bytes` and pushed to
+//!   every shard's inbox through an `arc-swap` snapshot (`fanout`); each
+//!   shard writes those bytes to its own sockets with vectored writes
+//!   (`shard`). No lock and no per-recipient copy on that path.
+//! - Each connection's outbound backlog is bounded; a connection that falls
+//!   too far behind is closed with 1013 without slowing anyone else.
+
+mod config;
+mod conn;
+mod fanout;
+mod http;
+mod registry;
+mod shard;
+mod stats;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::{Config, CLOSE_TIMEOUT};
+use fanout::{Fanout, Peers, ShardHandle, ShardMsg};
+use stats::Stats;
+
+/// Pending-connection queue length asked of the kernel (capped by
+/// `net.core.somaxconn`), so that connection storms are not refused.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A bound, not yet running, server.
+#[derive(Debug)]
+pub struct Server {
+    listener: std::net::TcpListener,
+    config: Config,
+}
+
+impl Server {
+    /// Binds the listening socket.
+    ///
+    /// # Errors
+    /// The address is taken, not local, or not permitted.
+    pub fn bind(config: Config) -> std::io::Result<Self> {
+        let addr = config.addr;
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(false).ok();
+        }
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        socket.set_nonblocking(true)?;
+        Ok(Self {
+            listener: socket.into(),
+            config,
+        })
+    }
+
+    /// The address actually bound (with the kernel's port when asked for 0).
+    ///
+    /// # Errors
+    /// Only if the OS cannot report the address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully: stops
+    /// accepting, delivers what was already received, sends close 1001 to
+    /// every client and waits for them up to the shutdown timeout.
+    ///
+    /// Must be called within a tokio runtime (any flavour); the shards run
+    /// on threads of their own.
+    ///
+    /// # Errors
+    /// If a worker thread cannot be started or the listener cannot be
+    /// registered with the runtime.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let config = Arc::new(self.config);
+        let stats = Arc::new(Stats::new());
+        let mut handles = Vec::with_capacity(config.workers);
+        let mut inboxes = Vec::with_capacity(config.workers);
+        for _ in 0..config.workers {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            handles.push(Arc::new(ShardHandle::new(tx)));
+            inboxes.push(rx);
+        }
+        let fanout = Fanout::new(Peers {
+            shards: handles.clone(),
+        });
+        let mut threads = Vec::with_capacity(config.workers);
+        for (index, inbox) in inboxes.into_iter().enumerate() {
+            threads.push(shard::spawn(
+                index,
+                config.clone(),
+                fanout.clone(),
+                handles[index].clone(),
+                stats.clone(),
+                inbox,
+            )?);
+        }
+
+        let listener = tokio::net::TcpListener::from_std(self.listener)?;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => hand_over(&fanout, stream, peer),
+                    Err(e) => accept_error(e).await,
+                },
+            }
+        }
+        drop(listener);
+        tracing::info!("shutting down");
+
+        // Phase 1: every shard stops publishing. Once all have answered, no
+        // message can be added to any inbox, so phase 2 (queued behind
+        // everything already published) delivers it all before the closes.
+        let mut acks = Vec::with_capacity(handles.len());
+        for handle in &handles {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if handle.send(ShardMsg::Quiesce(tx)) {
+                acks.push(rx);
+            }
+        }
+        for ack in acks {
+            let _ = ack.await;
+        }
+        for handle in &handles {
+            handle.send(ShardMsg::Shutdown);
+        }
+        tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                if thread.join().is_err() {
+                    tracing::error!("a shard thread panicked");
+                }
+            }
+        })
+        .await
+        .ok();
+        tracing::info!(
+            messages = stats.messages_in.load(Ordering::Relaxed),
+            connections = stats.connections_total.load(Ordering::Relaxed),
+            "stopped"
+        );
+        Ok(())
+    }
+}
+
+/// Gives an accepted connection to the least-loaded shard.
+fn hand_over(fanout: &Fanout, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot detach accepted connection");
+            return;
+        }
+    };
+    if let Some(shard) = fanout.pick_shard() {
+        shard.load.fetch_add(1, Ordering::Relaxed);
+        if !shard.send(ShardMsg::Accept(stream, peer)) {
+            shard.load.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Accept failures are about one connection or a passing resource shortage
+/// (out of file descriptors): never fatal. Back off briefly on the latter so
+/// the loop does not spin.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock => {}
+        _ => {
+            tracing::warn!(cause = %e, "accept failed; retrying shortly");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

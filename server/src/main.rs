@@ -1,0 +1,220 @@
+//! The `broadcast-server` command: `start` runs the server.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use server::{Config, Server};
+
+/// A WebSocket broadcast server: every message a client sends reaches every
+/// other connected client.
+#[derive(Debug, Parser)]
+#[command(name = "broadcast-server", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (WebSocket endpoint at /ws, health at /healthz).
+    Start(StartArgs),
+}
+
+#[derive(Debug, Args)]
+struct StartArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = protocol::DEFAULT_PORT)]
+    port: u16,
+    /// Worker threads, each serving its own shard of connections [default: number of cores].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
+    /// Largest message a client may send, in bytes (after joining fragments); larger closes with 1009.
+    #[arg(long, value_name = "BYTES", default_value_t = protocol::DEFAULT_MAX_MESSAGE_SIZE,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=(1 << 30)))]
+    max_message_size: usize,
+    /// Bytes queued for one client before it is closed as a slow consumer (1013).
+    #[arg(long, value_name = "BYTES", default_value_t = protocol::DEFAULT_MAX_BACKLOG,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=(1 << 40)))]
+    max_backlog: usize,
+    /// Seconds a client may stay silent before it is closed (it is pinged after half); 0 disables.
+    #[arg(long, value_name = "SECS", default_value_t = protocol::DEFAULT_IDLE_TIMEOUT_SECS)]
+    idle_timeout: u64,
+    /// Most open WebSocket connections; further upgrades get 503 (0: limited only by file descriptors).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_connections: usize,
+    /// Seconds a graceful shutdown waits for clients to answer the close.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    shutdown_timeout: u64,
+    /// Seconds a new connection may take to send its HTTP request (upgrade).
+    #[arg(long, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    handshake_timeout: u64,
+    /// Also deliver each message back to its sender.
+    #[arg(long)]
+    echo: bool,
+}
+
+impl StartArgs {
+    fn into_config(self) -> Config {
+        let defaults = Config::default();
+        Config {
+            addr: SocketAddr::new(self.host, self.port),
+            workers: self.workers.map_or(defaults.workers, usize::from),
+            max_message_size: self.max_message_size,
+            max_backlog: self.max_backlog,
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            max_connections: match self.max_connections {
+                0 => usize::MAX,
+                n => n,
+            },
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
+            handshake_timeout: Duration::from_secs(self.handshake_timeout),
+            echo: self.echo,
+        }
+    }
+}
+
+/// Accepts Go-style single-dash long flags (`-port 9000`, `-host=x`) by
+/// rewriting them to `--port 9000`: any `-word` of two or more characters
+/// starting with a letter. Short flags (`-h`) and negative numbers are kept.
+fn go_style(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    args.enumerate()
+        .map(|(i, arg)| {
+            let Some(s) = arg.to_str() else { return arg };
+            let long_single_dash = i > 0
+                && s.len() > 2
+                && s.starts_with('-')
+                && !s.starts_with("--")
+                && s.as_bytes()[1].is_ascii_alphabetic();
+            if long_single_dash {
+                format!("-{s}").into()
+            } else {
+                arg
+            }
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(go_style(std::env::args_os()));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match cli.command {
+        Command::Start(args) => start(args.into_config()),
+    }
+}
+
+fn start(config: Config) -> ExitCode {
+    // Each connection is a file descriptor: allow as many as the hard limit.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open files limit"),
+        Err(e) => tracing::warn!(cause = %e, "cannot raise the open files limit"),
+    }
+    let addr = config.addr;
+    let workers = config.workers;
+    let server = match Server::bind(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot listen on {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let local = server.local_addr().unwrap_or(addr);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = shutdown_signal();
+        println!("broadcast-server listening on ws://{local}/ws");
+        let _ = std::io::stdout().flush();
+        tracing::info!(%local, workers, "listening");
+        server.run(shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl+C) or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(args: &[&str]) -> Vec<String> {
+        go_style(args.iter().map(std::ffi::OsString::from))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn go_style_flags_become_long_flags() {
+        assert_eq!(
+            rewrite(&[
+                "bs",
+                "start",
+                "-port",
+                "9000",
+                "-host=::1",
+                "--echo",
+                "-h",
+                "-5"
+            ]),
+            [
+                "bs",
+                "start",
+                "--port",
+                "9000",
+                "--host=::1",
+                "--echo",
+                "-h",
+                "-5"
+            ]
+        );
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

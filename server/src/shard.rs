@@ -1,0 +1,311 @@
+//! A shard: one worker thread, its own current-thread tokio runtime, and the
+//! connections pinned to it for their whole life.
+//!
+//! The shard's inbox (one FIFO queue) brings it new TCP connections,
+//! broadcast frames from every shard, and shutdown steps. The dispatcher
+//! takes the inbox in batches and writes each batch to every member socket
+//! with one vectored write per socket. Everything a shard owns is `Rc` and
+//! `Cell`: no lock is taken on this thread.
+
+use std::cell::{Cell, RefCell};
+use std::io::IoSlice;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use protocol::CloseReason;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::{Config, CLOSE_TIMEOUT};
+use crate::conn::{self, Conn, Queued};
+use crate::fanout::{Broadcast, ConnId, Fanout, ShardHandle, ShardMsg, LOBBY};
+use crate::registry::Registry;
+use crate::stats::Stats;
+
+/// Most inbox messages taken per dispatch round.
+const BATCH: usize = 256;
+
+/// Source of process-unique connection ids.
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// State of one shard, shared by the tasks on its thread.
+#[derive(Debug)]
+pub(crate) struct Shard {
+    index: usize,
+    config: Arc<Config>,
+    fanout: Fanout,
+    handle: Arc<ShardHandle>,
+    stats: Arc<Stats>,
+    registry: RefCell<Registry>,
+    /// Set when shutdown starts: no more publishing or upgrades.
+    draining: Cell<bool>,
+    /// Signalled whenever a WebSocket connection ends.
+    departed: Notify,
+}
+
+/// Starts shard `index` on its own thread.
+pub(crate) fn spawn(
+    index: usize,
+    config: Arc<Config>,
+    fanout: Fanout,
+    handle: Arc<ShardHandle>,
+    stats: Arc<Stats>,
+    inbox: mpsc::UnboundedReceiver<ShardMsg>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("shard-{index}"))
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build_local(tokio::runtime::LocalOptions::default())
+                .expect("cannot build the shard runtime");
+            let shard = Rc::new(Shard {
+                index,
+                config,
+                fanout,
+                handle,
+                stats,
+                registry: RefCell::new(Registry::default()),
+                draining: Cell::new(false),
+                departed: Notify::new(),
+            });
+            runtime.block_on(shard.run(inbox));
+        })
+}
+
+impl Shard {
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    async fn run(self: Rc<Self>, mut inbox: mpsc::UnboundedReceiver<ShardMsg>) {
+        tracing::debug!(shard = self.index, "shard started");
+        let keepalive = tokio::task::spawn_local(self.clone().keepalive());
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut frames: Vec<Broadcast> = Vec::with_capacity(BATCH);
+        let mut stopping = false;
+        while !stopping {
+            if inbox.recv_many(&mut batch, BATCH).await == 0 {
+                break;
+            }
+            for msg in batch.drain(..) {
+                let other = match msg {
+                    ShardMsg::Broadcast(b) => {
+                        frames.push(b);
+                        continue;
+                    }
+                    other => other,
+                };
+                // Keep the inbox order: deliver what came before first.
+                self.deliver(&frames);
+                frames.clear();
+                match other {
+                    ShardMsg::Accept(stream, peer) => self.accept(stream, peer),
+                    ShardMsg::Quiesce(done) => {
+                        self.draining.set(true);
+                        let _ = done.send(());
+                    }
+                    ShardMsg::Shutdown => stopping = true,
+                    ShardMsg::Broadcast(_) => unreachable!("handled above"),
+                }
+            }
+            self.deliver(&frames);
+            frames.clear();
+        }
+        self.close_all().await;
+        keepalive.abort();
+        tracing::debug!(shard = self.index, "shard stopped");
+    }
+
+    /// Writes a batch of frames to every member socket.
+    fn deliver(&self, frames: &[Broadcast]) {
+        if frames.is_empty() {
+            return;
+        }
+        let echo = self.config.echo;
+        let max_backlog = self.config.max_backlog;
+        let mut picked: Vec<u32> = Vec::with_capacity(frames.len());
+        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len());
+        let mut overflowed = Vec::new();
+        let registry = self.registry.borrow();
+        for (channel, members) in registry.channels() {
+            if !frames.iter().any(|f| f.channel == channel) {
+                continue;
+            }
+            for conn in members {
+                if !conn.is_open() {
+                    continue;
+                }
+                picked.clear();
+                picked.extend(
+                    frames
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, f)| f.channel == channel && (echo || f.sender != conn.id))
+                        .map(|(i, _)| i as u32),
+                );
+                if picked.is_empty() {
+                    continue;
+                }
+                if conn.send_batch(frames, &picked, &mut iov, max_backlog) == Queued::Overflow {
+                    overflowed.push(conn.clone());
+                }
+            }
+        }
+        drop(registry);
+        for conn in overflowed {
+            self.stats
+                .slow_consumer_closes
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(conn = conn.id.0, "closing slow consumer");
+            conn.close_with(CloseReason::SLOW_CONSUMER, true, CLOSE_TIMEOUT);
+        }
+    }
+
+    /// Starts serving HTTP on a connection the acceptor handed over.
+    fn accept(self: &Rc<Self>, stream: std::net::TcpStream, peer: std::net::SocketAddr) {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => {
+                tokio::task::spawn_local(crate::http::serve(self.clone(), stream, peer));
+            }
+            Err(e) => {
+                self.handle.load.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!(cause = %e, "cannot register accepted connection");
+            }
+        }
+    }
+
+    /// An HTTP connection on this shard ended (upgraded or not).
+    pub(crate) fn http_done(&self) {
+        self.handle.load.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Takes over a socket that completed the WebSocket upgrade.
+    ///
+    /// The caller has already counted it in `Stats::connections`.
+    pub(crate) fn adopt(self: &Rc<Self>, stream: TcpStream, prefix: Bytes) {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(cause = %e, "set_nodelay failed");
+        }
+        let (reader, writer) = stream.into_split();
+        let id = ConnId(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
+        let conn = Rc::new(Conn::new(id, LOBBY, writer));
+        self.handle.load.fetch_add(1, Ordering::Relaxed);
+        self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.registry.borrow_mut().insert(conn.clone());
+        tracing::trace!(conn = id.0, shard = self.index, "connected");
+        if self.draining.get() {
+            conn.close_with(
+                CloseReason::SHUTTING_DOWN,
+                false,
+                self.config.shutdown_timeout,
+            );
+        }
+        tokio::task::spawn_local(conn::serve(self.clone(), conn, reader, prefix));
+    }
+
+    /// Forgets a connection whose task is ending.
+    pub(crate) fn unregister(&self, conn: &Conn) {
+        self.registry.borrow_mut().remove(conn);
+        self.handle.load.fetch_sub(1, Ordering::Relaxed);
+        self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        tracing::trace!(conn = conn.id.0, "disconnected");
+        self.departed.notify_waiters();
+    }
+
+    /// Publishes a message received on this shard to every shard.
+    pub(crate) fn publish(&self, msg: Broadcast) {
+        if self.draining.get() {
+            return;
+        }
+        self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.fanout.publish(msg);
+    }
+
+    pub(crate) fn note_violation(&self, reason: CloseReason) {
+        self.stats.protocol_closes.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            code = reason.code,
+            reason = reason.reason,
+            "closing connection"
+        );
+    }
+
+    /// Pings connections silent for half the idle timeout and closes those
+    /// silent for all of it.
+    async fn keepalive(self: Rc<Self>) {
+        let idle = self.config.idle_timeout;
+        if idle.is_zero() {
+            return;
+        }
+        let period = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let mut expired = Vec::new();
+            let registry = self.registry.borrow();
+            for conn in registry.all() {
+                if !conn.is_open() {
+                    continue;
+                }
+                let (silent, pinged) = conn.silence(now);
+                if silent >= idle {
+                    expired.push(conn.clone());
+                } else if silent >= idle / 2 && !pinged {
+                    conn.queue_ping();
+                }
+            }
+            drop(registry);
+            for conn in expired {
+                self.stats.idle_closes.fetch_add(1, Ordering::Relaxed);
+                conn.close_with(CloseReason::IDLE_TIMEOUT, false, CLOSE_TIMEOUT);
+            }
+        }
+    }
+
+    /// Shutdown: everything queued before it has been handed to the sockets;
+    /// now send 1001 to everyone after their queued data and wait for the
+    /// closes, up to the shutdown timeout.
+    async fn close_all(&self) {
+        self.draining.set(true);
+        let conns: Vec<Rc<Conn>> = self.registry.borrow().all().cloned().collect();
+        for conn in &conns {
+            conn.close_with(
+                CloseReason::SHUTTING_DOWN,
+                false,
+                self.config.shutdown_timeout,
+            );
+        }
+        drop(conns);
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout;
+        let all_gone = async {
+            loop {
+                let departed = self.departed.notified();
+                if self.registry.borrow().len() == 0 {
+                    return;
+                }
+                departed.await;
+            }
+        };
+        if tokio::time::timeout_at(deadline, all_gone).await.is_err() {
+            tracing::warn!(
+                shard = self.index,
+                remaining = self.registry.borrow().len(),
+                "shutdown timeout: dropping connections that did not close"
+            );
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Process-wide counters, read by `/healthz` and the logs.
+//!
+//! Counters are updated per connection or per message, never per delivery,
+//! so the shared cache lines stay cold on the fan-out path.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+/// Counters shared by all shards.
+#[derive(Debug)]
+pub(crate) struct Stats {
+    started: Instant,
+    /// Open WebSocket connections.
+    pub(crate) connections: AtomicUsize,
+    /// WebSocket connections accepted since start.
+    pub(crate) connections_total: AtomicU64,
+    /// Messages received from clients and published.
+    pub(crate) messages_in: AtomicU64,
+    /// Connections closed with 1013 because their backlog overflowed.
+    pub(crate) slow_consumer_closes: AtomicU64,
+    /// Connections closed for a protocol violation, bad UTF-8 or an oversized message.
+    pub(crate) protocol_closes: AtomicU64,
+    /// Connections closed because they stayed silent past the idle timeout.
+    pub(crate) idle_closes: AtomicU64,
+    /// Upgrades refused because of `--max-connections`.
+    pub(crate) refused: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            connections: AtomicUsize::new(0),
+            connections_total: AtomicU64::new(0),
+            messages_in: AtomicU64::new(0),
+            slow_consumer_closes: AtomicU64::new(0),
+            protocol_closes: AtomicU64::new(0),
+            idle_closes: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// The `/healthz` document.
+    pub(crate) fn health_json(&self, workers: usize) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            concat!(
+                "{{\"status\":\"ok\",\"connections\":{},\"uptime_secs\":{},\"workers\":{},",
+                "\"connections_total\":{},\"messages_in\":{},\"slow_consumer_closes\":{},",
+                "\"protocol_closes\":{},\"idle_closes\":{},\"refused\":{}}}"
+            ),
+            self.connections.load(Ordering::Relaxed),
+            self.started.elapsed().as_secs(),
+            workers,
+            get(&self.connections_total),
+            get(&self.messages_in),
+            get(&self.slow_consumer_closes),
+            get(&self.protocol_closes),
+            get(&self.idle_closes),
+            get(&self.refused),
+        )
+    }
+}
