@@ -395,8 +395,10 @@ impl Conn {
             }
             match self.close_deadline.get() {
                 Some(deadline) => {
+                    // Boxed: only closing connections pay for a timer.
+                    let timer = Box::pin(tokio::time::sleep_until(deadline.into()));
                     tokio::select! {
-                        () = tokio::time::sleep_until(deadline.into()) => return,
+                        () = timer => return,
                         () = notified => {}
                     }
                 }
@@ -424,11 +426,26 @@ enum Flush {
     Broken,
 }
 
+/// Waits until the socket is readable.
+///
+/// Polls readiness through the socket's single reader waker slot rather
+/// than tokio's `readable()` waiter list: hyper's connection task left its
+/// waker in that slot, and replacing it here is what releases hyper's
+/// (kilobytes large) finished task after the upgrade.
+async fn readable(rd: &OwnedReadHalf) -> io::Result<()> {
+    std::future::poll_fn(|cx| rd.as_ref().poll_read_ready(cx)).await
+}
+
+/// Waits until the socket is writable (see [`readable`] for why it polls).
+async fn writable(wr: &OwnedWriteHalf) -> io::Result<()> {
+    std::future::poll_fn(|cx| wr.as_ref().poll_write_ready(cx)).await
+}
+
 /// Drains a connection's queue as the socket becomes writable; exits when
 /// the queue is empty.
 async fn flush(conn: Rc<Conn>) {
     loop {
-        if conn.writer.writable().await.is_err() {
+        if writable(&conn.writer).await.is_err() {
             conn.mark_broken();
             break;
         }
@@ -490,14 +507,14 @@ pub(crate) async fn serve(
                 // to go out (no data may follow a close frame).
                 let payload = code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
                 conn.start_close(&payload, true, CLOSE_TIMEOUT);
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close_sent()).await;
+                let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, conn.close_sent())).await;
             }
             // Both close frames are exchanged: the server closes TCP first.
         }
         End::Violation(reason) => {
             shard.note_violation(reason);
             conn.close_with(reason, true, CLOSE_TIMEOUT);
-            linger(&conn, &mut reader).await;
+            Box::pin(linger(&conn, &mut reader)).await;
         }
         End::Gone => {}
     }
@@ -517,7 +534,7 @@ async fn linger(conn: &Conn, reader: &mut OwnedReadHalf) {
         let _ = socket2::SockRef::from(conn.writer.as_ref()).shutdown(std::net::Shutdown::Write);
         let mut sink = [0u8; 1024];
         loop {
-            if reader.readable().await.is_err() {
+            if readable(reader).await.is_err() {
                 return;
             }
             match reader.try_read(&mut sink) {
@@ -551,6 +568,10 @@ impl AsyncRead for Source<'_> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // Release hyper's read buffer, which the prefix points into.
+                *this.prefix = Bytes::new();
+            }
             this.delivered.set(this.delivered.get() + n as u64);
             return Poll::Ready(Ok(()));
         }
@@ -567,62 +588,86 @@ impl AsyncRead for Source<'_> {
 
 /// Reads frames until the connection ends.
 ///
-/// fastwebsockets' `WebSocketRead` is created when the socket turns
-/// readable and dropped once every byte handed to it has come back as
-/// frames, so idle connections hold no read buffer. (It is never dropped in
-/// the middle of a frame, which it would not survive.)
+/// While the socket is quiet this future only waits for readability: the
+/// parsing state (fastwebsockets' `WebSocketRead`, whose buffer is 8 KiB,
+/// and its futures) lives in a boxed [`read_burst`] that exists only while
+/// bytes are arriving, so idle connections stay small.
 async fn read_loop(
     shard: &Shard,
     conn: &Rc<Conn>,
     rd: &mut OwnedReadHalf,
     mut prefix: Bytes,
 ) -> End {
+    if prefix.is_empty() {
+        // An empty slice may still hold hyper's whole read buffer alive.
+        prefix = Bytes::new();
+    }
     let mut message = Assembly::default();
-    let delivered = Cell::new(0u64);
-    let max_message = shard.config().max_message_size;
     loop {
-        if prefix.is_empty() && rd.readable().await.is_err() {
+        if prefix.is_empty() && readable(rd).await.is_err() {
             return End::Gone;
         }
-        delivered.set(0);
-        let source = Source {
-            prefix: &mut prefix,
-            rd: &mut *rd,
-            delivered: &delivered,
-            conn,
+        let burst = read_burst(shard, conn, rd, &mut prefix, &mut message);
+        if let Some(end) = Box::pin(burst).await {
+            return end;
+        }
+    }
+}
+
+/// Parses frames until every byte read so far has been consumed (or the
+/// connection ends). It is never dropped in the middle of a frame, which
+/// fastwebsockets' reader would not survive.
+async fn read_burst(
+    shard: &Shard,
+    conn: &Rc<Conn>,
+    rd: &mut OwnedReadHalf,
+    prefix: &mut Bytes,
+    message: &mut Assembly,
+) -> Option<End> {
+    let max_message = shard.config().max_message_size;
+    let delivered = Cell::new(0u64);
+    let source = Source {
+        prefix,
+        rd,
+        delivered: &delivered,
+        conn,
+    };
+    let (mut ws, _) =
+        fastwebsockets::after_handshake_split(source, tokio::io::sink(), Role::Server);
+    ws.set_auto_close(false);
+    ws.set_auto_pong(false);
+    // fastwebsockets rejects a frame when `len >= max`.
+    ws.set_max_message_size(max_message.saturating_add(1));
+    let mut consumed = 0u64;
+    loop {
+        let mut frame = match ws
+            .read_frame(&mut |_: Frame<'_>| {
+                std::future::ready(Ok::<(), std::convert::Infallible>(()))
+            })
+            .await
+        {
+            Ok(frame) => frame,
+            Err(e) => return Some(e.into()),
         };
-        let (mut ws, _) =
-            fastwebsockets::after_handshake_split(source, tokio::io::sink(), Role::Server);
-        ws.set_auto_close(false);
-        ws.set_auto_pong(false);
-        // fastwebsockets rejects a frame when `len >= max`.
-        ws.set_max_message_size(max_message.saturating_add(1));
-        let mut consumed = 0u64;
-        loop {
-            let mut frame = match ws
-                .read_frame(&mut |_: Frame<'_>| {
-                    std::future::ready(Ok::<(), std::convert::Infallible>(()))
-                })
-                .await
-            {
-                Ok(frame) => frame,
-                Err(e) => return e.into(),
-            };
-            let mut head = [0u8; 14];
-            let head_len = frame.fmt_head(&mut head);
-            consumed += (head_len + frame.payload.len()) as u64;
-            // fastwebsockets unmasks but does not reject unmasked frames,
-            // which RFC 6455 §5.1 requires of a server. The mask bit survives
-            // in the re-encoded header.
-            if head[1] & 0x80 == 0 {
-                return End::Violation(CloseReason::protocol("unmasked client frame"));
-            }
-            if let Some(end) = on_frame(shard, conn, &mut message, max_message, frame) {
-                return end;
-            }
-            if consumed == delivered.get() {
-                break;
-            }
+        let mut head = [0u8; 14];
+        let head_len = frame.fmt_head(&mut head);
+        consumed += (head_len + frame.payload.len()) as u64;
+        // fastwebsockets unmasks but does not reject unmasked frames, which
+        // RFC 6455 §5.1 requires of a server. The mask bit survives in the
+        // re-encoded header.
+        if head[1] & 0x80 == 0 {
+            return Some(End::Violation(CloseReason::protocol(
+                "unmasked client frame",
+            )));
+        }
+        if let Some(end) = on_frame(shard, conn, message, max_message, frame) {
+            return Some(end);
+        }
+        // Everything handed to the reader is parsed: its buffer is empty.
+        // (A peer using over-long length encodings keeps this from ever
+        // matching; its connection then just keeps its reader.)
+        if consumed == delivered.get() {
+            return None;
         }
     }
 }
