@@ -209,9 +209,12 @@ impl Conn {
                 written -= frame.len();
                 continue;
             }
-            // Only the first unwritten frame can be partial, and only when
-            // the queue was empty, so it becomes the head.
-            out.head_written = written;
+            if written > 0 {
+                // Only the first unwritten frame can be partly written, and
+                // only when the queue was empty: it becomes the head.
+                debug_assert!(out.queue.is_empty());
+                out.head_written = written;
+            }
             out.data_bytes += frame.len() - written;
             written = 0;
             out.queue.push_back(Out {

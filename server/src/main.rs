@@ -102,7 +102,10 @@ fn go_style(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsS
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(go_style(std::env::args_os()));
+    let cli = match Cli::try_parse_from(go_style(std::env::args_os())) {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -114,6 +117,37 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Start(args) => start(args.into_config()),
     }
+}
+
+/// Prints a command-line error with the usage (clap leaves the usage out of
+/// some errors, such as a bad value) and exits: 2 for errors, 0 for `--help`.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+        || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    {
+        e.exit();
+    }
+    let mut text = e.render().to_string();
+    if !text.contains("Usage:") {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        cmd.build();
+        // Show the usage of the subcommand that was given, if any.
+        let sub = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+        let usage = match sub.as_deref().and_then(|s| cmd.find_subcommand_mut(s)) {
+            Some(sub) => sub.render_usage(),
+            None => cmd.render_usage(),
+        };
+        text = format!(
+            "{}\n\n{usage}\n\nFor more information, try '--help'.\n",
+            text.trim_end()
+                .trim_end_matches("For more information, try '--help'.")
+                .trim_end()
+        );
+    }
+    eprint!("{text}");
+    std::process::exit(2);
 }
 
 fn start(config: Config) -> ExitCode {

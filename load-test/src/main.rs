@@ -1,0 +1,69 @@
+//! load-test: drives simulated WebSocket clients against a broadcast server.
+//!
+//! Many subscribers (read only) and a few publishers; publishers send binary
+//! payloads carrying their id, a sequence number and a send timestamp, and
+//! every subscriber accounts latency, loss, duplicates and reordering. See
+//! `load-test --help` and `run.rs` for how latency is measured.
+
+mod cli;
+mod conn;
+mod payload;
+mod progress;
+mod report;
+mod run;
+mod tracker;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    // Subscribers: one worker per core. Publishers: one thread of their own.
+    let runtimes = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("subscribers")
+        .enable_all()
+        .build()
+        .and_then(|subs| {
+            let pubs = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("publishers")
+                .enable_all()
+                .build()?;
+            Ok((subs, pubs))
+        });
+    let (rt, pub_rt) = match runtimes {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("load-test: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = args.json.clone();
+    let report = match rt.block_on(run::run(args, pub_rt.handle().clone())) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("load-test: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Tasks still closing connections are dropped with the runtime.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    pub_rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    print!("{}", report.table());
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report).expect("report serializes");
+        if let Err(e) = std::fs::write(&path, text + "\n") {
+            eprintln!("load-test: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        for f in &report.failures {
+            eprintln!("load-test: FAIL: {f}");
+        }
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,178 @@
+//! Runs the load-test binary against the real broadcast-server binary.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const LOAD_TEST: &str = env!("CARGO_BIN_EXE_load-test");
+
+/// Kills the server when the test ends, whatever happens.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds `broadcast-server` with the profile this test was built with (a
+/// no-op when it is up to date) and returns its path next to `load-test`.
+fn server_binary() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let profile_dir = Path::new(LOAD_TEST).parent().expect("target profile dir");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "-p", "server", "--bin", "broadcast-server"]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build -p server");
+    assert!(status.success(), "cargo build -p server failed: {status}");
+    let exe = profile_dir.join(format!("broadcast-server{}", std::env::consts::EXE_SUFFIX));
+    assert!(exe.exists(), "{} missing after build", exe.display());
+    exe
+}
+
+fn start_server() -> Server {
+    let mut child = Command::new(server_binary())
+        .args(["start", "--host", "127.0.0.1", "--port", "0"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn broadcast-server");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut url = None;
+    for line in lines.by_ref() {
+        let line = line.expect("server stdout");
+        if let Some(i) = line.find("ws://") {
+            url = Some(line[i..].trim().to_string());
+            break;
+        }
+    }
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let url = url.expect("server printed no `listening on ws://...` line");
+    Server { child, url }
+}
+
+fn load_test(args: &[&str]) -> Output {
+    Command::new(LOAD_TEST)
+        .args(args)
+        .arg("--no-progress")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run load-test")
+}
+
+fn u(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{key}` missing or not an integer in {v}"))
+}
+
+#[test]
+fn few_hundred_clients_lose_nothing() {
+    let server = start_server();
+    let json = std::env::temp_dir().join(format!("load-test-it-{}.json", std::process::id()));
+    let out = load_test(&[
+        "--url",
+        &server.url,
+        "--clients",
+        "300",
+        "--publishers",
+        "2",
+        "--rate",
+        "200",
+        "--size",
+        "64",
+        "--duration",
+        "3s",
+        "--drain",
+        "10s",
+        "--ramp",
+        "1000",
+        "--json",
+        json.to_str().expect("utf-8 temp path"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "load-test failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("delivered"), "no summary table:\n{stdout}");
+
+    let text = std::fs::read_to_string(&json).expect("--json file written");
+    let _ = std::fs::remove_file(&json);
+    let r: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(u(&r, "clients_connected"), 300, "{r}");
+    assert_eq!(u(&r, "clients_failed"), 0, "{r}");
+    assert_eq!(u(&r, "publishers_connected"), 2, "{r}");
+    let published = u(&r, "published");
+    let scheduled = u(&r, "scheduled");
+    // 200 msg/s for 3 s; the schedule is fixed, sending may fall slightly behind.
+    assert!((590..=602).contains(&scheduled), "scheduled {scheduled}");
+    assert!(
+        published > 0 && published <= scheduled,
+        "published {published}"
+    );
+    assert_eq!(u(&r, "expected_deliveries"), published * 300, "{r}");
+    assert_eq!(u(&r, "delivered"), published * 300, "{r}");
+    assert_eq!(u(&r, "lost"), 0, "{r}");
+    assert_eq!(r["loss_ratio"].as_f64(), Some(0.0), "{r}");
+    assert_eq!(u(&r, "duplicates"), 0, "{r}");
+    assert_eq!(u(&r, "reordered"), 0, "{r}");
+    assert_eq!(u(&r, "malformed"), 0, "{r}");
+    assert_eq!(u(&r, "errors"), 0, "{r}");
+    assert_eq!(r["server_closes"], serde_json::json!({}), "{r}");
+    assert_eq!(u(&r["latency"], "samples"), published * 300, "{r}");
+    assert_eq!(r["passed"], true, "{r}");
+}
+
+#[test]
+fn nothing_listening_fails_with_exit_1() {
+    // Bind then drop a listener: its port is very likely closed now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let out = load_test(&[
+        "--url",
+        &url,
+        "--clients",
+        "3",
+        "--duration",
+        "200ms",
+        "--drain",
+        "200ms",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("failed 3"), "{stdout}");
+    assert!(stderr.contains("--max-errors"), "{stderr}");
+}
+
+#[test]
+fn bad_flags_exit_2() {
+    let out = load_test(&["--size", "10"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--size"));
+    let out = load_test(&["--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+}
