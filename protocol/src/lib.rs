@@ -11,6 +11,7 @@
 pub mod close;
 pub mod frame;
 pub mod utf8;
+pub mod v1;
 
 pub use close::CloseReason;
 
