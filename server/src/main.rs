@@ -1,4 +1,5 @@
-//! The `broadcast-server` command: `start` runs the server.
+//! The `broadcast-server` command: `start` runs the server, `connect` the
+//! console client.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the server (WebSocket endpoint at /ws, health at /healthz).
     Start(StartArgs),
+    /// Connect to a server as an interactive console client.
+    Connect(client_cli::ConnectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +109,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => usage_error(e),
     };
+    let args = match cli.command {
+        Command::Start(args) => args,
+        Command::Connect(args) => return client_cli::run(args),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -114,9 +121,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match cli.command {
-        Command::Start(args) => start(args.into_config()),
-    }
+    start(args.into_config())
 }
 
 /// Prints a command-line error with the usage (clap leaves the usage out of
