@@ -1,0 +1,71 @@
+//! Plain HTTP endpoints: /healthz, /ws without an upgrade, unknown paths.
+
+use crate::util::*;
+
+#[tokio::test]
+async fn healthz_reports_ok_and_connection_count() {
+    let server = Server::start(&[]).await;
+    let resp = server.http_get("/healthz").await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let ctype = resp.header("content-type").unwrap_or("");
+    assert!(
+        ctype.to_ascii_lowercase().starts_with("application/json"),
+        "content-type {ctype:?}"
+    );
+    assert_eq!(
+        json_value(&resp.body, "status"),
+        Some("\"ok\""),
+        "{:?}",
+        resp.body
+    );
+    assert_eq!(
+        json_number(&resp.body, "connections"),
+        Some(0),
+        "{:?}",
+        resp.body
+    );
+    assert!(
+        json_number(&resp.body, "uptime_secs").is_some(),
+        "no uptime_secs in {:?}",
+        resp.body
+    );
+
+    let mut c = server.connect_many(3, false).await;
+    let resp = server.http_get("/healthz").await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(
+        json_value(&resp.body, "status"),
+        Some("\"ok\""),
+        "{:?}",
+        resp.body
+    );
+    assert_eq!(
+        json_number(&resp.body, "connections"),
+        Some(3),
+        "{:?}",
+        resp.body
+    );
+
+    // A client leaving is reflected.
+    let mut gone = c.pop().unwrap();
+    gone.close(None).await.unwrap();
+    server.wait_connections(2).await;
+}
+
+#[tokio::test]
+async fn ws_path_without_upgrade_is_426() {
+    let server = Server::start(&[]).await;
+    let resp = server.http_get("/ws").await;
+    assert_eq!(resp.status, 426, "{resp:?}");
+}
+
+#[tokio::test]
+async fn unknown_path_is_404() {
+    let server = Server::start(&[]).await;
+    for path in ["/nope", "/ws/extra", "/healthzz"] {
+        let resp = server.http_get(path).await;
+        assert_eq!(resp.status, 404, "GET {path}: {resp:?}");
+    }
+    // And the server is fine afterwards.
+    assert_eq!(server.http_get("/healthz").await.status, 200);
+}

@@ -1,0 +1,9 @@
+//! Integration tests: each test starts the real `broadcast-server` binary on
+//! a loopback port chosen by the kernel and talks to it over real sockets.
+
+mod broadcast;
+mod http;
+mod lifecycle;
+mod limits;
+mod protocol_errors;
+mod util;
