@@ -175,6 +175,17 @@ const KNOWN_TYPES: [&str; 4] = ["welcome", "message", "presence", "notice"];
 /// Appends the JSON of a `message` event to `out`, without building an
 /// owned [`ServerEvent`]: the server encodes each message once this way.
 pub fn encode_message_into(out: &mut Vec<u8>, from: u64, name: &str, time: u64, body: BodyRef<'_>) {
+    encode_message_json(out, from, name, time, body);
+}
+
+/// Writes the JSON of a `message` event to `out` (see [`encode_message_into`]).
+pub fn encode_message_json(
+    out: impl std::io::Write,
+    from: u64,
+    name: &str,
+    time: u64,
+    body: BodyRef<'_>,
+) {
     #[derive(Serialize)]
     struct Msg<'a> {
         #[serde(rename = "type")]
@@ -189,7 +200,10 @@ pub fn encode_message_into(out: &mut Vec<u8>, from: u64, name: &str, time: u64, 
     }
     let (text, data) = match body {
         BodyRef::Text(t) => (Some(t), None),
-        BodyRef::Data(d) => (None, Some(base64::engine::general_purpose::STANDARD.encode(d))),
+        BodyRef::Data(d) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(d)),
+        ),
     };
     let msg = Msg {
         kind: "message",
@@ -199,7 +213,7 @@ pub fn encode_message_into(out: &mut Vec<u8>, from: u64, name: &str, time: u64, 
         text,
         data,
     };
-    serde_json::to_writer(out, &msg).expect("writing to a Vec cannot fail");
+    serde_json::to_writer(out, &msg).expect("writing to memory cannot fail");
 }
 
 /// A borrowed message body, for [`encode_message_into`].
@@ -357,7 +371,12 @@ mod tests {
             },
         ];
         for e in events {
-            assert_eq!(ServerEvent::decode(&e.encode()), Ok(Some(e.clone())), "{}", e.encode());
+            assert_eq!(
+                ServerEvent::decode(&e.encode()),
+                Ok(Some(e.clone())),
+                "{}",
+                e.encode()
+            );
         }
     }
 
@@ -369,18 +388,27 @@ mod tests {
             time: 5,
             body: Body::Text("hi".into()),
         };
-        assert_eq!(e.encode(), r#"{"type":"message","from":8,"name":"bob","time":5,"text":"hi"}"#);
+        assert_eq!(
+            e.encode(),
+            r#"{"type":"message","from":8,"name":"bob","time":5,"text":"hi"}"#
+        );
         let mut v = Vec::new();
         encode_message_into(&mut v, 8, "bob", 5, BodyRef::Text("hi"));
         assert_eq!(String::from_utf8(v).unwrap(), e.encode());
         let mut v = Vec::new();
         encode_message_into(&mut v, 1, "x", 2, BodyRef::Data(&[0xff]));
-        assert_eq!(String::from_utf8(v).unwrap(), r#"{"type":"message","from":1,"name":"x","time":2,"data":"/w=="}"#);
+        assert_eq!(
+            String::from_utf8(v).unwrap(),
+            r#"{"type":"message","from":1,"name":"x","time":2,"data":"/w=="}"#
+        );
     }
 
     #[test]
     fn unknown_types_are_skipped_and_garbage_rejected() {
-        assert_eq!(ServerEvent::decode(r#"{"type":"typing","who":3}"#), Ok(None));
+        assert_eq!(
+            ServerEvent::decode(r#"{"type":"typing","who":3}"#),
+            Ok(None)
+        );
         assert!(ServerEvent::decode(r#"{"type":"message"}"#).is_err());
         assert!(ServerEvent::decode("not json").is_err());
         assert!(ServerEvent::decode("[]").is_err());
@@ -405,10 +433,16 @@ mod tests {
 
     #[test]
     fn query_values() {
-        assert_eq!(query_param("name=J%C3%BCrgen+K&x=1", "name"), Some(Some("Jürgen K".into())));
+        assert_eq!(
+            query_param("name=J%C3%BCrgen+K&x=1", "name"),
+            Some(Some("Jürgen K".into()))
+        );
         assert_eq!(query_param("x=1", "name"), None);
         assert_eq!(query_param("name=%zz", "name"), Some(None));
-        assert_eq!(decode_query_value(&encode_query_value("a b&c=d/é")), Some("a b&c=d/é".into()));
+        assert_eq!(
+            decode_query_value(&encode_query_value("a b&c=d/é")),
+            Some("a b&c=d/é".into())
+        );
     }
 
     proptest! {

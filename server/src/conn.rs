@@ -29,12 +29,13 @@ use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use protocol::close::{self, CloseReason};
 use protocol::frame::{encode_server_frame, encode_server_header, MAX_SERVER_HEADER};
 use protocol::utf8::Utf8Validator;
+use protocol::v1::BodyRef;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
 use crate::config::CLOSE_TIMEOUT;
-use crate::fanout::{Broadcast, ChannelId, ConnId};
+use crate::fanout::{Broadcast, ChannelId, ConnId, Format};
 use crate::shard::Shard;
 
 /// Most slices handed to one `writev` by the flush task.
@@ -58,6 +59,9 @@ enum Kind {
     Data,
     Ping,
     Pong,
+    /// A `broadcast.v1` notice explaining the close that follows; like
+    /// control frames, never dropped and not counted in the backlog.
+    Notice,
     Close,
 }
 
@@ -135,6 +139,10 @@ pub(crate) enum Queued {
 pub(crate) struct Conn {
     pub(crate) id: ConnId,
     pub(crate) channel: ChannelId,
+    /// Raw broadcast or `broadcast.v1` events.
+    pub(crate) format: Format,
+    /// Display name (unique on the server, see `names`).
+    pub(crate) name: Box<str>,
     /// Position in the shard registry's member list (maintained by the registry).
     pub(crate) slot: Cell<usize>,
     writer: OwnedWriteHalf,
@@ -151,10 +159,18 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(id: ConnId, channel: ChannelId, writer: OwnedWriteHalf) -> Self {
+    pub(crate) fn new(
+        id: ConnId,
+        channel: ChannelId,
+        format: Format,
+        name: String,
+        writer: OwnedWriteHalf,
+    ) -> Self {
         Self {
             id,
             channel,
+            format,
+            name: name.into_boxed_str(),
             slot: Cell::new(usize::MAX),
             writer,
             out: RefCell::new(Outbox::default()),
@@ -166,21 +182,27 @@ impl Conn {
         }
     }
 
+    /// This connection as presence updates name it.
+    pub(crate) fn peer(&self) -> protocol::v1::Peer {
+        protocol::v1::Peer {
+            id: self.id.0,
+            name: self.name.to_string(),
+        }
+    }
+
     /// Whether broadcast data may still be queued for this connection.
     pub(crate) fn is_open(&self) -> bool {
         self.close.get() == CloseState::Open
     }
 
-    /// Writes the frames `picked` (indices into `batch`) to the socket, or
-    /// queues what it does not take right now.
+    /// Writes `frames` to the socket, or queues what it does not take now.
     ///
     /// When nothing is queued this is one vectored `try_write` straight from
     /// the shared frames; only the unwritten tail is queued (by reference
     /// count, never copied).
     pub(crate) fn send_batch<'a>(
         self: &Rc<Self>,
-        batch: &'a [Broadcast],
-        picked: &[u32],
+        frames: &[&'a Bytes],
         iov: &mut Vec<IoSlice<'a>>,
         max_backlog: usize,
     ) -> Queued {
@@ -188,11 +210,7 @@ impl Conn {
         let mut written = 0;
         if out.queue.is_empty() && !out.flushing {
             iov.clear();
-            iov.extend(
-                picked
-                    .iter()
-                    .map(|&i| IoSlice::new(&batch[i as usize].frame)),
-            );
+            iov.extend(frames.iter().map(|f| IoSlice::new(f)));
             match self.writer.try_write_vectored(iov) {
                 Ok(n) => written = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -203,8 +221,7 @@ impl Conn {
                 }
             }
         }
-        for &i in picked {
-            let frame = &batch[i as usize].frame;
+        for &frame in frames {
             if written >= frame.len() {
                 written -= frame.len();
                 continue;
@@ -236,6 +253,21 @@ impl Conn {
         } else {
             Queued::Ok
         }
+    }
+
+    /// Sends a frame meant for this connection only (the v1 welcome).
+    pub(crate) fn send_own(self: &Rc<Self>, frame: Bytes) {
+        if !self.is_open() {
+            return;
+        }
+        let mut out = self.out.borrow_mut();
+        out.data_bytes += frame.len();
+        out.queue.push_back(Out {
+            kind: Kind::Data,
+            bytes: frame,
+        });
+        drop(out);
+        self.kick();
     }
 
     /// Queues a pong answering a ping with `payload`. Only the newest
@@ -286,7 +318,13 @@ impl Conn {
     /// Starts the closing handshake: queues a close frame with `payload`
     /// (after the queued data unless `drop_data`), and gives the peer
     /// `timeout` to answer before the connection is dropped.
-    pub(crate) fn start_close(self: &Rc<Self>, payload: &[u8], drop_data: bool, timeout: Duration) {
+    pub(crate) fn start_close(
+        self: &Rc<Self>,
+        payload: &[u8],
+        notice: Option<Bytes>,
+        drop_data: bool,
+        timeout: Duration,
+    ) {
         if !self.is_open() {
             return;
         }
@@ -296,6 +334,12 @@ impl Conn {
         let mut out = self.out.borrow_mut();
         if drop_data {
             out.drop_unstarted();
+        }
+        if let Some(notice) = notice {
+            out.queue.push_back(Out {
+                kind: Kind::Notice,
+                bytes: notice,
+            });
         }
         out.queue.push_back(Out {
             kind: Kind::Close,
@@ -313,7 +357,14 @@ impl Conn {
         drop_data: bool,
         timeout: Duration,
     ) {
-        self.start_close(&reason.payload(), drop_data, timeout);
+        let notice = (self.format == Format::V1).then(|| {
+            let event = protocol::v1::ServerEvent::Notice {
+                code: reason.code,
+                text: notice_text(reason).to_owned(),
+            };
+            frame_text(event.encode().as_bytes())
+        });
+        self.start_close(&reason.payload(), notice, drop_data, timeout);
     }
 
     /// Makes sure queued frames are being written: writes what the socket
@@ -509,7 +560,7 @@ pub(crate) async fn serve(
                 // Answer with the same code; drop data that has not started
                 // to go out (no data may follow a close frame).
                 let payload = code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
-                conn.start_close(&payload, true, CLOSE_TIMEOUT);
+                conn.start_close(&payload, None, true, CLOSE_TIMEOUT);
                 let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, conn.close_sent())).await;
             }
             // Both close frames are exchanged: the server closes TCP first.
@@ -749,6 +800,41 @@ fn on_close(payload: &[u8]) -> End {
     }
 }
 
+/// Frames a `broadcast.v1` event (a text frame).
+pub(crate) fn frame_text(json: &[u8]) -> Bytes {
+    frame_message(protocol::frame::OpCode::Text, json)
+}
+
+/// What a v1 client is told before the server closes it.
+fn notice_text(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::SHUTTING_DOWN => "the server is shutting down",
+        CloseReason::IDLE_TIMEOUT => "closing the connection after a long silence",
+        CloseReason::SLOW_CONSUMER => {
+            "you are not reading fast enough: too much was waiting to be sent to you"
+        }
+        CloseReason::MESSAGE_TOO_BIG => "your message is larger than the server accepts",
+        CloseReason::INVALID_UTF8 => "your text message was not valid UTF-8",
+        other => other.reason,
+    }
+}
+
+/// Length of the header of a frame made by [`frame_message`].
+fn server_header_len(frame: &[u8]) -> usize {
+    match frame[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Frames a complete single-frame message: the one copy a message gets.
 fn frame_message(opcode: protocol::frame::OpCode, payload: &[u8]) -> Bytes {
     let mut head = [0u8; MAX_SERVER_HEADER];
@@ -761,14 +847,45 @@ fn frame_message(opcode: protocol::frame::OpCode, payload: &[u8]) -> Bytes {
 
 /// Hands a framed message to every shard, unless this connection or the
 /// server is closing (data after a close is discarded, RFC 6455 §5.5.1).
-fn publish(shard: &Shard, conn: &Conn, frame: Bytes) {
-    if conn.is_open() {
-        shard.publish(Broadcast {
-            frame,
-            sender: conn.id,
-            channel: conn.channel,
-        });
+///
+/// The raw frame is what the sender sent; while `broadcast.v1` clients are
+/// connected, the v1 event is encoded here too, once for all of them.
+fn publish(shard: &Shard, conn: &Conn, raw: Bytes) {
+    if !conn.is_open() {
+        return;
     }
+    let v1 = shard.has_v1_clients().then(|| {
+        let payload = &raw[server_header_len(&raw)..];
+        let body = if raw[0] & 0x0f == protocol::frame::OpCode::Text as u8 {
+            // Validated as UTF-8 when it was read.
+            BodyRef::Text(std::str::from_utf8(payload).unwrap_or_default())
+        } else {
+            BodyRef::Data(payload)
+        };
+        let mut json = BytesMut::with_capacity(MAX_SERVER_HEADER + payload.len() + 64);
+        json.put_bytes(0, MAX_SERVER_HEADER);
+        let mut writer = json.writer();
+        protocol::v1::encode_message_json(&mut writer, conn.id.0, &conn.name, unix_millis(), body);
+        seal(writer.into_inner(), protocol::frame::OpCode::Text)
+    });
+    shard.publish(Broadcast {
+        raw: Some(raw),
+        v1,
+        sender: conn.id,
+        channel: conn.channel,
+    });
+}
+
+/// Writes the server header into the [`MAX_SERVER_HEADER`] spare bytes at
+/// the front of `buf` (which holds the payload after them) and returns the
+/// frame, without moving the payload.
+fn seal(mut buf: BytesMut, opcode: protocol::frame::OpCode) -> Bytes {
+    let len = buf.len() - MAX_SERVER_HEADER;
+    let mut head = [0u8; MAX_SERVER_HEADER];
+    let n = encode_server_header(opcode, len, &mut head);
+    buf[MAX_SERVER_HEADER - n..MAX_SERVER_HEADER].copy_from_slice(&head[..n]);
+    buf.advance(MAX_SERVER_HEADER - n);
+    buf.freeze()
 }
 
 /// A fragmented message being reassembled.
@@ -823,13 +940,8 @@ impl Assembly {
         if !fin {
             return Ok(None);
         }
-        let mut buf = self.buf.take().expect("a message is in progress");
-        let len = buf.len() - MAX_SERVER_HEADER;
-        let mut head = [0u8; MAX_SERVER_HEADER];
-        let n = encode_server_header(opcode, len, &mut head);
-        buf[MAX_SERVER_HEADER - n..MAX_SERVER_HEADER].copy_from_slice(&head[..n]);
-        buf.advance(MAX_SERVER_HEADER - n);
-        Ok(Some(buf.freeze()))
+        let buf = self.buf.take().expect("a message is in progress");
+        Ok(Some(seal(buf, opcode)))
     }
 }
 

@@ -27,11 +27,25 @@ pub(crate) const LOBBY: ChannelId = 0;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct ConnId(pub(crate) u64);
 
-/// One framed message on its way to every shard.
+/// How a connection wants messages: the raw broadcast, or `broadcast.v1` events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// The payload exactly as the sender sent it.
+    Raw,
+    /// A JSON `broadcast.v1` event (sender, name, time, payload).
+    V1,
+}
+
+/// One framed message on its way to every shard, encoded at most once per
+/// format: recipients of a format all share the same bytes.
 #[derive(Debug, Clone)]
 pub(crate) struct Broadcast {
-    /// The complete server frame (header + payload), shared by all recipients.
-    pub(crate) frame: Bytes,
+    /// The complete server frame for raw clients (`None`: nothing for them,
+    /// e.g. a presence update).
+    pub(crate) raw: Option<Bytes>,
+    /// The complete server frame for `broadcast.v1` clients (`None` when no
+    /// such client was connected when the message was published).
+    pub(crate) v1: Option<Bytes>,
     /// Who sent it, so that shards can skip the sender.
     pub(crate) sender: ConnId,
     /// Where it goes.
@@ -51,6 +65,16 @@ pub(crate) enum ShardMsg {
     Quiesce(oneshot::Sender<()>),
     /// Deliver what is queued, close every connection with 1001, and stop.
     Shutdown,
+}
+
+impl Broadcast {
+    /// The frame a connection of `format` gets, if any.
+    pub(crate) fn frame_for(&self, format: Format) -> Option<&Bytes> {
+        match format {
+            Format::Raw => self.raw.as_ref(),
+            Format::V1 => self.v1.as_ref(),
+        }
+    }
 }
 
 /// The sending side of one shard's inbox, plus its load for placement.

@@ -13,12 +13,23 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, UPGRADE};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use crate::fanout::Format;
 use crate::shard::Shard;
+
+/// Whether the client offers `broadcast.v1` among its subprotocols.
+fn offers_v1<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == protocol::v1::SUBPROTOCOL)
+}
 
 /// Longest a plain HTTP connection may live (the upgrade is bounded by the
 /// handshake timeout; this bounds slow bodies and keep-alive sessions).
@@ -113,6 +124,35 @@ fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
             "upgrade with GET\n",
         );
     }
+    let wanted_name = match req
+        .uri()
+        .query()
+        .and_then(|q| protocol::v1::query_param(q, protocol::v1::NAME_PARAM))
+    {
+        None => None,
+        Some(raw) => match raw.as_deref().map(protocol::v1::validate_name) {
+            Some(Ok(name)) => Some(name),
+            Some(Err(e)) => {
+                return respond(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain; charset=utf-8",
+                    format!("invalid name: {e}\n"),
+                );
+            }
+            None => {
+                return respond(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain; charset=utf-8",
+                    "invalid name: bad percent-encoding or not UTF-8\n",
+                );
+            }
+        },
+    };
+    let format = if offers_v1(&req) {
+        Format::V1
+    } else {
+        Format::Raw
+    };
     if shard.is_draining() {
         return respond(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -152,7 +192,7 @@ fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
             }
         };
         match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => shard.adopt(parts.io.into_inner(), parts.read_buf),
+            Ok(parts) => shard.adopt(parts.io.into_inner(), parts.read_buf, format, wanted_name),
             Err(_) => {
                 shard.stats().connections.fetch_sub(1, Ordering::Relaxed);
                 tracing::error!("upgraded connection is not a TcpStream");
@@ -163,5 +203,11 @@ fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
     parts
         .headers
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if format == Format::V1 {
+        parts.headers.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(protocol::v1::SUBPROTOCOL),
+        );
+    }
     Response::from_parts(parts, Full::new(Bytes::new()))
 }

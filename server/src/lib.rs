@@ -20,6 +20,8 @@ mod config;
 mod conn;
 mod fanout;
 mod http;
+mod names;
+mod presence;
 mod registry;
 mod shard;
 mod stats;
@@ -101,6 +103,13 @@ impl Server {
         let fanout = Fanout::new(Peers {
             shards: handles.clone(),
         });
+        let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
+        let presence = tokio::spawn(presence::run(presence_rx, fanout.clone(), stats.clone()));
+        let hub = Arc::new(shard::Hub {
+            stats: stats.clone(),
+            names: names::Names::default(),
+            presence: presence_tx,
+        });
         let mut threads = Vec::with_capacity(config.workers);
         for (index, inbox) in inboxes.into_iter().enumerate() {
             threads.push(shard::spawn(
@@ -108,7 +117,7 @@ impl Server {
                 config.clone(),
                 fanout.clone(),
                 handles[index].clone(),
-                stats.clone(),
+                hub.clone(),
                 inbox,
             )?);
         }
@@ -140,6 +149,7 @@ impl Server {
         for ack in acks {
             let _ = ack.await;
         }
+        presence.abort();
         for handle in &handles {
             handle.send(ShardMsg::Shutdown);
         }

@@ -21,7 +21,9 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::{Config, CLOSE_TIMEOUT};
 use crate::conn::{self, Conn, Queued};
-use crate::fanout::{Broadcast, ConnId, Fanout, ShardHandle, ShardMsg, LOBBY};
+use crate::fanout::{Broadcast, ConnId, Fanout, Format, ShardHandle, ShardMsg, LOBBY};
+use crate::names::Names;
+use crate::presence::{Change, PresenceTx};
 use crate::registry::Registry;
 use crate::stats::Stats;
 
@@ -31,6 +33,15 @@ const BATCH: usize = 256;
 /// Source of process-unique connection ids.
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
+/// What all shards share besides the fan-out: counters, the names in use,
+/// and the presence channel. None of it is touched per delivery.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) names: Names,
+    pub(crate) presence: PresenceTx,
+}
+
 /// State of one shard, shared by the tasks on its thread.
 #[derive(Debug)]
 pub(crate) struct Shard {
@@ -38,7 +49,7 @@ pub(crate) struct Shard {
     config: Arc<Config>,
     fanout: Fanout,
     handle: Arc<ShardHandle>,
-    stats: Arc<Stats>,
+    hub: Arc<Hub>,
     registry: RefCell<Registry>,
     /// Set when shutdown starts: no more publishing or upgrades.
     draining: Cell<bool>,
@@ -52,7 +63,7 @@ pub(crate) fn spawn(
     config: Arc<Config>,
     fanout: Fanout,
     handle: Arc<ShardHandle>,
-    stats: Arc<Stats>,
+    hub: Arc<Hub>,
     inbox: mpsc::UnboundedReceiver<ShardMsg>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -67,7 +78,7 @@ pub(crate) fn spawn(
                 config,
                 fanout,
                 handle,
-                stats,
+                hub,
                 registry: RefCell::new(Registry::default()),
                 draining: Cell::new(false),
                 departed: Notify::new(),
@@ -82,7 +93,12 @@ impl Shard {
     }
 
     pub(crate) fn stats(&self) -> &Stats {
-        &self.stats
+        &self.hub.stats
+    }
+
+    /// Whether messages must also be encoded as `broadcast.v1` events.
+    pub(crate) fn has_v1_clients(&self) -> bool {
+        self.hub.stats.v1_connections.load(Ordering::Relaxed) > 0
     }
 
     pub(crate) fn is_draining(&self) -> bool {
@@ -135,7 +151,7 @@ impl Shard {
         }
         let echo = self.config.echo;
         let max_backlog = self.config.max_backlog;
-        let mut picked: Vec<u32> = Vec::with_capacity(frames.len());
+        let mut picked: Vec<&Bytes> = Vec::with_capacity(frames.len());
         let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len());
         let mut overflowed = Vec::new();
         let registry = self.registry.borrow();
@@ -151,21 +167,21 @@ impl Shard {
                 picked.extend(
                     frames
                         .iter()
-                        .enumerate()
-                        .filter(|(_, f)| f.channel == channel && (echo || f.sender != conn.id))
-                        .map(|(i, _)| i as u32),
+                        .filter(|f| f.channel == channel && (echo || f.sender != conn.id))
+                        .filter_map(|f| f.frame_for(conn.format)),
                 );
                 if picked.is_empty() {
                     continue;
                 }
-                if conn.send_batch(frames, &picked, &mut iov, max_backlog) == Queued::Overflow {
+                if conn.send_batch(&picked, &mut iov, max_backlog) == Queued::Overflow {
                     overflowed.push(conn.clone());
                 }
             }
         }
         drop(registry);
         for conn in overflowed {
-            self.stats
+            self.hub
+                .stats
                 .slow_consumer_closes
                 .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(conn = conn.id.0, "closing slow consumer");
@@ -194,15 +210,41 @@ impl Shard {
     /// Takes over a socket that completed the WebSocket upgrade.
     ///
     /// The caller has already counted it in `Stats::connections`.
-    pub(crate) fn adopt(self: &Rc<Self>, stream: TcpStream, prefix: Bytes) {
+    /// `name` is the validated name the client asked for, if any.
+    pub(crate) fn adopt(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        prefix: Bytes,
+        format: Format,
+        name: Option<String>,
+    ) {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(cause = %e, "set_nodelay failed");
         }
         let (reader, writer) = stream.into_split();
         let id = ConnId(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
-        let conn = Rc::new(Conn::new(id, LOBBY, writer));
+        let wanted = name.unwrap_or_else(|| protocol::v1::guest_name(id.0));
+        let name = self.hub.names.claim(&wanted);
+        let conn = Rc::new(Conn::new(id, LOBBY, format, name, writer));
         self.handle.load.fetch_add(1, Ordering::Relaxed);
-        self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.hub
+            .stats
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
+        if format == Format::V1 {
+            self.hub
+                .stats
+                .v1_connections
+                .fetch_add(1, Ordering::Relaxed);
+            let welcome = protocol::v1::ServerEvent::Welcome {
+                id: id.0,
+                name: conn.name.to_string(),
+                online: self.hub.stats.connections.load(Ordering::Relaxed) as u64,
+                time: conn::unix_millis(),
+            };
+            conn.send_own(conn::frame_text(welcome.encode().as_bytes()));
+        }
+        let _ = self.hub.presence.send(Change::Joined(conn.peer()));
         self.registry.borrow_mut().insert(conn.clone());
         tracing::trace!(conn = id.0, shard = self.index, "connected");
         if self.draining.get() {
@@ -219,7 +261,15 @@ impl Shard {
     pub(crate) fn unregister(&self, conn: &Conn) {
         self.registry.borrow_mut().remove(conn);
         self.handle.load.fetch_sub(1, Ordering::Relaxed);
-        self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        self.hub.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        if conn.format == Format::V1 {
+            self.hub
+                .stats
+                .v1_connections
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        self.hub.names.release(&conn.name);
+        let _ = self.hub.presence.send(Change::Left(conn.peer()));
         tracing::trace!(conn = conn.id.0, "disconnected");
         self.departed.notify_waiters();
     }
@@ -229,12 +279,15 @@ impl Shard {
         if self.draining.get() {
             return;
         }
-        self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.hub.stats.messages_in.fetch_add(1, Ordering::Relaxed);
         self.fanout.publish(msg);
     }
 
     pub(crate) fn note_violation(&self, reason: CloseReason) {
-        self.stats.protocol_closes.fetch_add(1, Ordering::Relaxed);
+        self.hub
+            .stats
+            .protocol_closes
+            .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             code = reason.code,
             reason = reason.reason,
@@ -270,7 +323,7 @@ impl Shard {
             }
             drop(registry);
             for conn in expired {
-                self.stats.idle_closes.fetch_add(1, Ordering::Relaxed);
+                self.hub.stats.idle_closes.fetch_add(1, Ordering::Relaxed);
                 conn.close_with(CloseReason::IDLE_TIMEOUT, false, CLOSE_TIMEOUT);
             }
         }

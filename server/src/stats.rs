@@ -12,6 +12,9 @@ pub(crate) struct Stats {
     started: Instant,
     /// Open WebSocket connections.
     pub(crate) connections: AtomicUsize,
+    /// Open connections speaking `broadcast.v1` (messages are encoded for
+    /// them only while there are some).
+    pub(crate) v1_connections: AtomicUsize,
     /// WebSocket connections accepted since start.
     pub(crate) connections_total: AtomicU64,
     /// Messages received from clients and published.
@@ -31,6 +34,7 @@ impl Stats {
         Self {
             started: Instant::now(),
             connections: AtomicUsize::new(0),
+            v1_connections: AtomicUsize::new(0),
             connections_total: AtomicU64::new(0),
             messages_in: AtomicU64::new(0),
             slow_consumer_closes: AtomicU64::new(0),
@@ -45,13 +49,14 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             concat!(
-                "{{\"status\":\"ok\",\"connections\":{},\"uptime_secs\":{},\"workers\":{},",
+                "{{\"status\":\"ok\",\"connections\":{},\"uptime_secs\":{},\"workers\":{},\"v1_connections\":{},",
                 "\"connections_total\":{},\"messages_in\":{},\"slow_consumer_closes\":{},",
                 "\"protocol_closes\":{},\"idle_closes\":{},\"refused\":{}}}"
             ),
             self.connections.load(Ordering::Relaxed),
             self.started.elapsed().as_secs(),
             workers,
+            self.v1_connections.load(Ordering::Relaxed),
             get(&self.connections_total),
             get(&self.messages_in),
             get(&self.slow_consumer_closes),

@@ -1,0 +1,171 @@
+//! Presence for `broadcast.v1` clients: who joined and left, coalesced.
+//!
+//! Shards report joins and leaves on a channel; one task gathers them and,
+//! at most every [`PRESENCE_INTERVAL`], encodes a single presence event and
+//! publishes it like any message (framed once, fanned out to every shard).
+//! However fast connections churn, a client gets at most a few presence
+//! updates per second, and past [`PRESENCE_NAME_LIMIT`] changes they carry
+//! counts instead of names.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::v1::{Peer, ServerEvent, PRESENCE_NAME_LIMIT};
+use tokio::sync::mpsc;
+
+use crate::fanout::{Broadcast, ConnId, Fanout, LOBBY};
+use crate::stats::Stats;
+
+/// Shortest time between two presence updates.
+pub(crate) const PRESENCE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A join or leave, as a shard reports it.
+#[derive(Debug)]
+pub(crate) enum Change {
+    Joined(Peer),
+    Left(Peer),
+}
+
+/// The reporting end, one per process, cloned into every shard.
+pub(crate) type PresenceTx = mpsc::UnboundedSender<Change>;
+
+/// Changes gathered since the last update.
+#[derive(Debug, Default)]
+struct Pending {
+    joined: Vec<Peer>,
+    left: Vec<Peer>,
+}
+
+impl Pending {
+    fn add(&mut self, change: Change) {
+        match change {
+            Change::Joined(peer) => self.joined.push(peer),
+            Change::Left(peer) => {
+                // Joined and left within one interval: nobody needs to know.
+                if let Some(i) = self.joined.iter().position(|p| p.id == peer.id) {
+                    self.joined.swap_remove(i);
+                } else {
+                    self.left.push(peer);
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.joined.is_empty() && self.left.is_empty()
+    }
+
+    /// The event for these changes, leaving `self` empty.
+    fn take_event(&mut self, online: u64) -> ServerEvent {
+        let mut joined = std::mem::take(&mut self.joined);
+        let mut left = std::mem::take(&mut self.left);
+        if joined.len() + left.len() > PRESENCE_NAME_LIMIT {
+            ServerEvent::Presence {
+                online,
+                joined: Vec::new(),
+                left: Vec::new(),
+                joined_count: Some(joined.len() as u64),
+                left_count: Some(left.len() as u64),
+            }
+        } else {
+            joined.sort_by_key(|p| p.id);
+            left.sort_by_key(|p| p.id);
+            ServerEvent::Presence {
+                online,
+                joined,
+                left,
+                joined_count: None,
+                left_count: None,
+            }
+        }
+    }
+}
+
+/// Gathers changes and publishes presence updates until the channel closes.
+pub(crate) async fn run(
+    mut changes: mpsc::UnboundedReceiver<Change>,
+    fanout: Fanout,
+    stats: Arc<Stats>,
+) {
+    let mut pending = Pending::default();
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        if changes.recv_many(&mut batch, 256).await == 0 {
+            return;
+        }
+        for change in batch.drain(..) {
+            pending.add(change);
+        }
+        // Let more changes gather, then send one update for all of them.
+        tokio::time::sleep(PRESENCE_INTERVAL).await;
+        while let Ok(change) = changes.try_recv() {
+            pending.add(change);
+        }
+        if pending.is_empty() || stats.v1_connections.load(Ordering::Relaxed) == 0 {
+            pending = Pending::default();
+            continue;
+        }
+        let online = stats.connections.load(Ordering::Relaxed) as u64;
+        let event = pending.take_event(online).encode();
+        let frame = crate::conn::frame_text(event.as_bytes());
+        fanout.publish(Broadcast {
+            raw: None,
+            v1: Some(frame),
+            sender: ConnId(0),
+            channel: LOBBY,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: u64) -> Peer {
+        Peer {
+            id,
+            name: format!("p{id}"),
+        }
+    }
+
+    #[test]
+    fn join_then_leave_cancels_out() {
+        let mut p = Pending::default();
+        p.add(Change::Joined(peer(1)));
+        p.add(Change::Joined(peer(2)));
+        p.add(Change::Left(peer(1)));
+        p.add(Change::Left(peer(9)));
+        let ServerEvent::Presence {
+            joined,
+            left,
+            online,
+            ..
+        } = p.take_event(5)
+        else {
+            panic!("not presence")
+        };
+        assert_eq!((joined, left, online), (vec![peer(2)], vec![peer(9)], 5));
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn many_changes_become_counts() {
+        let mut p = Pending::default();
+        for id in 0..30 {
+            p.add(Change::Joined(peer(id)));
+        }
+        p.add(Change::Left(peer(100)));
+        let event = p.take_event(40);
+        assert_eq!(
+            event,
+            ServerEvent::Presence {
+                online: 40,
+                joined: vec![],
+                left: vec![],
+                joined_count: Some(30),
+                left_count: Some(1),
+            }
+        );
+    }
+}
