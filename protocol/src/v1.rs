@@ -254,19 +254,20 @@ impl std::error::Error for NameError {}
 /// Empty, too long, or containing control characters, invisible format
 /// characters (which could make two names look alike) or line breaks.
 pub fn validate_name(requested: &str) -> Result<String, NameError> {
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+    };
+    // Checked before trimming: a line break is refused, not silently cut.
+    if requested.chars().any(invisible) {
+        return Err(NameError::NotPrintable);
+    }
     let name = requested.trim();
     if name.is_empty() {
         return Err(NameError::Empty);
     }
     if name.chars().count() > MAX_NAME_CHARS {
         return Err(NameError::TooLong);
-    }
-    let invisible = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
-    };
-    if name.chars().any(invisible) {
-        return Err(NameError::NotPrintable);
     }
     Ok(name.to_owned())
 }
@@ -427,6 +428,7 @@ mod tests {
         assert_eq!(validate_name(&"x".repeat(33)), Err(NameError::TooLong));
         assert_eq!(validate_name(&"é".repeat(32)), Ok("é".repeat(32)));
         assert_eq!(validate_name("a\nb"), Err(NameError::NotPrintable));
+        assert_eq!(validate_name("\nevil"), Err(NameError::NotPrintable));
         assert_eq!(validate_name("a\u{200B}b"), Err(NameError::NotPrintable));
         assert_eq!(validate_name("\u{1b}[31mred"), Err(NameError::NotPrintable));
     }

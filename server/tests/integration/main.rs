@@ -7,3 +7,4 @@ mod lifecycle;
 mod limits;
 mod protocol_errors;
 mod util;
+mod v1;
