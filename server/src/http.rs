@@ -35,8 +35,6 @@ fn offers_v1<B>(req: &Request<B>) -> bool {
 /// handshake timeout; this bounds slow bodies and keep-alive sessions).
 const HTTP_CONNECTION_LIMIT: Duration = Duration::from_secs(120);
 
-const INDEX_HTML: &str = include_str!("index.html");
-
 /// Serves HTTP on an accepted connection until it closes or upgrades.
 pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
@@ -79,31 +77,45 @@ fn route(shard: &Rc<Shard>, req: Request<Incoming>) -> Response<Body> {
         return upgrade(shard, req);
     }
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
-    match path {
-        protocol::HEALTH_PATH if get => {
+    if path == protocol::HEALTH_PATH {
+        if !get {
+            return method_not_allowed();
+        }
+        let mut res = respond(
+            StatusCode::OK,
+            "application/json",
+            shard.stats().health_json(shard.config().workers),
+        );
+        res.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return res;
+    }
+    match crate::assets::lookup(path) {
+        Some(_) if !get => method_not_allowed(),
+        Some(asset) => {
             let mut res = respond(
                 StatusCode::OK,
-                "application/json",
-                shard.stats().health_json(shard.config().workers),
+                asset.content_type,
+                Bytes::from_static(asset.body),
             );
             res.headers_mut()
-                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                .insert(CACHE_CONTROL, HeaderValue::from_static(asset.cache_control));
             res
         }
-        "/" | "/index.html" if get => {
-            respond(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML)
-        }
-        "/" | "/index.html" | protocol::HEALTH_PATH => respond(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "method not allowed\n",
-        ),
-        _ => respond(
+        None => respond(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
             "not found\n",
         ),
     }
+}
+
+fn method_not_allowed() -> Response<Body> {
+    respond(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "text/plain; charset=utf-8",
+        "method not allowed\n",
+    )
 }
 
 fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {

@@ -16,6 +16,7 @@
 //! - Each connection's outbound backlog is bounded; a connection that falls
 //!   too far behind is closed with 1013 without slowing anyone else.
 
+mod assets;
 mod config;
 mod conn;
 mod fanout;
