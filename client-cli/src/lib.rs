@@ -1,6 +1,25 @@
 //! The console client: `broadcast-server connect`.
+//!
+//! * Interactive (stdin and stdout are terminals): a rustyline prompt; what
+//!   others send is printed above it without disturbing the line being typed.
+//! * Plain (otherwise): each stdin line is sent as a message; messages and
+//!   presence are printed one per line on stdout, status on stderr. At the
+//!   end of stdin the client closes cleanly and exits. `--listen` ignores
+//!   stdin and records until SIGINT/SIGTERM.
+//!
+//! The client offers the `broadcast.v1` subprotocol (names, presence,
+//! server time) and falls back to raw mode with a plain broadcast server.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
+
+mod app;
+mod backoff;
+mod conn;
+mod input;
+mod output;
+mod render;
+mod target;
 
 /// `broadcast-server connect` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -11,20 +30,68 @@ pub struct ConnectArgs {
     /// Server port.
     #[arg(long, default_value_t = protocol::DEFAULT_PORT, conflicts_with = "url")]
     pub port: u16,
-    /// Full server URL instead of --host/--port (ws://... or wss://...).
+    /// Full server URL instead of --host/--port (ws://... or wss://...; /ws is added when it has no path).
     #[arg(long)]
     pub url: Option<String>,
-    /// Display name to ask for.
+    /// Display name to ask for (the server may add a suffix if it is taken).
     #[arg(long)]
     pub name: Option<String>,
-    /// Do not reconnect after the connection drops.
+    /// Do not reconnect after the connection drops (exit 1 instead).
     #[arg(long)]
     pub no_reconnect: bool,
+    /// Only receive: do not read stdin; run until Ctrl+C, SIGINT or SIGTERM.
+    #[arg(long, short = 'l')]
+    pub listen: bool,
 }
 
-/// Runs the console client until the user leaves.
+/// Runs the console client until the user leaves. Exit codes: 0 when the
+/// user left (Ctrl+C, Ctrl+D, end of stdin, SIGINT/SIGTERM), 1 when the
+/// first connection fails or, with `--no-reconnect`, the connection drops,
+/// 2 for a bad flag value.
 pub fn run(args: ConnectArgs) -> ExitCode {
-    let _ = args;
-    eprintln!("error: connect is not implemented yet");
-    ExitCode::from(1)
+    let target = match target::build(
+        &args.host,
+        args.port,
+        args.url.as_deref(),
+        args.name.as_deref(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let interactive =
+        !args.listen && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let colour = interactive
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var("TERM").map_or(true, |t| t != "dumb");
+    let tls = match conn::tls_connector() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let opts = app::Options {
+        target,
+        interactive,
+        listen: args.listen,
+        reconnect: !args.no_reconnect,
+    };
+    let out = output::Out::new(interactive, colour);
+    let code = runtime.block_on(app::run(opts, out, tls));
+    // Reader threads may still block on stdin: do not wait for them.
+    runtime.shutdown_background();
+    code
 }

@@ -1,0 +1,151 @@
+//! Opening a connection: the WebSocket handshake (offering `broadcast.v1`),
+//! TLS for `wss://`, and turning failures into one readable cause.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError, SubProtocolError};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use crate::render::sanitize;
+
+/// A client WebSocket.
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Bound on one attempt: TCP connect, TLS and the upgrade together.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An open connection.
+pub(crate) struct Connected {
+    pub(crate) ws: Ws,
+    /// The server accepted `broadcast.v1`: every frame it sends is a JSON event.
+    pub(crate) v1: bool,
+}
+
+/// Why a connection attempt failed, in words.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct ConnectError(String);
+
+/// The TLS settings for `wss://`: rustls with the Mozilla roots (no
+/// OpenSSL). Every connection is made with the connector built here, so
+/// options such as a custom CA file belong in this one function.
+pub(crate) fn tls_connector() -> Result<Connector, ConnectError> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ConnectError(format!("TLS setup: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Connector::Rustls(Arc::new(config)))
+}
+
+/// Connects to `url`, offering `broadcast.v1`. A server that does not
+/// answer with the subprotocol makes tungstenite fail the handshake (as RFC
+/// 6455 says a client must), so the client then connects again without
+/// offering it: raw mode.
+pub(crate) async fn connect(url: &str, tls: &Connector) -> Result<Connected, ConnectError> {
+    match attempt(url, tls, true).await {
+        Ok(ws) => Ok(Connected { ws, v1: true }),
+        Err(WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(
+            SubProtocolError::NoSubProtocol,
+        ))) => match attempt(url, tls, false).await {
+            Ok(ws) => Ok(Connected { ws, v1: false }),
+            Err(e) => Err(describe(e)),
+        },
+        Err(e) => Err(describe(e)),
+    }
+}
+
+async fn attempt(url: &str, tls: &Connector, offer_v1: bool) -> Result<Ws, WsError> {
+    let mut request = url.into_client_request()?;
+    if offer_v1 {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(protocol::v1::SUBPROTOCOL),
+        );
+    }
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(tls.clone()));
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(result) => result.map(|(ws, _response)| ws),
+        Err(_) => Err(WsError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+        ))),
+    }
+}
+
+/// One line for a failed attempt: the OS error, or the HTTP status and the
+/// text of the body when the server refused the upgrade.
+fn describe(e: WsError) -> ConnectError {
+    ConnectError(match e {
+        WsError::Io(e) => e.to_string(),
+        WsError::Http(response) => {
+            let status = response.status();
+            let mut line = format!(
+                "server refused the upgrade: HTTP {} {}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            )
+            .trim_end()
+            .to_owned();
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let body = body.trim();
+            if !body.is_empty() {
+                let body: String = body.chars().take(300).collect();
+                line.push_str(": ");
+                line.push_str(&sanitize(&body));
+            }
+            line
+        }
+        WsError::Tls(e) => format!("TLS error: {e}"),
+        WsError::Url(e) => format!("bad URL: {e}"),
+        other => other.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::http::Response;
+
+    #[test]
+    fn refused_upgrade_shows_status_and_body() {
+        let resp = Response::builder()
+            .status(400)
+            .body(Some(b"invalid name: the name is empty\n".to_vec()))
+            .unwrap();
+        assert_eq!(
+            describe(WsError::Http(resp)).to_string(),
+            "server refused the upgrade: HTTP 400 Bad Request: invalid name: the name is empty"
+        );
+        let resp = Response::builder().status(503).body(None).unwrap();
+        assert_eq!(
+            describe(WsError::Http(resp)).to_string(),
+            "server refused the upgrade: HTTP 503 Service Unavailable"
+        );
+    }
+
+    #[test]
+    fn io_errors_read_as_the_os_says() {
+        let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(describe(WsError::Io(e)).to_string().contains("refused"));
+    }
+
+    #[test]
+    fn tls_connector_builds() {
+        assert!(matches!(tls_connector(), Ok(Connector::Rustls(_))));
+    }
+}

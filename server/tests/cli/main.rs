@@ -1,0 +1,7 @@
+//! Console client tests (see the client-cli crate): the real
+//! `broadcast-server` binary runs both the server (`start`) and the clients
+//! (`connect`), on loopback ports chosen by the kernel.
+
+mod interactive;
+mod plain;
+mod util;
