@@ -567,6 +567,10 @@ pub(crate) async fn serve(
         }
         End::Violation(reason) => {
             shard.note_violation(reason);
+            // Let this shard's dispatcher run first, so that messages this
+            // connection sent before the violation reach it (with --echo)
+            // ahead of the close, as Autobahn's strict cases expect.
+            tokio::task::yield_now().await;
             conn.close_with(reason, true, CLOSE_TIMEOUT);
             Box::pin(linger(&conn, &mut reader)).await;
         }
