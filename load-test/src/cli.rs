@@ -11,6 +11,11 @@ use clap::Parser;
 /// fast as a bounded window allows with `--max-rate`) for `--duration`; then
 /// drains, closes everything and prints a summary. Exit code 0 when loss and
 /// errors are within `--max-loss` / `--max-errors`, 1 otherwise, 2 on bad flags.
+///
+/// Variants: `--idle` (no publishers: hold the subscribers for `--duration`),
+/// `--ramp 0` (connection storm: everyone at once, at most `--storm-concurrency`
+/// handshakes in flight), `--slow-fraction` (some subscribers never read),
+/// `--server-pid` (server CPU and memory from /proc) and `--report` (plots).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "load-test", version, about, long_about)]
 pub(crate) struct Args {
@@ -22,9 +27,14 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) clients: u32,
 
-    /// Publisher connections (separate from the subscribers).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// Publisher connections (separate from the subscribers); 0 is --idle.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub(crate) publishers: u32,
+
+    /// Idle mode: no publishers; subscribers connect, stay idle for
+    /// --duration, then close (same as --publishers 0).
+    #[arg(long)]
+    pub(crate) idle: bool,
 
     /// Total messages per second over all publishers (ignored with --max-rate).
     #[arg(long, default_value_t = 1000.0, value_parser = parse_positive_f64)]
@@ -42,14 +52,53 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) max_rate: bool,
 
-    /// With --max-rate: messages in flight per publisher (acknowledged by one
-    /// designated subscriber when it receives them).
+    /// With --max-rate: messages in flight per publisher; one stops being in
+    /// flight when every reading subscriber has received it.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) window: u32,
 
-    /// Subscriber connections opened per second.
-    #[arg(long, default_value_t = 2000.0, value_parser = parse_positive_f64)]
+    /// Subscriber connections opened per second; 0: a connection storm, all at
+    /// once with at most --storm-concurrency handshakes in flight.
+    #[arg(long, default_value_t = 2000.0, value_parser = parse_non_negative_f64)]
     pub(crate) ramp: f64,
+
+    /// With --ramp 0: most connection attempts in flight at once.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) storm_concurrency: u32,
+
+    /// Fraction (0..1) of subscribers that stop reading once connected (slow
+    /// consumers). They are spread evenly over the subscribers, excluded from
+    /// latency and loss, and resume reading when the run ends to see how the
+    /// server closed them (see the summary's "slow subscribers" line).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_ratio)]
+    pub(crate) slow_fraction: f64,
+
+    /// SO_RCVBUF of the slow subscribers' sockets, bytes (0: the kernel's
+    /// default). Small, so that little of what they leave unread hides in
+    /// their own kernel buffer (the server's send buffer may still hold
+    /// megabytes before its own queue starts to fill).
+    #[arg(long, default_value_t = 16 * 1024, value_name = "BYTES")]
+    pub(crate) slow_rcvbuf: u32,
+
+    /// Subscribers end by dropping the TCP connection instead of a close handshake.
+    #[arg(long)]
+    pub(crate) abrupt_close: bool,
+
+    /// PID of the server (on this machine): sample its CPU time and memory
+    /// (/proc/PID/stat, /proc/PID/status) before connecting, when idle, at the
+    /// end and after everything closed.
+    #[arg(long, value_name = "PID")]
+    pub(crate) server_pid: Option<u32>,
+
+    /// With --server-pid: pause after all connections closed before sampling
+    /// the memory the server kept.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub(crate) after_close: Duration,
+
+    /// Write plots (latency per second, latency percentiles, deliveries per
+    /// second) with the summary: a self-contained .html page, or one .svg.
+    #[arg(long, value_name = "FILE.html|FILE.svg")]
+    pub(crate) report: Option<std::path::PathBuf>,
 
     /// For a loopback target: bind connections round-robin to 127.0.0.1..=127.0.0.N.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=254))]
@@ -90,6 +139,65 @@ fn parse_positive_f64(s: &str) -> Result<f64, String> {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err(format!("`{s}` is not a positive number")),
     }
+}
+
+fn parse_non_negative_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a non-negative number")),
+    }
+}
+
+impl Args {
+    /// Idle mode: no publishers.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.idle || self.publishers == 0
+    }
+
+    /// Publishers actually started.
+    pub(crate) fn publisher_count(&self) -> usize {
+        if self.is_idle() {
+            0
+        } else {
+            self.publishers as usize
+        }
+    }
+
+    /// Checks combinations clap cannot express.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if let Some(r) = &self.report {
+            let ext = r.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if !ext.eq_ignore_ascii_case("html")
+                && !ext.eq_ignore_ascii_case("htm")
+                && !ext.eq_ignore_ascii_case("svg")
+            {
+                return Err(format!(
+                    "--report {}: the file name must end in .html or .svg",
+                    r.display()
+                ));
+            }
+        }
+        if self.max_rate
+            && !self.is_idle()
+            && slow_count(self.clients as usize, self.slow_fraction) >= self.clients as usize
+        {
+            return Err(
+                "--max-rate needs at least one subscriber that is not slow (lower --slow-fraction)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// How many of `clients` subscribers are slow with `fraction`.
+pub(crate) fn slow_count(clients: usize, fraction: f64) -> usize {
+    ((clients as f64 * fraction).round() as usize).min(clients)
+}
+
+/// Whether subscriber `i` of `clients` is one of the `slow` ones (spread evenly).
+pub(crate) fn is_slow(i: usize, clients: usize, slow: usize) -> bool {
+    clients > 0 && (i + 1) * slow / clients > i * slow / clients
 }
 
 fn parse_ratio(s: &str) -> Result<f64, String> {
@@ -158,5 +266,52 @@ mod tests {
         assert!(Args::try_parse_from(["load-test", "--clients", "0"]).is_err());
         assert!(Args::try_parse_from(["load-test", "--rate", "-1"]).is_err());
         assert!(Args::try_parse_from(["load-test", "--max-loss", "2"]).is_err());
+        assert!(Args::try_parse_from(["load-test", "--slow-fraction", "1.5"]).is_err());
+        assert!(Args::try_parse_from(["load-test", "--ramp", "-1"]).is_err());
+    }
+
+    #[test]
+    fn idle_storm_and_report_flags() {
+        let a = Args::try_parse_from(["load-test", "--publishers", "0", "--ramp", "0"]).unwrap();
+        assert!(a.is_idle());
+        assert_eq!(a.publisher_count(), 0);
+        assert_eq!(a.ramp, 0.0);
+        let a = Args::try_parse_from(["load-test", "--idle", "--publishers", "3"]).unwrap();
+        assert!(a.is_idle() && a.publisher_count() == 0);
+        let a = Args::try_parse_from(["load-test", "--publishers", "3"]).unwrap();
+        assert_eq!(a.publisher_count(), 3);
+        let ok = |extra: &[&str]| {
+            let mut v = vec!["load-test"];
+            v.extend_from_slice(extra);
+            Args::try_parse_from(v).unwrap().validate()
+        };
+        assert!(ok(&["--report", "x.html"]).is_ok());
+        assert!(ok(&["--report", "x.SVG"]).is_ok());
+        assert!(ok(&["--report", "x.png"]).is_err());
+        assert!(ok(&["--max-rate", "--slow-fraction", "1", "--clients", "4"]).is_err());
+        assert!(ok(&["--max-rate", "--slow-fraction", "0.5", "--clients", "4"]).is_ok());
+    }
+
+    #[test]
+    fn slow_subscribers_are_spread_evenly() {
+        assert_eq!(slow_count(1000, 0.1), 100);
+        assert_eq!(slow_count(10, 0.0), 0);
+        assert_eq!(slow_count(10, 1.0), 10);
+        assert_eq!(slow_count(3, 0.5), 2);
+        for (n, f) in [
+            (1000, 0.1),
+            (7, 0.3),
+            (10, 1.0),
+            (10, 0.0),
+            (1, 1.0),
+            (999, 0.33),
+        ] {
+            let k = slow_count(n, f);
+            let slow: Vec<usize> = (0..n).filter(|&i| is_slow(i, n, k)).collect();
+            assert_eq!(slow.len(), k, "n={n} f={f}");
+        }
+        // 10 %: every tenth.
+        let slow: Vec<usize> = (0..30).filter(|&i| is_slow(i, 30, 3)).collect();
+        assert_eq!(slow, vec![9, 19, 29]);
     }
 }

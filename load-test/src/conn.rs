@@ -10,12 +10,17 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::rawws::{self, RawWs};
+
 pub(crate) type Ws = WebSocketStream<TcpStream>;
 
 /// Where to connect, and from which local addresses.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
     pub(crate) url: String,
+    /// `host[:port]` for the Host header, and the request path (with query).
+    pub(crate) host_port: String,
+    pub(crate) path: String,
     pub(crate) addr: SocketAddr,
     /// Local addresses to bind round-robin; empty: let the kernel choose.
     pub(crate) sources: Vec<IpAddr>,
@@ -40,6 +45,12 @@ impl Target {
             .trim_end_matches(']')
             .to_string();
         let port = uri.port_u16().unwrap_or(80);
+        let host_port = uri
+            .authority()
+            .map_or(host.clone(), |a| a.as_str().to_string());
+        let path = uri
+            .path_and_query()
+            .map_or("/".to_string(), |p| p.as_str().to_string());
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
             .await
             .with_context(|| format!("cannot resolve `{host}`"))?
@@ -58,6 +69,8 @@ impl Target {
         };
         Ok(Self {
             url: url.to_string(),
+            host_port,
+            path,
             addr,
             sources,
         })
@@ -65,24 +78,64 @@ impl Target {
 
     /// Connection number `n`: TCP connect (from source `n mod sources`), then
     /// the WebSocket handshake, within `timeout`.
+    /// `rcvbuf`: SO_RCVBUF to set before connecting (None: the kernel's default).
     pub(crate) async fn connect(
         &self,
         n: usize,
         config: WebSocketConfig,
         timeout: Duration,
+        rcvbuf: Option<u32>,
     ) -> Result<Ws> {
-        tokio::time::timeout(timeout, self.connect_inner(n, config))
+        tokio::time::timeout(timeout, self.connect_inner(n, config, rcvbuf))
             .await
             .map_err(|_| anyhow::anyhow!("connect timed out after {timeout:?}"))?
     }
 
-    async fn connect_inner(&self, n: usize, config: WebSocketConfig) -> Result<Ws> {
+    /// A subscriber's connection: like [`Target::connect`], but the
+    /// handshake and reading are done by [`rawws`] (cheaper per message).
+    pub(crate) async fn connect_raw(
+        &self,
+        n: usize,
+        timeout: Duration,
+        rcvbuf: Option<u32>,
+        buf_size: usize,
+        max_message: usize,
+    ) -> Result<RawWs> {
+        tokio::time::timeout(timeout, async {
+            let stream = self.tcp(n, rcvbuf).await?;
+            rawws::handshake(stream, &self.host_port, &self.path, buf_size, max_message)
+                .await
+                .context("WebSocket handshake")
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("connect timed out after {timeout:?}"))?
+    }
+
+    async fn connect_inner(
+        &self,
+        n: usize,
+        config: WebSocketConfig,
+        rcvbuf: Option<u32>,
+    ) -> Result<Ws> {
+        let stream = self.tcp(n, rcvbuf).await?;
+        let (ws, _resp) =
+            tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config))
+                .await
+                .context("WebSocket handshake")?;
+        Ok(ws)
+    }
+
+    /// TCP connection number `n` (source address `n mod sources`), TCP_NODELAY on.
+    async fn tcp(&self, n: usize, rcvbuf: Option<u32>) -> Result<TcpStream> {
         let socket = if self.addr.is_ipv4() {
             TcpSocket::new_v4()
         } else {
             TcpSocket::new_v6()
         }
         .context("socket")?;
+        if let Some(bytes) = rcvbuf {
+            socket.set_recv_buffer_size(bytes).context("SO_RCVBUF")?;
+        }
         if !self.sources.is_empty() {
             let src = self.sources[n % self.sources.len()];
             // Lets the kernel reuse local ports still in TIME_WAIT from earlier runs.
@@ -96,20 +149,22 @@ impl Target {
             .await
             .with_context(|| format!("TCP connect to {}", self.addr))?;
         stream.set_nodelay(true).context("TCP_NODELAY")?;
-        let (ws, _resp) =
-            tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config))
-                .await
-                .context("WebSocket handshake")?;
-        Ok(ws)
+        Ok(stream)
     }
 }
 
-/// Config for subscribers: a modest read buffer (there may be 20,000 of them).
-pub(crate) fn subscriber_config(size: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size((16 * 1024).max(size + 16))
-        .write_buffer_size(0)
-        .max_message_size(Some(size.max(64 * 1024) * 2))
+/// Read buffer of one subscriber: 64 KiB (a read returns many messages), less
+/// with many subscribers (about 256 MiB in all, at least 16 KiB), and always
+/// room for one whole message.
+pub(crate) fn subscriber_buffer(clients: usize, size: usize) -> usize {
+    ((256 << 20) / clients.max(1))
+        .clamp(16 << 10, 64 << 10)
+        .max(size + 14)
+}
+
+/// Largest message a subscriber accepts.
+pub(crate) fn max_message(size: usize) -> usize {
+    size.max(64 * 1024) * 2
 }
 
 /// Config for publishers: writes are batched by the caller and flushed explicitly.
@@ -141,5 +196,20 @@ mod tests {
         assert!(t6.sources.is_empty());
         assert!(Target::resolve("wss://127.0.0.1:9/ws", 1).await.is_err());
         assert!(Target::resolve("http://127.0.0.1:9/ws", 1).await.is_err());
+        let t = Target::resolve("ws://localhost:9/a/b?x=1", 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            (t.host_port.as_str(), t.path.as_str()),
+            ("localhost:9", "/a/b?x=1")
+        );
+    }
+
+    #[test]
+    fn buffers() {
+        assert_eq!(subscriber_buffer(100, 64), 64 << 10);
+        assert_eq!(subscriber_buffer(10_000, 64), 26_843);
+        assert_eq!(subscriber_buffer(100_000, 64), 16 << 10);
+        assert_eq!(subscriber_buffer(100, 1 << 20), (1 << 20) + 14);
     }
 }

@@ -8,17 +8,27 @@
 mod cli;
 mod conn;
 mod payload;
+mod plot;
+mod procstat;
 mod progress;
+mod rawws;
 mod report;
 mod run;
+mod series;
 mod tracker;
+mod window;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
+    if let Err(msg) = args.validate() {
+        cli::Args::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, msg)
+            .exit();
+    }
     // Subscribers: one worker per core. Publishers: one thread of their own.
     let runtimes = tokio::runtime::Builder::new_multi_thread()
         .thread_name("subscribers")
@@ -40,6 +50,7 @@ fn main() -> ExitCode {
         }
     };
     let json = args.json.clone();
+    let html = args.report.clone();
     let report = match rt.block_on(run::run(args, pub_rt.handle().clone())) {
         Ok(r) => r,
         Err(e) => {
@@ -55,6 +66,12 @@ fn main() -> ExitCode {
         let text = serde_json::to_string_pretty(&report).expect("report serializes");
         if let Err(e) = std::fs::write(&path, text + "\n") {
             eprintln!("load-test: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(path) = html {
+        if let Err(e) = plot::write(&report, &path) {
+            eprintln!("load-test: cannot write the report: {e:#}");
             return ExitCode::FAILURE;
         }
     }

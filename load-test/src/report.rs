@@ -7,6 +7,9 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::procstat::ServerUsage;
+use crate::series::SecondPoint;
+
 /// Latency percentiles in milliseconds (histograms record microseconds).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub(crate) struct Latency {
@@ -37,13 +40,71 @@ impl Latency {
     }
 }
 
+/// One point of the latency percentile curve.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub(crate) struct PercentilePoint {
+    pub(crate) percentile: f64,
+    pub(crate) ms: f64,
+}
+
+/// Percentile curve points from 0 % to the last "nine" the sample count
+/// supports (at most 99.999 %), evenly spaced in -log10(1 - q).
+pub(crate) fn percentile_curve(h: &Histogram<u64>) -> Vec<PercentilePoint> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let max_nines = (h.len() as f64).log10().clamp(1.0, 5.0);
+    let steps = (max_nines * 20.0).round() as u32;
+    let mut out: Vec<PercentilePoint> = (0..=steps)
+        .map(|k| {
+            let q = 1.0 - 10f64.powf(-max_nines * f64::from(k) / f64::from(steps));
+            PercentilePoint {
+                percentile: q * 100.0,
+                ms: h.value_at_quantile(q) as f64 / 1000.0,
+            }
+        })
+        .collect();
+    out.push(PercentilePoint {
+        percentile: 100.0,
+        ms: h.max() as f64 / 1000.0,
+    });
+    out
+}
+
+/// The slow subscribers (`--slow-fraction`): how the run ended for them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub(crate) struct SlowReport {
+    /// Slow subscribers configured.
+    pub(crate) clients: u64,
+    pub(crate) connected: u64,
+    /// How the server had closed them, found when they resumed reading at the
+    /// end: 1013 (the close frame was still there to read), 1006 (the server
+    /// had already dropped the connection), or another code.
+    pub(crate) closes: BTreeMap<u16, u64>,
+    /// Still open when they resumed reading (no close within the read window).
+    pub(crate) still_open: u64,
+    /// Data messages they read after resuming (what the server had left queued).
+    pub(crate) messages_read_at_end: u64,
+}
+
+impl SlowReport {
+    /// Slow subscribers the server closed or dropped.
+    pub(crate) fn closed(&self) -> u64 {
+        self.closes.values().sum()
+    }
+}
+
 /// Everything the run measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Report {
     pub(crate) url: String,
+    /// `rate`, `max-rate` or `idle`.
     pub(crate) mode: &'static str,
     pub(crate) rate: Option<f64>,
     pub(crate) window: Option<u32>,
+    /// `--max-rate`: window permits returned by sweeps because a subscriber
+    /// left with messages in flight (0 in a clean run).
+    pub(crate) window_sweeps: Option<u64>,
     pub(crate) size: u32,
     pub(crate) duration_s: f64,
     pub(crate) drain_s: f64,
@@ -55,7 +116,14 @@ pub(crate) struct Report {
     pub(crate) publishers_connected: u64,
     pub(crate) publishers_failed: u64,
     pub(crate) connect_s: f64,
+    /// Subscribers connected per second of `connect_s` (with `--ramp 0`, the storm's rate).
+    pub(crate) connect_rate_per_s: f64,
+    /// `--ramp` (0: storm).
+    pub(crate) ramp: f64,
     pub(crate) first_connect_error: Option<String>,
+    /// `--slow-fraction` > 0: the slow subscribers. Everything else in the
+    /// report (deliveries, loss, latency, server closes) is about the others.
+    pub(crate) slow: Option<SlowReport>,
 
     /// Messages the rate schedule called for (rate mode), for comparison with `published`.
     pub(crate) scheduled: Option<u64>,
@@ -81,6 +149,15 @@ pub(crate) struct Report {
     pub(crate) send_errors: u64,
     pub(crate) errors: u64,
 
+    /// With `--server-pid`: the server's CPU and memory.
+    pub(crate) server: Option<ServerUsage>,
+    /// This tool's CPU over the same span as `server.cpu_run_s` (% of one core).
+    pub(crate) tool_cpu_run_pct: f64,
+    /// Per second since publishing started: deliveries and latency (fast subscribers).
+    pub(crate) timeline: Vec<SecondPoint>,
+    /// The latency distribution (from the schedule), for plotting.
+    pub(crate) latency_percentiles: Vec<PercentilePoint>,
+
     pub(crate) max_loss: f64,
     pub(crate) max_errors: u64,
     pub(crate) passed: bool,
@@ -90,7 +167,14 @@ pub(crate) struct Report {
 impl Report {
     /// Derives the totals (loss ratio, rates, errors) and the verdict from the raw counts.
     pub(crate) fn finish(&mut self) {
-        self.expected_deliveries = self.published * self.clients_connected;
+        let slow_connected = self.slow.as_ref().map_or(0, |s| s.connected);
+        self.expected_deliveries =
+            self.published * self.clients_connected.saturating_sub(slow_connected);
+        self.connect_rate_per_s = if self.connect_s > 0.0 {
+            self.clients_connected as f64 / self.connect_s
+        } else {
+            0.0
+        };
         self.loss_ratio = if self.expected_deliveries == 0 {
             0.0
         } else {
@@ -126,6 +210,7 @@ impl Report {
     pub(crate) fn table(&self) -> String {
         let mut s = String::new();
         let mode = match (self.rate, self.window) {
+            _ if self.mode == "idle" => "idle (no publishers)".to_string(),
             (Some(r), _) => format!("rate {r} msg/s"),
             (None, Some(w)) => format!("max-rate, window {w}"),
             _ => self.mode.to_string(),
@@ -138,13 +223,43 @@ impl Report {
         let mut row = |k: &str, v: String| {
             let _ = writeln!(s, "  {k:<22} {v}");
         };
+        let how = if self.ramp == 0.0 {
+            "storm".to_string()
+        } else {
+            format!("ramp {}/s", self.ramp)
+        };
         row(
             "clients connected",
             format!(
-                "{} / {} (failed {}) in {:.2} s",
-                self.clients_connected, self.clients, self.clients_failed, self.connect_s
+                "{} / {} (failed {}) in {:.2} s, {:.0}/s ({how})",
+                self.clients_connected,
+                self.clients,
+                self.clients_failed,
+                self.connect_s,
+                self.connect_rate_per_s
             ),
         );
+        if let Some(sl) = &self.slow {
+            let closes = sl
+                .closes
+                .iter()
+                .map(|(c, n)| format!("{c}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            row(
+                "slow subscribers",
+                format!(
+                    "{} connected of {}; closed by server {} ({}), still open {}, read {} msgs at end",
+                    sl.connected,
+                    sl.clients,
+                    sl.closed(),
+                    if closes.is_empty() { "-".into() } else { closes },
+                    sl.still_open,
+                    sl.messages_read_at_end
+                ),
+            );
+            row("(below: fast ones only)", String::new());
+        }
         row(
             "publishers connected",
             format!(
@@ -210,6 +325,37 @@ impl Report {
         row("server closes", closes);
         row("send errors", self.send_errors.to_string());
         row("errors", self.errors.to_string());
+        if let Some(sv) = &self.server {
+            let mib = |k: u64| k as f64 / 1024.0;
+            row(
+                "server CPU",
+                format!(
+                    "{:.2} s over {:.1} s = {:.0}% of one core (connecting: {:.2} s); load-test {:.0}%",
+                    sv.cpu_run_s, sv.run_wall_s, sv.cpu_run_pct, sv.cpu_connect_s, self.tool_cpu_run_pct
+                ),
+            );
+            let after = sv
+                .rss_after_close_kib
+                .map(|k| format!(", after close {:.1}", mib(k)))
+                .unwrap_or_default();
+            row(
+                "server RSS MiB",
+                format!(
+                    "before {:.1}, idle {:.1}, end {:.1}, peak {:.1}{after}",
+                    mib(sv.rss_before_kib),
+                    mib(sv.rss_idle_kib),
+                    mib(sv.rss_end_kib),
+                    mib(sv.rss_peak_kib)
+                ),
+            );
+            row(
+                "server RSS/connection",
+                format!(
+                    "{:.0} B ((idle - before) / subscribers)",
+                    sv.rss_per_connection_b
+                ),
+            );
+        }
         let verdict = if self.passed {
             "PASS".to_string()
         } else {
@@ -254,6 +400,68 @@ mod tests {
         assert!((l.p90_ms - 0.1).abs() < 1e-9);
         assert!((l.p99_ms - 50.0).abs() < 0.05);
         assert!((l.max_ms - 50.0).abs() < 0.05);
+    }
+
+    #[test]
+    fn percentile_curve_spans_the_nines() {
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        for us in 1..=100_000u64 {
+            h.record(us).unwrap();
+        }
+        let c = percentile_curve(&h);
+        // 10^5 samples: up to 99.999 %, 20 points per nine, plus the max.
+        assert_eq!(c.len(), 5 * 20 + 2);
+        assert_eq!(c[0].percentile, 0.0);
+        assert!((c[20].percentile - 90.0).abs() < 1e-9);
+        assert!((c[20].ms - 90.0).abs() < 0.1, "{:?}", c[20]);
+        assert!((c[40].ms - 99.0).abs() < 0.1, "{:?}", c[40]);
+        assert_eq!(c.last().unwrap().percentile, 100.0);
+        assert!((c.last().unwrap().ms - 100.0).abs() < 0.1);
+        assert!(c
+            .windows(2)
+            .all(|w| w[0].ms <= w[1].ms && w[0].percentile <= w[1].percentile));
+        assert!(percentile_curve(&Histogram::<u64>::new(3).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn slow_subscribers_are_not_expected_to_receive() {
+        let mut r = base();
+        r.clients_connected = 12;
+        r.slow = Some(SlowReport {
+            clients: 2,
+            connected: 2,
+            closes: BTreeMap::from([(1013, 1), (1006, 1)]),
+            ..SlowReport::default()
+        });
+        r.finish();
+        // 10 fast ones x 100 published; the slow ones' closes are not errors.
+        assert_eq!(r.expected_deliveries, 1000);
+        assert_eq!(r.errors, 0);
+        assert!(r.passed, "{:?}", r.failures);
+        let t = r.table();
+        assert!(t.contains("closed by server 2 (1006: 1, 1013: 1)"), "{t}");
+    }
+
+    #[test]
+    fn server_usage_is_in_table_and_json() {
+        let mut r = base();
+        r.connect_s = 2.0;
+        r.server = Some(ServerUsage {
+            pid: 1,
+            rss_before_kib: 1024,
+            rss_idle_kib: 2048,
+            rss_per_connection_b: 1536.0,
+            cpu_run_pct: 42.0,
+            ..ServerUsage::default()
+        });
+        r.finish();
+        assert_eq!(r.connect_rate_per_s, 5.0);
+        let t = r.table();
+        assert!(t.contains("1536 B"), "{t}");
+        assert!(t.contains("42% of one core"), "{t}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["server"]["rss_per_connection_b"], 1536.0);
+        assert_eq!(json["slow"], serde_json::Value::Null);
     }
 
     #[test]

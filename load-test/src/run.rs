@@ -8,6 +8,17 @@
 //! sent at once, in one flush). A stalled publisher or server therefore shows
 //! up as latency instead of being hidden (no coordinated omission). In
 //! `--max-rate` mode there is no schedule and the stamp is the send time.
+//!
+//! Slow subscribers (`--slow-fraction`) connect and then do not read at all
+//! until the run stops; then they read what is left for up to
+//! [`SLOW_READ_MAX`] (ending after [`SLOW_QUIET`] without data) to find how
+//! the server ended them: a close frame (1013 from our server), the
+//! connection already dropped (1006), or still open.
+//!
+//! With `--server-pid`, the server is sampled before the first connection,
+//! when all subscribers are connected (after `--settle`), when publishing and
+//! draining are over (or, idle, after `--duration`), and `--after-close` after
+//! the last connection closed.
 
 use std::collections::BTreeMap;
 use std::pin::pin;
@@ -27,11 +38,16 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::Args;
-use crate::conn::{publisher_config, subscriber_config, Target, Ws};
+use crate::cli::{is_slow, slow_count};
+use crate::conn::{max_message, publisher_config, subscriber_buffer, Target, Ws};
 use crate::payload::{self, Header};
+use crate::procstat::{self, Pid, ServerUsage};
 use crate::progress::Progress;
-use crate::report::{Latency, Report};
+use crate::rawws::{Event, RawWs, NO_STATUS};
+use crate::report::{percentile_curve, Latency, Report, SlowReport};
+use crate::series::{Series, SubSeries};
 use crate::tracker::{Outcome, SeqTracker};
+use crate::window::Windows;
 
 /// File descriptors kept free for the runtime, stdio, the JSON file, etc.
 const FD_RESERVE: u64 = 64;
@@ -41,8 +57,12 @@ const MAX_BATCH: u64 = 256;
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// Close code recorded when a connection ends without a close frame.
 const ABNORMAL: u16 = 1006;
-/// Close code recorded when a close frame carries no code.
-const NO_STATUS: u16 = 1005;
+/// Close code recorded for a protocol error in what the server sent.
+const PROTOCOL_ERROR: u16 = 1002;
+/// Slow subscribers, once resumed: stop after this long without data...
+const SLOW_QUIET: Duration = Duration::from_secs(1);
+/// ...or after this long in all.
+const SLOW_READ_MAX: Duration = Duration::from_secs(5);
 
 /// What one subscriber shares with the driver while it runs: written only by
 /// its own task, read by the progress and drain loops (one cache line each).
@@ -60,12 +80,16 @@ struct Shared {
     stop: watch::Sender<bool>,
     connected: AtomicUsize,
     failed: AtomicUsize,
-    /// `--max-rate`: one semaphore per publisher, the in-flight window.
-    window: Option<Vec<Semaphore>>,
-    ack_claimed: AtomicBool,
+    /// `--max-rate`: the publishers' in-flight windows.
+    window: Option<Windows>,
     subs: Vec<Live>,
     published: Vec<Live>,
     phase: AtomicU8,
+    /// When publishing starts, ns since `origin` (the time series' second 0).
+    start_ns: AtomicU64,
+    abrupt_close: bool,
+    /// Rate mode: payloads carry a send delay worth a second histogram.
+    rate_mode: bool,
 }
 
 pub(crate) const PHASE_CONNECT: u8 = 0;
@@ -111,6 +135,13 @@ struct Ending {
     server_close: Option<u16>,
 }
 
+/// What one slow subscriber saw when it resumed reading.
+struct SlowEnd {
+    /// The close code, 1006 for a dropped connection, None: still open.
+    close: Option<u16>,
+    messages: u64,
+}
+
 /// What one subscriber measured.
 struct SubStats {
     /// Microseconds from the scheduled send time; u32 counts halve the
@@ -122,11 +153,14 @@ struct SubStats {
     malformed: u64,
     last_delivery_ns: u64,
     ending: Ending,
+    /// Per-second deliveries and latency, created at the first delivery.
+    series: Option<SubSeries>,
 }
 
 enum SubResult {
     Failed(String),
     Done(Box<SubStats>),
+    Slow(SlowEnd),
 }
 
 /// What a publisher reports when it stops sending (before it closes).
@@ -156,10 +190,16 @@ fn ensure_fd_limit(connections: u64) -> Result<u64> {
 /// thousands of subscriber tasks.
 pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     let clients = args.clients as usize;
-    let publishers = args.publishers as usize;
+    let publishers = args.publisher_count();
+    let idle = args.is_idle();
     let size = args.size as usize;
+    let slow = slow_count(clients, args.slow_fraction);
     ensure_fd_limit((clients + publishers) as u64)?;
+    if let Some(pid) = args.server_pid {
+        procstat::check(pid)?;
+    }
     let target = Arc::new(Target::resolve(&args.url, args.source_addrs).await?);
+    let sample_server = |pid: Option<u32>| pid.and_then(|p| procstat::sample(Pid::Id(p)).ok());
 
     let (stop, _) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -168,33 +208,54 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
         stop,
         connected: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
-        window: args.max_rate.then(|| {
-            (0..publishers)
-                .map(|_| Semaphore::new(args.window as usize))
-                .collect()
-        }),
-        ack_claimed: AtomicBool::new(false),
+        window: (args.max_rate && !idle).then(|| Windows::new(publishers, args.window)),
         subs: (0..clients).map(|_| Live::default()).collect(),
         published: (0..publishers).map(|_| Live::default()).collect(),
         phase: AtomicU8::new(PHASE_CONNECT),
+        start_ns: AtomicU64::new(0),
+        abrupt_close: args.abrupt_close,
+        rate_mode: !args.max_rate && !idle,
     });
     let progress = Progress::start(Probe(shared.clone()), clients as u64, !args.no_progress);
+    let server_before = sample_server(args.server_pid);
 
-    // 1. Subscribers, paced at --ramp per second.
+    // 1. Subscribers, paced at --ramp per second, or all at once (--ramp 0)
+    //    with at most --storm-concurrency connection attempts in flight.
     let t0 = Instant::now();
-    let step = Duration::from_secs_f64(1.0 / args.ramp);
-    let sub_cfg = subscriber_config(size);
+    let step = (args.ramp > 0.0).then(|| Duration::from_secs_f64(1.0 / args.ramp));
+    let storm = Arc::new(Semaphore::new(args.storm_concurrency as usize));
+    let (buf_size, max_msg) = (subscriber_buffer(clients, size), max_message(size));
     let mut sub_tasks = Vec::with_capacity(clients);
     for i in 0..clients {
-        let (target, shared) = (target.clone(), shared.clone());
-        let at = t0 + step.mul_f64(i as f64);
+        let (target, shared, storm) = (target.clone(), shared.clone(), storm.clone());
+        let at = step.map(|s| t0 + s.mul_f64(i as f64));
         let timeout = args.connect_timeout;
+        let is_slow = is_slow(i, clients, slow);
+        let rcvbuf = (is_slow && args.slow_rcvbuf > 0).then_some(args.slow_rcvbuf);
         sub_tasks.push(tokio::spawn(async move {
-            sleep_until(at).await;
-            match target.connect(i, sub_cfg, timeout).await {
+            let conn = match at {
+                Some(at) => {
+                    sleep_until(at).await;
+                    target
+                        .connect_raw(i, timeout, rcvbuf, buf_size, max_msg)
+                        .await
+                }
+                None => {
+                    let _permit = storm.acquire().await;
+                    target
+                        .connect_raw(i, timeout, rcvbuf, buf_size, max_msg)
+                        .await
+                }
+            };
+            match conn {
                 Ok(ws) => {
                     shared.connected.fetch_add(1, Relaxed);
-                    SubResult::Done(Box::new(subscriber(ws, i, size, &shared).await))
+                    if is_slow {
+                        shared.subs[i].ended.store(true, Relaxed);
+                        SubResult::Slow(slow_subscriber(ws, &shared).await)
+                    } else {
+                        SubResult::Done(Box::new(subscriber(ws, i, size, &shared).await))
+                    }
                 }
                 Err(e) => {
                     shared.subs[i].ended.store(true, Relaxed);
@@ -205,10 +266,12 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
         }));
     }
     while shared.connected.load(Relaxed) + shared.failed.load(Relaxed) < clients {
-        sleep(Duration::from_millis(10)).await;
+        sleep(Duration::from_millis(2)).await;
     }
     let connect_s = t0.elapsed().as_secs_f64();
     sleep(args.settle).await;
+    let server_idle = sample_server(args.server_pid);
+    let tool_idle = procstat::sample(Pid::Myself).ok();
 
     // 2. Publishers: connect all, then start together.
     let pub_cfg = publisher_config(size);
@@ -217,7 +280,8 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
         let target = target.clone();
         let timeout = args.connect_timeout;
         pub_conns.push(
-            publishers_rt.spawn(async move { target.connect(clients + p, pub_cfg, timeout).await }),
+            publishers_rt
+                .spawn(async move { target.connect(clients + p, pub_cfg, timeout, None).await }),
         );
     }
     let mut first_connect_error = None;
@@ -235,8 +299,9 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     }
     let start = Instant::now() + Duration::from_millis(5);
     let deadline = start + args.duration;
+    shared.start_ns.store(shared.ns(start), Relaxed);
     shared.phase.store(PHASE_PUBLISH, Relaxed);
-    let per_pub_rate = args.rate / publishers as f64;
+    let per_pub_rate = args.rate / publishers.max(1) as f64;
     let mut pub_tasks = Vec::with_capacity(publishers);
     let mut pub_counts = Vec::with_capacity(publishers);
     for (p, ws) in pub_ws.into_iter().enumerate() {
@@ -265,6 +330,10 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
         scheduled += st.scheduled;
         send_errors += u64::from(st.send_error);
     }
+    if idle {
+        // Hold the idle connections.
+        sleep_until(deadline).await;
+    }
     let publish_end = Instant::now();
     let published: u64 = published_by.iter().sum();
 
@@ -281,6 +350,8 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
         }
         sleep(Duration::from_millis(5)).await;
     }
+    let server_end = sample_server(args.server_pid);
+    let tool_end = procstat::sample(Pid::Myself).ok();
     shared.phase.store(PHASE_CLOSE, Relaxed);
     shared.stop.send_replace(true);
     for t in pub_tasks {
@@ -292,11 +363,18 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     // 4. Merge.
     let mut hist = Histogram::<u64>::new(3).expect("3 significant figures is valid");
     let mut hist_send = hist.clone();
+    let mut series = Series::default();
     let mut report = Report {
         url: args.url.clone(),
-        mode: if args.max_rate { "max-rate" } else { "rate" },
-        rate: (!args.max_rate).then_some(args.rate),
-        window: args.max_rate.then_some(args.window),
+        mode: if idle {
+            "idle"
+        } else if args.max_rate {
+            "max-rate"
+        } else {
+            "rate"
+        },
+        rate: (!args.max_rate && !idle).then_some(args.rate),
+        window: (args.max_rate && !idle).then_some(args.window),
         size: args.size,
         duration_s: args.duration.as_secs_f64(),
         drain_s: args.drain.as_secs_f64(),
@@ -305,14 +383,19 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
         publishers_connected: publishers as u64 - publishers_failed,
         publishers_failed,
         connect_s,
-        scheduled: (!args.max_rate).then_some(scheduled),
+        ramp: args.ramp,
+        scheduled: (!args.max_rate && !idle).then_some(scheduled),
         published,
-        published_per_s: published as f64 / (publish_end - start).as_secs_f64(),
+        published_per_s: published as f64 / (publish_end - start).as_secs_f64().max(1e-9),
         send_errors,
         max_loss: args.max_loss,
         max_errors: args.max_errors,
         ..Report::default()
     };
+    let mut slow_report = (slow > 0).then(|| SlowReport {
+        clients: slow as u64,
+        ..SlowReport::default()
+    });
     let mut last_delivery_ns = 0;
     for t in sub_tasks {
         match t.await? {
@@ -322,10 +405,23 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
                     report.first_connect_error = Some(format!("subscriber: {e}"));
                 }
             }
+            SubResult::Slow(end) => {
+                report.clients_connected += 1;
+                let sl = slow_report.as_mut().expect("slow subscribers configured");
+                sl.connected += 1;
+                sl.messages_read_at_end += end.messages;
+                match end.close {
+                    Some(c) => *sl.closes.entry(c).or_default() += 1,
+                    None => sl.still_open += 1,
+                }
+            }
             SubResult::Done(s) => {
                 report.clients_connected += 1;
                 merge(&mut hist, &s.hist);
                 merge(&mut hist_send, &s.hist_send);
+                if let Some(ss) = &s.series {
+                    series.merge(ss);
+                }
                 for (p, tr) in s.trackers.iter().enumerate() {
                     report.delivered += tr.unique();
                     report.duplicates += tr.duplicates();
@@ -343,10 +439,33 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     if let Some(e) = first_connect_error {
         report.first_connect_error.get_or_insert(e);
     }
+    if let (Some(pid), Some(b), Some(i), Some(e)) =
+        (args.server_pid, &server_before, &server_idle, &server_end)
+    {
+        let mut usage = ServerUsage::from_samples(pid, b, i, e, report.clients_connected);
+        sleep(args.after_close).await;
+        usage.rss_after_close_kib = sample_server(Some(pid)).map(|s| s.rss_kib);
+        report.server = Some(usage);
+    }
+    if let (Some(a), Some(b)) = (tool_idle, tool_end) {
+        let wall = b.at.saturating_duration_since(a.at).as_secs_f64();
+        if wall > 0.0 {
+            report.tool_cpu_run_pct = 100.0 * (b.cpu_s - a.cpu_s).max(0.0) / wall;
+        }
+    }
     progress.finish();
+    report.slow = slow_report;
     report.server_closes = server_closes;
     report.latency = Latency::from_histogram_us(&hist);
-    report.latency_from_send = Latency::from_histogram_us(&hist_send);
+    report.latency_from_send = if shared.rate_mode {
+        Latency::from_histogram_us(&hist_send)
+    } else {
+        // No schedule: stamped at the send, the same figures.
+        report.latency.clone()
+    };
+    report.latency_percentiles = percentile_curve(&hist);
+    report.window_sweeps = shared.window.as_ref().map(Windows::swept);
+    report.timeline = series.points();
     report.delivery_window_s = last_delivery_ns.saturating_sub(shared.ns(start)) as f64 / 1e9;
     report.finish();
     Ok(report)
@@ -372,12 +491,16 @@ fn normal_close() -> Message {
 }
 
 /// The subscriber read loop, then a clean close once told to stop.
-async fn subscriber(mut ws: Ws, idx: usize, size: usize, shared: &Shared) -> SubStats {
+///
+/// Messages are taken from the read buffer in batches (everything one read
+/// returned) and timestamped once per read: they were all there when the
+/// read returned. The stop signal is checked between reads.
+async fn subscriber(mut ws: RawWs, idx: usize, size: usize, shared: &Shared) -> SubStats {
     let live = &shared.subs[idx];
-    let acks = match &shared.window {
-        Some(w) if !shared.ack_claimed.swap(true, Relaxed) => Some(w),
-        _ => None,
-    };
+    let acks = shared.window.as_ref();
+    if let Some(w) = acks {
+        w.join();
+    }
     let mut st = SubStats {
         hist: Histogram::new(3).expect("3 significant figures is valid"),
         hist_send: Histogram::new(3).expect("3 significant figures is valid"),
@@ -385,70 +508,145 @@ async fn subscriber(mut ws: Ws, idx: usize, size: usize, shared: &Shared) -> Sub
         malformed: 0,
         last_delivery_ns: 0,
         ending: Ending::default(),
+        series: None,
     };
     let mut unique = 0u64;
     let mut stop_rx = shared.stop.subscribe();
     let mut stop = pin!(async move {
         let _ = stop_rx.wait_for(|&s| s).await;
     });
-    let stopped_by_us = loop {
-        let msg = tokio::select! {
-            biased;
-            _ = &mut stop => break true,
-            m = ws.next() => m,
-        };
-        match msg {
-            Some(Ok(Message::Binary(b))) => {
-                let now = shared.ns(Instant::now());
-                match payload::decode(&b) {
-                    Ok(h) if b.len() == size && (h.publisher as usize) < st.trackers.len() => {
-                        let p = h.publisher as usize;
-                        if st.trackers[p].observe(h.seq) == Outcome::Duplicate {
-                            continue;
-                        }
-                        // Auto-resizing, so this only fails past u32 counts.
-                        let us = (now.saturating_sub(h.sent_ns) / 1000).min(MAX_LATENCY_US);
-                        let _ = st.hist.record(us);
+    let mut now = shared.ns(Instant::now());
+    let stopped_by_us = 'read: loop {
+        loop {
+            let b = match ws.try_next() {
+                Ok(None) => break,
+                Ok(Some(Event::Data {
+                    text: false,
+                    payload,
+                })) => payload,
+                Ok(Some(Event::Data { text: true, .. })) => {
+                    st.malformed += 1;
+                    continue;
+                }
+                Ok(Some(Event::Close(code))) => {
+                    st.ending.server_close = Some(code);
+                    break 'read false;
+                }
+                Err(_) => {
+                    st.ending.server_close = Some(PROTOCOL_ERROR);
+                    break 'read false;
+                }
+            };
+            match payload::decode(b) {
+                Ok(h) if b.len() == size && (h.publisher as usize) < st.trackers.len() => {
+                    let p = h.publisher as usize;
+                    if st.trackers[p].observe(h.seq) == Outcome::Duplicate {
+                        continue;
+                    }
+                    // Auto-resizing, so this only fails past u32 counts.
+                    let us = (now.saturating_sub(h.sent_ns) / 1000).min(MAX_LATENCY_US);
+                    let _ = st.hist.record(us);
+                    if shared.rate_mode {
                         let _ = st
                             .hist_send
                             .record(us.saturating_sub(u64::from(h.delay_us)));
-                        st.last_delivery_ns = now;
-                        unique += 1;
-                        live.unique.store(unique, Relaxed);
-                        if let Some(w) = acks {
-                            w[p].add_permits(1);
-                        }
                     }
-                    _ => st.malformed += 1,
+                    st.series
+                        .get_or_insert_with(|| SubSeries::new(shared.start_ns.load(Relaxed)))
+                        .record(now, us);
+                    st.last_delivery_ns = now;
+                    unique += 1;
+                    if let Some(w) = acks {
+                        w.ack(p, h.seq);
+                    }
                 }
+                _ => st.malformed += 1,
             }
-            Some(Ok(Message::Text(_))) => st.malformed += 1,
-            Some(Ok(Message::Close(f))) => {
-                st.ending.server_close = Some(close_code(f.as_ref()));
-                break false;
-            }
-            Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
-            Some(Err(_)) | None => {
-                st.ending.server_close = Some(ABNORMAL);
-                break false;
-            }
+        }
+        live.unique.store(unique, Relaxed);
+        let more = tokio::select! {
+            biased;
+            _ = &mut stop => break true,
+            more = ws.fill() => more,
+        };
+        now = shared.ns(Instant::now());
+        if !matches!(more, Ok(true)) {
+            st.ending.server_close = Some(ABNORMAL);
+            break false;
         }
     };
     live.ended.store(true, Relaxed);
-    finish_close(ws, stopped_by_us).await;
+    if let (Some(w), false) = (acks, stopped_by_us) {
+        w.leave();
+    }
+    let how = if stopped_by_us {
+        Close::Ours
+    } else {
+        Close::After(st.ending.server_close)
+    };
+    end_connection(ws, how, shared.abrupt_close).await;
     st
 }
 
-/// Sends our Close 1000 (if we are the one closing) and waits briefly for
-/// the close handshake to complete.
-async fn finish_close(mut ws: Ws, send_close: bool) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        if send_close {
-            let _ = ws.send(normal_close()).await;
+/// A slow subscriber: reads nothing until the run stops, then reads what the
+/// server left for it to see how the server ended it (see the module docs).
+async fn slow_subscriber(mut ws: RawWs, shared: &Shared) -> SlowEnd {
+    let mut stop_rx = shared.stop.subscribe();
+    let _ = stop_rx.wait_for(|&s| s).await;
+    let give_up = Instant::now() + SLOW_READ_MAX;
+    let mut messages = 0u64;
+    let close = 'read: loop {
+        loop {
+            match ws.try_next() {
+                Ok(None) => break,
+                Ok(Some(Event::Data { .. })) => messages += 1,
+                Ok(Some(Event::Close(code))) => break 'read Some(code),
+                Err(_) => break 'read Some(PROTOCOL_ERROR),
+            }
         }
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
+        let quiet = (Instant::now() + SLOW_QUIET).min(give_up);
+        match tokio::time::timeout_at(quiet, ws.fill()).await {
+            Err(_) => break None,
+            Ok(Ok(true)) => {}
+            Ok(Ok(false) | Err(_)) => break Some(ABNORMAL),
+        }
+    };
+    let how = match close {
+        None => Close::Ours,
+        c => Close::After(c),
+    };
+    end_connection(ws, how, shared.abrupt_close).await;
+    SlowEnd { close, messages }
+}
+
+/// How a subscriber's connection ends.
+enum Close {
+    /// We close it (the run stopped): Close 1000, or a dropped TCP
+    /// connection with --abrupt-close.
+    Ours,
+    /// The server closed it with this code (answered, if it can be), or
+    /// it failed (1006, 1002: nothing to answer).
+    After(Option<u16>),
+}
+
+async fn end_connection(mut ws: RawWs, how: Close, abrupt: bool) {
+    const LINGER: Duration = Duration::from_secs(2);
+    match how {
+        Close::Ours if abrupt => drop(ws),
+        Close::Ours => {
+            if ws.send_close(1000).await.is_ok() {
+                ws.finish(LINGER).await;
+            }
+        }
+        Close::After(Some(ABNORMAL | PROTOCOL_ERROR) | None) => drop(ws),
+        Close::After(Some(code)) => {
+            // Echo the code (RFC 6455 §5.5.1); 1005 may not be sent.
+            let echo = if code == NO_STATUS { 1000 } else { code };
+            if ws.send_close(echo).await.is_ok() {
+                ws.finish(LINGER).await;
+            }
+        }
+    }
 }
 
 enum Plan {
@@ -586,18 +784,17 @@ async fn publisher(
             }
         }
         Plan::MaxRate => {
-            let sem = &shared.window.as_ref().expect("window in max-rate mode")[id];
+            let window = shared.window.as_ref().expect("window in max-rate mode");
             sleep_until(start).await;
             loop {
-                tokio::select! {
+                let n = tokio::select! {
                     biased;
                     _ = &mut deadline_sleep => break,
-                    p = sem.acquire() => match p {
-                        Ok(p) => p.forget(),
-                        Err(_) => break,
+                    n = window.acquire(id, MAX_BATCH as u32) => match n {
+                        Some(n) => u64::from(n),
+                        None => break,
                     },
-                }
-                let n = 1 + sem.forget_permits(MAX_BATCH as usize - 1) as u64;
+                };
                 let mut ok = true;
                 for s in seq..seq + n {
                     let stamp = shared.ns(Instant::now());

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 const LOAD_TEST: &str = env!("CARGO_BIN_EXE_load-test");
+const BASELINE: &str = env!("CARGO_BIN_EXE_baseline-server");
 
 /// Kills the server when the test ends, whatever happens.
 struct Server {
@@ -41,8 +42,17 @@ fn server_binary() -> PathBuf {
 }
 
 fn start_server() -> Server {
-    let mut child = Command::new(server_binary())
-        .args(["start", "--host", "127.0.0.1", "--port", "0"])
+    spawn_server(Command::new(server_binary()).args(["start"]))
+}
+
+/// The baseline server (tokio + tokio-tungstenite + one broadcast channel).
+fn start_baseline() -> Server {
+    spawn_server(&mut Command::new(BASELINE))
+}
+
+fn spawn_server(cmd: &mut Command) -> Server {
+    let mut child = cmd
+        .args(["--host", "127.0.0.1", "--port", "0"])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -175,4 +185,199 @@ fn bad_flags_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--size"));
     let out = load_test(&["--no-such-flag"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+fn run_json(args: &[&str], name: &str) -> (Output, serde_json::Value) {
+    let json =
+        std::env::temp_dir().join(format!("load-test-it-{name}-{}.json", std::process::id()));
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend_from_slice(&["--json", json.to_str().expect("utf-8 temp path")]);
+    let out = load_test(&all);
+    let text = std::fs::read_to_string(&json).unwrap_or_else(|e| {
+        panic!(
+            "--json file not written ({e})\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let _ = std::fs::remove_file(&json);
+    (out, serde_json::from_str(&text).expect("valid JSON"))
+}
+
+#[test]
+fn slow_subscribers_do_not_cost_the_others_anything() {
+    let server = start_server();
+    let (out, r) = run_json(
+        &[
+            "--url",
+            &server.url,
+            "--clients",
+            "40",
+            "--slow-fraction",
+            "0.25",
+            "--rate",
+            "100",
+            "--size",
+            "1024",
+            "--duration",
+            "2s",
+            "--drain",
+            "5s",
+            "--ramp",
+            "1000",
+        ],
+        "slow",
+    );
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    let slow = &r["slow"];
+    assert_eq!(u(slow, "clients"), 10, "{r}");
+    assert_eq!(u(slow, "connected"), 10, "{r}");
+    let closed: u64 = slow["closes"]
+        .as_object()
+        .expect("closes map")
+        .values()
+        .map(|v| v.as_u64().expect("count"))
+        .sum();
+    assert_eq!(closed + u(slow, "still_open"), 10, "{r}");
+    // Loss and deliveries are over the 30 fast subscribers only.
+    let published = u(&r, "published");
+    assert!(published > 0, "{r}");
+    assert_eq!(u(&r, "clients_connected"), 40, "{r}");
+    assert_eq!(u(&r, "expected_deliveries"), published * 30, "{r}");
+    assert_eq!(u(&r, "delivered"), published * 30, "{r}");
+    assert_eq!(u(&r, "lost"), 0, "{r}");
+    assert_eq!(u(&r, "errors"), 0, "{r}");
+}
+
+#[test]
+fn report_page_has_the_plots() {
+    let server = start_server();
+    let html = std::env::temp_dir().join(format!("load-test-it-{}.html", std::process::id()));
+    let out = load_test(&[
+        "--url",
+        &server.url,
+        "--clients",
+        "50",
+        "--rate",
+        "200",
+        "--size",
+        "64",
+        "--duration",
+        "2s",
+        "--report",
+        html.to_str().expect("utf-8 temp path"),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(&html).expect("--report file written");
+    let _ = std::fs::remove_file(&html);
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+    assert_eq!(page.matches("<svg").count(), 3, "{page}");
+    assert!(page.contains("Latency per second"));
+    assert!(page.contains("load-test summary"));
+}
+
+#[test]
+fn idle_storm_measures_the_server_process() {
+    let server = start_server();
+    let pid = server.child.id().to_string();
+    let (out, r) = run_json(
+        &[
+            "--url",
+            &server.url,
+            "--clients",
+            "300",
+            "--idle",
+            "--ramp",
+            "0",
+            "--duration",
+            "500ms",
+            "--after-close",
+            "200ms",
+            "--server-pid",
+            &pid,
+        ],
+        "idle",
+    );
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    assert_eq!(r["mode"], "idle", "{r}");
+    assert_eq!(u(&r, "clients_connected"), 300, "{r}");
+    assert_eq!(u(&r, "published"), 0, "{r}");
+    assert!(r["connect_rate_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    let s = &r["server"];
+    assert_eq!(s["pid"].as_u64(), Some(u64::from(server.child.id())), "{r}");
+    assert!(u(s, "rss_before_kib") > 0, "{r}");
+    assert!(u(s, "rss_peak_kib") >= u(s, "rss_idle_kib"), "{r}");
+    assert!(s["rss_after_close_kib"].as_u64().is_some(), "{r}");
+    assert!(s["rss_per_connection_b"].as_f64().is_some(), "{r}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("server RSS/connection"), "{stdout}");
+}
+
+#[test]
+fn baseline_server_loses_nothing_at_a_gentle_rate() {
+    let server = start_baseline();
+    let (out, r) = run_json(
+        &[
+            "--url",
+            &server.url,
+            "--clients",
+            "200",
+            "--publishers",
+            "2",
+            "--rate",
+            "100",
+            "--size",
+            "64",
+            "--duration",
+            "2s",
+            "--drain",
+            "5s",
+            "--ramp",
+            "1000",
+        ],
+        "baseline",
+    );
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    let published = u(&r, "published");
+    assert!(published > 0, "{r}");
+    assert_eq!(u(&r, "delivered"), published * 200, "{r}");
+    assert_eq!(u(&r, "lost"), 0, "{r}");
+    assert_eq!(u(&r, "errors"), 0, "{r}");
+}
+
+#[test]
+fn max_rate_window_waits_for_every_subscriber() {
+    let server = start_baseline();
+    let (out, r) = run_json(
+        &[
+            "--url",
+            &server.url,
+            "--clients",
+            "20",
+            "--publishers",
+            "2",
+            "--max-rate",
+            "--window",
+            "16",
+            "--size",
+            "256",
+            "--duration",
+            "1s",
+            "--ramp",
+            "1000",
+        ],
+        "maxrate",
+    );
+    // The window (32 in flight) is far below the channel's capacity (1024),
+    // so even the lossy baseline delivers everything.
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    assert_eq!(r["mode"], "max-rate", "{r}");
+    assert_eq!(u(&r, "lost"), 0, "{r}");
+    assert_eq!(u(&r, "window_sweeps"), 0, "{r}");
+    assert!(u(&r, "published") > 100, "{r}");
 }

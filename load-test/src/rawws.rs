@@ -1,0 +1,499 @@
+//! A minimal WebSocket *client reader* for subscribers, so that the load
+//! generator costs less per delivered message than the server it measures.
+//!
+//! tokio-tungstenite costs several hundred nanoseconds per message (a frame
+//! object, a `Bytes` payload, the `Stream` machinery and its waker proxies);
+//! with 100 subscribers at millions of deliveries per second that made the
+//! tool, not the server, the bottleneck. Here a subscriber reads straight
+//! into one large buffer and parses frames in place: a read system call
+//! yields dozens of messages, each a slice of the buffer, no allocation.
+//!
+//! Scope: what a broadcast server sends a client (RFC 6455): unmasked
+//! frames, data messages possibly fragmented, ping (answered with a masked
+//! pong), pong (ignored) and close. The handshake is a plain HTTP/1.1
+//! upgrade, checked with tungstenite's accept-key derivation. Publishers
+//! (few connections, they write) keep using tokio-tungstenite.
+
+use std::io;
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+const OP_CONT: u8 = 0;
+const OP_TEXT: u8 = 1;
+const OP_BINARY: u8 = 2;
+const OP_CLOSE: u8 = 8;
+const OP_PING: u8 = 9;
+const OP_PONG: u8 = 10;
+/// Largest HTTP response head accepted during the handshake.
+const MAX_HEAD: usize = 16 * 1024;
+/// Code reported for a close frame without a code (RFC 6455 §7.1.5).
+pub(crate) const NO_STATUS: u16 = 1005;
+
+/// One thing read from the server.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Event<'a> {
+    /// A complete data message (binary or text), borrowed from the buffer.
+    Data { text: bool, payload: &'a [u8] },
+    /// The server's close frame: its code (1005 when it has none).
+    Close(u16),
+}
+
+/// Where a parsed frame's payload is.
+#[derive(Debug, PartialEq, Eq)]
+enum Parsed {
+    /// A data message: payload at `buf[start..end]`.
+    Data {
+        text: bool,
+        start: usize,
+        end: usize,
+    },
+    /// A fragmented message completed in `frag`.
+    Assembled {
+        text: bool,
+    },
+    /// A frame consumed with nothing to report (pong, non-final fragment, ping).
+    Nothing,
+    Close(u16),
+    /// Not a whole frame in the buffer yet; at least this many bytes are needed.
+    Need(usize),
+}
+
+/// A subscriber's connection after the handshake.
+pub(crate) struct RawWs {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// Unparsed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    max_message: usize,
+    /// A fragmented message being assembled (opcode, bytes).
+    frag: Option<(u8, Vec<u8>)>,
+    /// Pongs (and our close) owed to the server, written by `fill`/`flush`.
+    out: Vec<u8>,
+    mask_seed: u32,
+}
+
+/// Sends the upgrade request for `host_port` and `path` on `stream` and
+/// checks the `101` answer; returns the connection with any bytes read past
+/// the response head already buffered.
+pub(crate) async fn handshake(
+    mut stream: TcpStream,
+    host_port: &str,
+    path: &str,
+    buf_size: usize,
+    max_message: usize,
+) -> Result<RawWs> {
+    let key = generate_key();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .context("send upgrade request")?;
+    let mut buf = vec![0u8; buf_size.max(MAX_HEAD)];
+    let mut end = 0;
+    let head_len = loop {
+        if let Some(i) = find(&buf[..end], b"\r\n\r\n") {
+            break i + 4;
+        }
+        if end == MAX_HEAD {
+            bail!("WebSocket handshake: response head longer than {MAX_HEAD} bytes");
+        }
+        let n = stream
+            .read(&mut buf[end..MAX_HEAD])
+            .await
+            .context("read upgrade response")?;
+        if n == 0 {
+            bail!("WebSocket handshake: connection closed before the response");
+        }
+        end += n;
+    };
+    check_response(&buf[..head_len], &derive_accept_key(key.as_bytes()))?;
+    buf.truncate(buf_size.max(end));
+    Ok(RawWs {
+        stream,
+        buf,
+        start: head_len,
+        end,
+        max_message,
+        frag: None,
+        out: Vec::new(),
+        mask_seed: key.bytes().fold(0x9e37_79b9, |h, b| {
+            h.rotate_left(5) ^ u32::from(b).wrapping_mul(0x0100_0193)
+        }),
+    })
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Checks a `101 Switching Protocols` head with the expected accept key.
+fn check_response(head: &[u8], accept: &str) -> Result<()> {
+    let head = std::str::from_utf8(head).context("WebSocket handshake: response is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or("");
+    let code = status.split_whitespace().nth(1).unwrap_or("");
+    if code != "101" {
+        bail!("WebSocket handshake: server answered `{status}`");
+    }
+    let got = lines.find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("sec-websocket-accept")
+            .then(|| v.trim())
+    });
+    match got {
+        Some(v) if v == accept => Ok(()),
+        Some(v) => bail!("WebSocket handshake: wrong Sec-WebSocket-Accept `{v}`"),
+        None => bail!("WebSocket handshake: no Sec-WebSocket-Accept header"),
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Parses one server frame at the start of `b`: (fin, opcode, header length,
+/// payload length), or the number of bytes needed for the header.
+fn frame_header(b: &[u8]) -> io::Result<Result<(bool, u8, usize, usize), usize>> {
+    if b.len() < 2 {
+        return Ok(Err(2));
+    }
+    let (b0, b1) = (b[0], b[1]);
+    if b0 & 0x70 != 0 {
+        return Err(invalid("reserved bits set (no extension was negotiated)"));
+    }
+    if b1 & 0x80 != 0 {
+        return Err(invalid("masked frame from the server"));
+    }
+    let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0f);
+    let (hlen, len) = match b1 & 0x7f {
+        126 if b.len() < 4 => return Ok(Err(4)),
+        126 => (4, usize::from(u16::from_be_bytes([b[2], b[3]]))),
+        127 if b.len() < 10 => return Ok(Err(10)),
+        127 => {
+            let l = u64::from_be_bytes(b[2..10].try_into().expect("8 bytes"));
+            (
+                10,
+                usize::try_from(l).map_err(|_| invalid("frame too long"))?,
+            )
+        }
+        l => (2, usize::from(l)),
+    };
+    if opcode >= 8 && (!fin || len > 125) {
+        return Err(invalid("fragmented or oversized control frame"));
+    }
+    Ok(Ok((fin, opcode, hlen, len)))
+}
+
+impl RawWs {
+    /// The next event already in the buffer, without reading; None when more
+    /// bytes are needed (then call [`RawWs::fill`]).
+    pub(crate) fn try_next(&mut self) -> io::Result<Option<Event<'_>>> {
+        loop {
+            match self.parse()? {
+                Parsed::Need(_) => return Ok(None),
+                Parsed::Nothing => continue,
+                Parsed::Data { text, start, end } => {
+                    return Ok(Some(Event::Data {
+                        text,
+                        payload: &self.buf[start..end],
+                    }))
+                }
+                Parsed::Assembled { text } => {
+                    let payload = self.frag.as_ref().map_or(&[][..], |(_, v)| v.as_slice());
+                    return Ok(Some(Event::Data { text, payload }));
+                }
+                Parsed::Close(code) => return Ok(Some(Event::Close(code))),
+            }
+        }
+    }
+
+    fn parse(&mut self) -> io::Result<Parsed> {
+        if matches!(self.frag, Some((OP_CONT, _))) {
+            // The previous event was an assembled message: release it.
+            self.frag = None;
+        }
+        let avail = &self.buf[self.start..self.end];
+        let (fin, opcode, hlen, len) = match frame_header(avail)? {
+            Ok(h) => h,
+            Err(need) => return Ok(Parsed::Need(need)),
+        };
+        if len > self.max_message {
+            return Err(invalid(format!(
+                "frame of {len} bytes exceeds the limit of {}",
+                self.max_message
+            )));
+        }
+        if avail.len() < hlen + len {
+            return Ok(Parsed::Need(hlen + len));
+        }
+        let (start, end) = (self.start + hlen, self.start + hlen + len);
+        self.start = end;
+        match opcode {
+            OP_TEXT | OP_BINARY if self.frag.is_some() => {
+                Err(invalid("new message inside a fragmented one"))
+            }
+            OP_TEXT | OP_BINARY if fin => Ok(Parsed::Data {
+                text: opcode == OP_TEXT,
+                start,
+                end,
+            }),
+            OP_TEXT | OP_BINARY => {
+                self.frag = Some((opcode, self.buf[start..end].to_vec()));
+                Ok(Parsed::Nothing)
+            }
+            OP_CONT => {
+                let Some((op, data)) = self.frag.as_mut() else {
+                    return Err(invalid("continuation frame without a message"));
+                };
+                if data.len() + len > self.max_message {
+                    return Err(invalid("fragmented message exceeds the limit"));
+                }
+                data.extend_from_slice(&self.buf[start..end]);
+                if !fin {
+                    return Ok(Parsed::Nothing);
+                }
+                let text = *op == OP_TEXT;
+                // Marks the message as handed out; the next parse drops it.
+                *op = OP_CONT;
+                Ok(Parsed::Assembled { text })
+            }
+            OP_PING => {
+                let payload = self.buf[start..end].to_vec();
+                self.queue(OP_PONG, &payload);
+                Ok(Parsed::Nothing)
+            }
+            OP_PONG => Ok(Parsed::Nothing),
+            OP_CLOSE => match len {
+                0 => Ok(Parsed::Close(NO_STATUS)),
+                1 => Err(invalid("close frame with a 1-byte payload")),
+                _ => Ok(Parsed::Close(u16::from_be_bytes([
+                    self.buf[start],
+                    self.buf[start + 1],
+                ]))),
+            },
+            op => Err(invalid(format!("unknown opcode {op}"))),
+        }
+    }
+
+    /// Writes owed frames (pongs), then reads more bytes; Ok(false) at EOF.
+    pub(crate) async fn fill(&mut self) -> io::Result<bool> {
+        self.flush().await?;
+        let need = self.parse_need()?;
+        // Make room: move the unparsed tail to the front, grow for a big frame.
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
+        if self.end == self.buf.len() {
+            let double = self.buf.len() * 2;
+            self.buf.resize(double, 0);
+        }
+        let n = self.stream.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n > 0)
+    }
+
+    /// Bytes the frame at the front needs in all (capped at the message limit).
+    fn parse_need(&self) -> io::Result<usize> {
+        let avail = &self.buf[self.start..self.end];
+        Ok(match frame_header(avail)? {
+            Ok((_, _, hlen, len)) => hlen + len.min(self.max_message),
+            Err(n) => n,
+        })
+    }
+
+    /// Writes what is owed to the server.
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Queues a masked client frame.
+    fn queue(&mut self, opcode: u8, payload: &[u8]) {
+        self.mask_seed ^= self.mask_seed << 13;
+        self.mask_seed ^= self.mask_seed >> 17;
+        self.mask_seed ^= self.mask_seed << 5;
+        let mask = self.mask_seed.to_be_bytes();
+        self.out.push(0x80 | opcode);
+        // Control frames only: payload <= 125 bytes.
+        self.out.push(0x80 | payload.len().min(125) as u8);
+        self.out.extend_from_slice(&mask);
+        self.out.extend(
+            payload
+                .iter()
+                .take(125)
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4]),
+        );
+    }
+
+    /// Sends our close frame with `code` (flushing pongs first).
+    pub(crate) async fn send_close(&mut self, code: u16) -> io::Result<()> {
+        self.queue(OP_CLOSE, &code.to_be_bytes());
+        self.flush().await
+    }
+
+    /// After a close was sent or received: reads (and discards) until the
+    /// server ends the connection, or `limit` passes.
+    pub(crate) async fn finish(mut self, limit: std::time::Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            let _ = self.flush().await;
+            self.start = 0;
+            self.end = 0;
+            while let Ok(n) = self.stream.read(&mut self.buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A connected pair: our RawWs (after a fake handshake) and the server side.
+    async fn pair(max_message: usize) -> (RawWs, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1024];
+            while find(&head, b"\r\n\r\n").is_none() {
+                let n = s.read(&mut b).await.unwrap();
+                head.extend_from_slice(&b[..n]);
+            }
+            let text = String::from_utf8(head).unwrap();
+            assert!(text.starts_with("GET /ws HTTP/1.1\r\n"), "{text}");
+            let key = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap();
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 SEC-WEBSOCKET-ACCEPT: {}\r\n\r\n",
+                derive_accept_key(key.trim().as_bytes())
+            );
+            // A frame right behind the head must not be lost.
+            let mut all = resp.into_bytes();
+            all.extend_from_slice(&[0x82, 3, b'a', b'b', b'c']);
+            s.write_all(&all).await.unwrap();
+            s
+        });
+        let c = TcpStream::connect(addr).await.unwrap();
+        let ws = handshake(c, &addr.to_string(), "/ws", 64, max_message)
+            .await
+            .unwrap();
+        (ws, server.await.unwrap())
+    }
+
+    /// Reads events until one is there.
+    async fn next(ws: &mut RawWs) -> (bool, Vec<u8>, Option<u16>) {
+        loop {
+            match ws.try_next().unwrap() {
+                Some(Event::Data { text, payload }) => return (text, payload.to_vec(), None),
+                Some(Event::Close(c)) => return (false, Vec::new(), Some(c)),
+                None => assert!(ws.fill().await.unwrap(), "unexpected EOF"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_of_every_length_form_and_fragments() {
+        let (mut ws, mut s) = pair(1 << 20).await;
+        assert_eq!(next(&mut ws).await, (false, b"abc".to_vec(), None));
+
+        let mut bytes = Vec::new();
+        // 16-bit length (300 bytes, bigger than the 64-byte buffer: it grows).
+        bytes.extend_from_slice(&[0x82, 126, 0x01, 0x2c]);
+        bytes.extend(std::iter::repeat_n(7u8, 300));
+        // 64-bit length (70,000 bytes).
+        bytes.extend_from_slice(&[0x82, 127, 0, 0, 0, 0, 0, 0x01, 0x11, 0x70]);
+        bytes.extend(std::iter::repeat_n(9u8, 70_000));
+        // A ping in the middle of a fragmented text message.
+        bytes.extend_from_slice(&[0x01, 2, b'h', b'e']);
+        bytes.extend_from_slice(&[0x89, 1, b'p']);
+        bytes.extend_from_slice(&[0x00, 1, b'l']);
+        bytes.extend_from_slice(&[0x80, 2, b'l', b'o']);
+        // A pong (ignored), then close 1013 "x".
+        bytes.extend_from_slice(&[0x8a, 0]);
+        bytes.extend_from_slice(&[0x88, 3, 0x03, 0xf5, b'x']);
+        s.write_all(&bytes).await.unwrap();
+
+        assert_eq!(next(&mut ws).await, (false, vec![7u8; 300], None));
+        assert_eq!(next(&mut ws).await, (false, vec![9u8; 70_000], None));
+        assert_eq!(next(&mut ws).await, (true, b"hello".to_vec(), None));
+        assert_eq!(next(&mut ws).await.2, Some(1013));
+
+        // The ping was answered with a masked pong carrying "p".
+        ws.send_close(1000).await.unwrap();
+        let mut got = [0u8; 7 + 8];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got[0], 0x8a);
+        assert_eq!(got[1], 0x80 | 1);
+        assert_eq!(got[6] ^ got[2], b'p');
+        assert_eq!(got[7], 0x88);
+        assert_eq!(got[8], 0x80 | 2);
+        assert_eq!([got[13] ^ got[9], got[14] ^ got[10]], 1000u16.to_be_bytes());
+        drop(s);
+        ws.finish(std::time::Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn protocol_errors_and_limits() {
+        for bad in [
+            vec![0x82 | 0x40, 0],         // RSV1 without an extension
+            vec![0x82, 0x80, 0, 0, 0, 0], // masked from the server
+            vec![0x09, 0],                // fragmented ping
+            vec![0x83, 0],                // unknown opcode
+            vec![0x80, 0],                // continuation without a message
+            vec![0x82, 126, 0x10, 0],     // 4096 bytes > limit 1000
+        ] {
+            let (mut ws, mut s) = pair(1000).await;
+            assert_eq!(next(&mut ws).await.1, b"abc");
+            s.write_all(&bad).await.unwrap();
+            let err = loop {
+                match ws.try_next() {
+                    Ok(Some(e)) => panic!("{bad:?}: unexpected {e:?}"),
+                    Ok(None) => assert!(ws.fill().await.unwrap()),
+                    Err(e) => break e,
+                }
+            };
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn responses_are_checked() {
+        let ok = "HTTP/1.1 101 Switching Protocols\r\nsec-websocket-accept: abc\r\n\r\n";
+        assert!(check_response(ok.as_bytes(), "abc").is_ok());
+        assert!(check_response(ok.as_bytes(), "abd").is_err());
+        let nf = "HTTP/1.1 404 Not Found\r\n\r\n";
+        assert!(check_response(nf.as_bytes(), "abc")
+            .unwrap_err()
+            .to_string()
+            .contains("404"));
+        let none = "HTTP/1.1 101 Switching Protocols\r\n\r\n";
+        assert!(check_response(none.as_bytes(), "abc").is_err());
+    }
+}
