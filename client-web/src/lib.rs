@@ -1,2 +1,22 @@
-//! The browser client, compiled to WebAssembly. Its implementation is
-//! tracked by the browser-client issue; this crate is its future home.
+//! The browser client of broadcast-server, compiled to WebAssembly and served
+//! by the server at `/`.
+//!
+//! Everything that is not DOM plumbing lives in modules that build and test
+//! natively (`cargo test -p client-web`):
+//! - [`model`]: the client's state machine. User actions and socket events go
+//!   in; status text, online count and log lines (the view model) come out.
+//! - [`backoff`]: the reconnection schedule (exponential, with jitter).
+//! - [`endpoint`]: the WebSocket URL, derived from the page's location.
+//! - [`clock`]: how times are shown.
+//!
+//! The DOM layer (`dom`, only in the `wasm32` build) wires those to the page
+//! with `wasm-bindgen` and `web-sys`. It only ever inserts user data as text
+//! nodes, never as markup.
+
+pub mod backoff;
+pub mod clock;
+pub mod endpoint;
+pub mod model;
+
+#[cfg(target_arch = "wasm32")]
+mod dom;

@@ -1,0 +1,375 @@
+// End-to-end test of the browser client against the real server binary.
+//
+//   node test.mjs [path/to/broadcast-server]     (run.sh builds it and calls this)
+//
+// Headless Debian Chromium driven by playwright-core, two pages with their own
+// browser contexts (storage), plain WebSocket clients from the `ws` package,
+// and a server restart. Loopback only; every wait is a bounded poll of a
+// condition, never a fixed sleep. Screenshots go to ./artifacts/.
+// E2E_DEBUG=1 prints every WebSocket frame the pages receive.
+
+import { spawn } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import WebSocket from "ws";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, "../..");
+const SERVER = path.resolve(process.argv[2] || process.env.BROADCAST_SERVER || path.join(root, "target/release/broadcast-server"));
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const ARTIFACTS = path.join(here, "artifacts");
+const WAIT_MS = 10_000; // any single condition
+const TOTAL_MS = 110_000; // the whole run
+
+const t0 = Date.now();
+const log = (...args) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s]`, ...args);
+
+const cleanups = [];
+const watchdog = setTimeout(() => fail(new Error(`the whole test took longer than ${TOTAL_MS / 1000} s`)), TOTAL_MS);
+
+async function cleanup() {
+  clearTimeout(watchdog);
+  for (const f of cleanups.reverse()) {
+    try {
+      await f();
+    } catch {
+      // best effort
+    }
+  }
+}
+
+async function fail(err) {
+  console.error(`\nFAIL after ${((Date.now() - t0) / 1000).toFixed(1)} s: ${err?.stack || err}`);
+  await cleanup();
+  process.exit(1);
+}
+
+function check(cond, what) {
+  if (!cond) throw new Error(`check failed: ${what}`);
+}
+
+/** Polls `fn` (async ok) until it returns a truthy value. */
+async function until(fn, what, timeout = WAIT_MS) {
+  const end = Date.now() + timeout;
+  let last;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > end) throw new Error(`timed out after ${timeout} ms waiting for ${what}${last ? ` (last error: ${last})` : ""}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+// ---------------------------------------------------------------- server
+
+/** Starts the server; resolves with { proc, port } once it prints its address. */
+function startServer(port = 0) {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(SERVER, ["start", "--host", "127.0.0.1", "--port", String(port)], {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" },
+    });
+    let out = "";
+    let err = "";
+    const timer = setTimeout(() => {
+      proc.kill("SIGKILL");
+      reject(new Error(`server did not say it was listening within ${WAIT_MS} ms; stdout: ${out} stderr: ${err}`));
+    }, WAIT_MS);
+    proc.stdout.on("data", (d) => {
+      out += d;
+      const m = out.match(/broadcast-server listening on ws:\/\/127\.0\.0\.1:(\d+)\/ws/);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ proc, port: Number(m[1]) });
+      }
+    });
+    proc.stderr.on("data", (d) => {
+      err += d;
+      process.stderr.write(`  server: ${d}`);
+    });
+    proc.on("error", (e) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot start ${SERVER}: ${e.message}`));
+    });
+    proc.on("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited with ${code} before listening; stderr: ${err}`));
+    });
+  });
+}
+
+function stopServer(proc, signal = "SIGTERM") {
+  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve(proc.exitCode);
+  return new Promise((resolve) => {
+    const kill = setTimeout(() => proc.kill("SIGKILL"), WAIT_MS);
+    proc.once("exit", (code) => {
+      clearTimeout(kill);
+      resolve(code);
+    });
+    proc.kill(signal);
+  });
+}
+
+// ---------------------------------------------------------------- plain WebSocket clients
+
+/** A plain (raw, no subprotocol) client that records what it receives. */
+function plainClient(port) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`);
+    const received = [];
+    ws.on("message", (data, isBinary) => received.push(isBinary ? data : data.toString()));
+    ws.once("open", () => resolve({ ws, received }));
+    ws.once("error", reject);
+  });
+}
+
+// ---------------------------------------------------------------- page helpers
+
+async function newPage(browser, url, name, viewport = { width: 1280, height: 800 }) {
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  page.dialogs = [];
+  page.problems = [];
+  page.on("dialog", async (d) => {
+    page.dialogs.push(d.message());
+    await d.dismiss();
+  });
+  page.on("pageerror", (e) => page.problems.push(`${name}: page error: ${e.message}`));
+  page.on("console", (m) => {
+    // While the server restarts, Chromium logs the refused connections.
+    if (m.type() === "error" && !/WebSocket connection to .* failed/.test(m.text())) {
+      page.problems.push(`${name}: console error: ${m.text()}`);
+    }
+  });
+  if (process.env.E2E_DEBUG) {
+    page.on("websocket", (ws) => ws.on("framereceived", (f) => console.log(`  ${name} <- ${f.payload}`)));
+  }
+  page.on("requestfailed", (r) => {
+    if (!r.url().startsWith("ws")) page.problems.push(`${name}: request failed: ${r.url()}`);
+  });
+  await page.goto(url);
+  return page;
+}
+
+const text = (page, selector) => page.evaluate((s) => document.querySelector(s)?.textContent ?? null, selector);
+
+/** Waits until `selector`'s text is exactly `expected` (or matches it, for a RegExp). */
+async function waitText(page, selector, expected, timeout = WAIT_MS) {
+  let seen;
+  try {
+    await until(async () => {
+      seen = await text(page, selector);
+      return expected instanceof RegExp ? expected.test(seen ?? "") : seen === expected;
+    }, `${selector} = ${expected}`, timeout);
+  } catch (e) {
+    throw new Error(`${e.message}; last seen: ${JSON.stringify(seen)}`);
+  }
+}
+
+/** The log's lines as { kind, who, text }. */
+const lines = (page) =>
+  page.evaluate(() =>
+    [...document.querySelectorAll("#log > li")].map((li) => ({
+      kind: li.className.replace("line ", ""),
+      who: li.querySelector(".who")?.textContent ?? null,
+      text: li.querySelector(".text")?.textContent ?? null,
+      time: li.querySelector("time")?.textContent ?? null,
+    })),
+  );
+
+async function waitLine(page, want, what) {
+  const matches = (l) => Object.entries(want).every(([k, v]) => (v instanceof RegExp ? v.test(l[k] ?? "") : l[k] === v));
+  try {
+    return await until(async () => (await lines(page)).find(matches), what);
+  } catch (e) {
+    throw new Error(`${e.message}; log: ${JSON.stringify((await lines(page)).slice(-8))}`);
+  }
+}
+
+async function join(page, name) {
+  await waitText(page, "#status", "disconnected");
+  // Keyboard only: the name field has the focus; Enter joins.
+  check((await page.evaluate(() => document.activeElement?.id)) === "name", "the name field has the focus on load");
+  await page.keyboard.press("ControlOrMeta+A");
+  await page.keyboard.type(name);
+  await page.keyboard.press("Enter");
+  await waitText(page, "#status", "connected");
+  check((await page.evaluate(() => document.activeElement?.id)) === "message", "the message field has the focus after joining");
+}
+
+async function say(page, message) {
+  await page.focus("#message");
+  await page.keyboard.type(message);
+  await page.keyboard.press("Enter");
+  await until(async () => (await page.inputValue("#message")) === "", `${message} sent (input cleared)`);
+}
+
+// ---------------------------------------------------------------- the test
+
+async function main() {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  let server = await startServer();
+  const port = server.port;
+  cleanups.push(() => stopServer(server.proc, "SIGKILL"));
+  const base = `http://127.0.0.1:${port}`;
+  log(`server on port ${port}`);
+
+  // The files: content types, caching, the page's references.
+  const get = async (p) => {
+    const r = await fetch(base + p);
+    return { status: r.status, type: r.headers.get("content-type"), cache: r.headers.get("cache-control"), body: Buffer.from(await r.arrayBuffer()) };
+  };
+  const page0 = await get("/");
+  check(page0.status === 200 && page0.type === "text/html; charset=utf-8" && page0.cache === "no-cache", `GET / headers: ${JSON.stringify({ ...page0, body: undefined })}`);
+  check(page0.body.toString().includes('<link rel="icon" href="data:,">'), "favicon link");
+  check((await get("/index.html")).body.equals(page0.body), "/index.html is the page");
+  const mainJs = await get("/main.js");
+  check(mainJs.status === 200 && mainJs.type.startsWith("text/javascript") && mainJs.cache === "no-cache", "main.js headers");
+  const glueName = mainJs.body.toString().match(/"\.\/(client_web-[0-9a-f]+\.js)"/)?.[1];
+  check(glueName, "main.js imports the hashed glue");
+  const glue = await get(`/${glueName}`);
+  check(glue.status === 200 && glue.type.startsWith("text/javascript") && /immutable/.test(glue.cache), "glue headers");
+  const wasmName = glue.body.toString().match(/'(client_web-[0-9a-f]+_bg\.wasm)'/)?.[1];
+  const wasm = await get(`/${wasmName}`);
+  check(wasm.status === 200 && wasm.type === "application/wasm" && /max-age=31536000/.test(wasm.cache), "wasm headers");
+  check((await get("/nope")).status === 404, "unknown paths are 404");
+  log(`assets ok: ${glueName} (${glue.body.length} B), ${wasmName} (${wasm.body.length} B)`);
+
+  // launch() gives Chromium a fresh temporary user-data-dir (removed on
+  // close), and each page below gets its own context (storage).
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    timeout: 30_000,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  cleanups.push(() => browser.close());
+  log(`chromium ${browser.version()} started`);
+
+  // Name checks happen in the page: a refused name would only be a failed connection.
+  const alice = await newPage(browser, base + "/", "alice");
+  await waitText(alice, "#status", "disconnected");
+  await alice.keyboard.type("   ");
+  await alice.keyboard.press("Enter");
+  await waitText(alice, "#name-error", "Choose another name: the name is empty.");
+  check((await alice.getAttribute("#name", "aria-invalid")) === "true", "the name field is marked invalid");
+  await alice.fill("#name", "x".repeat(33));
+  await alice.press("#name", "Enter");
+  await waitText(alice, "#name-error", "Choose another name: the name is longer than 32 characters.");
+  check((await text(alice, "#status")) === "disconnected", "no connection for a bad name");
+  await alice.screenshot({ path: path.join(ARTIFACTS, "join.png") });
+  log("name validation ok");
+
+  await join(alice, "alice");
+  await waitText(alice, "#online", "1 online");
+  await waitLine(alice, { kind: "event", text: "you joined as alice (1 online)" }, "alice's welcome");
+
+  const bob = await newPage(browser, base + "/", "bob");
+  await join(bob, "bob");
+  await waitText(bob, "#online", "2 online");
+  await waitText(alice, "#online", "2 online");
+  await waitLine(alice, { kind: "event", text: "bob joined" }, "alice sees bob join");
+  log("two pages connected, online count updated");
+
+  // Both ways between pages; own messages shown once, locally.
+  await say(alice, "hello from alice");
+  await waitLine(bob, { kind: "theirs", who: "alice", text: "hello from alice", time: /^\d\d:\d\d:\d\d$/ }, "bob gets alice's message");
+  await say(bob, "hi alice, bob here");
+  await waitLine(alice, { kind: "theirs", who: "bob", text: "hi alice, bob here" }, "alice gets bob's message");
+  const aliceLines = await lines(alice);
+  check(aliceLines.filter((l) => l.text === "hello from alice").length === 1, "alice's own message shows once");
+  check(aliceLines.find((l) => l.text === "hello from alice").kind === "mine", "alice's own message is marked as hers");
+  check((await lines(bob)).filter((l) => l.text === "hi alice, bob here").length === 1, "bob's own message shows once");
+  log("pages exchanged messages both ways");
+
+  // A plain WebSocket client in the same room, both ways, text and binary.
+  const plain = await plainClient(port);
+  cleanups.push(() => plain.ws.terminate());
+  await waitText(alice, "#online", "3 online");
+  plain.ws.send("from a plain client");
+  const plainLine = await waitLine(alice, { kind: "theirs", text: "from a plain client" }, "alice gets the plain client's message");
+  check(/^guest-\d+$/.test(plainLine.who), `plain client shown as a guest: ${plainLine.who}`);
+  await waitLine(bob, { kind: "theirs", text: "from a plain client" }, "bob gets the plain client's message");
+  plain.ws.send(Buffer.from([0, 1, 2, 255]));
+  await waitLine(alice, { kind: "theirs", text: "<binary 4 bytes>" }, "binary shown as its size");
+  await say(bob, "bob to the plain client");
+  await until(() => plain.received.includes("bob to the plain client"), "the plain client gets bob's message");
+  log("plain WebSocket client exchanged messages both ways");
+
+  // Markup is text, never markup.
+  await say(bob, "<script>alert(1)</script>");
+  plain.ws.send('<img src=x onerror="alert(2)"><b>bold?</b>');
+  await waitLine(alice, { kind: "theirs", who: "bob", text: "<script>alert(1)</script>" }, "the script tag shows as text");
+  await waitLine(alice, { kind: "theirs", text: '<img src=x onerror="alert(2)"><b>bold?</b>' }, "the img tag shows as text");
+  check((await alice.locator("#log script, #log img, #log b").count()) === 0, "no elements made from messages");
+  check(alice.dialogs.length === 0 && bob.dialogs.length === 0, `no dialogs: ${alice.dialogs} ${bob.dialogs}`);
+  log("markup in messages shows as text; no dialog");
+
+  // Screenshots: desktop, and a 360 px phone.
+  await alice.screenshot({ path: path.join(ARTIFACTS, "desktop.png") });
+  const phone = await newPage(browser, base + "/", "phone", { width: 360, height: 740 });
+  await join(phone, "carol on a phone");
+  await waitText(phone, "#online", "4 online");
+  await say(alice, "a long message that has to wrap on a narrow screen: " + "lorem ipsum ".repeat(8));
+  await say(bob, "https://example.org/a/very/long/url/without/any/spaces/that/must/not/overflow/the/screen/width/at/all");
+  await waitLine(phone, { who: "bob", text: /^https:/ }, "the phone gets bob's long url");
+  const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  check(overflow <= 0, `no horizontal scrolling at 360 px (overflow ${overflow} px)`);
+  await phone.screenshot({ path: path.join(ARTIFACTS, "phone.png") });
+  log("screenshots saved (join.png, desktop.png, phone.png); no overflow at 360 px");
+
+  // Leaving.
+  await phone.click("#leave");
+  await waitText(phone, "#status", "disconnected");
+  check(await phone.isVisible("#name"), "the name form is back after leaving");
+  check((await text(phone, "#online")) === "", "no online count after leaving");
+  await waitLine(alice, { kind: "event", text: "carol on a phone left" }, "alice sees carol leave");
+  await waitText(alice, "#online", "3 online");
+  plain.ws.terminate();
+  await waitLine(alice, { kind: "event", text: /^guest-\d+ left$/ }, "alice sees the plain client leave");
+  await waitText(alice, "#online", "2 online");
+  log("leaving works; presence and online count follow");
+
+  // Server restart: the pages say they are reconnecting, then recover.
+  const stopped = await stopServer(server.proc, "SIGTERM");
+  log(`server stopped (exit ${stopped})`);
+  for (const page of [alice, bob]) {
+    await waitText(page, "#status", /^reconnecting( in \d+ s)?…$/);
+    await waitLine(page, { kind: "problem", text: /^connection lost: .*; reconnecting…$/ }, "the drop is reported");
+  }
+  check((await text(alice, "#online")) === "", "no online count while disconnected");
+  await alice.screenshot({ path: path.join(ARTIFACTS, "reconnecting.png") });
+  server = await startServer(port);
+  log("server restarted on the same port");
+  for (const page of [alice, bob]) {
+    await waitText(page, "#status", "connected", 20_000);
+  }
+  await waitLine(alice, { kind: "event", text: /^reconnected as alice \(\d online\)$/ }, "alice reconnected");
+  await waitText(alice, "#online", "2 online");
+  await say(alice, "after the restart");
+  await waitLine(bob, { kind: "theirs", who: "alice", text: "after the restart" }, "messages flow after the restart");
+  log("both pages recovered after the restart");
+
+  const problems = [...alice.problems, ...bob.problems, ...phone.problems];
+  check(problems.length === 0, `no console errors or failed requests:\n  ${problems.join("\n  ")}`);
+  check(alice.dialogs.length === 0 && bob.dialogs.length === 0, "no dialogs at all");
+
+  await cleanup();
+  log("PASS");
+}
+
+main().catch(fail);

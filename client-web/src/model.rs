@@ -1,0 +1,741 @@
+//! The client's state machine and view model, free of any DOM.
+//!
+//! The DOM layer feeds it user actions ([`Model::join`], [`Model::leave`],
+//! [`Model::sent`]) and socket events ([`Model::opened`],
+//! [`Model::text_frame`], [`Model::binary_frame`], [`Model::closed`]), polls
+//! [`Model::retry_due`] from a timer, and renders what comes back: [`Line`]s
+//! to append to the message log, [`Model::status_text`] and
+//! [`Model::online`]. Times are milliseconds since the Unix epoch, as
+//! JavaScript's `Date.now()` gives them.
+
+use protocol::v1::{self, Body, NameError, Peer, ServerEvent};
+
+use crate::backoff;
+
+/// Where the connection stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Status {
+    /// No connection wanted: not joined yet, or left.
+    Disconnected,
+    /// A socket is opening; `retry` when this is a reconnection attempt.
+    Connecting {
+        /// Whether an earlier connection or attempt failed.
+        retry: bool,
+    },
+    /// The socket is open.
+    Connected,
+    /// Waiting to try again at `retry_at`.
+    Waiting {
+        /// When the next attempt is due.
+        retry_at: f64,
+    },
+}
+
+/// What kind of log line this is (the page styles each differently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineKind {
+    /// A message this page sent.
+    Mine,
+    /// A message from someone else.
+    Theirs,
+    /// Joins, leaves, connection changes.
+    Event,
+    /// Something went wrong (dropped connection, server notice, bad frame).
+    Problem,
+}
+
+/// One line of the message log. All strings are plain text: the DOM layer
+/// inserts them as text nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    /// Kind of line.
+    pub kind: LineKind,
+    /// When it happened (server time for messages from others).
+    pub time_ms: f64,
+    /// The sender, for messages.
+    pub who: Option<String>,
+    /// The text shown.
+    pub text: String,
+    /// Whether `text` stands for a binary message.
+    pub binary: bool,
+}
+
+impl Line {
+    fn event(time_ms: f64, text: impl Into<String>) -> Self {
+        Line {
+            kind: LineKind::Event,
+            time_ms,
+            who: None,
+            text: text.into(),
+            binary: false,
+        }
+    }
+
+    fn problem(time_ms: f64, text: impl Into<String>) -> Self {
+        Line {
+            kind: LineKind::Problem,
+            ..Line::event(time_ms, text)
+        }
+    }
+
+    fn message(kind: LineKind, time_ms: f64, who: &str, body: &Body) -> Self {
+        let (text, binary) = match body {
+            Body::Text(t) => (t.clone(), false),
+            Body::Data(d) => (binary_text(d.len()), true),
+        };
+        Line {
+            kind,
+            time_ms,
+            who: Some(who.to_owned()),
+            text,
+            binary,
+        }
+    }
+}
+
+/// How a binary message is shown.
+pub fn binary_text(len: usize) -> String {
+    let unit = if len == 1 { "byte" } else { "bytes" };
+    format!("<binary {len} {unit}>")
+}
+
+/// Why a message was not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// Nothing but spaces.
+    Empty,
+    /// No open connection.
+    NotConnected,
+    /// Over the server's default message size limit.
+    TooLong(usize),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Empty => write!(f, "nothing to send"),
+            SendError::NotConnected => write!(f, "not connected: the message was not sent"),
+            SendError::TooLong(n) => write!(
+                f,
+                "the message is {n} bytes, more than the server accepts ({})",
+                protocol::DEFAULT_MAX_MESSAGE_SIZE
+            ),
+        }
+    }
+}
+
+/// Name shown for senders on a plain (non-`broadcast.v1`) server.
+pub const UNNAMED: &str = "someone";
+
+/// The client: connection state, who we are, who is online.
+#[derive(Debug)]
+pub struct Model {
+    page_protocol: String,
+    host: String,
+    /// The validated name asked for; `None` before the first join.
+    name: Option<String>,
+    /// This connection as the server knows it (after `welcome`).
+    me: Option<Peer>,
+    online: Option<u64>,
+    status: Status,
+    /// Consecutive failed connections (drives the backoff).
+    failures: u32,
+    /// When the current socket opened.
+    opened_at: Option<f64>,
+    /// Whether the open socket speaks `broadcast.v1`.
+    v1: bool,
+    /// Whether a welcome arrived since the last join.
+    welcomed: bool,
+    /// The server's last notice on this connection.
+    notice: Option<(u16, String)>,
+}
+
+impl Model {
+    /// A model for a page served from `page_protocol` (`location.protocol`)
+    /// and `host` (`location.host`).
+    pub fn new(page_protocol: &str, host: &str) -> Self {
+        Model {
+            page_protocol: page_protocol.to_owned(),
+            host: host.to_owned(),
+            name: None,
+            me: None,
+            online: None,
+            status: Status::Disconnected,
+            failures: 0,
+            opened_at: None,
+            v1: false,
+            welcomed: false,
+            notice: None,
+        }
+    }
+
+    /// The user asks to join as `input`. Checks the name as the server will
+    /// (a refused name would only show as a failed connection in a browser)
+    /// and returns the URL to open a socket to.
+    ///
+    /// # Errors
+    /// The name is not acceptable; nothing changes.
+    pub fn join(&mut self, input: &str) -> Result<String, NameError> {
+        let name = v1::validate_name(input)?;
+        self.name = Some(name);
+        self.me = None;
+        self.online = None;
+        self.failures = 0;
+        self.opened_at = None;
+        self.welcomed = false;
+        self.notice = None;
+        self.status = Status::Connecting { retry: false };
+        Ok(self.url())
+    }
+
+    /// The user leaves. Returns a line to log if there was something to
+    /// leave; the caller closes the socket (its close event is then ignored).
+    pub fn leave(&mut self, now: f64) -> Option<Line> {
+        if self.status == Status::Disconnected {
+            return None;
+        }
+        self.status = Status::Disconnected;
+        self.online = None;
+        self.opened_at = None;
+        self.me = None;
+        Some(Line::event(now, "you left"))
+    }
+
+    /// The socket opened; `negotiated` is its `protocol` attribute.
+    pub fn opened(&mut self, now: f64, negotiated: &str) -> Vec<Line> {
+        if !matches!(self.status, Status::Connecting { .. }) {
+            return Vec::new();
+        }
+        self.status = Status::Connected;
+        self.opened_at = Some(now);
+        self.notice = None;
+        self.v1 = negotiated == v1::SUBPROTOCOL;
+        if self.v1 {
+            // The welcome that follows says who we are.
+            Vec::new()
+        } else {
+            vec![Line::event(
+                now,
+                "connected to a plain broadcast server: no names or presence",
+            )]
+        }
+    }
+
+    /// A text frame arrived.
+    pub fn text_frame(&mut self, now: f64, text: &str) -> Vec<Line> {
+        if self.status != Status::Connected {
+            return Vec::new();
+        }
+        if !self.v1 {
+            return vec![Line::message(
+                LineKind::Theirs,
+                now,
+                UNNAMED,
+                &Body::Text(text.to_owned()),
+            )];
+        }
+        match ServerEvent::decode(text) {
+            Ok(Some(event)) => self.event(now, event),
+            Ok(None) => Vec::new(),
+            Err(e) => vec![Line::problem(now, format!("ignored: {e}"))],
+        }
+    }
+
+    /// A binary frame of `len` bytes arrived (only plain servers send them).
+    pub fn binary_frame(&mut self, now: f64, len: usize) -> Vec<Line> {
+        if self.status != Status::Connected {
+            return Vec::new();
+        }
+        vec![Line::message(
+            LineKind::Theirs,
+            now,
+            UNNAMED,
+            &Body::Data(vec![0; len]),
+        )]
+    }
+
+    fn event(&mut self, now: f64, event: ServerEvent) -> Vec<Line> {
+        match event {
+            ServerEvent::Welcome {
+                id,
+                name,
+                online,
+                time,
+            } => {
+                self.online = Some(online);
+                let text = if self.welcomed {
+                    format!("reconnected as {name} ({online} online)")
+                } else if self.name.as_deref() == Some(name.as_str()) {
+                    format!("you joined as {name} ({online} online)")
+                } else {
+                    let asked = self.name.as_deref().unwrap_or_default();
+                    format!("you joined as {name} ({asked} is taken; {online} online)")
+                };
+                self.welcomed = true;
+                self.me = Some(Peer { id, name });
+                vec![Line::event(time as f64, text)]
+            }
+            ServerEvent::Message {
+                name, time, body, ..
+            } => vec![Line::message(LineKind::Theirs, time as f64, &name, &body)],
+            ServerEvent::Presence {
+                online,
+                joined,
+                left,
+                joined_count,
+                left_count,
+            } => {
+                self.online = Some(online);
+                let my_id = self.me.as_ref().map(|p| p.id);
+                let mut lines: Vec<Line> = joined
+                    .iter()
+                    .filter(|p| Some(p.id) != my_id)
+                    .map(|p| Line::event(now, format!("{} joined", p.name)))
+                    .chain(
+                        left.iter()
+                            .filter(|p| Some(p.id) != my_id)
+                            .map(|p| Line::event(now, format!("{} left", p.name))),
+                    )
+                    .collect();
+                let counts: Vec<String> = [(joined_count, "joined"), (left_count, "left")]
+                    .into_iter()
+                    .filter_map(|(n, what)| n.filter(|&n| n > 0).map(|n| format!("{n} {what}")))
+                    .collect();
+                if !counts.is_empty() {
+                    lines.push(Line::event(now, counts.join(", ")));
+                }
+                lines
+            }
+            ServerEvent::Notice { code, text } => {
+                let line = Line::problem(now, format!("server: {text}"));
+                self.notice = Some((code, text));
+                vec![line]
+            }
+        }
+    }
+
+    /// The socket closed (or failed to open) with `code` and `reason`.
+    /// Schedules the next attempt; `jitter` is a random number in `[0, 1]`.
+    pub fn closed(&mut self, now: f64, code: u16, reason: &str, jitter: f64) -> Vec<Line> {
+        if !matches!(self.status, Status::Connecting { .. } | Status::Connected) {
+            // We left (or this is a stale socket): nothing to do.
+            return Vec::new();
+        }
+        let opened_at = self.opened_at.take();
+        if opened_at.is_some_and(|t| now - t >= backoff::STABLE_MS) {
+            self.failures = 0;
+        }
+        let delay = backoff::delay_ms(self.failures, jitter);
+        self.failures = self.failures.saturating_add(1);
+        self.status = Status::Waiting {
+            retry_at: now + delay,
+        };
+        self.online = None;
+        let notice = self.notice.take();
+        let mut lines = Vec::new();
+        if opened_at.is_some() {
+            let why = match notice {
+                // The notice line already said why.
+                Some((code, _)) => format!("closed with code {code}"),
+                None if reason.is_empty() => match code {
+                    1005 | 1006 => "the connection broke".to_owned(),
+                    _ => format!("closed with code {code}"),
+                },
+                None => format!("{reason} ({code})"),
+            };
+            lines.push(Line::problem(
+                now,
+                format!("connection lost: {why}; reconnecting…"),
+            ));
+        } else if self.failures == 1 {
+            lines.push(Line::problem(now, "cannot reach the server; retrying…"));
+        }
+        lines
+    }
+
+    /// If a retry is due at `now`, starts it and returns the URL to open.
+    pub fn retry_due(&mut self, now: f64) -> Option<String> {
+        match self.status {
+            Status::Waiting { retry_at } if now >= retry_at => self.retry_now(),
+            _ => None,
+        }
+    }
+
+    /// Skips the wait ("retry now" button, or the browser came back online).
+    pub fn retry_now(&mut self) -> Option<String> {
+        match self.status {
+            Status::Waiting { .. } => {
+                self.status = Status::Connecting { retry: true };
+                Some(self.url())
+            }
+            _ => None,
+        }
+    }
+
+    /// Checks a message the user wants to send.
+    ///
+    /// # Errors
+    /// Blank, too long, or no open connection.
+    pub fn check_outgoing(&self, text: &str) -> Result<(), SendError> {
+        if text.trim().is_empty() {
+            Err(SendError::Empty)
+        } else if self.status != Status::Connected {
+            Err(SendError::NotConnected)
+        } else if text.len() > protocol::DEFAULT_MAX_MESSAGE_SIZE {
+            Err(SendError::TooLong(text.len()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The page sent `text`: the line that shows it (the server does not
+    /// echo our own messages, so this is the only time it is shown).
+    pub fn sent(&self, now: f64, text: &str) -> Line {
+        Line::message(
+            LineKind::Mine,
+            now,
+            self.display_name(),
+            &Body::Text(text.to_owned()),
+        )
+    }
+
+    /// The name we show for ourselves: as the server granted it, else as
+    /// asked for.
+    pub fn display_name(&self) -> &str {
+        self.me
+            .as_ref()
+            .map(|p| p.name.as_str())
+            .or(self.name.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// The connection status, as shown to the user.
+    pub fn status_text(&self, now: f64) -> String {
+        match self.status {
+            Status::Disconnected => "disconnected".to_owned(),
+            Status::Connecting { retry: false } => "connecting…".to_owned(),
+            Status::Connecting { retry: true } => "reconnecting…".to_owned(),
+            Status::Connected => "connected".to_owned(),
+            Status::Waiting { retry_at } => format!(
+                "reconnecting in {} s…",
+                backoff::seconds_left(now, retry_at)
+            ),
+        }
+    }
+
+    /// Where the connection stands.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// Connections online (this one included), when known.
+    pub fn online(&self) -> Option<u64> {
+        self.online
+    }
+
+    fn url(&self) -> String {
+        crate::endpoint::ws_url(
+            &self.page_protocol,
+            &self.host,
+            self.name.as_deref().unwrap_or_default(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: f64 = 1_700_000_000_000.0;
+
+    fn joined(name: &str) -> Model {
+        let mut m = Model::new("http:", "localhost:8080");
+        m.join(name).unwrap();
+        assert!(m.opened(T, v1::SUBPROTOCOL).is_empty());
+        m
+    }
+
+    fn welcome(m: &mut Model, id: u64, name: &str, online: u64) -> Vec<Line> {
+        m.text_frame(
+            T,
+            &ServerEvent::Welcome {
+                id,
+                name: name.into(),
+                online,
+                time: T as u64,
+            }
+            .encode(),
+        )
+    }
+
+    fn texts(lines: &[Line]) -> Vec<&str> {
+        lines.iter().map(|l| l.text.as_str()).collect()
+    }
+
+    #[test]
+    fn join_checks_the_name_and_builds_the_url() {
+        let mut m = Model::new("https:", "example.org");
+        assert_eq!(m.status_text(T), "disconnected");
+        assert_eq!(m.join("   "), Err(NameError::Empty));
+        assert_eq!(m.join("a\u{200B}b"), Err(NameError::NotPrintable));
+        assert_eq!(m.join(&"x".repeat(33)), Err(NameError::TooLong));
+        assert_eq!(m.status(), Status::Disconnected);
+        assert_eq!(
+            m.join("  Zoë K "),
+            Ok("wss://example.org/ws?name=Zo%C3%AB%20K".into())
+        );
+        assert_eq!(m.status_text(T), "connecting…");
+    }
+
+    #[test]
+    fn welcome_messages_and_presence_become_lines() {
+        let mut m = joined("alice");
+        assert_eq!(m.status_text(T), "connected");
+        assert_eq!(m.online(), None);
+        let lines = welcome(&mut m, 7, "alice", 3);
+        assert_eq!(texts(&lines), ["you joined as alice (3 online)"]);
+        assert_eq!(m.online(), Some(3));
+
+        let msg = ServerEvent::Message {
+            from: 8,
+            name: "bob".into(),
+            time: T as u64 + 5,
+            body: Body::Text("<script>alert(1)</script>".into()),
+        };
+        let lines = m.text_frame(T, &msg.encode());
+        assert_eq!(
+            lines,
+            [Line {
+                kind: LineKind::Theirs,
+                time_ms: T + 5.0,
+                who: Some("bob".into()),
+                text: "<script>alert(1)</script>".into(),
+                binary: false,
+            }]
+        );
+
+        let bin = ServerEvent::Message {
+            from: 8,
+            name: "bob".into(),
+            time: T as u64,
+            body: Body::Data(vec![1, 2, 3]),
+        };
+        let lines = m.text_frame(T, &bin.encode());
+        assert_eq!(texts(&lines), ["<binary 3 bytes>"]);
+        assert!(lines[0].binary);
+
+        // Our own join is not news; others' are.
+        let presence = ServerEvent::Presence {
+            online: 4,
+            joined: vec![
+                Peer {
+                    id: 7,
+                    name: "alice".into(),
+                },
+                Peer {
+                    id: 9,
+                    name: "carol".into(),
+                },
+            ],
+            left: vec![Peer {
+                id: 8,
+                name: "bob".into(),
+            }],
+            joined_count: None,
+            left_count: None,
+        };
+        let lines = m.text_frame(T, &presence.encode());
+        assert_eq!(texts(&lines), ["carol joined", "bob left"]);
+        assert_eq!(m.online(), Some(4));
+
+        let many = ServerEvent::Presence {
+            online: 200,
+            joined: vec![],
+            left: vec![],
+            joined_count: Some(150),
+            left_count: Some(3),
+        };
+        assert_eq!(
+            texts(&m.text_frame(T, &many.encode())),
+            ["150 joined, 3 left"]
+        );
+        assert_eq!(m.online(), Some(200));
+
+        // Future event types are skipped; garbage is reported, not fatal.
+        assert!(m.text_frame(T, r#"{"type":"typing"}"#).is_empty());
+        let lines = m.text_frame(T, "nope");
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].kind, LineKind::Problem);
+        assert_eq!(m.status(), Status::Connected);
+    }
+
+    #[test]
+    fn a_taken_name_is_explained() {
+        let mut m = joined("alice");
+        let lines = welcome(&mut m, 2, "alice-2", 2);
+        assert_eq!(
+            texts(&lines),
+            ["you joined as alice-2 (alice is taken; 2 online)"]
+        );
+        assert_eq!(m.display_name(), "alice-2");
+        let mine = m.sent(T, "hi");
+        assert_eq!(mine.kind, LineKind::Mine);
+        assert_eq!(mine.who.as_deref(), Some("alice-2"));
+    }
+
+    #[test]
+    fn sending_needs_an_open_connection_and_a_sane_size() {
+        let mut m = Model::new("http:", "h");
+        assert_eq!(m.check_outgoing("hi"), Err(SendError::NotConnected));
+        m.join("a").unwrap();
+        assert_eq!(m.check_outgoing("hi"), Err(SendError::NotConnected));
+        m.opened(T, v1::SUBPROTOCOL);
+        assert_eq!(m.check_outgoing("hi"), Ok(()));
+        assert_eq!(m.check_outgoing("  \n "), Err(SendError::Empty));
+        let big = "x".repeat(protocol::DEFAULT_MAX_MESSAGE_SIZE + 1);
+        assert_eq!(m.check_outgoing(&big), Err(SendError::TooLong(big.len())));
+        assert_eq!(
+            m.check_outgoing(&big[1..]),
+            Ok(()),
+            "exactly the limit is fine"
+        );
+    }
+
+    #[test]
+    fn drops_are_retried_with_growing_delays() {
+        let mut m = joined("alice");
+        welcome(&mut m, 1, "alice", 1);
+        let notice = ServerEvent::Notice {
+            code: 1001,
+            text: "the server is shutting down".into(),
+        };
+        assert_eq!(
+            texts(&m.text_frame(T, &notice.encode())),
+            ["server: the server is shutting down"]
+        );
+        // Up for a minute: the schedule starts over.
+        let t = T + 60_000.0;
+        let lines = m.closed(t, 1001, "server shutting down", 0.0);
+        assert_eq!(
+            texts(&lines),
+            ["connection lost: closed with code 1001; reconnecting…"]
+        );
+        assert_eq!(
+            m.status(),
+            Status::Waiting {
+                retry_at: t + 500.0
+            }
+        );
+        assert_eq!(m.status_text(t), "reconnecting in 1 s…");
+        assert_eq!(m.online(), None);
+        assert_eq!(m.retry_due(t + 499.0), None);
+        assert_eq!(
+            m.retry_due(t + 500.0).as_deref(),
+            Some("ws://localhost:8080/ws?name=alice")
+        );
+        assert_eq!(m.status_text(t), "reconnecting…");
+        assert_eq!(m.retry_due(t + 600.0), None, "already connecting");
+
+        // The server is still down: quietly wait longer each time.
+        let t = t + 600.0;
+        assert!(m.closed(t, 1006, "", 1.0).is_empty());
+        assert_eq!(
+            m.status(),
+            Status::Waiting {
+                retry_at: t + 2_000.0
+            }
+        );
+        assert_eq!(m.status_text(t), "reconnecting in 2 s…");
+        m.retry_due(t + 2_000.0).unwrap();
+        let t = t + 2_100.0;
+        assert!(m.closed(t, 1006, "", 0.5).is_empty());
+        assert_eq!(
+            m.status(),
+            Status::Waiting {
+                retry_at: t + 3_000.0
+            }
+        );
+        assert_eq!(m.status_text(t), "reconnecting in 3 s…");
+
+        // "Retry now", and this time it works.
+        m.retry_now().unwrap();
+        m.opened(t + 10.0, v1::SUBPROTOCOL);
+        let lines = welcome(&mut m, 2, "alice", 2);
+        assert_eq!(texts(&lines), ["reconnected as alice (2 online)"]);
+        assert_eq!(m.status_text(t), "connected");
+
+        // A connection that drops at once does not reset the schedule.
+        let lines = m.closed(t + 20.0, 1013, "slow consumer", 0.0);
+        assert_eq!(
+            texts(&lines),
+            ["connection lost: slow consumer (1013); reconnecting…"]
+        );
+        assert_eq!(
+            m.status(),
+            Status::Waiting {
+                retry_at: t + 20.0 + 4_000.0
+            }
+        );
+    }
+
+    #[test]
+    fn a_first_connection_that_fails_says_so_once() {
+        let mut m = Model::new("http:", "h");
+        m.join("a").unwrap();
+        assert_eq!(
+            texts(&m.closed(T, 1006, "", 0.0)),
+            ["cannot reach the server; retrying…"]
+        );
+        m.retry_now().unwrap();
+        assert!(m.closed(T, 1006, "", 0.0).is_empty());
+        assert_eq!(m.status_text(T), "reconnecting in 1 s…");
+    }
+
+    #[test]
+    fn leaving_stops_everything() {
+        let mut m = joined("alice");
+        welcome(&mut m, 1, "alice", 1);
+        assert_eq!(
+            texts(&m.leave(T).into_iter().collect::<Vec<_>>()),
+            ["you left"]
+        );
+        assert_eq!(m.status_text(T), "disconnected");
+        assert_eq!(m.online(), None);
+        // The close event of the socket we closed changes nothing.
+        assert!(m.closed(T, 1000, "", 0.0).is_empty());
+        assert_eq!(m.status(), Status::Disconnected);
+        assert_eq!(m.retry_due(T + 1e9), None);
+        assert_eq!(m.leave(T), None);
+        // Frames from a stale socket are ignored.
+        assert!(m
+            .text_frame(T, r#"{"type":"notice","code":1,"text":"x"}"#)
+            .is_empty());
+        // Joining again under another name starts afresh.
+        assert_eq!(
+            m.join("bob").as_deref(),
+            Ok("ws://localhost:8080/ws?name=bob")
+        );
+        m.opened(T, v1::SUBPROTOCOL);
+        assert_eq!(
+            texts(&welcome(&mut m, 5, "bob", 2)),
+            ["you joined as bob (2 online)"]
+        );
+    }
+
+    #[test]
+    fn plain_servers_work_in_raw_mode() {
+        let mut m = Model::new("http:", "h");
+        m.join("a").unwrap();
+        let lines = m.opened(T, "");
+        assert_eq!(
+            texts(&lines),
+            ["connected to a plain broadcast server: no names or presence"]
+        );
+        let lines = m.text_frame(T, r#"{"type":"welcome"}"#);
+        assert_eq!(lines[0].who.as_deref(), Some(UNNAMED));
+        assert_eq!(lines[0].text, r#"{"type":"welcome"}"#);
+        let lines = m.binary_frame(T, 1);
+        assert_eq!(texts(&lines), ["<binary 1 byte>"]);
+        assert_eq!(m.online(), None);
+    }
+}
