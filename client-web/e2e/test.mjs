@@ -310,6 +310,29 @@ async function main() {
   await until(() => plain.received.includes("bob to the plain client"), "the plain client gets bob's message");
   log("plain WebSocket client exchanged messages both ways");
 
+  // The console client in the same room, both ways: one records (--listen),
+  // one sends a piped line and exits.
+  const consoleArgs = ["connect", "--host", "127.0.0.1", "--port", String(port)];
+  const listener = spawn(SERVER, [...consoleArgs, "--name", "cli", "--listen"], { stdio: ["ignore", "pipe", "pipe"] });
+  cleanups.push(() => listener.kill("SIGKILL"));
+  let listenerOut = "";
+  let listenerErr = "";
+  listener.stdout.on("data", (d) => (listenerOut += d));
+  listener.stderr.on("data", (d) => (listenerErr += d));
+  await until(() => / as cli \(\d+ online\)/.test(listenerErr), `the console client connects (stderr: ${listenerErr})`);
+  await say(alice, "alice to the console");
+  await until(() => /\] alice: alice to the console$/m.test(listenerOut), "the console client prints alice's message");
+  const sender = spawn(SERVER, [...consoleArgs, "--name", "cli-sender"], { stdio: ["pipe", "ignore", "pipe"] });
+  sender.stdin.end("hello from the console\n");
+  const senderExit = await new Promise((resolve) => sender.on("exit", resolve));
+  check(senderExit === 0, `the piped console client exits 0 (got ${senderExit})`);
+  await waitLine(bob, { kind: "theirs", who: "cli-sender", text: "hello from the console" }, "bob gets the console client's message");
+  listener.kill("SIGTERM");
+  const listenerExit = await new Promise((resolve) => (listener.exitCode !== null ? resolve(listener.exitCode) : listener.on("exit", resolve)));
+  check(listenerExit === 0, `the console client leaves with exit 0 on SIGTERM (got ${listenerExit})`);
+  await waitText(alice, "#online", "3 online");
+  log("console client exchanged messages both ways");
+
   // Markup is text, never markup.
   await say(bob, "<script>alert(1)</script>");
   plain.ws.send('<img src=x onerror="alert(2)"><b>bold?</b>');
