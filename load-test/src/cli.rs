@@ -80,6 +80,13 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 16 * 1024, value_name = "BYTES")]
     pub(crate) slow_rcvbuf: u32,
 
+    /// Speak the `broadcast.v1` subprotocol: every connection offers it
+    /// (failing if the server does not select it), subscribers decode the
+    /// payload from `message` events' base64 `data` and count the welcome,
+    /// presence and notice events. Publishers still send binary frames.
+    #[arg(long)]
+    pub(crate) v1: bool,
+
     /// Subscribers end by dropping the TCP connection instead of a close handshake.
     #[arg(long)]
     pub(crate) abrupt_close: bool,
@@ -262,6 +269,8 @@ mod tests {
         assert_eq!(a.clients, 10);
         assert!(a.max_rate);
         assert_eq!(a.duration, Duration::from_secs(2));
+        assert!(!a.v1);
+        assert!(Args::try_parse_from(["load-test", "--v1"]).unwrap().v1);
         assert!(Args::try_parse_from(["load-test", "--size", "23"]).is_err());
         assert!(Args::try_parse_from(["load-test", "--clients", "0"]).is_err());
         assert!(Args::try_parse_from(["load-test", "--rate", "-1"]).is_err());

@@ -7,7 +7,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::rawws::{self, RawWs};
@@ -24,6 +28,8 @@ pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
     /// Local addresses to bind round-robin; empty: let the kernel choose.
     pub(crate) sources: Vec<IpAddr>,
+    /// Subprotocol every connection offers and requires (`--v1`).
+    pub(crate) subprotocol: Option<&'static str>,
 }
 
 impl Target {
@@ -73,7 +79,14 @@ impl Target {
             path,
             addr,
             sources,
+            subprotocol: None,
         })
+    }
+
+    /// Every connection offers `subprotocol` and fails unless the server selects it.
+    pub(crate) fn with_subprotocol(mut self, subprotocol: Option<&'static str>) -> Self {
+        self.subprotocol = subprotocol;
+        self
     }
 
     /// Connection number `n`: TCP connect (from source `n mod sources`), then
@@ -103,9 +116,16 @@ impl Target {
     ) -> Result<RawWs> {
         tokio::time::timeout(timeout, async {
             let stream = self.tcp(n, rcvbuf).await?;
-            rawws::handshake(stream, &self.host_port, &self.path, buf_size, max_message)
-                .await
-                .context("WebSocket handshake")
+            rawws::handshake(
+                stream,
+                &self.host_port,
+                &self.path,
+                self.subprotocol,
+                buf_size,
+                max_message,
+            )
+            .await
+            .context("WebSocket handshake")
         })
         .await
         .map_err(|_| anyhow::anyhow!("connect timed out after {timeout:?}"))?
@@ -118,10 +138,30 @@ impl Target {
         rcvbuf: Option<u32>,
     ) -> Result<Ws> {
         let stream = self.tcp(n, rcvbuf).await?;
-        let (ws, _resp) =
-            tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config))
-                .await
-                .context("WebSocket handshake")?;
+        let mut req = self
+            .url
+            .as_str()
+            .into_client_request()
+            .context("WebSocket URL")?;
+        if let Some(p) = self.subprotocol {
+            req.headers_mut()
+                .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+        }
+        let (ws, resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
+            .await
+            .map_err(|e| match (self.subprotocol, &e) {
+                // tungstenite refuses an answer without the offered subprotocol.
+                (Some(p), WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(_))) => {
+                    anyhow::anyhow!(e).context(format!("the server did not select subprotocol {p}"))
+                }
+                _ => anyhow::anyhow!(e),
+            })
+            .context("WebSocket handshake")?;
+        let selected = resp
+            .headers()
+            .get(SEC_WEBSOCKET_PROTOCOL)
+            .map(|v| v.to_str().unwrap_or("(not text)"));
+        rawws::check_subprotocol(self.subprotocol, selected).context("WebSocket handshake")?;
         Ok(ws)
     }
 

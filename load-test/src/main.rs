@@ -16,6 +16,7 @@ mod report;
 mod run;
 mod series;
 mod tracker;
+mod v1;
 mod window;
 
 use std::process::ExitCode;

@@ -79,18 +79,23 @@ pub(crate) struct RawWs {
 
 /// Sends the upgrade request for `host_port` and `path` on `stream` and
 /// checks the `101` answer; returns the connection with any bytes read past
-/// the response head already buffered.
+/// the response head already buffered. With `subprotocol`, offers it in
+/// `Sec-WebSocket-Protocol` and fails unless the server selects it.
 pub(crate) async fn handshake(
     mut stream: TcpStream,
     host_port: &str,
     path: &str,
+    subprotocol: Option<&str>,
     buf_size: usize,
     max_message: usize,
 ) -> Result<RawWs> {
     let key = generate_key();
+    let offer = subprotocol
+        .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+        .unwrap_or_default();
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     );
     stream
         .write_all(req.as_bytes())
@@ -114,7 +119,8 @@ pub(crate) async fn handshake(
         }
         end += n;
     };
-    check_response(&buf[..head_len], &derive_accept_key(key.as_bytes()))?;
+    let selected = check_response(&buf[..head_len], &derive_accept_key(key.as_bytes()))?;
+    check_subprotocol(subprotocol, selected.as_deref())?;
     buf.truncate(buf_size.max(end));
     Ok(RawWs {
         stream,
@@ -134,8 +140,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Checks a `101 Switching Protocols` head with the expected accept key.
-fn check_response(head: &[u8], accept: &str) -> Result<()> {
+/// Checks a `101 Switching Protocols` head with the expected accept key;
+/// returns the `Sec-WebSocket-Protocol` the server selected, if any.
+fn check_response(head: &[u8], accept: &str) -> Result<Option<String>> {
     let head = std::str::from_utf8(head).context("WebSocket handshake: response is not UTF-8")?;
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap_or("");
@@ -143,16 +150,32 @@ fn check_response(head: &[u8], accept: &str) -> Result<()> {
     if code != "101" {
         bail!("WebSocket handshake: server answered `{status}`");
     }
-    let got = lines.find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("sec-websocket-accept")
-            .then(|| v.trim())
-    });
-    match got {
-        Some(v) if v == accept => Ok(()),
+    let header = |name: &str| {
+        head.split("\r\n").skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    };
+    let selected = header("sec-websocket-protocol").map(str::to_string);
+    match header("sec-websocket-accept") {
+        Some(v) if v == accept => Ok(selected),
         Some(v) => bail!("WebSocket handshake: wrong Sec-WebSocket-Accept `{v}`"),
         None => bail!("WebSocket handshake: no Sec-WebSocket-Accept header"),
+    }
+}
+
+/// Fails unless the server selected what we offered (and nothing when we
+/// offered nothing).
+pub(crate) fn check_subprotocol(offered: Option<&str>, selected: Option<&str>) -> Result<()> {
+    match (offered, selected) {
+        (Some(o), Some(s)) if o == s => Ok(()),
+        (Some(o), None) => bail!(
+            "the server did not select subprotocol {o} (no Sec-WebSocket-Protocol in its answer: \
+             a plain broadcast server?)"
+        ),
+        (Some(o), Some(s)) => bail!("the server selected subprotocol `{s}` instead of {o}"),
+        (None, Some(s)) => bail!("the server selected subprotocol `{s}`, which was not offered"),
+        (None, None) => Ok(()),
     }
 }
 
@@ -401,7 +424,7 @@ mod tests {
             s
         });
         let c = TcpStream::connect(addr).await.unwrap();
-        let ws = handshake(c, &addr.to_string(), "/ws", 64, max_message)
+        let ws = handshake(c, &addr.to_string(), "/ws", None, 64, max_message)
             .await
             .unwrap();
         (ws, server.await.unwrap())
@@ -486,7 +509,13 @@ mod tests {
     #[test]
     fn responses_are_checked() {
         let ok = "HTTP/1.1 101 Switching Protocols\r\nsec-websocket-accept: abc\r\n\r\n";
-        assert!(check_response(ok.as_bytes(), "abc").is_ok());
+        assert_eq!(check_response(ok.as_bytes(), "abc").unwrap(), None);
+        let v1 = "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Protocol: broadcast.v1\r\n\
+                  sec-websocket-accept: abc\r\n\r\n";
+        assert_eq!(
+            check_response(v1.as_bytes(), "abc").unwrap().as_deref(),
+            Some("broadcast.v1")
+        );
         assert!(check_response(ok.as_bytes(), "abd").is_err());
         let nf = "HTTP/1.1 404 Not Found\r\n\r\n";
         assert!(check_response(nf.as_bytes(), "abc")
@@ -495,5 +524,16 @@ mod tests {
             .contains("404"));
         let none = "HTTP/1.1 101 Switching Protocols\r\n\r\n";
         assert!(check_response(none.as_bytes(), "abc").is_err());
+    }
+
+    #[test]
+    fn subprotocol_must_be_the_one_offered() {
+        let v1 = Some("broadcast.v1");
+        assert!(check_subprotocol(None, None).is_ok());
+        assert!(check_subprotocol(v1, v1).is_ok());
+        let e = check_subprotocol(v1, None).unwrap_err().to_string();
+        assert!(e.contains("did not select subprotocol broadcast.v1"), "{e}");
+        assert!(check_subprotocol(v1, Some("chat")).is_err());
+        assert!(check_subprotocol(None, v1).is_err());
     }
 }

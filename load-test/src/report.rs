@@ -100,6 +100,8 @@ pub(crate) struct Report {
     pub(crate) url: String,
     /// `rate`, `max-rate` or `idle`.
     pub(crate) mode: &'static str,
+    /// What the connections speak: `raw`, or `broadcast.v1` (`--v1`).
+    pub(crate) protocol: &'static str,
     pub(crate) rate: Option<f64>,
     pub(crate) window: Option<u32>,
     /// `--max-rate`: window permits returned by sweeps because a subscriber
@@ -143,6 +145,14 @@ pub(crate) struct Report {
     pub(crate) latency: Latency,
     /// From the moment the publisher actually wrote the message.
     pub(crate) latency_from_send: Latency,
+
+    /// `--v1`: welcome events received (one per connection that got through
+    /// the upgrade, subscribers and publishers).
+    pub(crate) welcomes: u64,
+    /// `--v1`: presence events received by all connections.
+    pub(crate) presence_events: u64,
+    /// `--v1`: notices received (before a server close), by the code they announce.
+    pub(crate) notices: BTreeMap<u16, u64>,
 
     /// Connections the server closed (or dropped: 1006) before the tool did, by code.
     pub(crate) server_closes: BTreeMap<u16, u64>,
@@ -206,6 +216,19 @@ impl Report {
         self.passed = self.failures.is_empty();
     }
 
+    /// Whether the run spoke `broadcast.v1`.
+    pub(crate) fn is_v1(&self) -> bool {
+        self.protocol == protocol::v1::SUBPROTOCOL
+    }
+
+    fn protocol_name(&self) -> &'static str {
+        if self.protocol.is_empty() {
+            "raw"
+        } else {
+            self.protocol
+        }
+    }
+
     /// The human summary table.
     pub(crate) fn table(&self) -> String {
         let mut s = String::new();
@@ -217,8 +240,12 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "load-test summary: {} | {mode} | {} B | {:.1} s + drain {:.1} s",
-            self.url, self.size, self.duration_s, self.drain_s
+            "load-test summary: {} | {} | {mode} | {} B | {:.1} s + drain {:.1} s",
+            self.url,
+            self.protocol_name(),
+            self.size,
+            self.duration_s,
+            self.drain_s
         );
         let mut row = |k: &str, v: String| {
             let _ = writeln!(s, "  {k:<22} {v}");
@@ -323,6 +350,24 @@ impl Report {
                 .join(", ")
         };
         row("server closes", closes);
+        if self.is_v1() {
+            let notices = if self.notices.is_empty() {
+                "none".to_string()
+            } else {
+                self.notices
+                    .iter()
+                    .map(|(c, n)| format!("{c}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            row(
+                "v1 events",
+                format!(
+                    "welcome {}, presence {}, notices {notices}",
+                    self.welcomes, self.presence_events
+                ),
+            );
+        }
         row("send errors", self.send_errors.to_string());
         row("errors", self.errors.to_string());
         if let Some(sv) = &self.server {
@@ -462,6 +507,30 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["server"]["rss_per_connection_b"], 1536.0);
         assert_eq!(json["slow"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn v1_mode_is_in_header_table_and_json() {
+        let mut r = base();
+        r.protocol = "raw";
+        r.finish();
+        let t = r.table();
+        assert!(t.starts_with("load-test summary:  | raw |"), "{t}");
+        assert!(!t.contains("v1 events"), "{t}");
+        r.protocol = protocol::v1::SUBPROTOCOL;
+        r.welcomes = 11;
+        r.presence_events = 30;
+        r.notices.insert(1001, 2);
+        let t = r.table();
+        assert!(t.contains("| broadcast.v1 |"), "{t}");
+        assert!(
+            t.contains("welcome 11, presence 30, notices 1001: 2"),
+            "{t}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["protocol"], "broadcast.v1");
+        assert_eq!(json["presence_events"], 30);
+        assert_eq!(json["notices"]["1001"], 2);
     }
 
     #[test]

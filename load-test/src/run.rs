@@ -47,6 +47,7 @@ use crate::rawws::{Event, RawWs, NO_STATUS};
 use crate::report::{percentile_curve, Latency, Report, SlowReport};
 use crate::series::{Series, SubSeries};
 use crate::tracker::{Outcome, SeqTracker};
+use crate::v1::{self as v1, V1Counts, V1Event};
 use crate::window::Windows;
 
 /// File descriptors kept free for the runtime, stdio, the JSON file, etc.
@@ -90,6 +91,8 @@ struct Shared {
     abrupt_close: bool,
     /// Rate mode: payloads carry a send delay worth a second histogram.
     rate_mode: bool,
+    /// `--v1`: the server sends JSON events in text frames.
+    v1: bool,
 }
 
 pub(crate) const PHASE_CONNECT: u8 = 0;
@@ -133,6 +136,8 @@ impl Shared {
 struct Ending {
     /// The server closed (or dropped) it before we asked: the code.
     server_close: Option<u16>,
+    /// `--v1`: the events other than messages it received.
+    v1: V1Counts,
 }
 
 /// What one slow subscriber saw when it resumed reading.
@@ -140,6 +145,7 @@ struct SlowEnd {
     /// The close code, 1006 for a dropped connection, None: still open.
     close: Option<u16>,
     messages: u64,
+    v1: V1Counts,
 }
 
 /// What one subscriber measured.
@@ -198,7 +204,11 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     if let Some(pid) = args.server_pid {
         procstat::check(pid)?;
     }
-    let target = Arc::new(Target::resolve(&args.url, args.source_addrs).await?);
+    let target = Arc::new(
+        Target::resolve(&args.url, args.source_addrs)
+            .await?
+            .with_subprotocol(args.v1.then_some(protocol::v1::SUBPROTOCOL)),
+    );
     let sample_server = |pid: Option<u32>| pid.and_then(|p| procstat::sample(Pid::Id(p)).ok());
 
     let (stop, _) = watch::channel(false);
@@ -215,6 +225,7 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
         start_ns: AtomicU64::new(0),
         abrupt_close: args.abrupt_close,
         rate_mode: !args.max_rate && !idle,
+        v1: args.v1,
     });
     let progress = Progress::start(Probe(shared.clone()), clients as u64, !args.no_progress);
     let server_before = sample_server(args.server_pid);
@@ -324,6 +335,7 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     let mut scheduled = 0u64;
     let mut send_errors = 0u64;
     let mut server_closes: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut v1_counts = V1Counts::default();
     for (p, rx) in pub_counts {
         let st = rx.await?;
         published_by[p] = st.sent;
@@ -355,9 +367,11 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     shared.phase.store(PHASE_CLOSE, Relaxed);
     shared.stop.send_replace(true);
     for t in pub_tasks {
-        if let Some(c) = t.await?.server_close {
+        let ending = t.await?;
+        if let Some(c) = ending.server_close {
             *server_closes.entry(c).or_default() += 1;
         }
+        v1_counts.add(&ending.v1);
     }
 
     // 4. Merge.
@@ -372,6 +386,11 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
             "max-rate"
         } else {
             "rate"
+        },
+        protocol: if args.v1 {
+            protocol::v1::SUBPROTOCOL
+        } else {
+            "raw"
         },
         rate: (!args.max_rate && !idle).then_some(args.rate),
         window: (args.max_rate && !idle).then_some(args.window),
@@ -410,6 +429,7 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
                 let sl = slow_report.as_mut().expect("slow subscribers configured");
                 sl.connected += 1;
                 sl.messages_read_at_end += end.messages;
+                v1_counts.add(&end.v1);
                 match end.close {
                     Some(c) => *sl.closes.entry(c).or_default() += 1,
                     None => sl.still_open += 1,
@@ -433,6 +453,7 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
                 if let Some(c) = s.ending.server_close {
                     *server_closes.entry(c).or_default() += 1;
                 }
+                v1_counts.add(&s.ending.v1);
             }
         }
     }
@@ -456,6 +477,9 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     progress.finish();
     report.slow = slow_report;
     report.server_closes = server_closes;
+    report.welcomes = v1_counts.welcomes;
+    report.presence_events = v1_counts.presence;
+    report.notices = v1_counts.notices;
     report.latency = Latency::from_histogram_us(&hist);
     report.latency_from_send = if shared.rate_mode {
         Latency::from_histogram_us(&hist_send)
@@ -516,15 +540,30 @@ async fn subscriber(mut ws: RawWs, idx: usize, size: usize, shared: &Shared) -> 
         let _ = stop_rx.wait_for(|&s| s).await;
     });
     let mut now = shared.ns(Instant::now());
+    let v1_mode = shared.v1;
+    // `--v1`: the payload decoded from a message event's base64.
+    let mut decoded = Vec::with_capacity(if v1_mode { size } else { 0 });
     let stopped_by_us = 'read: loop {
         loop {
             let b = match ws.try_next() {
                 Ok(None) => break,
-                Ok(Some(Event::Data {
-                    text: false,
-                    payload,
-                })) => payload,
-                Ok(Some(Event::Data { text: true, .. })) => {
+                Ok(Some(Event::Data { text, payload })) if text == v1_mode => {
+                    if !v1_mode {
+                        payload
+                    } else {
+                        match v1::extract(payload, &mut decoded) {
+                            Ok(V1Event::Data) => &decoded[..],
+                            Ok(e) if st.ending.v1.count(e) => continue,
+                            // Text messages and garbage.
+                            _ => {
+                                st.malformed += 1;
+                                continue;
+                            }
+                        }
+                    }
+                }
+                // A binary frame in v1 mode, a text frame in raw mode.
+                Ok(Some(Event::Data { .. })) => {
                     st.malformed += 1;
                     continue;
                 }
@@ -595,10 +634,18 @@ async fn slow_subscriber(mut ws: RawWs, shared: &Shared) -> SlowEnd {
     let _ = stop_rx.wait_for(|&s| s).await;
     let give_up = Instant::now() + SLOW_READ_MAX;
     let mut messages = 0u64;
+    let mut v1_counts = V1Counts::default();
     let close = 'read: loop {
         loop {
             match ws.try_next() {
                 Ok(None) => break,
+                Ok(Some(Event::Data { text, payload })) if text && shared.v1 => {
+                    if v1::is_message(payload) {
+                        messages += 1;
+                    } else if let Ok(e) = v1::extract(payload, &mut Vec::new()) {
+                        v1_counts.count(e);
+                    }
+                }
                 Ok(Some(Event::Data { .. })) => messages += 1,
                 Ok(Some(Event::Close(code))) => break 'read Some(code),
                 Err(_) => break 'read Some(PROTOCOL_ERROR),
@@ -616,7 +663,11 @@ async fn slow_subscriber(mut ws: RawWs, shared: &Shared) -> SlowEnd {
         c => Close::After(c),
     };
     end_connection(ws, how, shared.abrupt_close).await;
-    SlowEnd { close, messages }
+    SlowEnd {
+        close,
+        messages,
+        v1: v1_counts,
+    }
 }
 
 /// How a subscriber's connection ends.
@@ -673,27 +724,44 @@ async fn publisher(
 ) -> Ending {
     let (mut sink, mut stream) = ws.split();
     let (done_tx, mut done_rx) = watch::channel(false);
+    let v1_mode = shared.v1;
     let reader = tokio::spawn(async move {
         let mut done = pin!(async move {
             let _ = done_rx.wait_for(|&d| d).await;
         });
-        loop {
+        let mut counts = V1Counts::default();
+        let mut count = |m: &Message| {
+            if let (true, Message::Text(t)) = (v1_mode, m) {
+                if !v1::is_message(t.as_bytes()) {
+                    if let Ok(e) = v1::extract(t.as_bytes(), &mut Vec::new()) {
+                        counts.count(e);
+                    }
+                }
+            }
+        };
+        let close = loop {
             tokio::select! {
                 biased;
                 _ = &mut done => {
                     // We sent Close: read until the server's Close reply.
                     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                        while let Some(Ok(_)) = stream.next().await {}
+                        while let Some(Ok(m)) = stream.next().await {
+                            count(&m);
+                        }
                     })
                     .await;
-                    return None;
+                    break None;
                 }
                 m = stream.next() => match m {
-                    Some(Ok(Message::Close(f))) => return Some(close_code(f.as_ref())),
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => return Some(ABNORMAL),
+                    Some(Ok(Message::Close(f))) => break Some(close_code(f.as_ref())),
+                    Some(Ok(m)) => count(&m),
+                    Some(Err(_)) | None => break Some(ABNORMAL),
                 },
             }
+        };
+        Ending {
+            server_close: close,
+            v1: counts,
         }
     });
 
@@ -831,7 +899,5 @@ async fn publisher(
         let _ = sink.send(normal_close()).await;
         let _ = done_tx.send(true);
     }
-    Ending {
-        server_close: reader.await.ok().flatten(),
-    }
+    reader.await.unwrap_or_default()
 }

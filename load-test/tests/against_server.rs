@@ -381,3 +381,71 @@ fn max_rate_window_waits_for_every_subscriber() {
     assert_eq!(u(&r, "window_sweeps"), 0, "{r}");
     assert!(u(&r, "published") > 100, "{r}");
 }
+
+#[test]
+fn v1_subscribers_decode_message_events_and_lose_nothing() {
+    let server = start_server();
+    let (out, r) = run_json(
+        &[
+            "--url",
+            &server.url,
+            "--v1",
+            "--clients",
+            "100",
+            "--publishers",
+            "2",
+            "--rate",
+            "100",
+            "--size",
+            "64",
+            "--duration",
+            "2s",
+            "--drain",
+            "5s",
+            "--ramp",
+            "1000",
+        ],
+        "v1",
+    );
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("| broadcast.v1 |"), "{stdout}");
+    assert_eq!(r["protocol"], "broadcast.v1", "{r}");
+    assert_eq!(u(&r, "clients_connected"), 100, "{r}");
+    assert_eq!(u(&r, "publishers_connected"), 2, "{r}");
+    let published = u(&r, "published");
+    assert!(published > 0, "{r}");
+    assert_eq!(u(&r, "delivered"), published * 100, "{r}");
+    assert_eq!(u(&r, "lost"), 0, "{r}");
+    assert_eq!(u(&r, "duplicates"), 0, "{r}");
+    assert_eq!(u(&r, "reordered"), 0, "{r}");
+    assert_eq!(u(&r, "malformed"), 0, "{r}");
+    assert_eq!(u(&r, "errors"), 0, "{r}");
+    assert_eq!(u(&r["latency"], "samples"), published * 100, "{r}");
+    // One welcome per connection; presence updates as the others joined.
+    assert_eq!(u(&r, "welcomes"), 102, "{r}");
+    assert!(u(&r, "presence_events") > 0, "{r}");
+}
+
+#[test]
+fn v1_against_a_plain_server_fails_to_connect() {
+    let server = start_baseline();
+    let (out, r) = run_json(
+        &[
+            "--url",
+            &server.url,
+            "--v1",
+            "--clients",
+            "3",
+            "--duration",
+            "200ms",
+            "--drain",
+            "200ms",
+        ],
+        "v1-plain",
+    );
+    assert_eq!(out.status.code(), Some(1), "{r}");
+    assert_eq!(u(&r, "clients_failed"), 3, "{r}");
+    let e = r["first_connect_error"].as_str().unwrap_or_default();
+    assert!(e.contains("did not select subprotocol broadcast.v1"), "{r}");
+}
