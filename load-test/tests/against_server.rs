@@ -41,8 +41,19 @@ fn server_binary() -> PathBuf {
     exe
 }
 
+/// broadcast-server with its abuse limits off: the load generator's
+/// publishers send thousands of messages per second and its clients open
+/// connections as fast as they can, which is load, not abuse.
 fn start_server() -> Server {
-    spawn_server(Command::new(server_binary()).args(["start"]))
+    spawn_server(Command::new(server_binary()).args([
+        "start",
+        "--max-message-rate",
+        "0",
+        "--max-connections-per-ip",
+        "0",
+        "--max-new-connections-per-sec",
+        "0",
+    ]))
 }
 
 /// The baseline server (tokio + tokio-tungstenite + one broadcast channel).

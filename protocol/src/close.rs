@@ -41,6 +41,8 @@ impl CloseReason {
     pub const MESSAGE_TOO_BIG: Self = Self::new(MESSAGE_TOO_BIG, "message too big");
     /// A text message or close reason was not valid UTF-8.
     pub const INVALID_UTF8: Self = Self::new(INVALID_PAYLOAD, "invalid UTF-8");
+    /// The connection sent messages faster than `--max-message-rate` allows.
+    pub const RATE_LIMITED: Self = Self::new(POLICY_VIOLATION, "rate limited");
     /// Answer to a normal close from the peer.
     pub const NORMAL: Self = Self::new(NORMAL, "");
 

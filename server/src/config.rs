@@ -26,7 +26,23 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Deliver each message back to its sender too.
     pub echo: bool,
+    /// Messages per second one connection may send (a token bucket whose
+    /// burst is the same number); 0 disables the limit.
+    pub max_message_rate: u32,
+    /// Open WebSocket connections allowed from one client IP address;
+    /// 0 disables the limit.
+    pub max_connections_per_ip: u32,
+    /// New WebSocket upgrades accepted per second, server-wide (a token
+    /// bucket whose burst is the same number); 0 disables the limit.
+    pub max_new_connections_per_sec: u32,
 }
+
+/// Default of [`Config::max_message_rate`].
+pub const DEFAULT_MAX_MESSAGE_RATE: u32 = 1000;
+/// Default of [`Config::max_connections_per_ip`].
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 4096;
+/// Default of [`Config::max_new_connections_per_sec`] (unlimited).
+pub const DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC: u32 = 0;
 
 impl Default for Config {
     fn default() -> Self {
@@ -40,6 +56,44 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             echo: false,
+            max_message_rate: DEFAULT_MAX_MESSAGE_RATE,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            max_new_connections_per_sec: DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
+        }
+    }
+}
+
+/// A token bucket: `rate` tokens per second, at most `rate` banked.
+///
+/// Not synchronised: a connection's bucket lives in its `Cell`s, the
+/// server-wide one behind a mutex taken once per upgrade.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TokenBucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket for `rate` per second.
+    pub(crate) fn full(rate: u32, now: std::time::Instant) -> Self {
+        Self {
+            tokens: f64::from(rate),
+            at: now,
+        }
+    }
+
+    /// Refills for the time since the last call and takes one token if
+    /// there is one; returns whether it did.
+    pub(crate) fn take(&mut self, rate: u32, now: std::time::Instant) -> bool {
+        let rate = f64::from(rate);
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }
@@ -47,3 +101,27 @@ impl Default for Config {
 /// How long the server waits for a peer to answer a close frame it sent
 /// (outside of shutdown, whose deadline is [`Config::shutdown_timeout`]).
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn token_bucket_allows_burst_then_refills() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::full(3, t0);
+        assert!(b.take(3, t0) && b.take(3, t0) && b.take(3, t0));
+        assert!(!b.take(3, t0));
+        // A third of a second refills one token.
+        let t1 = t0 + Duration::from_millis(340);
+        assert!(b.take(3, t1));
+        assert!(!b.take(3, t1));
+        // Never more than the burst.
+        let t2 = t1 + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert!(b.take(3, t2));
+        }
+        assert!(!b.take(3, t2));
+    }
+}

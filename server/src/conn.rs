@@ -19,8 +19,10 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -34,7 +36,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
-use crate::config::CLOSE_TIMEOUT;
+use crate::config::{TokenBucket, CLOSE_TIMEOUT};
 use crate::fanout::{Broadcast, ChannelId, ConnId, Format};
 use crate::shard::Shard;
 
@@ -156,6 +158,11 @@ pub(crate) struct Conn {
     pinged: Cell<bool>,
     /// Wakes the connection's own task when the close state changes.
     wake: Notify,
+    /// The client address, when it counts against `--max-connections-per-ip`.
+    pub(crate) ip: Option<IpAddr>,
+    /// `--max-message-rate` (0: unlimited) and this connection's bucket.
+    rate: u32,
+    bucket: Cell<TokenBucket>,
 }
 
 impl Conn {
@@ -165,7 +172,10 @@ impl Conn {
         format: Format,
         name: String,
         writer: OwnedWriteHalf,
+        ip: Option<IpAddr>,
+        rate: u32,
     ) -> Self {
+        let now = Instant::now();
         Self {
             id,
             channel,
@@ -176,10 +186,25 @@ impl Conn {
             out: RefCell::new(Outbox::default()),
             close: Cell::new(CloseState::Open),
             close_deadline: Cell::new(None),
-            last_seen: Cell::new(Instant::now()),
+            last_seen: Cell::new(now),
             pinged: Cell::new(false),
             wake: Notify::new(),
+            ip,
+            rate,
+            bucket: Cell::new(TokenBucket::full(rate, now)),
         }
+    }
+
+    /// Takes a token for one more message; false when the connection is
+    /// over `--max-message-rate`.
+    fn take_message_token(&self) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let mut bucket = self.bucket.get();
+        let ok = bucket.take(self.rate, Instant::now());
+        self.bucket.set(bucket);
+        ok
     }
 
     /// This connection as presence updates name it.
@@ -554,6 +579,15 @@ pub(crate) async fn serve(
         () = conn.abandoned() => End::Gone,
         end = read_loop(&shard, &conn, &mut reader, prefix) => end,
     };
+    // Closes the server started were counted by reason where it decided.
+    if conn.close_deadline.get().is_none() {
+        let stats = shard.stats();
+        match &end {
+            End::PeerClose(_) => stats.peer_closes.fetch_add(1, Ordering::Relaxed),
+            End::Gone => stats.dropped_closes.fetch_add(1, Ordering::Relaxed),
+            End::Violation(_) => 0,
+        };
+    }
     match end {
         End::PeerClose(code) => {
             if conn.is_open() {
@@ -697,37 +731,45 @@ async fn read_burst(
     // fastwebsockets rejects a frame when `len >= max`.
     ws.set_max_message_size(max_message.saturating_add(1));
     let mut consumed = 0u64;
-    loop {
-        let mut frame = match ws
-            .read_frame(&mut |_: Frame<'_>| {
-                std::future::ready(Ok::<(), std::convert::Infallible>(()))
-            })
-            .await
-        {
-            Ok(frame) => frame,
-            Err(e) => return Some(e.into()),
-        };
-        let mut head = [0u8; 14];
-        let head_len = frame.fmt_head(&mut head);
-        consumed += (head_len + frame.payload.len()) as u64;
-        // fastwebsockets unmasks but does not reject unmasked frames, which
-        // RFC 6455 §5.1 requires of a server. The mask bit survives in the
-        // re-encoded header.
-        if head[1] & 0x80 == 0 {
-            return Some(End::Violation(CloseReason::protocol(
-                "unmasked client frame",
-            )));
-        }
-        if let Some(end) = on_frame(shard, conn, message, max_message, frame) {
-            return Some(end);
-        }
-        // Everything handed to the reader is parsed: its buffer is empty.
-        // (A peer using over-long length encodings keeps this from ever
-        // matching; its connection then just keeps its reader.)
-        if consumed == delivered.get() {
-            return None;
+    let end = async {
+        loop {
+            let mut frame = match ws
+                .read_frame(&mut |_: Frame<'_>| {
+                    std::future::ready(Ok::<(), std::convert::Infallible>(()))
+                })
+                .await
+            {
+                Ok(frame) => frame,
+                Err(e) => return Some(e.into()),
+            };
+            let mut head = [0u8; 14];
+            let head_len = frame.fmt_head(&mut head);
+            consumed += (head_len + frame.payload.len()) as u64;
+            // fastwebsockets unmasks but does not reject unmasked frames, which
+            // RFC 6455 §5.1 requires of a server. The mask bit survives in the
+            // re-encoded header.
+            if head[1] & 0x80 == 0 {
+                return Some(End::Violation(CloseReason::protocol(
+                    "unmasked client frame",
+                )));
+            }
+            if let Some(end) = on_frame(shard, conn, message, max_message, frame) {
+                return Some(end);
+            }
+            // Everything handed to the reader is parsed: its buffer is empty.
+            // (A peer using over-long length encodings keeps this from ever
+            // matching; its connection then just keeps its reader.)
+            if consumed == delivered.get() {
+                return None;
+            }
         }
     }
+    .await;
+    shard
+        .metrics()
+        .bytes_in
+        .fetch_add(delivered.get(), Ordering::Relaxed);
+    end
 }
 
 /// Handles one frame; returns why reading ends, if it does.
@@ -753,6 +795,9 @@ fn on_frame(
             };
             if frame.fin {
                 // fastwebsockets has checked the size, and UTF-8 for text.
+                if !conn.take_message_token() {
+                    return Some(End::Violation(CloseReason::RATE_LIMITED));
+                }
                 publish(shard, conn, frame_message(opcode, payload));
             } else if let Err(reason) = message.start(opcode, payload, max) {
                 return Some(End::Violation(reason));
@@ -766,7 +811,12 @@ fn on_frame(
             }
             match message.extend(payload, frame.fin, max) {
                 Err(reason) => return Some(End::Violation(reason)),
-                Ok(Some(whole)) => publish(shard, conn, whole),
+                Ok(Some(whole)) => {
+                    if !conn.take_message_token() {
+                        return Some(End::Violation(CloseReason::RATE_LIMITED));
+                    }
+                    publish(shard, conn, whole);
+                }
                 Ok(None) => {}
             }
         }
@@ -819,6 +869,7 @@ fn notice_text(reason: CloseReason) -> &'static str {
         }
         CloseReason::MESSAGE_TOO_BIG => "your message is larger than the server accepts",
         CloseReason::INVALID_UTF8 => "your text message was not valid UTF-8",
+        CloseReason::RATE_LIMITED => "you are sending messages faster than the server allows",
         other => other.reason,
     }
 }
@@ -877,6 +928,7 @@ fn publish(shard: &Shard, conn: &Conn, raw: Bytes) {
         v1,
         sender: conn.id,
         channel: conn.channel,
+        framed_at: Instant::now(),
     });
 }
 

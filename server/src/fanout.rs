@@ -10,10 +10,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::ShardMetrics;
 
 /// Identifies a broadcast domain ("room"). Every connection is in
 /// [`LOBBY`] today; the registry and the messages already carry the channel
@@ -50,6 +53,8 @@ pub(crate) struct Broadcast {
     pub(crate) sender: ConnId,
     /// Where it goes.
     pub(crate) channel: ChannelId,
+    /// When the publishing shard framed it (for the latency histogram).
+    pub(crate) framed_at: Instant,
 }
 
 /// What a shard's inbox carries. Everything goes through one FIFO queue so
@@ -83,6 +88,8 @@ pub(crate) struct ShardHandle {
     tx: mpsc::UnboundedSender<ShardMsg>,
     /// Open connections (HTTP and WebSocket) on this shard; used to place new ones.
     pub(crate) load: AtomicUsize,
+    /// Counters this shard keeps (written only by the shard itself).
+    pub(crate) metrics: ShardMetrics,
 }
 
 impl ShardHandle {
@@ -90,6 +97,7 @@ impl ShardHandle {
         Self {
             tx,
             load: AtomicUsize::new(0),
+            metrics: ShardMetrics::default(),
         }
     }
 
@@ -128,6 +136,11 @@ impl Fanout {
             }
             last.send(ShardMsg::Broadcast(msg));
         }
+    }
+
+    /// The current set of shards (for `/metrics`).
+    pub(crate) fn shards(&self) -> Vec<Arc<ShardHandle>> {
+        self.peers.load().shards.clone()
     }
 
     /// The least-loaded shard (ties go to the lowest index), for a new connection.

@@ -1,4 +1,5 @@
-//! The HTTP/1.1 side of a connection: routing, `/healthz`, and the WebSocket
+//! The HTTP/1.1 side of a connection: routing, `/healthz`, `/metrics`, the
+//! upgrade limits, and the WebSocket
 //! upgrade (hyper + fastwebsockets' `upgrade`).
 //!
 //! After the upgrade the socket leaves hyper: it is downcast back to the
@@ -42,7 +43,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr)
     let service_shard = shard.clone();
     let service = hyper::service::service_fn(move |req| {
         let shard = service_shard.clone();
-        async move { Ok::<_, Infallible>(route(&shard, req)) }
+        async move { Ok::<_, Infallible>(route(&shard, req, peer)) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -59,6 +60,17 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr)
 
 type Body = Full<Bytes>;
 
+/// Where the Prometheus metrics are served.
+const METRICS_PATH: &str = "/metrics";
+
+fn unavailable(text: &'static str) -> Response<Body> {
+    respond(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "text/plain; charset=utf-8",
+        text,
+    )
+}
+
 fn respond(
     status: StatusCode,
     content_type: &'static str,
@@ -71,10 +83,10 @@ fn respond(
     res
 }
 
-fn route(shard: &Rc<Shard>, req: Request<Incoming>) -> Response<Body> {
+fn route(shard: &Rc<Shard>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path();
     if path == protocol::WS_PATH {
-        return upgrade(shard, req);
+        return upgrade(shard, req, peer);
     }
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     if path == protocol::HEALTH_PATH {
@@ -85,6 +97,19 @@ fn route(shard: &Rc<Shard>, req: Request<Incoming>) -> Response<Body> {
             StatusCode::OK,
             "application/json",
             shard.stats().health_json(shard.config().workers),
+        );
+        res.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return res;
+    }
+    if path == METRICS_PATH {
+        if !get {
+            return method_not_allowed();
+        }
+        let mut res = respond(
+            StatusCode::OK,
+            crate::metrics::CONTENT_TYPE,
+            shard.metrics_text(),
         );
         res.headers_mut()
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -118,7 +143,7 @@ fn method_not_allowed() -> Response<Body> {
     )
 }
 
-fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
+fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         let mut res = respond(
             StatusCode::UPGRADE_REQUIRED,
@@ -165,27 +190,30 @@ fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
     } else {
         Format::Raw
     };
-    if shard.is_draining() {
-        return respond(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain; charset=utf-8",
-            "server shutting down\n",
-        );
-    }
     let stats = shard.stats();
+    if shard.is_draining() {
+        stats.refused_draining.fetch_add(1, Ordering::Relaxed);
+        return unavailable("server shutting down\n");
+    }
+    if !shard.admit_new_connection() {
+        stats.refused_rate.fetch_add(1, Ordering::Relaxed);
+        return unavailable("too many new connections, retry later\n");
+    }
     if stats.connections.fetch_add(1, Ordering::Relaxed) >= shard.config().max_connections {
         stats.connections.fetch_sub(1, Ordering::Relaxed);
         stats.refused.fetch_add(1, Ordering::Relaxed);
-        return respond(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain; charset=utf-8",
-            "too many connections\n",
-        );
+        return unavailable("too many connections\n");
     }
+    let Ok(ip) = shard.admit_ip(peer.ip().to_canonical()) else {
+        stats.connections.fetch_sub(1, Ordering::Relaxed);
+        stats.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+        return unavailable("too many connections from your address\n");
+    };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(parts) => parts,
         Err(e) => {
             stats.connections.fetch_sub(1, Ordering::Relaxed);
+            shard.release_ip(ip);
             return respond(
                 StatusCode::BAD_REQUEST,
                 "text/plain; charset=utf-8",
@@ -199,14 +227,22 @@ fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
             Ok(ws) => ws.into_inner().into_inner(),
             Err(e) => {
                 shard.stats().connections.fetch_sub(1, Ordering::Relaxed);
+                shard.release_ip(ip);
                 tracing::debug!(cause = %e, "upgrade failed");
                 return;
             }
         };
         match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => shard.adopt(parts.io.into_inner(), parts.read_buf, format, wanted_name),
+            Ok(parts) => shard.adopt(
+                parts.io.into_inner(),
+                parts.read_buf,
+                format,
+                wanted_name,
+                ip,
+            ),
             Err(_) => {
                 shard.stats().connections.fetch_sub(1, Ordering::Relaxed);
+                shard.release_ip(ip);
                 tracing::error!("upgraded connection is not a TcpStream");
             }
         }

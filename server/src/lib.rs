@@ -15,12 +15,19 @@
 //!   (`shard`). No lock and no per-recipient copy on that path.
 //! - Each connection's outbound backlog is bounded; a connection that falls
 //!   too far behind is closed with 1013 without slowing anyone else.
+//! - Abuse limits: a per-connection message-rate token bucket (`Cell`s, no
+//!   lock; over it: close 1008), and, at upgrade only, a per-IP connection
+//!   count and a server-wide new-connection token bucket (503 when over).
+//! - `/metrics` (`metrics`) encodes the `Stats` atomics and each shard's own
+//!   counters and latency histogram at scrape time; shards update their
+//!   counters once per dispatch batch, never per delivery.
 
 mod assets;
 mod config;
 mod conn;
 mod fanout;
 mod http;
+mod metrics;
 mod names;
 mod presence;
 mod registry;
@@ -33,7 +40,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{Config, CLOSE_TIMEOUT};
+pub use config::{
+    Config, CLOSE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_MESSAGE_RATE,
+    DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
+};
 use fanout::{Fanout, Peers, ShardHandle, ShardMsg};
 use stats::Stats;
 
@@ -106,11 +116,11 @@ impl Server {
         });
         let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
         let presence = tokio::spawn(presence::run(presence_rx, fanout.clone(), stats.clone()));
-        let hub = Arc::new(shard::Hub {
-            stats: stats.clone(),
-            names: names::Names::default(),
-            presence: presence_tx,
-        });
+        let hub = Arc::new(shard::Hub::new(
+            stats.clone(),
+            presence_tx,
+            config.max_new_connections_per_sec,
+        ));
         let mut threads = Vec::with_capacity(config.workers);
         for (index, inbox) in inboxes.into_iter().enumerate() {
             threads.push(shard::spawn(

@@ -20,7 +20,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server (WebSocket endpoint at /ws, health at /healthz).
+    /// Run the server (WebSocket endpoint at /ws, health at /healthz, Prometheus metrics at /metrics).
     Start(StartArgs),
     /// Connect to a server as an interactive console client.
     Connect(client_cli::ConnectArgs),
@@ -61,6 +61,15 @@ struct StartArgs {
     /// Also deliver each message back to its sender.
     #[arg(long)]
     echo: bool,
+    /// Messages per second one client may send (burst: the same number); over it the client is closed with 1008 "rate limited". 0 disables.
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_MESSAGE_RATE)]
+    max_message_rate: u32,
+    /// Open WebSocket connections allowed from one client IP address; further upgrades get 503. 0 disables.
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: u32,
+    /// New WebSocket connections accepted per second, server-wide (burst: the same number); excess upgrades get 503. 0 disables.
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC)]
+    max_new_connections_per_sec: u32,
 }
 
 impl StartArgs {
@@ -79,6 +88,9 @@ impl StartArgs {
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
             echo: self.echo,
+            max_message_rate: self.max_message_rate,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_new_connections_per_sec: self.max_new_connections_per_sec,
         }
     }
 }

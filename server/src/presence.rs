@@ -114,6 +114,7 @@ pub(crate) async fn run(
             v1: Some(frame),
             sender: ConnId(0),
             channel: LOBBY,
+            framed_at: std::time::Instant::now(),
         });
     }
 }

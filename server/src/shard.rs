@@ -8,10 +8,12 @@
 //! `Cell`: no lock is taken on this thread.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io::IoSlice;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,7 +21,7 @@ use protocol::CloseReason;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
-use crate::config::{Config, CLOSE_TIMEOUT};
+use crate::config::{Config, TokenBucket, CLOSE_TIMEOUT};
 use crate::conn::{self, Conn, Queued};
 use crate::fanout::{Broadcast, ConnId, Fanout, Format, ShardHandle, ShardMsg, LOBBY};
 use crate::names::Names;
@@ -40,6 +42,23 @@ pub(crate) struct Hub {
     pub(crate) stats: Arc<Stats>,
     pub(crate) names: Names,
     pub(crate) presence: PresenceTx,
+    /// Open WebSocket connections per client address (`--max-connections-per-ip`);
+    /// touched only when a connection starts or ends.
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// Server-wide bucket of `--max-new-connections-per-sec`; taken once per upgrade.
+    new_conns: Mutex<TokenBucket>,
+}
+
+impl Hub {
+    pub(crate) fn new(stats: Arc<Stats>, presence: PresenceTx, new_conn_rate: u32) -> Self {
+        Self {
+            stats,
+            names: Names::default(),
+            presence,
+            per_ip: Mutex::new(HashMap::new()),
+            new_conns: Mutex::new(TokenBucket::full(new_conn_rate, Instant::now())),
+        }
+    }
 }
 
 /// State of one shard, shared by the tasks on its thread.
@@ -105,6 +124,55 @@ impl Shard {
         self.draining.get()
     }
 
+    /// This shard's own counters.
+    pub(crate) fn metrics(&self) -> &crate::metrics::ShardMetrics {
+        &self.handle.metrics
+    }
+
+    /// The `/metrics` document.
+    pub(crate) fn metrics_text(&self) -> String {
+        crate::metrics::render(&self.hub.stats, &self.fanout.shards(), self.config.workers)
+    }
+
+    /// Takes a token from `--max-new-connections-per-sec`; false: shed this upgrade.
+    pub(crate) fn admit_new_connection(&self) -> bool {
+        let rate = self.config.max_new_connections_per_sec;
+        if rate == 0 {
+            return true;
+        }
+        let mut bucket = self.hub.new_conns.lock().unwrap_or_else(|e| e.into_inner());
+        bucket.take(rate, Instant::now())
+    }
+
+    /// Counts a connection from `ip` against `--max-connections-per-ip`.
+    /// `Ok(Some(ip))`: counted, release it with [`Shard::release_ip`];
+    /// `Ok(None)`: the limit is off; `Err(())`: over the limit.
+    pub(crate) fn admit_ip(&self, ip: IpAddr) -> Result<Option<IpAddr>, ()> {
+        let limit = self.config.max_connections_per_ip;
+        if limit == 0 {
+            return Ok(None);
+        }
+        let mut map = self.hub.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limit {
+            return Err(());
+        }
+        *n += 1;
+        Ok(Some(ip))
+    }
+
+    /// Undoes [`Shard::admit_ip`].
+    pub(crate) fn release_ip(&self, ip: Option<IpAddr>) {
+        let Some(ip) = ip else { return };
+        let mut map = self.hub.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ip);
+            }
+        }
+    }
+
     async fn run(self: Rc<Self>, mut inbox: mpsc::UnboundedReceiver<ShardMsg>) {
         tracing::debug!(shard = self.index, "shard started");
         let keepalive = tokio::task::spawn_local(self.clone().keepalive());
@@ -154,6 +222,8 @@ impl Shard {
         let mut picked: Vec<&Bytes> = Vec::with_capacity(frames.len());
         let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len());
         let mut overflowed = Vec::new();
+        let mut deliveries = 0u64;
+        let mut bytes_out = 0u64;
         let registry = self.registry.borrow();
         for (channel, members) in registry.channels() {
             if !frames.iter().any(|f| f.channel == channel) {
@@ -173,12 +243,21 @@ impl Shard {
                 if picked.is_empty() {
                     continue;
                 }
+                deliveries += picked.len() as u64;
+                bytes_out += picked.iter().map(|f| f.len() as u64).sum::<u64>();
                 if conn.send_batch(&picked, &mut iov, max_backlog) == Queued::Overflow {
                     overflowed.push(conn.clone());
                 }
             }
         }
         drop(registry);
+        // Shard-local tallies: a few relaxed adds per batch, none per delivery.
+        let metrics = &self.handle.metrics;
+        metrics.deliveries.fetch_add(deliveries, Ordering::Relaxed);
+        metrics.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+        if let Some(oldest) = frames.iter().map(|f| f.framed_at).min() {
+            metrics.latency.observe(oldest.elapsed());
+        }
         for conn in overflowed {
             self.hub
                 .stats
@@ -209,7 +288,8 @@ impl Shard {
 
     /// Takes over a socket that completed the WebSocket upgrade.
     ///
-    /// The caller has already counted it in `Stats::connections`.
+    /// The caller has already counted it in `Stats::connections` (and its
+    /// address, `ip`, against the per-address limit when that is on).
     /// `name` is the validated name the client asked for, if any.
     pub(crate) fn adopt(
         self: &Rc<Self>,
@@ -217,6 +297,7 @@ impl Shard {
         prefix: Bytes,
         format: Format,
         name: Option<String>,
+        ip: Option<IpAddr>,
     ) {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(cause = %e, "set_nodelay failed");
@@ -225,7 +306,15 @@ impl Shard {
         let id = ConnId(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
         let wanted = name.unwrap_or_else(|| protocol::v1::guest_name(id.0));
         let name = self.hub.names.claim(&wanted);
-        let conn = Rc::new(Conn::new(id, LOBBY, format, name, writer));
+        let conn = Rc::new(Conn::new(
+            id,
+            LOBBY,
+            format,
+            name,
+            writer,
+            ip,
+            self.config.max_message_rate,
+        ));
         self.handle.load.fetch_add(1, Ordering::Relaxed);
         self.hub
             .stats
@@ -248,6 +337,10 @@ impl Shard {
         self.registry.borrow_mut().insert(conn.clone());
         tracing::trace!(conn = id.0, shard = self.index, "connected");
         if self.draining.get() {
+            self.hub
+                .stats
+                .shutdown_closes
+                .fetch_add(1, Ordering::Relaxed);
             conn.close_with(
                 CloseReason::SHUTTING_DOWN,
                 false,
@@ -269,6 +362,7 @@ impl Shard {
                 .fetch_sub(1, Ordering::Relaxed);
         }
         self.hub.names.release(&conn.name);
+        self.release_ip(conn.ip);
         let _ = self.hub.presence.send(Change::Left(conn.peer()));
         tracing::trace!(conn = conn.id.0, "disconnected");
         self.departed.notify_waiters();
@@ -284,10 +378,13 @@ impl Shard {
     }
 
     pub(crate) fn note_violation(&self, reason: CloseReason) {
-        self.hub
-            .stats
-            .protocol_closes
-            .fetch_add(1, Ordering::Relaxed);
+        let stats = &self.hub.stats;
+        let counter = if reason == CloseReason::RATE_LIMITED {
+            &stats.rate_limited_closes
+        } else {
+            &stats.protocol_closes
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             code = reason.code,
             reason = reason.reason,
@@ -336,6 +433,12 @@ impl Shard {
         self.draining.set(true);
         let conns: Vec<Rc<Conn>> = self.registry.borrow().all().cloned().collect();
         for conn in &conns {
+            if conn.is_open() {
+                self.hub
+                    .stats
+                    .shutdown_closes
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             conn.close_with(
                 CloseReason::SHUTTING_DOWN,
                 false,

@@ -27,6 +27,20 @@ pub(crate) struct Stats {
     pub(crate) idle_closes: AtomicU64,
     /// Upgrades refused because of `--max-connections`.
     pub(crate) refused: AtomicU64,
+    /// Connections closed with 1008 for exceeding `--max-message-rate`.
+    pub(crate) rate_limited_closes: AtomicU64,
+    /// Connections the peer closed with a close frame while they were open.
+    pub(crate) peer_closes: AtomicU64,
+    /// Connections whose socket ended (EOF or error) without a closing handshake.
+    pub(crate) dropped_closes: AtomicU64,
+    /// Connections closed with 1001 by a graceful shutdown.
+    pub(crate) shutdown_closes: AtomicU64,
+    /// Upgrades refused because of `--max-connections-per-ip`.
+    pub(crate) refused_per_ip: AtomicU64,
+    /// Upgrades refused because of `--max-new-connections-per-sec`.
+    pub(crate) refused_rate: AtomicU64,
+    /// Upgrades refused because the server is shutting down.
+    pub(crate) refused_draining: AtomicU64,
 }
 
 impl Stats {
@@ -41,7 +55,19 @@ impl Stats {
             protocol_closes: AtomicU64::new(0),
             idle_closes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            rate_limited_closes: AtomicU64::new(0),
+            peer_closes: AtomicU64::new(0),
+            dropped_closes: AtomicU64::new(0),
+            shutdown_closes: AtomicU64::new(0),
+            refused_per_ip: AtomicU64::new(0),
+            refused_rate: AtomicU64::new(0),
+            refused_draining: AtomicU64::new(0),
         }
+    }
+
+    /// Time since the server started.
+    pub(crate) fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     /// The `/healthz` document.
@@ -51,7 +77,8 @@ impl Stats {
             concat!(
                 "{{\"status\":\"ok\",\"connections\":{},\"uptime_secs\":{},\"workers\":{},\"v1_connections\":{},",
                 "\"connections_total\":{},\"messages_in\":{},\"slow_consumer_closes\":{},",
-                "\"protocol_closes\":{},\"idle_closes\":{},\"refused\":{}}}"
+                "\"protocol_closes\":{},\"idle_closes\":{},\"refused\":{},\"rate_limited_closes\":{},",
+                "\"refused_per_ip\":{},\"refused_new_connection_rate\":{}}}"
             ),
             self.connections.load(Ordering::Relaxed),
             self.started.elapsed().as_secs(),
@@ -63,6 +90,9 @@ impl Stats {
             get(&self.protocol_closes),
             get(&self.idle_closes),
             get(&self.refused),
+            get(&self.rate_limited_closes),
+            get(&self.refused_per_ip),
+            get(&self.refused_rate),
         )
     }
 }

@@ -2,6 +2,7 @@
 //! a loopback port chosen by the kernel and talks to it over real sockets.
 
 mod broadcast;
+mod hardening;
 mod http;
 mod lifecycle;
 mod limits;

@@ -720,3 +720,120 @@ pub(crate) fn spawn_reader(
     });
     (sink, rx)
 }
+
+// ---------------------------------------------------------------------------
+// Hardening helpers: connecting from another loopback address, /metrics
+// ---------------------------------------------------------------------------
+
+/// Connects a tungstenite client to `server` from local address `ip`
+/// (any 127.x.y.z works on Linux loopback). Returns the HTTP status when the
+/// upgrade is refused.
+pub(crate) async fn try_connect_from(server: &Server, ip: [u8; 4]) -> Result<Ws, u16> {
+    let attempt = async {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind((std::net::Ipv4Addr::from(ip), 0).into())
+            .expect("bind loopback source address");
+        let stream = sock
+            .connect(server.addr().parse().unwrap())
+            .await
+            .expect("tcp connect");
+        match tokio_tungstenite::client_async(server.ws_url(), MaybeTlsStream::Plain(stream)).await
+        {
+            Ok((ws, _)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("connect from {ip:?}: {e}"),
+        }
+    };
+    timeout(EVENT_TIMEOUT, attempt)
+        .await
+        .expect("no answer to the upgrade")
+}
+
+/// Connects from 127.0.0.1, returning the HTTP status of a refused upgrade.
+pub(crate) async fn try_connect(server: &Server) -> Result<Ws, u16> {
+    try_connect_from(server, [127, 0, 0, 1]).await
+}
+
+/// One sample of a Prometheus text exposition: `name{labels} value`.
+#[derive(Debug, Clone)]
+pub(crate) struct Sample {
+    pub(crate) name: String,
+    /// The text between the braces (empty without labels).
+    pub(crate) labels: String,
+    pub(crate) value: f64,
+}
+
+/// Parses a Prometheus / OpenMetrics text document, asserting that every
+/// line that is not a comment is `name{labels} value` or `name value` with
+/// a numeric value.
+pub(crate) fn parse_metrics(body: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for line in body.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("metrics line without a value: {line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("non-numeric value in {line:?}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let labels = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unterminated labels in {line:?}"));
+                (name, labels)
+            }
+            None => (series, ""),
+        };
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !name.starts_with(|c: char| c.is_ascii_digit()),
+            "bad metric name in {line:?}"
+        );
+        samples.push(Sample {
+            name: name.to_owned(),
+            labels: labels.to_owned(),
+            value,
+        });
+    }
+    samples
+}
+
+/// The value of the sample `name` whose labels are exactly `labels`.
+pub(crate) fn metric(samples: &[Sample], name: &str, labels: &str) -> f64 {
+    samples
+        .iter()
+        .find(|s| s.name == name && s.labels == labels)
+        .unwrap_or_else(|| panic!("no sample {name}{{{labels}}} in {samples:#?}"))
+        .value
+}
+
+impl Server {
+    /// Scrapes `/metrics` (asserting 200 and the text content type) and parses it.
+    pub(crate) async fn metrics(&self) -> Vec<Sample> {
+        let resp = self.http_get("/metrics").await;
+        assert_eq!(resp.status, 200, "/metrics: {resp:?}");
+        let ct = resp.header("content-type").unwrap_or("");
+        assert!(
+            ct.starts_with("text/plain") || ct.starts_with("application/openmetrics-text"),
+            "/metrics content type {ct:?}"
+        );
+        parse_metrics(&resp.body)
+    }
+
+    /// A number from `/healthz`.
+    pub(crate) async fn health_number(&self, key: &str) -> u64 {
+        let resp = self.http_get("/healthz").await;
+        json_number(&resp.body, key)
+            .unwrap_or_else(|| panic!("no {key} in /healthz body {:?}", resp.body))
+    }
+}

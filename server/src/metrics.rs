@@ -1,0 +1,270 @@
+//! `GET /metrics`: the server's counters in the Prometheus / OpenMetrics
+//! text format, encoded with `prometheus-client`.
+//!
+//! Nothing here is on the message path. The counters themselves are the
+//! plain atomics of [`Stats`] and of each shard's [`ShardMetrics`]; a scrape
+//! reads them into a snapshot and encodes that. Per-shard counters are
+//! written only by their own shard (deliveries and bytes out once per
+//! dispatch batch, the latency histogram once per batch), so their cache
+//! lines are never contended by other shards.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::fanout::ShardHandle;
+use crate::stats::Stats;
+
+/// The Content-Type of `/metrics` (what `prometheus-client`'s text encoder writes).
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds of the broadcast latency histogram buckets, in seconds.
+const LATENCY_BOUNDS: [f64; 15] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5,
+];
+
+/// A fixed-bucket histogram of durations, lock-free (one relaxed atomic add
+/// per bucket hit plus one for the sum). Written by one shard, read by scrapes.
+#[derive(Debug, Default)]
+pub(crate) struct LatencyHistogram {
+    /// Non-cumulative counts; the last one is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub(crate) fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+/// Counters one shard keeps for itself.
+#[derive(Debug, Default)]
+pub(crate) struct ShardMetrics {
+    /// Frames handed to this shard's sockets (written or queued).
+    pub(crate) deliveries: AtomicU64,
+    /// Bytes of those frames.
+    pub(crate) bytes_out: AtomicU64,
+    /// Bytes read from this shard's WebSocket connections.
+    pub(crate) bytes_in: AtomicU64,
+    /// From framing by the publishing shard to this shard having written
+    /// (or queued) a batch to all its sockets; one observation per batch,
+    /// measured from the batch's oldest message.
+    pub(crate) latency: LatencyHistogram,
+}
+
+/// Everything a scrape reports, read once from the atomics.
+#[derive(Debug)]
+struct Snapshot {
+    workers: usize,
+    counters: Vec<(&'static str, &'static str, u64)>,
+    gauges: Vec<(&'static str, &'static str, u64)>,
+    closes: Vec<(&'static str, u64)>,
+    refused: Vec<(&'static str, u64)>,
+    shard_connections: Vec<u64>,
+    shard_deliveries: Vec<u64>,
+    latency_sum: f64,
+    latency_buckets: Vec<(f64, u64)>,
+}
+
+impl Snapshot {
+    fn take(stats: &Stats, shards: &[Arc<ShardHandle>], workers: usize) -> Self {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let sum_shards = |f: fn(&ShardMetrics) -> &AtomicU64| -> u64 {
+            shards.iter().map(|s| get(f(&s.metrics))).sum()
+        };
+        let mut latency_buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+            .iter()
+            .chain(std::iter::once(&f64::INFINITY))
+            .map(|&b| (b, 0))
+            .collect();
+        let mut sum_nanos = 0u64;
+        for shard in shards {
+            let h = &shard.metrics.latency;
+            for (slot, count) in latency_buckets.iter_mut().zip(&h.buckets) {
+                slot.1 += get(count);
+            }
+            sum_nanos = sum_nanos.wrapping_add(get(&h.sum_nanos));
+        }
+        Self {
+            workers,
+            counters: vec![
+                (
+                    "broadcast_connections",
+                    "WebSocket connections accepted since start",
+                    get(&stats.connections_total),
+                ),
+                (
+                    "broadcast_messages_in",
+                    "Messages received from clients and published",
+                    get(&stats.messages_in),
+                ),
+                (
+                    "broadcast_deliveries",
+                    "Message frames handed to client sockets (written or queued)",
+                    sum_shards(|m| &m.deliveries),
+                ),
+                (
+                    "broadcast_bytes_in",
+                    "Bytes read from WebSocket connections",
+                    sum_shards(|m| &m.bytes_in),
+                ),
+                (
+                    "broadcast_bytes_out",
+                    "Bytes of broadcast frames handed to client sockets",
+                    sum_shards(|m| &m.bytes_out),
+                ),
+                (
+                    "broadcast_slow_consumer_closes",
+                    "Connections closed with 1013 because their backlog overflowed",
+                    get(&stats.slow_consumer_closes),
+                ),
+                (
+                    "broadcast_rate_limited_closes",
+                    "Connections closed with 1008 for exceeding --max-message-rate",
+                    get(&stats.rate_limited_closes),
+                ),
+            ],
+            gauges: vec![
+                (
+                    "broadcast_connections_open",
+                    "Open WebSocket connections",
+                    stats.connections.load(Ordering::Relaxed) as u64,
+                ),
+                (
+                    "broadcast_v1_connections_open",
+                    "Open WebSocket connections speaking broadcast.v1",
+                    stats.v1_connections.load(Ordering::Relaxed) as u64,
+                ),
+                (
+                    "broadcast_uptime_seconds",
+                    "Seconds since the server started",
+                    stats.uptime().as_secs(),
+                ),
+            ],
+            closes: vec![
+                ("normal", get(&stats.peer_closes)),
+                ("dropped", get(&stats.dropped_closes)),
+                ("slow_consumer", get(&stats.slow_consumer_closes)),
+                ("protocol", get(&stats.protocol_closes)),
+                ("idle", get(&stats.idle_closes)),
+                ("rate_limited", get(&stats.rate_limited_closes)),
+                ("shutdown", get(&stats.shutdown_closes)),
+            ],
+            refused: vec![
+                ("max_connections", get(&stats.refused)),
+                ("max_connections_per_ip", get(&stats.refused_per_ip)),
+                ("new_connection_rate", get(&stats.refused_rate)),
+                ("shutting_down", get(&stats.refused_draining)),
+            ],
+            shard_connections: shards
+                .iter()
+                .map(|s| s.load.load(Ordering::Relaxed) as u64)
+                .collect(),
+            shard_deliveries: shards.iter().map(|s| get(&s.metrics.deliveries)).collect(),
+            latency_sum: sum_nanos as f64 / 1e9,
+            latency_buckets,
+        }
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for &(name, help, v) in &self.counters {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        for &(name, help, v) in &self.gauges {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_gauge(&v)?;
+        }
+        encoder
+            .encode_descriptor(
+                "broadcast_workers",
+                "Worker threads (shards)",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&(self.workers as u64))?;
+        let mut closes = encoder.encode_descriptor(
+            "broadcast_closes",
+            "WebSocket connections ended, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for &(reason, v) in &self.closes {
+            closes
+                .encode_family(&[("reason", reason)])?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        let mut refused = encoder.encode_descriptor(
+            "broadcast_upgrades_refused",
+            "WebSocket upgrades refused with 503, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for &(reason, v) in &self.refused {
+            refused
+                .encode_family(&[("reason", reason)])?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        let mut conns = encoder.encode_descriptor(
+            "broadcast_shard_connections",
+            "Open connections (HTTP and WebSocket) per shard",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (i, v) in self.shard_connections.iter().enumerate() {
+            conns
+                .encode_family(&[("shard", i.to_string())])?
+                .encode_gauge(v)?;
+        }
+        let mut deliveries = encoder.encode_descriptor(
+            "broadcast_shard_deliveries",
+            "Message frames handed to client sockets, per shard",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, v) in self.shard_deliveries.iter().enumerate() {
+            deliveries
+                .encode_family(&[("shard", i.to_string())])?
+                .encode_counter::<NoLabelSet, _, u64>(v, None)?;
+        }
+        let count = self.latency_buckets.iter().map(|b| b.1).sum();
+        encoder
+            .encode_descriptor(
+                "broadcast_delivery_latency_seconds",
+                "From framing by the publishing shard to a receiving shard having written the batch to all its sockets (one observation per batch per shard)",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(self.latency_sum, count, &self.latency_buckets, None)?;
+        Ok(())
+    }
+}
+
+/// The `/metrics` document.
+pub(crate) fn render(stats: &Stats, shards: &[Arc<ShardHandle>], workers: usize) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot::take(stats, shards, workers)));
+    let mut out = String::with_capacity(4096);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        tracing::error!(cause = %e, "cannot encode metrics");
+    }
+    out
+}
