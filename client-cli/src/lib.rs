@@ -39,6 +39,10 @@ pub struct ConnectArgs {
     /// Do not reconnect after the connection drops (exit 1 instead).
     #[arg(long)]
     pub no_reconnect: bool,
+    /// Shared secret for a server started with `--auth-token` (sent as the
+    /// `token` query parameter; never printed).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
     /// Only receive: do not read stdin; run until Ctrl+C, SIGINT or SIGTERM.
     #[arg(long, short = 'l')]
     pub listen: bool,
@@ -49,7 +53,7 @@ pub struct ConnectArgs {
 /// first connection fails or, with `--no-reconnect`, the connection drops,
 /// 2 for a bad flag value.
 pub fn run(args: ConnectArgs) -> ExitCode {
-    let target = match target::build(
+    let mut target = match target::build(
         &args.host,
         args.port,
         args.url.as_deref(),
@@ -61,6 +65,19 @@ pub fn run(args: ConnectArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(token) = &args.token {
+        // Only the requested URL carries it: what is shown stays secret-free.
+        let sep = if target.request.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        target.request = format!(
+            "{}{sep}token={}",
+            target.request,
+            protocol::v1::encode_query_value(token)
+        );
+    }
     let interactive =
         !args.listen && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let colour = interactive

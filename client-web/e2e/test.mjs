@@ -69,9 +69,9 @@ async function until(fn, what, timeout = WAIT_MS) {
 // ---------------------------------------------------------------- server
 
 /** Starts the server; resolves with { proc, port } once it prints its address. */
-function startServer(port = 0) {
+function startServer(port = 0, extra = []) {
   return new Promise((resolve, reject) => {
-    const proc = spawn(SERVER, ["start", "--host", "127.0.0.1", "--port", String(port)], {
+    const proc = spawn(SERVER, ["start", "--host", "127.0.0.1", "--port", String(port), ...extra], {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" },
     });
@@ -386,6 +386,14 @@ async function main() {
   await say(alice, "after the restart");
   await waitLine(bob, { kind: "theirs", who: "alice", text: "after the restart" }, "messages flow after the restart");
   log("both pages recovered after the restart");
+
+  // A server that wants a token: the page passes on its own ?token=.
+  const guarded = await startServer(0, ["--auth-token", "s3cret"]);
+  cleanups.push(() => guarded.proc.kill("SIGKILL"));
+  const tokenPage = await newPage(browser, `http://127.0.0.1:${guarded.port}/?token=s3cret`, "token");
+  await join(tokenPage, "dora");
+  await waitText(tokenPage, "#online", "1 online");
+  log("the page passes its ?token= to a server started with --auth-token");
 
   const problems = [...alice.problems, ...bob.problems, ...phone.problems];
   check(problems.length === 0, `no console errors or failed requests:\n  ${problems.join("\n  ")}`);

@@ -400,7 +400,11 @@ fn listen(
 fn start() -> Result<(), JsValue> {
     let ui = Ui::find()?;
     let location = ui.window.location();
-    let model = Model::new(&location.protocol()?, &location.host()?);
+    let mut model = Model::new(&location.protocol()?, &location.host()?);
+    // `http://host/?token=...`: the token a server started with --auth-token wants.
+    let search = location.search()?;
+    let query = search.strip_prefix('?').unwrap_or(&search);
+    model.set_token(protocol::v1::query_param(query, "token").flatten());
     if let Ok(Some(storage)) = ui.window.local_storage() {
         if let Ok(Some(name)) = storage.get_item(NAME_KEY) {
             ui.name.set_value(&name);

@@ -148,6 +148,9 @@ pub struct Model {
     welcomed: bool,
     /// The server's last notice on this connection.
     notice: Option<(u16, String)>,
+    /// Shared secret for a server started with `--auth-token` (taken from
+    /// the page's own `?token=`), passed on to the WebSocket URL.
+    token: Option<String>,
 }
 
 impl Model {
@@ -166,7 +169,13 @@ impl Model {
             v1: false,
             welcomed: false,
             notice: None,
+            token: None,
         }
+    }
+
+    /// Uses `token` (from the page's `?token=`) when connecting.
+    pub fn set_token(&mut self, token: Option<String>) {
+        self.token = token.filter(|t| !t.is_empty());
     }
 
     /// The user asks to join as `input`. Checks the name as the server will
@@ -434,17 +443,33 @@ impl Model {
     }
 
     fn url(&self) -> String {
-        crate::endpoint::ws_url(
+        let mut url = crate::endpoint::ws_url(
             &self.page_protocol,
             &self.host,
             self.name.as_deref().unwrap_or_default(),
-        )
+        );
+        if let Some(token) = &self.token {
+            url.push_str("&token=");
+            url.push_str(&protocol::v1::encode_query_value(token));
+        }
+        url
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_page_token_goes_into_the_websocket_url() {
+        let mut m = Model::new("http:", "h:1");
+        m.name = Some("al".into());
+        assert_eq!(m.url(), "ws://h:1/ws?name=al");
+        m.set_token(Some("a b".into()));
+        assert_eq!(m.url(), "ws://h:1/ws?name=al&token=a%20b");
+        m.set_token(Some(String::new()));
+        assert_eq!(m.url(), "ws://h:1/ws?name=al");
+    }
 
     const T: f64 = 1_700_000_000_000.0;
 

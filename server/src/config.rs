@@ -35,6 +35,12 @@ pub struct Config {
     /// New WebSocket upgrades accepted per second, server-wide (a token
     /// bucket whose burst is the same number); 0 disables the limit.
     pub max_new_connections_per_sec: u32,
+    /// Origins allowed to upgrade (`*`: any). Empty: only pages from this
+    /// server (Origin host = Host); clients that send no Origin are allowed.
+    pub allowed_origins: Vec<String>,
+    /// When set, upgrades must carry this token (`Authorization: Bearer` or
+    /// the `token` query parameter) or get 401.
+    pub auth_token: Option<String>,
 }
 
 /// Default of [`Config::max_message_rate`].
@@ -59,6 +65,8 @@ impl Default for Config {
             max_message_rate: DEFAULT_MAX_MESSAGE_RATE,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_new_connections_per_sec: DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
+            allowed_origins: Vec::new(),
+            auth_token: None,
         }
     }
 }

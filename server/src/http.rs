@@ -161,6 +161,42 @@ fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, peer: SocketAddr) -> R
             "upgrade with GET\n",
         );
     }
+    let headers = req.headers();
+    let text = |name: hyper::header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if !crate::access::origin_allowed(
+        &shard.config().allowed_origins,
+        text(hyper::header::ORIGIN),
+        text(hyper::header::HOST),
+    ) {
+        return respond(
+            StatusCode::FORBIDDEN,
+            "text/plain; charset=utf-8",
+            "origin not allowed\n",
+        );
+    }
+    if let Some(expected) = &shard.config().auth_token {
+        let query_token = req
+            .uri()
+            .query()
+            .and_then(|q| protocol::v1::query_param(q, "token"))
+            .flatten();
+        if !crate::access::token_ok(
+            expected,
+            text(hyper::header::AUTHORIZATION),
+            query_token.as_deref(),
+        ) {
+            let mut res = respond(
+                StatusCode::UNAUTHORIZED,
+                "text/plain; charset=utf-8",
+                "missing or wrong token\n",
+            );
+            res.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+            return res;
+        }
+    }
     let wanted_name = match req
         .uri()
         .query()

@@ -22,6 +22,7 @@
 //!   counters and latency histogram at scrape time; shards update their
 //!   counters once per dispatch batch, never per delivery.
 
+mod access;
 mod assets;
 mod config;
 mod conn;

@@ -70,6 +70,12 @@ struct StartArgs {
     /// New WebSocket connections accepted per second, server-wide (burst: the same number); excess upgrades get 503. 0 disables.
     #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC)]
     max_new_connections_per_sec: u32,
+    /// Origin allowed to upgrade from a browser (repeatable; `*` allows any). Default: only pages served by this server; clients sending no Origin are always allowed.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// Require this shared secret on upgrade (`Authorization: Bearer TOKEN` or `?token=TOKEN`); otherwise 401.
+    #[arg(long, value_name = "TOKEN", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    auth_token: Option<String>,
 }
 
 impl StartArgs {
@@ -91,6 +97,8 @@ impl StartArgs {
             max_message_rate: self.max_message_rate,
             max_connections_per_ip: self.max_connections_per_ip,
             max_new_connections_per_sec: self.max_new_connections_per_sec,
+            allowed_origins: self.allowed_origins,
+            auth_token: self.auth_token,
         }
     }
 }

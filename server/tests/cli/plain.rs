@@ -270,3 +270,27 @@ async fn raw_mode_with_a_plain_server() {
     let (st, _) = cli.wait().await;
     assert!(st.success());
 }
+
+#[tokio::test]
+async fn token_is_sent_and_a_refusal_is_explained() {
+    let server = Server::start_with(0, &["--auth-token", "s3cret"]).await;
+    let mut refused = Cli::spawn(&["--url", &server.url()], false);
+    let (st, lines) = refused.wait().await;
+    assert_eq!(st.code(), Some(1), "{lines:?}");
+    assert!(
+        matches!(&lines[..], [(Pipe::Stderr, l)] if l.contains("HTTP 401") && !l.contains("s3cret")),
+        "{lines:?}"
+    );
+    let mut listener = raw_client(&format!("{}?token=s3cret", server.url())).await;
+    let mut sender = Cli::spawn(&["--url", &server.url(), "--token", "s3cret"], true);
+    server.wait_connections(2).await;
+    sender.send_line("with a token").await;
+    assert_eq!(next_text(&mut listener).await, "with a token");
+    sender.close_stdin();
+    let (st, lines) = sender.wait().await;
+    assert_eq!(st.code(), Some(0), "{lines:?}");
+    assert!(
+        lines.iter().all(|(_, l)| !l.contains("s3cret")),
+        "the token is never printed: {lines:?}"
+    );
+}

@@ -1,6 +1,7 @@
 //! Integration tests: each test starts the real `broadcast-server` binary on
 //! a loopback port chosen by the kernel and talks to it over real sockets.
 
+mod access;
 mod broadcast;
 mod hardening;
 mod http;
