@@ -828,22 +828,14 @@ async fn publisher(
                     }
                 }
                 let end = due.min(seq + MAX_BATCH);
-                let mut ok = true;
                 let now_ns = shared.ns(Instant::now());
-                for s in seq..end {
+                let batch = (seq..end).map(|s| {
                     let stamp = shared.ns(due_at(s));
                     let delay =
                         u32::try_from(now_ns.saturating_sub(stamp) / 1000).unwrap_or(u32::MAX);
-                    if sink
-                        .feed(Message::Binary(next_msg(s, stamp, delay)))
-                        .await
-                        .is_err()
-                    {
-                        ok = false;
-                        break;
-                    }
-                }
-                if !ok || sink.flush().await.is_err() {
+                    next_msg(s, stamp, delay)
+                });
+                if send_all(&mut sink, batch).await.is_err() {
                     send_error = true;
                     break;
                 }
@@ -863,19 +855,8 @@ async fn publisher(
                         None => break,
                     },
                 };
-                let mut ok = true;
-                for s in seq..seq + n {
-                    let stamp = shared.ns(Instant::now());
-                    if sink
-                        .feed(Message::Binary(next_msg(s, stamp, 0)))
-                        .await
-                        .is_err()
-                    {
-                        ok = false;
-                        break;
-                    }
-                }
-                if !ok || sink.flush().await.is_err() {
+                let batch = (seq..seq + n).map(|s| next_msg(s, shared.ns(Instant::now()), 0));
+                if send_all(&mut sink, batch).await.is_err() {
                     send_error = true;
                     break;
                 }
@@ -900,4 +881,16 @@ async fn publisher(
         let _ = done_tx.send(true);
     }
     reader.await.unwrap_or_default()
+}
+
+/// Queues every payload of `batch` as a binary message, then flushes once.
+async fn send_all<S>(sink: &mut S, batch: impl Iterator<Item = Bytes>) -> Result<(), S::Error>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    use futures_util::SinkExt;
+    for payload in batch {
+        sink.feed(Message::Binary(payload)).await?;
+    }
+    sink.flush().await
 }
