@@ -1,6 +1,7 @@
 //! Validated server settings, built once from the command line.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything the server needs to run, already checked.
@@ -41,6 +42,8 @@ pub struct Config {
     /// When set, upgrades must carry this token (`Authorization: Bearer` or
     /// the `token` query parameter) or get 401.
     pub auth_token: Option<String>,
+    /// When set, every connection speaks TLS (`wss://`, `https://`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Default of [`Config::max_message_rate`].
@@ -67,6 +70,7 @@ impl Default for Config {
             max_new_connections_per_sec: DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
             allowed_origins: Vec::new(),
             auth_token: None,
+            tls: None,
         }
     }
 }

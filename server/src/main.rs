@@ -76,12 +76,23 @@ struct StartArgs {
     /// Require this shared secret on upgrade (`Authorization: Bearer TOKEN` or `?token=TOKEN`); otherwise 401.
     #[arg(long, value_name = "TOKEN", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     auth_token: Option<String>,
+    /// PEM certificate chain (leaf first): serve `wss://` and `https://` with rustls. Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 impl StartArgs {
-    fn into_config(self) -> Config {
+    /// The server settings; the error is one line (a TLS file at fault).
+    fn into_config(self) -> Result<Config, String> {
         let defaults = Config::default();
-        Config {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(server::tls_config(cert, key)?),
+            _ => None,
+        };
+        Ok(Config {
             addr: SocketAddr::new(self.host, self.port),
             workers: self.workers.map_or(defaults.workers, usize::from),
             max_message_size: self.max_message_size,
@@ -99,7 +110,8 @@ impl StartArgs {
             max_new_connections_per_sec: self.max_new_connections_per_sec,
             allowed_origins: self.allowed_origins,
             auth_token: self.auth_token,
-        }
+            tls,
+        })
     }
 }
 
@@ -141,7 +153,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    start(args.into_config())
+    match args.into_config() {
+        Ok(config) => start(config),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Prints a command-line error with the usage (clap leaves the usage out of
@@ -183,6 +201,7 @@ fn start(config: Config) -> ExitCode {
     }
     let addr = config.addr;
     let workers = config.workers;
+    let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     let server = match Server::bind(config) {
         Ok(s) => s,
         Err(e) => {
@@ -203,7 +222,7 @@ fn start(config: Config) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal();
-        println!("broadcast-server listening on ws://{local}/ws");
+        println!("broadcast-server listening on {scheme}://{local}/ws");
         let _ = std::io::stdout().flush();
         tracing::info!(%local, workers, "listening");
         server.run(shutdown).await

@@ -8,5 +8,6 @@ mod http;
 mod lifecycle;
 mod limits;
 mod protocol_errors;
+mod tls;
 mod util;
 mod v1;
