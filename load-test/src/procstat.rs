@@ -61,8 +61,7 @@ pub(crate) fn sample(pid: Pid) -> Result<Sample> {
         .with_context(|| format!("read {}/stat", dir.display()))?;
     let status = std::fs::read_to_string(dir.join("status"))
         .with_context(|| format!("read {}/status", dir.display()))?;
-    let (user, sys) =
-        cpu_ticks_split(&stat).with_context(|| format!("parse {}/stat", dir.display()))?;
+    let (user, sys) = cpu_ticks(&stat).with_context(|| format!("parse {}/stat", dir.display()))?;
     Ok(Sample {
         at: Instant::now(),
         cpu_s: (user + sys) as f64 / clk_tck(),
@@ -80,16 +79,10 @@ pub(crate) fn check(pid: u32) -> Result<()> {
     }
 }
 
-/// `utime + stime` (fields 14 and 15) of a `/proc/PID/stat` line. The command
+/// `(utime, stime)` (fields 14 and 15) of a `/proc/PID/stat` line. The command
 /// name (field 2) is in parentheses and may contain spaces or `)`, so fields
 /// are counted after the *last* `)`.
-pub(crate) fn cpu_ticks(stat: &str) -> Result<u64> {
-    let (user, sys) = cpu_ticks_split(stat)?;
-    Ok(user + sys)
-}
-
-/// `(utime, stime)`: fields 14 and 15 of a `/proc/PID/stat` line.
-fn cpu_ticks_split(stat: &str) -> Result<(u64, u64)> {
+pub(crate) fn cpu_ticks(stat: &str) -> Result<(u64, u64)> {
     let rest = &stat[stat.rfind(')').context("no `)` after the command name")? + 1..];
     // rest starts at field 3 (state); utime is field 14, stime field 15.
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -190,7 +183,7 @@ mod tests {
         // Field 2 contains spaces and a `)`; utime = 1234, stime = 56.
         let stat = "4242 (evil) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 56 0 0 20 0 3 0 77 1000 200 \
                     18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
-        assert_eq!(cpu_ticks(stat).unwrap(), 1290);
+        assert_eq!(cpu_ticks(stat).unwrap(), (1234, 56));
         assert!(cpu_ticks("1 (x) S 1 2").is_err());
         assert!(cpu_ticks("no parens").is_err());
     }
