@@ -468,28 +468,22 @@ impl Conn {
 
     /// Writes `iov` to the peer and returns how many of its bytes were
     /// taken: straight to the socket, or with TLS encrypted into the
-    /// session's bounded buffer, which is then written as far as the socket
-    /// takes it. `WouldBlock` when nothing was taken.
+    /// session's bounded buffer, written out, and again, until the socket
+    /// is full or everything is taken (so a TLS connection takes as much
+    /// per call as a plain one). `WouldBlock` when nothing was taken.
     fn write_wire(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
         let Some(tls) = &self.tls else {
             return self.writer.try_write_vectored(iov);
         };
-        if !self.flush_tls()? {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
         let mut taken = 0;
-        {
-            let mut session = tls.borrow_mut();
-            for slice in iov {
-                let n = io::Write::write(&mut session.writer(), slice)?;
-                taken += n;
-                if n < slice.len() {
-                    break;
-                }
+        while self.flush_tls()? {
+            let n = encrypt(&mut tls.borrow_mut(), iov, taken)?;
+            if n == 0 {
+                break;
             }
+            taken += n;
         }
-        // What the socket does not take now is written by the flush task.
-        self.flush_tls()?;
+        // Records the socket did not take are written by the flush task.
         if taken == 0 {
             return Err(io::ErrorKind::WouldBlock.into());
         }
@@ -585,6 +579,30 @@ impl Conn {
             notified.await;
         }
     }
+}
+
+/// Encrypts the bytes of `iov` after the first `skip` into the session's
+/// buffer, as far as its limit allows; returns how many it took.
+fn encrypt(
+    session: &mut rustls::ServerConnection,
+    iov: &[IoSlice<'_>],
+    mut skip: usize,
+) -> io::Result<usize> {
+    let mut taken = 0;
+    for slice in iov {
+        if skip >= slice.len() {
+            skip -= slice.len();
+            continue;
+        }
+        let part = &slice[skip..];
+        skip = 0;
+        let n = io::Write::write(&mut session.writer(), part)?;
+        taken += n;
+        if n < part.len() {
+            break;
+        }
+    }
+    Ok(taken)
 }
 
 /// `std::io::Write` over the socket's write half, never blocking (what

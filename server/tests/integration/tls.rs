@@ -324,3 +324,36 @@ async fn bad_tls_files_fail_at_start_with_one_line() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("Usage:"));
 }
+
+#[tokio::test]
+async fn tls_client_that_never_reads_is_closed_as_slow_while_others_get_everything() {
+    let pki = Pki::new("slow");
+    let server = pki
+        .server(&["--max-backlog", "262144", "--max-message-rate", "0"])
+        .await;
+    let mut c = pki.connect_many(&server, 3).await;
+    let mut slow = c.pop().unwrap();
+    let mut fast = c.pop().unwrap();
+    let mut sender = c.pop().unwrap();
+    // 32 MB: far more than the slow client's socket buffers, TLS buffer
+    // and backlog hold. The fast client reads each message before the next
+    // is sent, so its own queue never grows.
+    const N: usize = 2000;
+    let body = vec![7u8; 16 * 1024];
+    for i in 0..N {
+        sender.send(Message::binary(body.clone())).await.unwrap();
+        match recv(&mut fast).await {
+            Message::Binary(b) => assert_eq!(b.len(), body.len(), "message {i}"),
+            m => panic!("fast client, message {i}: {m:?}"),
+        }
+    }
+    // The slow client now reads: some data, then the 1013 close.
+    let code = loop {
+        match recv(&mut slow).await {
+            Message::Binary(_) => {}
+            Message::Close(Some(frame)) => break u16::from(frame.code),
+            m => panic!("slow client got {m:?}"),
+        }
+    };
+    assert_eq!(code, 1013, "slow consumer close code");
+}
