@@ -160,6 +160,9 @@ pub(crate) struct Conn {
     close_deadline: Cell<Option<Instant>>,
     /// Last time bytes arrived from the peer.
     last_seen: Cell<Instant>,
+    /// When the connection was registered: presence events built before it
+    /// are not sent to it (its welcome already counts everyone online).
+    pub(crate) joined_at: Instant,
     /// A keepalive ping was sent since the peer was last heard from.
     pinged: Cell<bool>,
     /// Wakes the connection's own task when the close state changes.
@@ -200,6 +203,7 @@ impl Conn {
             close: Cell::new(CloseState::Open),
             close_deadline: Cell::new(None),
             last_seen: Cell::new(now),
+            joined_at: now,
             pinged: Cell::new(false),
             wake: Notify::new(),
             ip,

@@ -238,6 +238,9 @@ impl Shard {
                     frames
                         .iter()
                         .filter(|f| f.channel == channel && (echo || f.sender != conn.id))
+                        // A presence event (no raw frame) built before this
+                        // connection joined is older than its welcome.
+                        .filter(|f| f.raw.is_some() || f.framed_at >= conn.joined_at)
                         .filter_map(|f| f.frame_for(conn.format)),
                 );
                 if picked.is_empty() {
