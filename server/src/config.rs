@@ -41,6 +41,9 @@ pub struct Config {
     /// When set, upgrades must carry this token (`Authorization: Bearer` or
     /// the `token` query parameter) or get 401.
     pub auth_token: Option<String>,
+    /// With `--redis`: the Redis server and channel that join this node to
+    /// others as one broadcast domain (see `cluster`). `None`: a lone node.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Default of [`Config::max_message_rate`].
@@ -67,6 +70,7 @@ impl Default for Config {
             max_new_connections_per_sec: DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
             allowed_origins: Vec::new(),
             auth_token: None,
+            cluster: None,
         }
     }
 }
