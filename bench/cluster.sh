@@ -34,20 +34,14 @@ WORKERS_TWO=${BENCH_WORKERS_TWO:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT_ROOT=${BENCH_OUT:-$ROOT/bench/results}
 cd "$ROOT"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 command -v jq >/dev/null || { echo "bench/cluster.sh: needs jq (apt-get install -y jq)" >&2; exit 2; }
 command -v redis-server >/dev/null ||
   { echo "bench/cluster.sh: needs redis-server (apt-get install -y redis-server)" >&2; exit 2; }
 
-echo "== building (release)" >&2
-cargo build --release -p server -p load-test >&2
-
-REL=$ROOT/target/release
-LOADTEST=$REL/load-test
-REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git status --porcelain -- server protocol load-test 2>/dev/null)" ]; then
-  REV="$REV-dirty"
-fi
+build_release
 NAME="$(date -u +%Y-%m-%d)-$REV-cluster"
 OUT="$OUT_ROOT/$NAME"
 MD="$OUT_ROOT/$NAME.md"
@@ -190,13 +184,8 @@ median_of() { # SETUP SUFFIX JQ-EXPR: median over the runs (nulls skipped)
   for i in $(seq "$RUNS"); do
     [ -s "$OUT/$1-$i.$2" ] && files+=("$OUT/$1-$i.$2")
   done
-  [ ${#files[@]} -eq 0 ] && { echo null; return; }
-  jq -s "map($3) | map(select(. != null)) | sort |
-    if length == 0 then null
-    elif length % 2 == 1 then .[length/2|floor]
-    else (.[length/2 - 1] + .[length/2]) / 2 end" "${files[@]}"
+  median_json "$3" "${files[@]}"
 }
-fmt() { if [ "$1" = null ]; then echo "–"; else printf "%.${2}f" "$1"; fi; }
 runs_of() { # SETUP JQ-EXPR: every run's value
   local out=()
   for i in $(seq "$RUNS"); do

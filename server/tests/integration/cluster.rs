@@ -32,12 +32,10 @@ impl Redis {
         // The port is free when probed; another process could take it before
         // redis binds it, so try a few.
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut redis = Redis { child: None, port };
+            let mut redis = Redis {
+                child: None,
+                port: closed_port(),
+            };
             if redis.spawn().await {
                 return redis;
             }
@@ -396,6 +394,15 @@ async fn redis_restart_local_delivery_continues_and_relaying_resumes() {
     );
 }
 
+/// A loopback port nothing listens on (just released by the kernel).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Runs `broadcast-server ARGS` expecting it to exit by itself; returns the
 /// exit code and standard error.
 fn run_failing(args: &[&str]) -> (Option<i32>, String) {
@@ -423,14 +430,8 @@ fn run_failing(args: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn bad_redis_url_exits_1_with_one_line() {
-    // Nothing listens on a port just released (unreachable Redis counts as
-    // a bad URL at start: see the README).
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let unreachable = format!("redis://127.0.0.1:{closed}");
+    // Unreachable Redis counts as a bad URL at start: see the README.
+    let unreachable = format!("redis://127.0.0.1:{}", closed_port());
     for (url, says) in [
         ("http://127.0.0.1:6379", "invalid --redis url"),
         ("redis://127.0.0.1:notaport", "invalid --redis url"),
@@ -458,12 +459,7 @@ fn bad_redis_url_exits_1_with_one_line() {
 
 #[test]
 fn redis_password_is_not_printed() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("redis://user:hunter2@127.0.0.1:{closed}");
+    let url = format!("redis://user:hunter2@127.0.0.1:{}", closed_port());
     let (code, stderr) = run_failing(&["start", "--port", "0", "--redis", &url]);
     assert_eq!(code, Some(1));
     assert!(!stderr.contains("hunter2"), "{stderr:?}");
