@@ -342,6 +342,10 @@ struct Link {
     queued: AtomicUsize,
     /// Serialises link-state changes so that each is logged once.
     state: Mutex<LinkLog>,
+    /// Signalled when the subscription fails: the publishing connection
+    /// pings at once. Without traffic it would notice a dead socket only at
+    /// its next ping, and could report the link restored in between.
+    check_out: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -388,6 +392,9 @@ impl Link {
     fn down(&self, side: Side, cause: &dyn fmt::Display) {
         let mut log = self.state.lock().unwrap_or_else(|e| e.into_inner());
         self.flag(side).store(false, Ordering::Relaxed);
+        if matches!(side, Side::In) {
+            self.check_out.notify_one();
+        }
         if log.ever_up && !log.lost_logged {
             log.lost_logged = true;
             tracing::error!(url = %self.url, cause = %cause,
@@ -421,6 +428,7 @@ pub(crate) fn start(
         stats,
         queued: AtomicUsize::new(0),
         state: Mutex::new(LinkLog::default()),
+        check_out: tokio::sync::Notify::new(),
     });
     // Random per start: a restarted node must not be mistaken for its
     // previous life (whose messages may still be in flight).
@@ -519,6 +527,12 @@ async fn publish_loop(link: Arc<Link>, mut rx: mpsc::UnboundedReceiver<Bytes>) {
                     if let Err(e) = redis::cmd("PING").exec_async(&mut conn).await {
                         break e;
                     }
+                }
+                () = link.check_out.notified() => {
+                    if let Err(e) = redis::cmd("PING").exec_async(&mut conn).await {
+                        break e;
+                    }
+                    ping.reset();
                 }
             }
         };
