@@ -88,11 +88,13 @@ setup() {
         retry rustup target add wasm32-unknown-unknown
     fi
 
-    # Debian packages: the image has all of these (coreutils' timeout for the
-    # conformance job, gcc for crates that build C, python3, git); install
-    # whatever is missing (apt-get update first: the image has no lists).
+    # Debian packages: the image has most of these (coreutils' timeout for the
+    # conformance job, gcc for crates that build C, python3, git); redis-server
+    # is for the cluster tests, which start their own on a free loopback port
+    # (none on 6379 is needed or used). Install whatever is missing (apt-get
+    # update first: the image has no lists).
     local missing=() cmd pkg
-    for cmd in timeout:coreutils cc:gcc python3:python3 git:git; do
+    for cmd in timeout:coreutils cc:gcc python3:python3 git:git redis-server:redis-server; do
         command -v "${cmd%%:*}" >/dev/null 2>&1 || missing+=("${cmd#*:}")
     done
     if [[ ${#missing[@]} -gt 0 ]]; then

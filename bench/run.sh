@@ -33,18 +33,12 @@ DURATION=${BENCH_DURATION:-10s}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT_ROOT=${BENCH_OUT:-$ROOT/bench/results}
 cd "$ROOT"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 command -v jq >/dev/null || { echo "bench/run.sh: needs jq (apt-get install -y jq)" >&2; exit 2; }
 
-echo "== building (release)" >&2
-cargo build --release -p server -p load-test >&2
-
-REL=$ROOT/target/release
-LOADTEST=$REL/load-test
-REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git status --porcelain -- server protocol load-test 2>/dev/null)" ]; then
-  REV="$REV-dirty"
-fi
+build_release
 STAMP=$(date -u +%Y-%m-%d)
 NAME="$STAMP-$REV"
 OUT="$OUT_ROOT/$NAME"
@@ -147,11 +141,7 @@ median() {
   for i in $(seq "$RUNS"); do
     [ -s "$OUT/$1-$2-$i.json" ] && files+=("$OUT/$1-$2-$i.json")
   done
-  [ ${#files[@]} -eq 0 ] && { echo null; return; }
-  jq -s "map($3) | map(select(. != null)) | sort |
-    if length == 0 then null
-    elif length % 2 == 1 then .[length/2|floor]
-    else (.[length/2 - 1] + .[length/2]) / 2 end" "${files[@]}"
+  median_json "$3" "${files[@]}"
 }
 # worst SCENARIO KIND JQ-EXPR: the maximum over the runs.
 worst() {
@@ -161,9 +151,6 @@ worst() {
   done
   [ ${#files[@]} -eq 0 ] && { echo null; return; }
   jq -s "map($3) | max" "${files[@]}"
-}
-fmt() { # value decimals
-  if [ "$1" = null ]; then echo "–"; else printf "%.${2}f" "$1"; fi
 }
 ratio() { # ours baseline
   if [ "$1" = null ] || [ "$2" = null ] || [ "$(jq -n "$2 == 0")" = true ]; then

@@ -19,9 +19,15 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "load-test", version, about, long_about)]
 pub(crate) struct Args {
-    /// WebSocket URL of the server (ws:// only).
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    pub(crate) url: String,
+    /// WebSocket URL of the server (ws:// only). Repeat it for the nodes of
+    /// a cluster: subscriber i connects to URL i mod N and publisher p to URL
+    /// p mod N (both round-robin, in the order given).
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        default_value = "ws://127.0.0.1:8080/ws"
+    )]
+    pub(crate) urls: Vec<String>,
 
     /// Subscriber connections (they only read).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -269,7 +275,11 @@ mod tests {
         assert_eq!(a.clients, 10);
         assert!(a.max_rate);
         assert_eq!(a.duration, Duration::from_secs(2));
+        assert_eq!(a.urls, ["ws://127.0.0.1:8080/ws"]);
         assert!(!a.v1);
+        let a = Args::try_parse_from(["load-test", "--url", "ws://a/ws", "--url", "ws://b/ws"])
+            .unwrap();
+        assert_eq!(a.urls, ["ws://a/ws", "ws://b/ws"]);
         assert!(Args::try_parse_from(["load-test", "--v1"]).unwrap().v1);
         assert!(Args::try_parse_from(["load-test", "--size", "23"]).is_err());
         assert!(Args::try_parse_from(["load-test", "--clients", "0"]).is_err());

@@ -204,11 +204,16 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     if let Some(pid) = args.server_pid {
         procstat::check(pid)?;
     }
-    let target = Arc::new(
-        Target::resolve(&args.url, args.source_addrs)
-            .await?
-            .with_subprotocol(args.v1.then_some(protocol::v1::SUBPROTOCOL)),
-    );
+    // Several URLs (the nodes of a cluster): connections round-robin over them.
+    let mut targets = Vec::with_capacity(args.urls.len());
+    for url in &args.urls {
+        targets.push(Arc::new(
+            Target::resolve(url, args.source_addrs)
+                .await?
+                .with_subprotocol(args.v1.then_some(protocol::v1::SUBPROTOCOL)),
+        ));
+    }
+    let target_for = |i: usize| targets[i % targets.len()].clone();
     let sample_server = |pid: Option<u32>| pid.and_then(|p| procstat::sample(Pid::Id(p)).ok());
 
     let (stop, _) = watch::channel(false);
@@ -238,7 +243,7 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     let (buf_size, max_msg) = (subscriber_buffer(clients, size), max_message(size));
     let mut sub_tasks = Vec::with_capacity(clients);
     for i in 0..clients {
-        let (target, shared, storm) = (target.clone(), shared.clone(), storm.clone());
+        let (target, shared, storm) = (target_for(i), shared.clone(), storm.clone());
         let at = step.map(|s| t0 + s.mul_f64(i as f64));
         let timeout = args.connect_timeout;
         let is_slow = is_slow(i, clients, slow);
@@ -288,7 +293,7 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     let pub_cfg = publisher_config(size);
     let mut pub_conns = Vec::with_capacity(publishers);
     for p in 0..publishers {
-        let target = target.clone();
+        let target = target_for(p);
         let timeout = args.connect_timeout;
         pub_conns.push(
             publishers_rt
@@ -379,7 +384,7 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     let mut hist_send = hist.clone();
     let mut series = Series::default();
     let mut report = Report {
-        url: args.url.clone(),
+        url: args.urls.join(" "),
         mode: if idle {
             "idle"
         } else if args.max_rate {

@@ -44,6 +44,9 @@ pub struct Config {
     pub auth_token: Option<String>,
     /// When set, every connection speaks TLS (`wss://`, `https://`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// With `--redis`: the Redis server and channel that join this node to
+    /// others as one broadcast domain (see `cluster`). `None`: a lone node.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Default of [`Config::max_message_rate`].
@@ -71,6 +74,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             auth_token: None,
             tls: None,
+            cluster: None,
         }
     }
 }

@@ -1067,7 +1067,7 @@ fn notice_text(reason: CloseReason) -> &'static str {
 }
 
 /// Length of the header of a frame made by [`frame_message`].
-fn server_header_len(frame: &[u8]) -> usize {
+pub(crate) fn server_header_len(frame: &[u8]) -> usize {
     match frame[1] & 0x7f {
         126 => 4,
         127 => 10,
@@ -1083,7 +1083,7 @@ pub(crate) fn unix_millis() -> u64 {
 }
 
 /// Frames a complete single-frame message: the one copy a message gets.
-fn frame_message(opcode: protocol::frame::OpCode, payload: &[u8]) -> Bytes {
+pub(crate) fn frame_message(opcode: protocol::frame::OpCode, payload: &[u8]) -> Bytes {
     let mut head = [0u8; MAX_SERVER_HEADER];
     let n = encode_server_header(opcode, payload.len(), &mut head);
     let mut frame = BytesMut::with_capacity(n + payload.len());
@@ -1101,27 +1101,36 @@ fn publish(shard: &Shard, conn: &Conn, raw: Bytes) {
     if !conn.is_open() {
         return;
     }
-    let v1 = shard.has_v1_clients().then(|| {
-        let payload = &raw[server_header_len(&raw)..];
-        let body = if raw[0] & 0x0f == protocol::frame::OpCode::Text as u8 {
-            // Validated as UTF-8 when it was read.
-            BodyRef::Text(std::str::from_utf8(payload).unwrap_or_default())
-        } else {
-            BodyRef::Data(payload)
-        };
-        let mut json = BytesMut::with_capacity(MAX_SERVER_HEADER + payload.len() + 64);
-        json.put_bytes(0, MAX_SERVER_HEADER);
-        let mut writer = json.writer();
-        protocol::v1::encode_message_json(&mut writer, conn.id.0, &conn.name, unix_millis(), body);
-        seal(writer.into_inner(), protocol::frame::OpCode::Text)
-    });
-    shard.publish(Broadcast {
-        raw: Some(raw),
-        v1,
-        sender: conn.id,
-        channel: conn.channel,
-        framed_at: Instant::now(),
-    });
+    let v1 = shard
+        .has_v1_clients()
+        .then(|| v1_message(&raw, conn.id.0, &conn.name, unix_millis()));
+    shard.publish(
+        Broadcast {
+            raw: Some(raw),
+            v1,
+            sender: conn.id,
+            channel: conn.channel,
+            framed_at: Instant::now(),
+        },
+        &conn.name,
+    );
+}
+
+/// The `broadcast.v1` message event for `raw` (a server frame of a text or
+/// binary message), framed: what every v1 client gets for it.
+pub(crate) fn v1_message(raw: &[u8], from: u64, name: &str, time: u64) -> Bytes {
+    let payload = &raw[server_header_len(raw)..];
+    let body = if raw[0] & 0x0f == protocol::frame::OpCode::Text as u8 {
+        // Validated as UTF-8 when it was read.
+        BodyRef::Text(std::str::from_utf8(payload).unwrap_or_default())
+    } else {
+        BodyRef::Data(payload)
+    };
+    let mut json = BytesMut::with_capacity(MAX_SERVER_HEADER + payload.len() + 64);
+    json.put_bytes(0, MAX_SERVER_HEADER);
+    let mut writer = json.writer();
+    protocol::v1::encode_message_json(&mut writer, from, name, time, body);
+    seal(writer.into_inner(), protocol::frame::OpCode::Text)
 }
 
 /// Writes the server header into the [`MAX_SERVER_HEADER`] spare bytes at

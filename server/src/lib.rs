@@ -24,6 +24,7 @@
 
 mod access;
 mod assets;
+mod cluster;
 mod config;
 mod conn;
 mod fanout;
@@ -42,6 +43,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use cluster::{check as check_cluster, ClusterConfig, ClusterError, DEFAULT_CHANNEL};
 pub use config::{
     Config, CLOSE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_MESSAGE_RATE,
     DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
@@ -119,11 +121,21 @@ impl Server {
         });
         let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
         let presence = tokio::spawn(presence::run(presence_rx, fanout.clone(), stats.clone()));
-        let hub = Arc::new(shard::Hub::new(
-            stats.clone(),
-            presence_tx,
-            config.max_new_connections_per_sec,
-        ));
+        let (cluster, relay) = match &config.cluster {
+            Some(c) => {
+                let (cluster, relay) = cluster::start(c, fanout.clone(), stats.clone())?;
+                (Some(cluster), Some(relay))
+            }
+            None => (None, None),
+        };
+        let hub = Arc::new(
+            shard::Hub::new(
+                stats.clone(),
+                presence_tx,
+                config.max_new_connections_per_sec,
+            )
+            .with_relay(relay),
+        );
         let mut threads = Vec::with_capacity(config.workers);
         for (index, inbox) in inboxes.into_iter().enumerate() {
             threads.push(shard::spawn(
@@ -136,6 +148,10 @@ impl Server {
             )?);
         }
 
+        if let Some(cluster) = &cluster {
+            // Connections wait in the listen queue meanwhile.
+            cluster.wait_up(Duration::from_secs(3)).await;
+        }
         let listener = tokio::net::TcpListener::from_std(self.listener)?;
         tokio::pin!(shutdown);
         loop {
@@ -164,6 +180,9 @@ impl Server {
             let _ = ack.await;
         }
         presence.abort();
+        if let Some(cluster) = cluster {
+            cluster.stop(Duration::from_secs(1)).await;
+        }
         for handle in &handles {
             handle.send(ShardMsg::Shutdown);
         }

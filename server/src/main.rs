@@ -82,6 +82,13 @@ struct StartArgs {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Join other nodes through this Redis server (`redis://HOST[:PORT][/DB]`): a message sent to any node reaches the clients of all of them.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// Redis pub/sub channel the nodes of one deployment share (with --redis).
+    #[arg(long, value_name = "NAME", default_value = server::DEFAULT_CHANNEL, requires = "redis",
+          value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    redis_channel: String,
 }
 
 impl StartArgs {
@@ -110,6 +117,10 @@ impl StartArgs {
             max_new_connections_per_sec: self.max_new_connections_per_sec,
             allowed_origins: self.allowed_origins,
             auth_token: self.auth_token,
+            cluster: self.redis.map(|url| server::ClusterConfig {
+                url,
+                channel: self.redis_channel,
+            }),
             tls,
         })
     }
@@ -198,6 +209,12 @@ fn start(config: Config) -> ExitCode {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "open files limit"),
         Err(e) => tracing::warn!(cause = %e, "cannot raise the open files limit"),
+    }
+    if let Some(cluster) = &config.cluster {
+        if let Err(e) = server::check_cluster(cluster) {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
     }
     let addr = config.addr;
     let workers = config.workers;

@@ -142,6 +142,21 @@ impl Snapshot {
                     "TLS handshakes that failed or timed out",
                     get(&stats.tls_failures),
                 ),
+                (
+                    "broadcast_cluster_relayed_out",
+                    "Messages of local clients published to Redis (--redis)",
+                    get(&stats.cluster.relayed_out),
+                ),
+                (
+                    "broadcast_cluster_relayed_in",
+                    "Messages from other nodes received through Redis and delivered locally",
+                    get(&stats.cluster.relayed_in),
+                ),
+                (
+                    "broadcast_cluster_not_relayed",
+                    "Messages of local clients not published to Redis (link down, queue full or failed pipeline)",
+                    get(&stats.cluster.not_relayed),
+                ),
             ],
             gauges: vec![
                 (
@@ -153,6 +168,11 @@ impl Snapshot {
                     "broadcast_v1_connections_open",
                     "Open WebSocket connections speaking broadcast.v1",
                     stats.v1_connections.load(Ordering::Relaxed) as u64,
+                ),
+                (
+                    "broadcast_cluster_link_up",
+                    "1 while both Redis connections are up (always 0 without --redis)",
+                    u64::from(stats.cluster.link_up()),
                 ),
                 (
                     "broadcast_uptime_seconds",

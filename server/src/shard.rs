@@ -47,6 +47,8 @@ pub(crate) struct Hub {
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     /// Server-wide bucket of `--max-new-connections-per-sec`; taken once per upgrade.
     new_conns: Mutex<TokenBucket>,
+    /// With `--redis`: where published messages go to reach other nodes.
+    relay: Option<crate::cluster::Relay>,
 }
 
 impl Hub {
@@ -57,7 +59,14 @@ impl Hub {
             presence,
             per_ip: Mutex::new(HashMap::new()),
             new_conns: Mutex::new(TokenBucket::full(new_conn_rate, Instant::now())),
+            relay: None,
         }
+    }
+
+    /// Also relays every published message to other nodes (`--redis`).
+    pub(crate) fn with_relay(mut self, relay: Option<crate::cluster::Relay>) -> Self {
+        self.relay = relay;
+        self
     }
 }
 
@@ -372,12 +381,16 @@ impl Shard {
         self.departed.notify_waiters();
     }
 
-    /// Publishes a message received on this shard to every shard.
-    pub(crate) fn publish(&self, msg: Broadcast) {
+    /// Publishes a message received on this shard (from the client named
+    /// `name`) to every shard, and to the other nodes with `--redis`.
+    pub(crate) fn publish(&self, msg: Broadcast, name: &str) {
         if self.draining.get() {
             return;
         }
         self.hub.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        if let Some(relay) = &self.hub.relay {
+            relay.offer(&msg, name);
+        }
         self.fanout.publish(msg);
     }
 

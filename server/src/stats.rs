@@ -43,6 +43,8 @@ pub(crate) struct Stats {
     pub(crate) refused_draining: AtomicU64,
     /// TLS handshakes that failed or timed out (with `--tls-cert`).
     pub(crate) tls_failures: AtomicU64,
+    /// The Redis relay's link state and counters (`--redis`).
+    pub(crate) cluster: crate::cluster::ClusterStats,
 }
 
 impl Stats {
@@ -65,6 +67,7 @@ impl Stats {
             refused_rate: AtomicU64::new(0),
             refused_draining: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
+            cluster: crate::cluster::ClusterStats::default(),
         }
     }
 
@@ -78,11 +81,12 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             concat!(
-                "{{\"status\":\"ok\",\"connections\":{},\"uptime_secs\":{},\"workers\":{},\"v1_connections\":{},",
+                "{{\"status\":\"{}\",\"connections\":{},\"uptime_secs\":{},\"workers\":{},\"v1_connections\":{},",
                 "\"connections_total\":{},\"messages_in\":{},\"slow_consumer_closes\":{},",
                 "\"protocol_closes\":{},\"idle_closes\":{},\"refused\":{},\"rate_limited_closes\":{},",
-                "\"refused_per_ip\":{},\"refused_new_connection_rate\":{}}}"
+                "\"refused_per_ip\":{},\"refused_new_connection_rate\":{}{}}}"
             ),
+            self.cluster.status(),
             self.connections.load(Ordering::Relaxed),
             self.started.elapsed().as_secs(),
             workers,
@@ -96,6 +100,7 @@ impl Stats {
             get(&self.rate_limited_closes),
             get(&self.refused_per_ip),
             get(&self.refused_rate),
+            self.cluster.health_fields(),
         )
     }
 }

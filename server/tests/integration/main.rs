@@ -3,6 +3,7 @@
 
 mod access;
 mod broadcast;
+mod cluster;
 mod hardening;
 mod http;
 mod lifecycle;
