@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use server::{Config, Server};
 
+mod settings;
+
 /// A WebSocket broadcast server: every message a client sends reaches every
 /// other connected client.
 #[derive(Debug, Parser)]
@@ -76,6 +78,30 @@ struct StartArgs {
     /// Require this shared secret on upgrade (`Authorization: Bearer TOKEN` or `?token=TOKEN`); otherwise 401.
     #[arg(long, value_name = "TOKEN", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     auth_token: Option<String>,
+    /// Accept HS256 JSON Web Tokens signed with this secret, passed like --auth-token; `exp` is required. With --auth-token, either is accepted.
+    #[arg(long, value_name = "SECRET", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    jwt_secret: Option<String>,
+    /// Serve GET /metrics on this address only (e.g. 127.0.0.1:9100); the main port's /metrics then answers 404.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Log format on standard error (RUST_LOG filters either).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Read settings from this TOML file (keys: the long flag names); flags and BROADCAST_* variables win over it [env: BROADCAST_CONFIG].
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    config: Option<std::path::PathBuf>,
+    /// Check the settings (flags, environment, config file, files they name), print the effective ones and exit, without listening.
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// How log events are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON formatter).
+    Json,
 }
 
 impl StartArgs {
@@ -99,6 +125,8 @@ impl StartArgs {
             max_new_connections_per_sec: self.max_new_connections_per_sec,
             allowed_origins: self.allowed_origins,
             auth_token: self.auth_token,
+            jwt_secret: self.jwt_secret,
+            metrics_addr: self.metrics_addr,
         }
     }
 }
@@ -125,28 +153,89 @@ fn go_style(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsS
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse_from(go_style(std::env::args_os())) {
-        Ok(cli) => cli,
-        Err(e) => usage_error(e),
+    use clap::{CommandFactory, FromArgMatches};
+    let argv = go_style(std::env::args_os());
+    let mut cmd = Cli::command();
+    let matches = cmd
+        .try_get_matches_from_mut(&argv)
+        .unwrap_or_else(|e| usage_error(e, None));
+    match Cli::from_arg_matches(&matches) {
+        Ok(Cli {
+            command: Command::Connect(args),
+        }) => return client_cli::run(args),
+        Ok(_) => {}
+        Err(e) => usage_error(e, None),
+    }
+    // The flags the command line left out, from the environment and the
+    // config file, are appended as flags and everything is parsed again.
+    let Some(start_cmd) = cmd.find_subcommand("start").cloned() else {
+        unreachable!("start is a subcommand");
     };
-    let args = match cli.command {
-        Command::Start(args) => args,
-        Command::Connect(args) => return client_cli::run(args),
+    let layers = matches
+        .subcommand_matches("start")
+        .map(|cli| settings::gather(&start_cmd, cli, &|var| std::env::var_os(var)))
+        .transpose()
+        .unwrap_or_else(|e| settings_error(e))
+        .unwrap_or_default();
+    let mut full = argv;
+    full.extend(layers.words.iter().cloned());
+    let matches = cmd.try_get_matches_from_mut(&full).unwrap_or_else(|e| {
+        let note = layers.note_for(&start_cmd, &e);
+        usage_error(e, note)
+    });
+    let args = match Cli::from_arg_matches(&matches) {
+        Ok(Cli {
+            command: Command::Start(args),
+        }) => args,
+        Ok(_) => unreachable!("the same command line parsed as start before"),
+        Err(e) => usage_error(e, None),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if args.check_config {
+        let report = matches
+            .subcommand_matches("start")
+            .map(|m| settings::check(&start_cmd, m, &layers))
+            .transpose()
+            .unwrap_or_else(|e| settings_error(e))
+            .unwrap_or_default();
+        print!("{report}");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(args.log_format);
     start(args.into_config())
+}
+
+/// Installs the log subscriber: `RUST_LOG` filters (default `info`), events
+/// go to standard error as text (coloured on a terminal) or JSON lines.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The usage of subcommand `sub` (or of the whole command).
+fn usage(sub: Option<&str>) -> clap::builder::StyledStr {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    cmd.build();
+    match sub.and_then(|s| cmd.find_subcommand_mut(s)) {
+        Some(sub) => sub.render_usage(),
+        None => cmd.render_usage(),
+    }
 }
 
 /// Prints a command-line error with the usage (clap leaves the usage out of
 /// some errors, such as a bad value) and exits: 2 for errors, 0 for `--help`.
-fn usage_error(e: clap::Error) -> ! {
+/// `note` (which flags came from the environment or the file) goes before
+/// the usage.
+fn usage_error(e: clap::Error, note: Option<String>) -> ! {
     use clap::error::ErrorKind;
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
         || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
@@ -154,24 +243,39 @@ fn usage_error(e: clap::Error) -> ! {
         e.exit();
     }
     let mut text = e.render().to_string();
+    if let Some(note) = note {
+        text = format!(
+            "{}
+{note}
+",
+            text.trim_end()
+        );
+    }
     if !text.contains("Usage:") {
-        use clap::CommandFactory;
-        let mut cmd = Cli::command();
-        cmd.build();
         // Show the usage of the subcommand that was given, if any.
         let sub = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-        let usage = match sub.as_deref().and_then(|s| cmd.find_subcommand_mut(s)) {
-            Some(sub) => sub.render_usage(),
-            None => cmd.render_usage(),
-        };
         text = format!(
-            "{}\n\n{usage}\n\nFor more information, try '--help'.\n",
+            "{}\n\n{}\n\nFor more information, try '--help'.\n",
             text.trim_end()
                 .trim_end_matches("For more information, try '--help'.")
-                .trim_end()
+                .trim_end(),
+            usage(sub.as_deref())
         );
     }
     eprint!("{text}");
+    std::process::exit(2);
+}
+
+/// Prints a settings error (with `start`'s usage when a key or value is
+/// wrong) and exits with 2.
+fn settings_error(e: settings::SettingsError) -> ! {
+    match e {
+        settings::SettingsError::Flag(message) => eprint!(
+            "error: {message}\n\n{}\n\nFor more information, try '--help'.\n",
+            usage(Some("start"))
+        ),
+        settings::SettingsError::File(message) => eprintln!("error: {message}"),
+    }
     std::process::exit(2);
 }
 
@@ -183,10 +287,21 @@ fn start(config: Config) -> ExitCode {
     }
     let addr = config.addr;
     let workers = config.workers;
-    let server = match Server::bind(config) {
+    let metrics_addr = config.metrics_addr;
+    let mut server = match Server::bind(config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: cannot listen on {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Bound before anything is printed, so a taken metrics port fails the
+    // start like a taken main port.
+    let metrics_local = match server.bind_metrics() {
+        Ok(local) => local,
+        Err(e) => {
+            let at = metrics_addr.map(|a| a.to_string()).unwrap_or_default();
+            eprintln!("error: cannot listen on {at}: {e}");
             return ExitCode::from(1);
         }
     };
@@ -204,6 +319,9 @@ fn start(config: Config) -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal();
         println!("broadcast-server listening on ws://{local}/ws");
+        if let Some(metrics) = metrics_local {
+            println!("broadcast-server metrics on http://{metrics}/metrics");
+        }
         let _ = std::io::stdout().flush();
         tracing::info!(%local, workers, "listening");
         server.run(shutdown).await
