@@ -165,7 +165,7 @@ pub(crate) fn gather(
     cli: &ArgMatches,
     env: &dyn Fn(&str) -> Option<OsString>,
 ) -> Result<Layers, SettingsError> {
-    let path = match cli.get_one::<PathBuf>("config") {
+    let path = match cli.try_get_one::<PathBuf>("config").ok().flatten() {
         Some(p) => Some(p.clone()),
         None => env(CONFIG_ENV).map(PathBuf::from),
     };
@@ -400,7 +400,10 @@ impl ConfigFile {
             ))
         })?;
         let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
-        for (key, value) in table.get_ref() {
+        // The table iterates in key order; errors should follow the file.
+        let mut keys: Vec<_> = table.get_ref().iter().collect();
+        keys.sort_by_key(|(key, _)| key.span().start);
+        for (key, value) in keys {
             let written = key.get_ref().to_string();
             let line = line_of(key.span().start);
             let name = written.replace('_', "-");
@@ -626,4 +629,359 @@ fn toml_value(v: &str) -> String {
     }
     out.push('"');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn start_cmd() -> Command {
+        let mut cmd = crate::Cli::command();
+        cmd.build();
+        cmd.find_subcommand("start").unwrap().clone()
+    }
+
+    /// Writes `text` to a fresh temporary file.
+    fn temp_file(text: &str) -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "bs-settings-{}-{}.toml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// What `main` does: the command line `start ARGS` (plus `--config`
+    /// for `file`), then `env` and the file, then the full parse. Returns
+    /// the final `start` matches and the layers.
+    fn resolve(
+        args: &[&str],
+        env: &[(&str, &str)],
+        file: Option<&str>,
+    ) -> Result<(ArgMatches, Layers), SettingsError> {
+        let path = file.map(temp_file);
+        let mut argv: Vec<OsString> = vec!["broadcast-server".into(), "start".into()];
+        argv.extend(args.iter().map(OsString::from));
+        if let Some(p) = &path {
+            argv.push("--config".into());
+            argv.push(p.into());
+        }
+        let mut cmd = crate::Cli::command();
+        let matches = cmd.try_get_matches_from_mut(&argv).unwrap();
+        let env: BTreeMap<String, OsString> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), OsString::from(v)))
+            .collect();
+        let layers = gather(
+            &start_cmd(),
+            matches.subcommand_matches("start").unwrap(),
+            &|var| env.get(var).cloned(),
+        );
+        if let Some(p) = &path {
+            std::fs::remove_file(p).unwrap();
+        }
+        let layers = layers?;
+        argv.extend(layers.words.iter().cloned());
+        let matches = cmd
+            .try_get_matches_from_mut(&argv)
+            .unwrap_or_else(|e| panic!("full parse of {argv:?}: {e}"));
+        Ok((matches.subcommand_matches("start").unwrap().clone(), layers))
+    }
+
+    fn raw(m: &ArgMatches, id: &str) -> Vec<String> {
+        m.get_raw(id)
+            .into_iter()
+            .flatten()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// A value `arg` accepts that is not its default (`true` for a switch).
+    fn sample(start: &Command, arg: &Arg) -> String {
+        if kind(arg) == Kind::Switch {
+            return "true".to_owned();
+        }
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        let possible: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .map(|p| p.get_name().to_owned())
+            .collect();
+        let candidates = if possible.is_empty() {
+            ["7", "127.0.0.2:9", "127.0.0.2", "sample-value"]
+                .map(str::to_owned)
+                .to_vec()
+        } else {
+            possible
+        };
+        candidates
+            .into_iter()
+            .find(|c| {
+                !defaults.contains(c)
+                    && check_value(start, arg, &word(arg, c), &Origin::Default).is_ok()
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no sample value for --{}: add one this flag accepts",
+                    long(arg)
+                )
+            })
+    }
+
+    /// Every `start` flag, whoever added it, is read from the file and from
+    /// the environment (all at once, so flags that need each other are
+    /// satisfied).
+    #[test]
+    fn every_start_flag_is_reachable_from_file_and_env() {
+        let start = start_cmd();
+        let args: Vec<&Arg> = settings_args(&start).collect();
+        assert!(args.len() >= 17, "only {} settings", args.len());
+        let samples: Vec<(&Arg, String)> = args.iter().map(|a| (*a, sample(&start, a))).collect();
+
+        let mut file = String::new();
+        for (arg, value) in &samples {
+            let value = match kind(arg) {
+                Kind::Switch => value.clone(),
+                Kind::Repeated => format!("[{}]", toml_value(value)),
+                Kind::Single => toml_value(value),
+            };
+            let _ = writeln!(file, "{} = {value}", long(arg));
+        }
+        let (m, layers) = resolve(&[], &[], Some(&file)).unwrap();
+        for (i, (arg, value)) in samples.iter().enumerate() {
+            let id = arg.get_id().as_str();
+            assert_eq!(
+                raw(&m, id),
+                [value.clone()],
+                "--{} from the file",
+                long(arg)
+            );
+            assert!(
+                matches!(&layers.origins[id], Origin::File { line, .. } if *line == i + 1),
+                "--{}: {:?}",
+                long(arg),
+                layers.origins.get(id)
+            );
+        }
+
+        let env: Vec<(String, String)> = samples
+            .iter()
+            .map(|(arg, value)| (env_name(arg), value.clone()))
+            .collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (m, layers) = resolve(&[], &env, None).unwrap();
+        for (arg, value) in &samples {
+            let id = arg.get_id().as_str();
+            assert_eq!(raw(&m, id), [value.clone()], "--{} from the env", long(arg));
+            assert_eq!(layers.origins[id], Origin::Env(env_name(arg)));
+        }
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let file = Some("port = 1\nidle-timeout = 11\nmax-backlog = 111\n");
+        let env = [("BROADCAST_PORT", "2"), ("BROADCAST_IDLE_TIMEOUT", "22")];
+        let (m, layers) = resolve(&["--port", "3"], &env, file).unwrap();
+        assert_eq!(raw(&m, "port"), ["3"]);
+        assert_eq!(raw(&m, "idle_timeout"), ["22"]);
+        assert_eq!(raw(&m, "max_backlog"), ["111"]);
+        assert_eq!(raw(&m, "max_message_size"), ["65536"]);
+        assert!(!layers.origins.contains_key("port"));
+        let (m, _) = resolve(&[], &env, file).unwrap();
+        assert_eq!(raw(&m, "port"), ["2"]);
+        // A repeatable flag is taken whole from one place.
+        let file = Some("allowed-origin = [\"https://file\"]\n");
+        let env = [("BROADCAST_ALLOWED_ORIGIN", "https://a, https://b,")];
+        let (m, _) = resolve(&[], &env, file).unwrap();
+        assert_eq!(raw(&m, "allowed_origins"), ["https://a", "https://b"]);
+        let (m, _) = resolve(&["--allowed-origin", "https://cli"], &env, file).unwrap();
+        assert_eq!(raw(&m, "allowed_origins"), ["https://cli"]);
+        // A switch the env turns off stays off, whatever the file says.
+        let (m, _) = resolve(&[], &[("BROADCAST_ECHO", "off")], Some("echo = true\n")).unwrap();
+        assert_eq!(raw(&m, "echo"), ["false"]);
+        // BROADCAST_CONFIG names the file when --config does not.
+        let path = temp_file("max-message-rate = 5\n");
+        let path_text = path.to_string_lossy().into_owned();
+        let (m, _) = resolve(&[], &[(CONFIG_ENV, &path_text)], None).unwrap();
+        assert_eq!(raw(&m, "max_message_rate"), ["5"]);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn underscores_and_numbers_of_any_radix_are_accepted() {
+        let (m, _) = resolve(&[], &[], Some("max_message_size = 0x400\necho = false\n")).unwrap();
+        assert_eq!(raw(&m, "max_message_size"), ["1024"]);
+        assert_eq!(raw(&m, "echo"), ["false"]);
+    }
+
+    /// The message of a refused file, with the temporary path replaced by `FILE`.
+    fn file_error(text: &str) -> SettingsError {
+        let path = temp_file(text);
+        let mut argv: Vec<OsString> = vec!["broadcast-server".into(), "start".into()];
+        argv.extend(["--config".into(), path.clone().into_os_string()]);
+        let matches = crate::Cli::command().try_get_matches_from(&argv).unwrap();
+        let err = gather(
+            &start_cmd(),
+            matches.subcommand_matches("start").unwrap(),
+            &|_| None,
+        )
+        .unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        let p = path.to_string_lossy().into_owned();
+        match err {
+            SettingsError::Flag(m) => SettingsError::Flag(m.replace(&p, "FILE")),
+            SettingsError::File(m) => SettingsError::File(m.replace(&p, "FILE")),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_key() {
+        use SettingsError::{File, Flag};
+        let flag = |s: &str| Flag(s.to_owned());
+        assert_eq!(
+            file_error("# comment\nhost = \"::1\"\nport = \"abc\"\n"),
+            flag("FILE:3: key \"port\": invalid value \"abc\": invalid digit found in string")
+        );
+        assert_eq!(
+            file_error("\nprot = 1\n"),
+            flag("FILE:2: unknown key \"prot\" (did you mean \"port\"?); the keys are the long flag names of 'start' (see --help)")
+        );
+        assert_eq!(
+            file_error("echo = \"yes\"\n"),
+            flag("FILE:1: key \"echo\": expected true or false, found a string")
+        );
+        assert_eq!(
+            file_error("port = [1, 2]\n"),
+            flag("FILE:1: key \"port\": expected one value (this flag is not repeatable), found an array")
+        );
+        assert_eq!(
+            file_error("auth-token = \"\"\nmax-backlog = 1\n"),
+            flag("FILE:1: key \"auth-token\": invalid value \"\": a value is required for '--auth-token <TOKEN>' but none was supplied")
+        );
+        assert_eq!(
+            file_error("port = 1\nmax_backlog = 2\nmax-backlog = 3\n"),
+            flag("FILE:3: key \"max-backlog\": set twice (also as \"max_backlog\" on line 2)")
+        );
+        assert_eq!(
+            file_error("port = 1\n\nhost = \n"),
+            File(
+                "FILE:3: invalid TOML: string values must be quoted, expected literal string"
+                    .to_owned()
+            )
+        );
+        let Flag(secret) = file_error("log-format = \"xml\"\n") else {
+            panic!("a bad value is a flag error")
+        };
+        assert!(secret.ends_with("possible values: text, json"), "{secret}");
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let err = resolve(&[], &[("BROADCAST_ECHO", "maybe")], None).unwrap_err();
+        assert_eq!(
+            err,
+            SettingsError::Flag(
+                "environment variable BROADCAST_ECHO: invalid value \"maybe\": expected true or false".to_owned()
+            )
+        );
+        let err = resolve(&[], &[("BROADCAST_MAX_CONNECTIONS", "-1")], None).unwrap_err();
+        assert!(
+            matches!(&err, SettingsError::Flag(m) if m.starts_with("environment variable BROADCAST_MAX_CONNECTIONS: invalid value \"-1\": ")),
+            "{err:?}"
+        );
+        // Variables that are no flag are not ours to refuse (the build uses some).
+        assert!(resolve(&[], &[("BROADCAST_SKIP_WASM", "1")], None).is_ok());
+        assert!(matches!(
+            resolve(&[], &[(CONFIG_ENV, "/nonexistent/bs.toml")], None),
+            Err(SettingsError::File(m)) if m.starts_with("cannot read config file /nonexistent/bs.toml: ")
+        ));
+    }
+
+    #[test]
+    fn check_config_shows_origins_and_masks_secrets() {
+        let (m, layers) = resolve(
+            &["--port", "9"],
+            &[("BROADCAST_JWT_SECRET", "hush")],
+            Some("auth-token = \"s3cret\"\necho = true\n"),
+        )
+        .unwrap();
+        let report = check(&start_cmd(), &m, &layers).unwrap();
+        assert!(
+            !report.contains("s3cret") && !report.contains("hush"),
+            "{report}"
+        );
+        let line = |key: &str| {
+            report
+                .lines()
+                .find(|l| l.starts_with(key))
+                .unwrap_or_else(|| panic!("no {key} in {report}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(line("port ="), "port = 9 # command line");
+        assert_eq!(
+            line("jwt-secret ="),
+            "jwt-secret = \"********\" # environment BROADCAST_JWT_SECRET"
+        );
+        assert!(line("auth-token =").starts_with("auth-token = \"********\" # "));
+        assert!(line("echo =").starts_with("echo = true # ") && line("echo =").ends_with(":2"));
+        assert_eq!(line("host ="), "host = \"0.0.0.0\" # default");
+        assert_eq!(line("# workers"), "# workers (not set) # default");
+    }
+
+    /// A flag whose value is a file (as --tls-cert will be) is checked.
+    #[test]
+    fn check_config_requires_named_files_to_be_readable() {
+        let start = Command::new("start").arg(
+            Arg::new("cert")
+                .long("cert")
+                .value_parser(clap::value_parser!(PathBuf)),
+        );
+        let readable = temp_file("x");
+        for (path, ok) in [
+            (readable.clone(), true),
+            (PathBuf::from("/nonexistent/cert.pem"), false),
+            (std::env::temp_dir(), false),
+        ] {
+            let m = start
+                .clone()
+                .try_get_matches_from([
+                    OsString::from("start"),
+                    "--cert".into(),
+                    path.clone().into(),
+                ])
+                .unwrap();
+            let result = check(&start, &m, &Layers::default());
+            assert_eq!(result.is_ok(), ok, "{path:?}: {result:?}");
+            if let Err(SettingsError::File(m)) = result {
+                assert!(m.starts_with("--cert: cannot read "), "{m}");
+            }
+        }
+        std::fs::remove_file(readable).unwrap();
+    }
+
+    #[test]
+    fn urls_lose_their_password_when_shown() {
+        let start = start_cmd();
+        let port = start
+            .get_arguments()
+            .find(|a| a.get_id() == "port")
+            .unwrap();
+        assert_eq!(
+            shown(port, "redis://:pw@h:6379/0"),
+            "redis://:********@h:6379/0"
+        );
+        assert_eq!(shown(port, "redis://u:pw@h"), "redis://u:********@h");
+        assert_eq!(shown(port, "redis://h/x@y"), "redis://h/x@y");
+        assert_eq!(shown(port, "9000"), "9000");
+    }
 }
