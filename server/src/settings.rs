@@ -179,25 +179,39 @@ pub(crate) fn gather(
         ..Layers::default()
     };
     for arg in args {
+        // Every value present is checked, even one a higher layer overrides:
+        // a broken file is refused before it can bite once a flag is gone.
+        let from_file = match file.as_ref() {
+            Some(f) => match f.entries.get(long(arg)) {
+                Some(entry) => {
+                    let origin = f.origin(entry);
+                    Some((entry.value.words(arg, &origin)?, origin))
+                }
+                None => None,
+            },
+            None => None,
+        };
+        let var = env_name(arg);
+        let from_env = match env(&var) {
+            Some(value) => {
+                let origin = Origin::Env(var);
+                Some((env_words(arg, value, &origin)?, origin))
+            }
+            None => None,
+        };
+        for (words, origin) in from_file.iter().chain(&from_env) {
+            for word in words {
+                check_value(start, arg, word, origin)?;
+            }
+        }
         let id = arg.get_id().as_str();
         if cli.value_source(id) == Some(ValueSource::CommandLine) {
             continue;
         }
-        let var = env_name(arg);
-        let (words, origin) = if let Some(value) = env(&var) {
-            let origin = Origin::Env(var);
-            (env_words(arg, value, &origin)?, origin)
-        } else if let Some(entry) = file.as_ref().and_then(|f| f.entries.get(long(arg))) {
-            let origin = file.as_ref().map_or(Origin::Default, |f| f.origin(entry));
-            (entry.value.words(arg, &origin)?, origin)
-        } else {
-            continue;
-        };
-        for word in &words {
-            check_value(start, arg, word, &origin)?;
+        if let Some((words, origin)) = from_env.or(from_file) {
+            layers.words.extend(words.into_iter().map(OsString::from));
+            layers.origins.insert(id.to_owned(), origin);
         }
-        layers.words.extend(words.into_iter().map(OsString::from));
-        layers.origins.insert(id.to_owned(), origin);
     }
     Ok(layers)
 }
@@ -895,6 +909,21 @@ mod tests {
         let err = resolve(&[], &[("BROADCAST_MAX_CONNECTIONS", "-1")], None).unwrap_err();
         assert!(
             matches!(&err, SettingsError::Flag(m) if m.starts_with("environment variable BROADCAST_MAX_CONNECTIONS: invalid value \"-1\": ")),
+            "{err:?}"
+        );
+        // A bad value is refused even where a higher layer overrides it.
+        let err = resolve(&["--port", "1"], &[("BROADCAST_PORT", "x")], None).unwrap_err();
+        assert!(
+            matches!(&err, SettingsError::Flag(m) if m.starts_with("environment variable BROADCAST_PORT: ")),
+            "{err:?}"
+        );
+        let err = resolve(
+            &["--port", "1"],
+            &[("BROADCAST_PORT", "2")],
+            Some("port = \"x\"\n"),
+        );
+        assert!(
+            matches!(&err, Err(SettingsError::Flag(m)) if m.contains(": key \"port\": invalid value \"x\"")),
             "{err:?}"
         );
         // Variables that are no flag are not ours to refuse (the build uses some).
