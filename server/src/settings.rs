@@ -769,33 +769,30 @@ mod tests {
             };
             let _ = writeln!(file, "{} = {value}", long(arg));
         }
-        let (m, layers) = resolve(&[], &[], Some(&file)).unwrap();
-        for (i, (arg, value)) in samples.iter().enumerate() {
-            let id = arg.get_id().as_str();
-            assert_eq!(
-                raw(&m, id),
-                [value.clone()],
-                "--{} from the file",
-                long(arg)
-            );
-            assert!(
-                matches!(&layers.origins[id], Origin::File { line, .. } if *line == i + 1),
-                "--{}: {:?}",
-                long(arg),
-                layers.origins.get(id)
-            );
-        }
-
+        let from_file = resolve(&[], &[], Some(&file)).unwrap();
         let env: Vec<(String, String)> = samples
             .iter()
             .map(|(arg, value)| (env_name(arg), value.clone()))
             .collect();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let (m, layers) = resolve(&[], &env, None).unwrap();
-        for (arg, value) in &samples {
+        let from_env = resolve(&[], &env, None).unwrap();
+        for (i, (arg, value)) in samples.iter().enumerate() {
             let id = arg.get_id().as_str();
-            assert_eq!(raw(&m, id), [value.clone()], "--{} from the env", long(arg));
-            assert_eq!(layers.origins[id], Origin::Env(env_name(arg)));
+            for (place, (m, layers)) in [("file", &from_file), ("env", &from_env)] {
+                assert_eq!(
+                    raw(m, id),
+                    std::slice::from_ref(value),
+                    "--{} from the {place}",
+                    long(arg)
+                );
+                let origin = &layers.origins[id];
+                let right = match origin {
+                    Origin::File { line, .. } => place == "file" && *line == i + 1,
+                    Origin::Env(var) => place == "env" && *var == env_name(arg),
+                    _ => false,
+                };
+                assert!(right, "--{} from the {place}: {origin:?}", long(arg));
+            }
         }
     }
 

@@ -93,19 +93,7 @@ async fn metrics_addr_serves_metrics_there_only_and_they_move() {
 async fn a_taken_metrics_port_fails_the_start() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let run = run_to_exit(
-        &[
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-addr",
-            &addr,
-        ],
-        &[],
-    )
-    .await;
+    let run = run_start(&["--metrics-addr", &addr], &[]).await;
     assert_eq!(run.status.code(), Some(1), "{run:?}");
     assert_eq!(run.stdout, "", "{run:?}");
     let lines: Vec<&str> = run.stderr.lines().collect();

@@ -70,19 +70,7 @@ async fn a_flag_beats_the_environment_which_beats_the_file() {
 /// replaced by `FILE`), returned with the rest of stderr.
 async fn refused_config(text: &str) -> (String, String) {
     let file = TempFile::new("refused.toml", text);
-    let run = run_to_exit(
-        &[
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--config",
-            file.path(),
-        ],
-        &[],
-    )
-    .await;
+    let run = run_start(&["--config", file.path()], &[]).await;
     assert_eq!(run.status.code(), Some(2), "{run:?}");
     assert_eq!(run.stdout, "", "nothing on stdout: {run:?}");
     let stderr = run.stderr.replace(file.path(), "FILE");
@@ -140,11 +128,7 @@ async fn a_missing_config_file_is_one_line() {
 
 #[tokio::test]
 async fn a_bad_environment_variable_is_named() {
-    let run = run_to_exit(
-        &["start", "--host", "127.0.0.1", "--port", "0"],
-        &[("BROADCAST_MAX_MESSAGE_RATE", "lots")],
-    )
-    .await;
+    let run = run_start(&[], &[("BROADCAST_MAX_MESSAGE_RATE", "lots")]).await;
     assert_eq!(run.status.code(), Some(2), "{run:?}");
     assert!(
         run.stderr.starts_with(

@@ -79,15 +79,7 @@ impl Server {
 
     /// [`Server::start_exact`] with these environment variables set.
     pub(crate) async fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(server_bin())
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn broadcast-server");
+        let mut child = spawn_server(args, env);
         let (stderr, stderr_end) = drain_into(child.stderr.take().unwrap());
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
@@ -887,9 +879,9 @@ pub(crate) struct Finished {
     pub(crate) stderr: String,
 }
 
-/// Runs the binary with `args` and `env` to its exit (bounded).
-pub(crate) async fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> Finished {
-    let child = Command::new(server_bin())
+/// The binary with `args` and `env`, stdin empty, stdout and stderr piped.
+fn spawn_server(args: &[&str], env: &[(&str, &str)]) -> Child {
+    Command::new(server_bin())
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -897,8 +889,12 @@ pub(crate) async fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> Finished
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("spawn broadcast-server");
-    let out = timeout(EVENT_TIMEOUT, child.wait_with_output())
+        .expect("spawn broadcast-server")
+}
+
+/// Runs the binary with `args` and `env` to its exit (bounded).
+pub(crate) async fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> Finished {
+    let out = timeout(EVENT_TIMEOUT, spawn_server(args, env).wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("broadcast-server {args:?} did not exit"))
         .expect("wait for broadcast-server");
@@ -907,6 +903,13 @@ pub(crate) async fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> Finished
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// `start --host 127.0.0.1 --port 0 ARGS` run to its exit (bounded).
+pub(crate) async fn run_start(args: &[&str], env: &[(&str, &str)]) -> Finished {
+    let mut full = vec!["start", "--host", "127.0.0.1", "--port", "0"];
+    full.extend_from_slice(args);
+    run_to_exit(&full, env).await
 }
 
 /// A file in the temporary directory, removed when dropped.
