@@ -23,6 +23,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (WebSocket endpoint at /ws, health at /healthz, Prometheus metrics at /metrics).
+    #[command(
+        after_help = "Every flag can also be set in the --config TOML file (keys: the long flag names, e.g. \
+                      max-message-size = 1048576) or in BROADCAST_<FLAG> (e.g. BROADCAST_MAX_MESSAGE_SIZE; \
+                      lists comma-separated). Command line > environment > file > default."
+    )]
     Start(StartArgs),
     /// Connect to a server as an interactive console client.
     Connect(client_cli::ConnectArgs),
