@@ -241,6 +241,7 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   row "errors (worst run)" s1 .errors 0 worst
   row "deliveries/s" s1 .deliveries_per_s 0
   row "server CPU (% of one core)" s1 .server.cpu_run_pct 0
+  row "share of server CPU in the kernel (%)" s1 .server.cpu_run_kernel_pct 0
   row "load-test CPU (% of one core)" s1 .tool_cpu_run_pct 0
   echo
 

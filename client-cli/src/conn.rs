@@ -1,8 +1,12 @@
 //! Opening a connection: the WebSocket handshake (offering `broadcast.v1`),
 //! TLS for `wss://`, and turning failures into one readable cause.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -31,12 +35,29 @@ pub(crate) struct Connected {
 pub(crate) struct ConnectError(String);
 
 /// The TLS settings for `wss://`: rustls with the Mozilla roots (no
-/// OpenSSL). Every connection is made with the connector built here, so
-/// options such as a custom CA file belong in this one function.
-pub(crate) fn tls_connector() -> Result<Connector, ConnectError> {
-    let roots = rustls::RootCertStore {
+/// OpenSSL), plus the certificates of `ca` (a PEM file: a private CA or a
+/// self-signed server certificate). Every connection is made with the
+/// connector built here.
+pub(crate) fn tls_connector(ca: Option<&Path>) -> Result<Connector, ConnectError> {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    if let Some(ca) = ca {
+        let certs = CertificateDer::pem_file_iter(ca)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| ConnectError(format!("--ca {}: {e}", ca.display())))?;
+        if certs.is_empty() {
+            return Err(ConnectError(format!(
+                "--ca {}: no PEM certificate in the file",
+                ca.display()
+            )));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| ConnectError(format!("--ca {}: {e}", ca.display())))?;
+        }
+    }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -146,6 +167,6 @@ mod tests {
 
     #[test]
     fn tls_connector_builds() {
-        assert!(matches!(tls_connector(), Ok(Connector::Rustls(_))));
+        assert!(matches!(tls_connector(None), Ok(Connector::Rustls(_))));
     }
 }

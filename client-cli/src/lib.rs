@@ -43,6 +43,13 @@ pub struct ConnectArgs {
     /// `token` query parameter; never printed).
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// Use TLS (`wss://`) with --host/--port.
+    #[arg(long, conflicts_with = "url")]
+    pub tls: bool,
+    /// Also trust the certificates in this PEM file for `wss://` (a private
+    /// CA or a self-signed server certificate).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
     /// Only receive: do not read stdin; run until Ctrl+C, SIGINT or SIGTERM.
     #[arg(long, short = 'l')]
     pub listen: bool,
@@ -65,6 +72,10 @@ pub fn run(args: ConnectArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.tls {
+        target.display = target.display.replacen("ws://", "wss://", 1);
+        target.request = target.request.replacen("ws://", "wss://", 1);
+    }
     if let Some(token) = &args.token {
         // Only the requested URL carries it: what is shown stays secret-free.
         let sep = if target.request.contains('?') {
@@ -83,11 +94,11 @@ pub fn run(args: ConnectArgs) -> ExitCode {
     let colour = interactive
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
         && std::env::var("TERM").map_or(true, |t| t != "dumb");
-    let tls = match conn::tls_connector() {
+    let tls = match conn::tls_connector(args.ca.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(2);
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()

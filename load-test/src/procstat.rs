@@ -31,6 +31,8 @@ pub(crate) struct Sample {
     pub(crate) at: Instant,
     /// User + system CPU time, seconds.
     pub(crate) cpu_s: f64,
+    /// The system (kernel) part of `cpu_s`, seconds.
+    pub(crate) sys_s: f64,
     /// Resident memory now, KiB.
     pub(crate) rss_kib: u64,
     /// Peak resident memory so far (high-water mark), KiB.
@@ -59,10 +61,11 @@ pub(crate) fn sample(pid: Pid) -> Result<Sample> {
         .with_context(|| format!("read {}/stat", dir.display()))?;
     let status = std::fs::read_to_string(dir.join("status"))
         .with_context(|| format!("read {}/status", dir.display()))?;
-    let ticks = cpu_ticks(&stat).with_context(|| format!("parse {}/stat", dir.display()))?;
+    let (user, sys) = cpu_ticks(&stat).with_context(|| format!("parse {}/stat", dir.display()))?;
     Ok(Sample {
         at: Instant::now(),
-        cpu_s: ticks as f64 / clk_tck(),
+        cpu_s: (user + sys) as f64 / clk_tck(),
+        sys_s: sys as f64 / clk_tck(),
         rss_kib: status_kib(&status, "VmRSS").unwrap_or(0),
         hwm_kib: status_kib(&status, "VmHWM").unwrap_or(0),
     })
@@ -76,10 +79,10 @@ pub(crate) fn check(pid: u32) -> Result<()> {
     }
 }
 
-/// `utime + stime` (fields 14 and 15) of a `/proc/PID/stat` line. The command
+/// `(utime, stime)` (fields 14 and 15) of a `/proc/PID/stat` line. The command
 /// name (field 2) is in parentheses and may contain spaces or `)`, so fields
 /// are counted after the *last* `)`.
-pub(crate) fn cpu_ticks(stat: &str) -> Result<u64> {
+pub(crate) fn cpu_ticks(stat: &str) -> Result<(u64, u64)> {
     let rest = &stat[stat.rfind(')').context("no `)` after the command name")? + 1..];
     // rest starts at field 3 (state); utime is field 14, stime field 15.
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -90,7 +93,7 @@ pub(crate) fn cpu_ticks(stat: &str) -> Result<u64> {
             .parse::<u64>()
             .with_context(|| format!("field {n} is not a number"))
     };
-    Ok(field(14)? + field(15)?)
+    Ok((field(14)?, field(15)?))
 }
 
 /// A `Key:   1234 kB` line of `/proc/PID/status`, in KiB.
@@ -112,6 +115,9 @@ pub(crate) struct ServerUsage {
     pub(crate) cpu_run_s: f64,
     /// `cpu_run_s` as a percentage of one core over that wall time.
     pub(crate) cpu_run_pct: f64,
+    /// Share of `cpu_run_s` spent in the kernel (system time), percent:
+    /// how much of the server's cost is socket I/O rather than its code.
+    pub(crate) cpu_run_kernel_pct: f64,
     /// Wall time of that span.
     pub(crate) run_wall_s: f64,
     pub(crate) rss_before_kib: u64,
@@ -147,6 +153,11 @@ impl ServerUsage {
             } else {
                 0.0
             },
+            cpu_run_kernel_pct: if cpu_run_s > 0.0 {
+                100.0 * (end.sys_s - idle.sys_s).max(0.0) / cpu_run_s
+            } else {
+                0.0
+            },
             run_wall_s,
             rss_before_kib: before.rss_kib,
             rss_idle_kib: idle.rss_kib,
@@ -172,7 +183,7 @@ mod tests {
         // Field 2 contains spaces and a `)`; utime = 1234, stime = 56.
         let stat = "4242 (evil) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 56 0 0 20 0 3 0 77 1000 200 \
                     18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
-        assert_eq!(cpu_ticks(stat).unwrap(), 1290);
+        assert_eq!(cpu_ticks(stat).unwrap(), (1234, 56));
         assert!(cpu_ticks("1 (x) S 1 2").is_err());
         assert!(cpu_ticks("no parens").is_err());
     }
@@ -199,6 +210,7 @@ mod tests {
     fn usage_from_samples() {
         let t = Instant::now();
         let s = |secs: u64, cpu_s: f64, rss_kib: u64, hwm_kib: u64| Sample {
+            sys_s: cpu_s / 2.0,
             at: t + Duration::from_secs(secs),
             cpu_s,
             rss_kib,
@@ -215,6 +227,8 @@ mod tests {
         assert!((u.cpu_connect_s - 0.5).abs() < 1e-9);
         assert!((u.cpu_run_s - 5.0).abs() < 1e-9);
         assert!((u.cpu_run_pct - 50.0).abs() < 1e-9);
+        // Half of each sample's CPU is system time: 2.5 s of the 5 s.
+        assert!((u.cpu_run_kernel_pct - 50.0).abs() < 1e-9);
         assert!((u.run_wall_s - 10.0).abs() < 1e-9);
         assert_eq!(u.rss_peak_kib, 40_000);
         // 15,000 KiB over 10,000 connections = 1536 bytes each.

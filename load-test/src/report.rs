@@ -375,8 +375,8 @@ impl Report {
             row(
                 "server CPU",
                 format!(
-                    "{:.2} s over {:.1} s = {:.0}% of one core (connecting: {:.2} s); load-test {:.0}%",
-                    sv.cpu_run_s, sv.run_wall_s, sv.cpu_run_pct, sv.cpu_connect_s, self.tool_cpu_run_pct
+                    "{:.2} s over {:.1} s = {:.0}% of one core, {:.0}% of it in the kernel (connecting: {:.2} s); load-test {:.0}%",
+                    sv.cpu_run_s, sv.run_wall_s, sv.cpu_run_pct, sv.cpu_run_kernel_pct, sv.cpu_connect_s, self.tool_cpu_run_pct
                 ),
             );
             let after = sv

@@ -1,6 +1,7 @@
 //! Validated server settings, built once from the command line.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything the server needs to run, already checked.
@@ -47,6 +48,8 @@ pub struct Config {
     /// When set, `GET /metrics` is served on a listener of its own at this
     /// address (see `Server::bind_metrics`), and the main port answers 404.
     pub metrics_addr: Option<SocketAddr>,
+    /// When set, every connection speaks TLS (`wss://`, `https://`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Default of [`Config::max_message_rate`].
@@ -75,6 +78,7 @@ impl Default for Config {
             auth_token: None,
             jwt_secret: None,
             metrics_addr: None,
+            tls: None,
         }
     }
 }

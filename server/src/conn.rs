@@ -85,6 +85,9 @@ struct Outbox {
     data_bytes: usize,
     /// A flush task is running for this connection.
     flushing: bool,
+    /// Our close frame left the queue (with TLS it may still sit in the
+    /// session's buffer until that is flushed).
+    close_written: bool,
 }
 
 impl Outbox {
@@ -148,6 +151,9 @@ pub(crate) struct Conn {
     /// Position in the shard registry's member list (maintained by the registry).
     pub(crate) slot: Cell<usize>,
     writer: OwnedWriteHalf,
+    /// The TLS session, on a `--tls-cert` server (boxed: plain connections
+    /// pay one pointer).
+    tls: Option<Box<RefCell<rustls::ServerConnection>>>,
     out: RefCell<Outbox>,
     close: Cell<CloseState>,
     /// When a close we started is given up on.
@@ -166,16 +172,22 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// A connection writing to the socket's write half, through the TLS
+    /// session when there is one.
     pub(crate) fn new(
         id: ConnId,
         channel: ChannelId,
         format: Format,
         name: String,
-        writer: OwnedWriteHalf,
+        (writer, tls): (OwnedWriteHalf, Option<Box<rustls::ServerConnection>>),
         ip: Option<IpAddr>,
         rate: u32,
     ) -> Self {
         let now = Instant::now();
+        let tls = tls.map(|mut session| {
+            session.set_buffer_limit(Some(crate::tls::TLS_BUFFER));
+            Box::new(RefCell::new(*session))
+        });
         Self {
             id,
             channel,
@@ -183,6 +195,7 @@ impl Conn {
             name: name.into_boxed_str(),
             slot: Cell::new(usize::MAX),
             writer,
+            tls,
             out: RefCell::new(Outbox::default()),
             close: Cell::new(CloseState::Open),
             close_deadline: Cell::new(None),
@@ -236,7 +249,7 @@ impl Conn {
         if out.queue.is_empty() && !out.flushing {
             iov.clear();
             iov.extend(frames.iter().map(|f| IoSlice::new(f)));
-            match self.writer.try_write_vectored(iov) {
+            match self.write_wire(iov) {
                 Ok(n) => written = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => {
@@ -265,7 +278,7 @@ impl Conn {
             });
         }
         let over = out.data_bytes > max_backlog;
-        let start_flush = !out.queue.is_empty() && !out.flushing;
+        let start_flush = (!out.queue.is_empty() || self.tls_pending()) && !out.flushing;
         if start_flush {
             out.flushing = true;
         }
@@ -409,6 +422,20 @@ impl Conn {
         let mut out = self.out.borrow_mut();
         loop {
             if out.queue.is_empty() {
+                // With TLS, encrypted records may still wait for the socket.
+                match self.flush_tls() {
+                    Ok(true) => {}
+                    Ok(false) => return Flush::Pending,
+                    Err(_) => {
+                        drop(out);
+                        self.mark_broken();
+                        return Flush::Broken;
+                    }
+                }
+                if out.close_written && self.close.get() == CloseState::Queued {
+                    self.close.set(CloseState::Sent);
+                    self.wake.notify_waiters();
+                }
                 return Flush::Done;
             }
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
@@ -418,7 +445,7 @@ impl Conn {
                 iov[k] = IoSlice::new(&o.bytes[start..]);
                 k += 1;
             }
-            match self.writer.try_write_vectored(&iov[..k]) {
+            match self.write_wire(&iov[..k]) {
                 Ok(0) => {
                     drop(out);
                     self.mark_broken();
@@ -426,8 +453,7 @@ impl Conn {
                 }
                 Ok(n) => {
                     if out.consume(n) {
-                        self.close.set(CloseState::Sent);
-                        self.wake.notify_waiters();
+                        out.close_written = true;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flush::Pending,
@@ -438,6 +464,69 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Writes `iov` to the peer and returns how many of its bytes were
+    /// taken: straight to the socket, or with TLS encrypted into the
+    /// session's bounded buffer, which is then written as far as the socket
+    /// takes it. `WouldBlock` when nothing was taken.
+    fn write_wire(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        let Some(tls) = &self.tls else {
+            return self.writer.try_write_vectored(iov);
+        };
+        if !self.flush_tls()? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let mut taken = 0;
+        {
+            let mut session = tls.borrow_mut();
+            for slice in iov {
+                let n = io::Write::write(&mut session.writer(), slice)?;
+                taken += n;
+                if n < slice.len() {
+                    break;
+                }
+            }
+        }
+        // What the socket does not take now is written by the flush task.
+        self.flush_tls()?;
+        if taken == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(taken)
+    }
+
+    /// Writes the TLS session's pending records; true when none are left
+    /// (always true without TLS).
+    fn flush_tls(&self) -> io::Result<bool> {
+        let Some(tls) = &self.tls else {
+            return Ok(true);
+        };
+        let mut session = tls.borrow_mut();
+        while session.wants_write() {
+            match session.write_tls(&mut SocketWriter(&self.writer)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether TLS records are waiting for the socket.
+    fn tls_pending(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.borrow().wants_write())
+    }
+
+    /// Whether the TLS session already holds input to parse (so waiting for
+    /// the socket to become readable could wait forever).
+    fn tls_has_input(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| {
+            t.borrow_mut().process_new_packets().map_or(true, |state| {
+                state.plaintext_bytes_to_read() > 0 || state.peer_has_closed()
+            })
+        })
     }
 
     /// The socket failed: forget everything queued and wake the owner.
@@ -495,6 +584,34 @@ impl Conn {
             }
             notified.await;
         }
+    }
+}
+
+/// `std::io::Write` over the socket's write half, never blocking (what
+/// rustls writes its records to).
+struct SocketWriter<'a>(&'a OwnedWriteHalf);
+
+impl io::Write for SocketWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `std::io::Read` over the socket's read half, never blocking (what rustls
+/// reads records from).
+struct SocketReader<'a>(&'a OwnedReadHalf);
+
+impl io::Read for SocketReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
     }
 }
 
@@ -623,6 +740,11 @@ async fn linger(conn: &Conn, reader: &mut OwnedReadHalf) {
         if conn.close.get() == CloseState::Broken {
             return;
         }
+        if let Some(tls) = &conn.tls {
+            // Best effort: the WebSocket close frame is what matters.
+            tls.borrow_mut().send_close_notify();
+            let _ = conn.flush_tls();
+        }
         let _ = socket2::SockRef::from(conn.writer.as_ref()).shutdown(std::net::Shutdown::Write);
         let mut sink = [0u8; 1024];
         loop {
@@ -646,7 +768,7 @@ struct Source<'a> {
     prefix: &'a mut Bytes,
     rd: &'a mut OwnedReadHalf,
     delivered: &'a Cell<u64>,
-    conn: &'a Conn,
+    conn: &'a Rc<Conn>,
 }
 
 impl AsyncRead for Source<'_> {
@@ -668,13 +790,61 @@ impl AsyncRead for Source<'_> {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut *this.rd).poll_read(cx, buf))?;
+        match &this.conn.tls {
+            None => ready!(Pin::new(&mut *this.rd).poll_read(cx, buf))?,
+            Some(tls) => ready!(poll_read_tls(this.conn, tls, this.rd, cx, buf))?,
+        }
         let n = buf.filled().len() - before;
         if n > 0 {
             this.delivered.set(this.delivered.get() + n as u64);
             this.conn.touch();
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Reads plaintext from a TLS connection: what the session already holds,
+/// else records from the socket. Ready with nothing read means the end of
+/// the stream.
+fn poll_read_tls(
+    conn: &Rc<Conn>,
+    tls: &RefCell<rustls::ServerConnection>,
+    rd: &OwnedReadHalf,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    loop {
+        let mut session = tls.borrow_mut();
+        match io::Read::read(&mut session.reader(), buf.initialize_unfilled()) {
+            Ok(n) => {
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // The peer closed TCP without TLS close_notify: an end, too.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(())),
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+        match session.read_tls(&mut SocketReader(rd)) {
+            Ok(0) => return Poll::Ready(Ok(())),
+            Ok(_) => {
+                let processed = session.process_new_packets();
+                // An alert to send, or an answer to a key update.
+                let reply = session.wants_write();
+                drop(session);
+                if reply {
+                    conn.kick();
+                }
+                if let Err(e) = processed {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                drop(session);
+                ready!(rd.as_ref().poll_read_ready(cx))?;
+            }
+            Err(e) => return Poll::Ready(Err(e)),
+        }
     }
 }
 
@@ -696,7 +866,7 @@ async fn read_loop(
     }
     let mut message = Assembly::default();
     loop {
-        if prefix.is_empty() && readable(rd).await.is_err() {
+        if prefix.is_empty() && !conn.tls_has_input() && readable(rd).await.is_err() {
             return End::Gone;
         }
         let burst = read_burst(shard, conn, rd, &mut prefix, &mut message);

@@ -3,7 +3,8 @@
 //! upgrade (hyper + fastwebsockets' `upgrade`).
 //!
 //! After the upgrade the socket leaves hyper: it is downcast back to the
-//! `TcpStream` (keeping any bytes hyper read ahead) and adopted by the shard.
+//! `TcpStream` (or the TLS stream, split into socket and rustls session),
+//! keeping any bytes hyper read ahead, and adopted by the shard.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -36,9 +37,35 @@ fn offers_v1<B>(req: &Request<B>) -> bool {
 /// handshake timeout; this bounds slow bodies and keep-alive sessions).
 const HTTP_CONNECTION_LIMIT: Duration = Duration::from_secs(120);
 
-/// Serves HTTP on an accepted connection until it closes or upgrades.
+/// Serves HTTP on an accepted connection until it closes or upgrades; with
+/// `--tls-cert` the TLS handshake comes first (bounded by the handshake
+/// timeout, like the HTTP request).
 pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let Some(tls) = shard.config().tls.clone() else {
+        return serve_http(shard, stream, peer).await;
+    };
+    let handshake_timeout = shard.config().handshake_timeout;
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    match tokio::time::timeout(handshake_timeout, accept).await {
+        Ok(Ok(stream)) => serve_http(shard, stream, peer).await,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, cause = %e, "TLS handshake failed");
+            shard.stats().tls_failures.fetch_add(1, Ordering::Relaxed);
+            shard.http_done();
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            shard.stats().tls_failures.fetch_add(1, Ordering::Relaxed);
+            shard.http_done();
+        }
+    }
+}
+
+async fn serve_http<S>(shard: Rc<Shard>, stream: S, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let handshake_timeout = shard.config().handshake_timeout;
     let service_shard = shard.clone();
     let service = hyper::service::service_fn(move |req| {
@@ -267,18 +294,25 @@ fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, peer: SocketAddr) -> R
                 return;
             }
         };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => shard.adopt(
-                parts.io.into_inner(),
-                parts.read_buf,
-                format,
-                wanted_name,
-                ip,
-            ),
+        // The socket leaves hyper (and tokio-rustls): plain, or TLS with
+        // its session, plus what hyper had already read past the request.
+        let adopted = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => Ok((parts.io.into_inner(), None, parts.read_buf)),
+            Err(upgraded) => upgraded
+                .downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>()
+                .map(|parts| {
+                    let (tcp, session) = parts.io.into_inner().into_inner();
+                    (tcp, Some(Box::new(session)), parts.read_buf)
+                }),
+        };
+        match adopted {
+            Ok((stream, tls, read_ahead)) => {
+                shard.adopt(stream, tls, read_ahead, format, wanted_name, ip);
+            }
             Err(_) => {
                 shard.stats().connections.fetch_sub(1, Ordering::Relaxed);
                 shard.release_ip(ip);
-                tracing::error!("upgraded connection is not a TcpStream");
+                tracing::error!("upgraded connection is neither TCP nor TLS over TCP");
             }
         }
     });

@@ -36,6 +36,7 @@ mod presence;
 mod registry;
 mod shard;
 mod stats;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,6 +50,7 @@ pub use config::{
 };
 use fanout::{Fanout, Peers, ShardHandle, ShardMsg};
 use stats::Stats;
+pub use tls::server_config as tls_config;
 
 /// Pending-connection queue length asked of the kernel (capped by
 /// `net.core.somaxconn`), so that connection storms are not refused.

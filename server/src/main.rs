@@ -83,6 +83,12 @@ struct StartArgs {
     /// Require this shared secret on upgrade (`Authorization: Bearer TOKEN` or `?token=TOKEN`); otherwise 401.
     #[arg(long, value_name = "TOKEN", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     auth_token: Option<String>,
+    /// PEM certificate chain (leaf first): serve `wss://` and `https://` with rustls. Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Accept HS256 JSON Web Tokens signed with this secret, passed like --auth-token; `exp` is required. With --auth-token, either is accepted.
     #[arg(long, value_name = "SECRET", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     jwt_secret: Option<String>,
@@ -110,9 +116,14 @@ enum LogFormat {
 }
 
 impl StartArgs {
-    fn into_config(self) -> Config {
+    /// The server settings; the error is one line (a TLS file at fault).
+    fn into_config(self) -> Result<Config, String> {
         let defaults = Config::default();
-        Config {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(server::tls_config(cert, key)?),
+            _ => None,
+        };
+        Ok(Config {
             addr: SocketAddr::new(self.host, self.port),
             workers: self.workers.map_or(defaults.workers, usize::from),
             max_message_size: self.max_message_size,
@@ -132,7 +143,8 @@ impl StartArgs {
             auth_token: self.auth_token,
             jwt_secret: self.jwt_secret,
             metrics_addr: self.metrics_addr,
-        }
+            tls,
+        })
     }
 }
 
@@ -202,11 +214,22 @@ fn main() -> ExitCode {
             .transpose()
             .unwrap_or_else(|e| settings_error(e))
             .unwrap_or_default();
+        // Loading the TLS files also checks that they are a usable pair.
+        if let Err(e) = args.into_config() {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
         print!("{report}");
         return ExitCode::SUCCESS;
     }
     init_logging(args.log_format);
-    start(args.into_config())
+    match args.into_config() {
+        Ok(config) => start(config),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Installs the log subscriber: `RUST_LOG` filters (default `info`), events
@@ -293,6 +316,7 @@ fn start(config: Config) -> ExitCode {
     let addr = config.addr;
     let workers = config.workers;
     let metrics_addr = config.metrics_addr;
+    let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     let mut server = match Server::bind(config) {
         Ok(s) => s,
         Err(e) => {
@@ -323,7 +347,7 @@ fn start(config: Config) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal();
-        println!("broadcast-server listening on ws://{local}/ws");
+        println!("broadcast-server listening on {scheme}://{local}/ws");
         if let Some(metrics) = metrics_local {
             println!("broadcast-server metrics on http://{metrics}/metrics");
         }

@@ -137,6 +137,11 @@ impl Snapshot {
                     "Connections closed with 1008 for exceeding --max-message-rate",
                     get(&stats.rate_limited_closes),
                 ),
+                (
+                    "broadcast_tls_handshake_failures",
+                    "TLS handshakes that failed or timed out",
+                    get(&stats.tls_failures),
+                ),
             ],
             gauges: vec![
                 (

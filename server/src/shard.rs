@@ -294,6 +294,7 @@ impl Shard {
     pub(crate) fn adopt(
         self: &Rc<Self>,
         stream: TcpStream,
+        tls: Option<Box<rustls::ServerConnection>>,
         prefix: Bytes,
         format: Format,
         name: Option<String>,
@@ -311,7 +312,7 @@ impl Shard {
             LOBBY,
             format,
             name,
-            writer,
+            (writer, tls),
             ip,
             self.config.max_message_rate,
         ));

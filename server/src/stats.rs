@@ -41,6 +41,8 @@ pub(crate) struct Stats {
     pub(crate) refused_rate: AtomicU64,
     /// Upgrades refused because the server is shutting down.
     pub(crate) refused_draining: AtomicU64,
+    /// TLS handshakes that failed or timed out (with `--tls-cert`).
+    pub(crate) tls_failures: AtomicU64,
 }
 
 impl Stats {
@@ -62,6 +64,7 @@ impl Stats {
             refused_per_ip: AtomicU64::new(0),
             refused_rate: AtomicU64::new(0),
             refused_draining: AtomicU64::new(0),
+            tls_failures: AtomicU64::new(0),
         }
     }
 

@@ -11,5 +11,6 @@ mod limits;
 mod ops;
 mod protocol_errors;
 mod settings;
+mod tls;
 mod util;
 mod v1;

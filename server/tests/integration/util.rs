@@ -24,6 +24,8 @@ pub(crate) const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
 pub(crate) const QUIET_PERIOD: Duration = Duration::from_millis(300);
 
 const LISTEN_PREFIX: &str = "broadcast-server listening on ws://127.0.0.1:";
+/// The same with `--tls-cert`.
+const LISTEN_PREFIX_TLS: &str = "broadcast-server listening on wss://127.0.0.1:";
 
 /// The server binary under test.
 pub(crate) fn server_bin() -> &'static str {
@@ -98,7 +100,10 @@ impl Server {
             Ok(Ok(_)) => {}
         }
         let trimmed = line.trim_end_matches(['\r', '\n']);
-        let Some(rest) = trimmed.strip_prefix(LISTEN_PREFIX) else {
+        let rest = trimmed
+            .strip_prefix(LISTEN_PREFIX)
+            .or_else(|| trimmed.strip_prefix(LISTEN_PREFIX_TLS));
+        let Some(rest) = rest else {
             dump("listening line has the wrong format")
         };
         let Some(port) = rest.strip_suffix("/ws") else {
@@ -660,7 +665,7 @@ pub(crate) async fn http_raw(addr: &str, request: &[u8]) -> HttpResponse {
     parse_http(&raw)
 }
 
-fn parse_http(raw: &[u8]) -> HttpResponse {
+pub(crate) fn parse_http(raw: &[u8]) -> HttpResponse {
     let pos = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -1,0 +1,375 @@
+//! TLS (`--tls-cert`, `--tls-key`): `wss://` and `https://` with a
+//! certificate chain the test generates (a private CA and a leaf for
+//! 127.0.0.1), real rustls clients and the console client.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use futures_util::SinkExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::Connector;
+
+use crate::util::{
+    barrier, metric, parse_metrics, recv, server_bin, HttpResponse, Server, Ws, EVENT_TIMEOUT,
+};
+
+/// A private CA and a server certificate for `127.0.0.1`/`localhost`
+/// signed by it, as PEM files in a directory removed on drop.
+struct Pki {
+    dir: PathBuf,
+    ca_der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl Pki {
+    fn new(tag: &str) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = std::env::temp_dir().join(format!("bs-tls-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "broadcast-server test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf_params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
+        Pki {
+            dir,
+            ca_der: ca_cert.der().clone(),
+        }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_str().unwrap().to_owned()
+    }
+
+    /// `broadcast-server start ... --tls-cert --tls-key` plus `args`.
+    async fn server(&self, args: &[&str]) -> Server {
+        let cert = self.path("cert.pem");
+        let key = self.path("key.pem");
+        let mut all = vec!["--tls-cert", &cert, "--tls-key", &key];
+        all.extend_from_slice(args);
+        Server::start(&all).await
+    }
+
+    /// A rustls client trusting only the test CA.
+    fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
+    async fn connect(&self, server: &Server) -> Ws {
+        let url = format!("wss://127.0.0.1:{}/ws", server.port);
+        let connecting = tokio_tungstenite::connect_async_tls_with_config(
+            url.as_str(),
+            None,
+            false,
+            Some(Connector::Rustls(self.client_config())),
+        );
+        match timeout(EVENT_TIMEOUT, connecting).await {
+            Ok(Ok((ws, _))) => ws,
+            Ok(Err(e)) => panic!("connect {url}: {e}"),
+            Err(_) => panic!("connect {url}: timed out"),
+        }
+    }
+
+    async fn connect_many(&self, server: &Server, n: usize) -> Vec<Ws> {
+        let mut clients = Vec::new();
+        for _ in 0..n {
+            clients.push(self.connect(server).await);
+        }
+        barrier(&mut clients, false).await;
+        clients
+    }
+
+    /// `GET path` over HTTPS (`Connection: close`), read to the end.
+    async fn https_get(&self, server: &Server, path: &str) -> HttpResponse {
+        let connector = tokio_rustls::TlsConnector::from(self.client_config());
+        let fetch = async {
+            let tcp = TcpStream::connect(server.addr()).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                server.addr()
+            );
+            tls.write_all(req.as_bytes()).await.unwrap();
+            let mut raw = Vec::new();
+            // A peer may end TLS without close_notify after Connection: close.
+            let _ = tls.read_to_end(&mut raw).await;
+            raw
+        };
+        let raw = timeout(EVENT_TIMEOUT, fetch)
+            .await
+            .expect("HTTPS GET timed out");
+        crate::util::parse_http(&raw)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+#[tokio::test]
+async fn wss_clients_exchange_text_binary_and_large_messages() {
+    let pki = Pki::new("exchange");
+    let server = pki.server(&["--max-message-size", "4194304"]).await;
+    let mut c = pki.connect_many(&server, 3).await;
+    c[0].send(Message::text("hello over tls")).await.unwrap();
+    for ws in &mut c[1..] {
+        assert_eq!(recv(ws).await, Message::text("hello over tls"));
+    }
+    c[2].send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    for i in [0, 1] {
+        assert_eq!(recv(&mut c[i]).await, Message::binary(vec![0u8, 1, 2, 255]));
+    }
+    // Larger than the TLS buffer and the socket buffers: written in pieces.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    c[1].send(Message::binary(big.clone())).await.unwrap();
+    for i in [0, 2] {
+        match recv(&mut c[i]).await {
+            Message::Binary(b) => assert!(b[..] == big[..], "client {i}: large message corrupted"),
+            m => panic!("client {i} got {m:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn tls_reader_that_pauses_gets_every_message_in_order() {
+    let pki = Pki::new("paused");
+    let server = pki
+        .server(&["--max-backlog", "67108864", "--max-message-rate", "0"])
+        .await;
+    let mut c = pki.connect_many(&server, 2).await;
+    let (mut sender, mut reader) = {
+        let mut it = c.drain(..);
+        (it.next().unwrap(), it.next().unwrap())
+    };
+    // The reader reads nothing while 8 MB go out: the socket fills, the
+    // TLS session's buffer fills, the rest waits in the queue.
+    const N: usize = 4000;
+    let pad = "x".repeat(2000);
+    for i in 0..N {
+        sender
+            .feed(Message::text(format!("{i:05}{pad}")))
+            .await
+            .unwrap();
+    }
+    sender.flush().await.unwrap();
+    for i in 0..N {
+        let next = timeout(EVENT_TIMEOUT, crate::util::next_data(&mut reader)).await;
+        let Ok(next) = next else {
+            panic!("message {i} of {N} never arrived")
+        };
+        match next {
+            Message::Text(t) => {
+                assert_eq!(&t[..5], format!("{i:05}"), "message {i} out of order");
+                assert_eq!(t.len(), 2005, "message {i} damaged");
+            }
+            m => panic!("message {i}: got {m:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn https_serves_health_and_plain_clients_are_refused() {
+    let pki = Pki::new("https");
+    let server = pki.server(&[]).await;
+    let health = pki.https_get(&server, "/healthz").await;
+    assert_eq!(health.status, 200, "{health:?}");
+    assert!(health.body.contains("\"status\":\"ok\""), "{health:?}");
+    let page = pki.https_get(&server, "/").await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("<html"), "{page:?}");
+
+    // A plain-text client cannot talk to a TLS port; the server counts it.
+    let plain = timeout(
+        EVENT_TIMEOUT,
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", server.port)),
+    )
+    .await
+    .expect("plain connect attempt timed out");
+    assert!(plain.is_err(), "a plain ws client upgraded on a TLS port");
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let m = pki.https_get(&server, "/metrics").await;
+        assert_eq!(m.status, 200, "{m:?}");
+        let failures = metric(
+            &parse_metrics(&m.body),
+            "broadcast_tls_handshake_failures_total",
+            "",
+        );
+        if failures >= 1.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "TLS failure never counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn console_client_speaks_wss_with_a_private_ca() {
+    let pki = Pki::new("cli");
+    let server = pki.server(&[]).await;
+    let url = format!("wss://127.0.0.1:{}/ws", server.port);
+    let mut c = pki.connect_many(&server, 2).await;
+
+    // Sending: a piped console client's line reaches the wss clients.
+    let out = tokio::process::Command::new(server_bin())
+        .args(["connect", "--url", &url, "--ca", &pki.path("ca.pem")])
+        .arg("--no-reconnect")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut child = out;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"typed over wss\n")
+        .await
+        .unwrap();
+    for ws in &mut c {
+        assert_eq!(recv(ws).await, Message::text("typed over wss"));
+    }
+    let status = timeout(EVENT_TIMEOUT, child.wait())
+        .await
+        .expect("console client did not exit at end of input")
+        .unwrap();
+    assert!(status.success(), "console client exited with {status}");
+
+    // Without the CA the certificate is not trusted: one line, exit 1.
+    let refused = tokio::process::Command::new(server_bin())
+        .args(["connect", "--url", &url, "--no-reconnect", "--listen"])
+        .stdin(Stdio::null())
+        .output();
+    let refused = timeout(EVENT_TIMEOUT, refused).await.unwrap().unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.to_lowercase().contains("certificate"),
+        "stderr should name the certificate problem: {err:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_tls_files_fail_at_start_with_one_line() {
+    let pki = Pki::new("bad");
+    let run = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(server_bin())
+            .args(["start", "--host", "127.0.0.1", "--port", "0"])
+            .args(&args)
+            .stdin(Stdio::null())
+            .output();
+        timeout(EVENT_TIMEOUT, out).await.unwrap().unwrap()
+    };
+    // The key file holds no certificate.
+    let out = run(vec![
+        "--tls-cert".into(),
+        pki.path("key.pem"),
+        "--tls-key".into(),
+        pki.path("key.pem"),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line expected: {err:?}");
+    assert!(err.starts_with("error: --tls-cert "), "{err:?}");
+
+    let out = run(vec![
+        "--tls-cert".into(),
+        pki.path("cert.pem"),
+        "--tls-key".into(),
+        pki.path("missing.pem"),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: --tls-key ") && err.contains("missing.pem"),
+        "{err:?}"
+    );
+
+    // A certificate without its key is a usage error.
+    let out = run(vec!["--tls-cert".into(), pki.path("cert.pem")]).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage:"));
+}
+
+/// The TLS flags come from the config file and the environment like any
+/// other, and `--check-config` loads the pair (and names a missing file).
+#[tokio::test]
+async fn tls_files_from_the_config_file_and_the_environment() {
+    let pki = Pki::new("settings");
+    let (cert, key) = (pki.path("cert.pem"), pki.path("key.pem"));
+    let file = crate::util::TempFile::new(
+        "tls.toml",
+        &format!("tls-cert = \"{cert}\"\ntls-key = \"{key}\"\n"),
+    );
+    let server = Server::start(&["--config", file.path()]).await;
+    let mut c = vec![pki.connect(&server).await, pki.connect(&server).await];
+    barrier(&mut c, false).await;
+    let server = Server::start_env(
+        &["start", "--host", "127.0.0.1", "--port", "0"],
+        &[("BROADCAST_TLS_CERT", &cert), ("BROADCAST_TLS_KEY", &key)],
+    )
+    .await;
+    pki.connect(&server).await;
+
+    let ok = crate::util::run_start(&["--config", file.path(), "--check-config"], &[]).await;
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    assert!(
+        ok.stdout.contains(&format!("tls-cert = \"{cert}\"")),
+        "{ok:?}"
+    );
+    let missing = crate::util::TempFile::new(
+        "tls-missing.toml",
+        &format!("tls-key = \"{key}\"\ntls-cert = \"/nonexistent/cert.pem\"\n"),
+    );
+    let bad = crate::util::run_start(&["--config", missing.path(), "--check-config"], &[]).await;
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert_eq!(
+        bad.stderr.lines().collect::<Vec<_>>(),
+        [format!(
+            "error: {}:2: key \"tls-cert\": cannot read /nonexistent/cert.pem: No such file or directory (os error 2)",
+            missing.path()
+        )]
+    );
+    // A key that is not the certificate's: the check loads the pair.
+    let swapped = crate::util::TempFile::new(
+        "tls-swapped.toml",
+        &format!("tls-cert = \"{key}\"\ntls-key = \"{key}\"\n"),
+    );
+    let bad = crate::util::run_start(&["--config", swapped.path(), "--check-config"], &[]).await;
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert_eq!(bad.stderr.lines().count(), 1, "{bad:?}");
+}
