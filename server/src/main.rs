@@ -271,14 +271,6 @@ fn usage_error(e: clap::Error, note: Option<String>) -> ! {
         e.exit();
     }
     let mut text = e.render().to_string();
-    if let Some(note) = note {
-        text = format!(
-            "{}
-{note}
-",
-            text.trim_end()
-        );
-    }
     if !text.contains("Usage:") {
         // Show the usage of the subcommand that was given, if any.
         let sub = std::env::args().skip(1).find(|a| !a.starts_with('-'));
@@ -289,6 +281,10 @@ fn usage_error(e: clap::Error, note: Option<String>) -> ! {
                 .trim_end(),
             usage(sub.as_deref())
         );
+    }
+    if let Some(note) = note {
+        let at = text.find("\n\nUsage:").unwrap_or(text.len());
+        text.insert_str(at, &format!("\n{note}"));
     }
     eprint!("{text}");
     std::process::exit(2);

@@ -509,15 +509,11 @@ impl Layers {
     }
 
     /// For an error of the full parse (flags that conflict or need each
-    /// other), which of the flags it names came from the environment or the
-    /// file, so the user knows where to look.
+    /// other), which of the flags it names (in the message or its usage
+    /// line) came from the environment or the file, so the user knows where
+    /// to look.
     pub(crate) fn note_for(&self, start: &Command, e: &clap::Error) -> Option<String> {
-        let mut named = String::new();
-        for kind in [ContextKind::InvalidArg, ContextKind::PriorArg] {
-            if let Some(v) = e.get(kind) {
-                let _ = write!(named, " {v} ");
-            }
-        }
+        let named = format!("{} ", e.render());
         let notes: Vec<String> = settings_args(start)
             .filter_map(|arg| {
                 let origin = self.origins.get(arg.get_id().as_str())?;
@@ -993,6 +989,29 @@ mod tests {
             }
         }
         std::fs::remove_file(readable).unwrap();
+    }
+
+    #[test]
+    fn a_refused_combination_names_where_its_flags_came_from() {
+        let start = Command::new("start")
+            .arg(Arg::new("cert").long("cert").requires("key"))
+            .arg(Arg::new("key").long("key"))
+            .arg(Arg::new("certs").long("certs"));
+        let e = start
+            .clone()
+            .try_get_matches_from(["start", "--cert=x"])
+            .unwrap_err();
+        let mut layers = Layers::default();
+        layers
+            .origins
+            .insert("cert".into(), Origin::Env("BROADCAST_CERT".into()));
+        layers
+            .origins
+            .insert("certs".into(), Origin::Env("BROADCAST_CERTS".into()));
+        assert_eq!(
+            layers.note_for(&start, &e).as_deref(),
+            Some("note: --cert was set by environment variable BROADCAST_CERT")
+        );
     }
 
     #[test]
