@@ -42,6 +42,12 @@ pub struct Config {
     /// When set, upgrades must carry this token (`Authorization: Bearer` or
     /// the `token` query parameter) or get 401.
     pub auth_token: Option<String>,
+    /// When set, upgrades may (or, without `auth_token`, must) carry an
+    /// HS256 JSON Web Token signed with this secret, passed like the token.
+    pub jwt_secret: Option<String>,
+    /// When set, `GET /metrics` is served on a listener of its own at this
+    /// address (see `Server::bind_metrics`), and the main port answers 404.
+    pub metrics_addr: Option<SocketAddr>,
     /// When set, every connection speaks TLS (`wss://`, `https://`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// With `--redis`: the Redis server and channel that join this node to
@@ -73,6 +79,8 @@ impl Default for Config {
             max_new_connections_per_sec: DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
             allowed_origins: Vec::new(),
             auth_token: None,
+            jwt_secret: None,
+            metrics_addr: None,
             tls: None,
             cluster: None,
         }

@@ -129,7 +129,8 @@ fn route(shard: &Rc<Shard>, req: Request<Incoming>, peer: SocketAddr) -> Respons
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         return res;
     }
-    if path == METRICS_PATH {
+    // With --metrics-addr the metrics are served there only (404 here).
+    if path == METRICS_PATH && shard.config().metrics_addr.is_none() {
         if !get {
             return method_not_allowed();
         }
@@ -201,28 +202,26 @@ fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, peer: SocketAddr) -> R
             "origin not allowed\n",
         );
     }
-    if let Some(expected) = &shard.config().auth_token {
-        let query_token = req
-            .uri()
-            .query()
-            .and_then(|q| protocol::v1::query_param(q, "token"))
-            .flatten();
-        if !crate::access::token_ok(
-            expected,
-            text(hyper::header::AUTHORIZATION),
-            query_token.as_deref(),
-        ) {
-            let mut res = respond(
-                StatusCode::UNAUTHORIZED,
-                "text/plain; charset=utf-8",
-                "missing or wrong token\n",
-            );
-            res.headers_mut().insert(
-                hyper::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            );
-            return res;
-        }
+    let query_token = req
+        .uri()
+        .query()
+        .and_then(|q| protocol::v1::query_param(q, "token"))
+        .flatten();
+    if !crate::access::authorized(
+        shard.config(),
+        text(hyper::header::AUTHORIZATION),
+        query_token.as_deref(),
+    ) {
+        let mut res = respond(
+            StatusCode::UNAUTHORIZED,
+            "text/plain; charset=utf-8",
+            "missing or wrong token\n",
+        );
+        res.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+        return res;
     }
     let wanted_name = match req
         .uri()

@@ -20,7 +20,9 @@
 //!   count and a server-wide new-connection token bucket (503 when over).
 //! - `/metrics` (`metrics`) encodes the `Stats` atomics and each shard's own
 //!   counters and latency histogram at scrape time; shards update their
-//!   counters once per dispatch batch, never per delivery.
+//!   counters once per dispatch batch, never per delivery. With
+//!   `metrics_addr` it is served only on a listener of its own, by a task on
+//!   the caller's runtime.
 
 mod access;
 mod assets;
@@ -61,6 +63,8 @@ const LISTEN_BACKLOG: i32 = 4096;
 pub struct Server {
     listener: std::net::TcpListener,
     config: Config,
+    /// The `--metrics-addr` listener, once [`Server::bind_metrics`] bound it.
+    metrics_listener: Option<std::net::TcpListener>,
 }
 
 impl Server {
@@ -85,7 +89,24 @@ impl Server {
         Ok(Self {
             listener: socket.into(),
             config,
+            metrics_listener: None,
         })
+    }
+
+    /// Binds [`Config::metrics_addr`], if set, and returns the address
+    /// actually bound; [`Server::run`] then serves `/metrics` there.
+    ///
+    /// # Errors
+    /// The address is taken, not local, or not permitted.
+    pub fn bind_metrics(&mut self) -> std::io::Result<Option<SocketAddr>> {
+        let Some(addr) = self.config.metrics_addr else {
+            return Ok(None);
+        };
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let local = listener.local_addr()?;
+        self.metrics_listener = Some(listener);
+        Ok(Some(local))
     }
 
     /// The address actually bound (with the kernel's port when asked for 0).
@@ -152,6 +173,15 @@ impl Server {
             // Connections wait in the listen queue meanwhile.
             cluster.wait_up(Duration::from_secs(3)).await;
         }
+        let metrics_server = match self.metrics_listener {
+            Some(listener) => Some(tokio::spawn(metrics::serve(
+                tokio::net::TcpListener::from_std(listener)?,
+                stats.clone(),
+                handles.clone(),
+                config.workers,
+            ))),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::from_std(self.listener)?;
         tokio::pin!(shutdown);
         loop {
@@ -195,6 +225,9 @@ impl Server {
         })
         .await
         .ok();
+        if let Some(task) = metrics_server {
+            task.abort();
+        }
         tracing::info!(
             messages = stats.messages_in.load(Ordering::Relaxed),
             connections = stats.connections_total.load(Ordering::Relaxed),

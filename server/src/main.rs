@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use server::{Config, Server};
 
+mod settings;
+
 /// A WebSocket broadcast server: every message a client sends reaches every
 /// other connected client.
 #[derive(Debug, Parser)]
@@ -21,6 +23,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (WebSocket endpoint at /ws, health at /healthz, Prometheus metrics at /metrics).
+    #[command(
+        after_help = "Every flag can also be set in the --config TOML file (keys: the long flag names, e.g. \
+                      max-message-size = 1048576) or in BROADCAST_<FLAG> (e.g. BROADCAST_MAX_MESSAGE_SIZE; \
+                      lists comma-separated). Command line > environment > file > default."
+    )]
     Start(StartArgs),
     /// Connect to a server as an interactive console client.
     Connect(client_cli::ConnectArgs),
@@ -89,6 +96,30 @@ struct StartArgs {
     #[arg(long, value_name = "NAME", default_value = server::DEFAULT_CHANNEL, requires = "redis",
           value_parser = clap::builder::NonEmptyStringValueParser::new())]
     redis_channel: String,
+    /// Accept HS256 JSON Web Tokens signed with this secret, passed like --auth-token; `exp` is required. With --auth-token, either is accepted.
+    #[arg(long, value_name = "SECRET", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    jwt_secret: Option<String>,
+    /// Serve GET /metrics on this address only (e.g. 127.0.0.1:9100); the main port's /metrics then answers 404.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Log format on standard error (RUST_LOG filters either).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Read settings from this TOML file (keys: the long flag names); flags and BROADCAST_* variables win over it [env: BROADCAST_CONFIG].
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    config: Option<std::path::PathBuf>,
+    /// Check the settings (flags, environment, config file, files they name), print the effective ones and exit, without listening.
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// How log events are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON formatter).
+    Json,
 }
 
 impl StartArgs {
@@ -121,6 +152,8 @@ impl StartArgs {
                 url,
                 channel: self.redis_channel,
             }),
+            jwt_secret: self.jwt_secret,
+            metrics_addr: self.metrics_addr,
             tls,
         })
     }
@@ -148,22 +181,59 @@ fn go_style(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsS
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse_from(go_style(std::env::args_os())) {
-        Ok(cli) => cli,
-        Err(e) => usage_error(e),
+    use clap::{CommandFactory, FromArgMatches};
+    let argv = go_style(std::env::args_os());
+    let mut cmd = Cli::command();
+    let matches = cmd
+        .try_get_matches_from_mut(&argv)
+        .unwrap_or_else(|e| usage_error(e, None));
+    match Cli::from_arg_matches(&matches) {
+        Ok(Cli {
+            command: Command::Connect(args),
+        }) => return client_cli::run(args),
+        Ok(_) => {}
+        Err(e) => usage_error(e, None),
+    }
+    // The flags the command line left out, from the environment and the
+    // config file, are appended as flags and everything is parsed again.
+    let Some(start_cmd) = cmd.find_subcommand("start").cloned() else {
+        unreachable!("start is a subcommand");
     };
-    let args = match cli.command {
-        Command::Start(args) => args,
-        Command::Connect(args) => return client_cli::run(args),
+    let layers = matches
+        .subcommand_matches("start")
+        .map(|cli| settings::gather(&start_cmd, cli, &|var| std::env::var_os(var)))
+        .transpose()
+        .unwrap_or_else(|e| settings_error(e))
+        .unwrap_or_default();
+    let mut full = argv;
+    full.extend(layers.words.iter().cloned());
+    let matches = cmd.try_get_matches_from_mut(&full).unwrap_or_else(|e| {
+        let note = layers.note_for(&start_cmd, &e);
+        usage_error(e, note)
+    });
+    let args = match Cli::from_arg_matches(&matches) {
+        Ok(Cli {
+            command: Command::Start(args),
+        }) => args,
+        Ok(_) => unreachable!("the same command line parsed as start before"),
+        Err(e) => usage_error(e, None),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if args.check_config {
+        let report = matches
+            .subcommand_matches("start")
+            .map(|m| settings::check(&start_cmd, m, &layers))
+            .transpose()
+            .unwrap_or_else(|e| settings_error(e))
+            .unwrap_or_default();
+        // Loading the TLS files also checks that they are a usable pair.
+        if let Err(e) = args.into_config() {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        print!("{report}");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(args.log_format);
     match args.into_config() {
         Ok(config) => start(config),
         Err(e) => {
@@ -173,9 +243,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// Installs the log subscriber: `RUST_LOG` filters (default `info`), events
+/// go to standard error as text (coloured on a terminal) or JSON lines.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The usage of subcommand `sub` (or of the whole command).
+fn usage(sub: Option<&str>) -> clap::builder::StyledStr {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    cmd.build();
+    match sub.and_then(|s| cmd.find_subcommand_mut(s)) {
+        Some(sub) => sub.render_usage(),
+        None => cmd.render_usage(),
+    }
+}
+
 /// Prints a command-line error with the usage (clap leaves the usage out of
 /// some errors, such as a bad value) and exits: 2 for errors, 0 for `--help`.
-fn usage_error(e: clap::Error) -> ! {
+/// `note` (which flags came from the environment or the file) goes before
+/// the usage.
+fn usage_error(e: clap::Error, note: Option<String>) -> ! {
     use clap::error::ErrorKind;
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
         || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
@@ -184,23 +283,34 @@ fn usage_error(e: clap::Error) -> ! {
     }
     let mut text = e.render().to_string();
     if !text.contains("Usage:") {
-        use clap::CommandFactory;
-        let mut cmd = Cli::command();
-        cmd.build();
         // Show the usage of the subcommand that was given, if any.
         let sub = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-        let usage = match sub.as_deref().and_then(|s| cmd.find_subcommand_mut(s)) {
-            Some(sub) => sub.render_usage(),
-            None => cmd.render_usage(),
-        };
         text = format!(
-            "{}\n\n{usage}\n\nFor more information, try '--help'.\n",
+            "{}\n\n{}\n\nFor more information, try '--help'.\n",
             text.trim_end()
                 .trim_end_matches("For more information, try '--help'.")
-                .trim_end()
+                .trim_end(),
+            usage(sub.as_deref())
         );
     }
+    if let Some(note) = note {
+        let at = text.find("\n\nUsage:").unwrap_or(text.len());
+        text.insert_str(at, &format!("\n{note}"));
+    }
     eprint!("{text}");
+    std::process::exit(2);
+}
+
+/// Prints a settings error (with `start`'s usage when a key or value is
+/// wrong) and exits with 2.
+fn settings_error(e: settings::SettingsError) -> ! {
+    match e {
+        settings::SettingsError::Flag(message) => eprint!(
+            "error: {message}\n\n{}\n\nFor more information, try '--help'.\n",
+            usage(Some("start"))
+        ),
+        settings::SettingsError::File(message) => eprintln!("error: {message}"),
+    }
     std::process::exit(2);
 }
 
@@ -218,11 +328,22 @@ fn start(config: Config) -> ExitCode {
     }
     let addr = config.addr;
     let workers = config.workers;
+    let metrics_addr = config.metrics_addr;
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
-    let server = match Server::bind(config) {
+    let mut server = match Server::bind(config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: cannot listen on {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Bound before anything is printed, so a taken metrics port fails the
+    // start like a taken main port.
+    let metrics_local = match server.bind_metrics() {
+        Ok(local) => local,
+        Err(e) => {
+            let at = metrics_addr.map(|a| a.to_string()).unwrap_or_default();
+            eprintln!("error: cannot listen on {at}: {e}");
             return ExitCode::from(1);
         }
     };
@@ -240,6 +361,9 @@ fn start(config: Config) -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal();
         println!("broadcast-server listening on {scheme}://{local}/ws");
+        if let Some(metrics) = metrics_local {
+            println!("broadcast-server metrics on http://{metrics}/metrics");
+        }
         let _ = std::io::stdout().flush();
         tracing::info!(%local, workers, "listening");
         server.run(shutdown).await

@@ -293,3 +293,63 @@ pub(crate) fn render(stats: &Stats, shards: &[Arc<ShardHandle>], workers: usize)
     }
     out
 }
+
+/// How long a metrics connection may take to send its request head.
+const SCRAPE_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a metrics connection may stay open (scrapers keep them alive).
+const SCRAPE_CONNECTION_LIMIT: Duration = Duration::from_secs(300);
+
+/// Serves `GET /metrics` (anything else: 404) on the `--metrics-addr`
+/// listener until the task is aborted. Runs on the acceptor's runtime,
+/// away from the shards: a scrape never delays client traffic.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    stats: Arc<Stats>,
+    shards: Vec<Arc<ShardHandle>>,
+    workers: usize,
+) {
+    use hyper::{Method, Response, StatusCode};
+    let state = Arc::new((stats, shards));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                tracing::debug!(cause = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+            let state = state.clone();
+            async move {
+                let (status, content_type, body) = match (req.method(), req.uri().path()) {
+                    (&Method::GET | &Method::HEAD, "/metrics") => (
+                        StatusCode::OK,
+                        CONTENT_TYPE,
+                        render(&state.0, &state.1, workers),
+                    ),
+                    _ => (
+                        StatusCode::NOT_FOUND,
+                        "text/plain; charset=utf-8",
+                        "not found\n".to_owned(),
+                    ),
+                };
+                Response::builder()
+                    .status(status)
+                    .header(hyper::header::CONTENT_TYPE, content_type)
+                    .header(hyper::header::CACHE_CONTROL, "no-store")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(SCRAPE_HEADER_TIMEOUT)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = tokio::time::timeout(SCRAPE_CONNECTION_LIMIT, connection).await {
+                tracing::trace!(cause = %e, "metrics connection ended");
+            }
+        });
+    }
+}

@@ -3,5 +3,6 @@
 //! (`connect`), on loopback ports chosen by the kernel.
 
 mod interactive;
+mod jwt;
 mod plain;
 mod util;

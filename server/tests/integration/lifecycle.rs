@@ -1,13 +1,11 @@
 //! Command line, startup errors, graceful shutdown, keepalive and the
 //! handshake deadline.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::Command;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -16,23 +14,8 @@ use crate::util::*;
 /// Runs the binary with `args` to completion (bounded) and returns
 /// (exit code, stdout, stderr).
 async fn run_to_exit(args: &[&str]) -> (Option<i32>, String, String) {
-    let child = Command::new(server_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn broadcast-server");
-    let out = timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{args:?} did not exit within 10 s"))
-        .expect("wait for broadcast-server");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let run = crate::util::run_to_exit(args, &[]).await;
+    (run.status.code(), run.stdout, run.stderr)
 }
 
 async fn assert_usage_error(args: &[&str]) {

@@ -357,3 +357,52 @@ async fn tls_client_that_never_reads_is_closed_as_slow_while_others_get_everythi
     };
     assert_eq!(code, 1013, "slow consumer close code");
 }
+
+/// The TLS flags come from the config file and the environment like any
+/// other, and `--check-config` loads the pair (and names a missing file).
+#[tokio::test]
+async fn tls_files_from_the_config_file_and_the_environment() {
+    let pki = Pki::new("settings");
+    let (cert, key) = (pki.path("cert.pem"), pki.path("key.pem"));
+    let file = crate::util::TempFile::new(
+        "tls.toml",
+        &format!("tls-cert = \"{cert}\"\ntls-key = \"{key}\"\n"),
+    );
+    let server = Server::start(&["--config", file.path()]).await;
+    let mut c = vec![pki.connect(&server).await, pki.connect(&server).await];
+    barrier(&mut c, false).await;
+    let server = Server::start_env(
+        &["start", "--host", "127.0.0.1", "--port", "0"],
+        &[("BROADCAST_TLS_CERT", &cert), ("BROADCAST_TLS_KEY", &key)],
+    )
+    .await;
+    pki.connect(&server).await;
+
+    let ok = crate::util::run_start(&["--config", file.path(), "--check-config"], &[]).await;
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    assert!(
+        ok.stdout.contains(&format!("tls-cert = \"{cert}\"")),
+        "{ok:?}"
+    );
+    let missing = crate::util::TempFile::new(
+        "tls-missing.toml",
+        &format!("tls-key = \"{key}\"\ntls-cert = \"/nonexistent/cert.pem\"\n"),
+    );
+    let bad = crate::util::run_start(&["--config", missing.path(), "--check-config"], &[]).await;
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert_eq!(
+        bad.stderr.lines().collect::<Vec<_>>(),
+        [format!(
+            "error: {}:2: key \"tls-cert\": cannot read /nonexistent/cert.pem: No such file or directory (os error 2)",
+            missing.path()
+        )]
+    );
+    // A key that is not the certificate's: the check loads the pair.
+    let swapped = crate::util::TempFile::new(
+        "tls-swapped.toml",
+        &format!("tls-cert = \"{key}\"\ntls-key = \"{key}\"\n"),
+    );
+    let bad = crate::util::run_start(&["--config", swapped.path(), "--check-config"], &[]).await;
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert_eq!(bad.stderr.lines().count(), 1, "{bad:?}");
+}

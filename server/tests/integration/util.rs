@@ -32,13 +32,15 @@ pub(crate) fn server_bin() -> &'static str {
     env!("CARGO_BIN_EXE_broadcast-server")
 }
 
-/// Collects everything a child writes on one pipe, for diagnostics.
-fn drain_into<R>(mut pipe: R) -> Arc<Mutex<Vec<u8>>>
+/// Collects everything a child writes on one pipe, for diagnostics; the
+/// receiver resolves at the pipe's end.
+fn drain_into<R>(mut pipe: R) -> (Arc<Mutex<Vec<u8>>>, tokio::sync::oneshot::Receiver<()>)
 where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
 {
     let sink = Arc::new(Mutex::new(Vec::new()));
     let out = sink.clone();
+    let (done, ended) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let mut buf = [0u8; 4096];
         loop {
@@ -47,8 +49,9 @@ where
                 Ok(n) => out.lock().unwrap().extend_from_slice(&buf[..n]),
             }
         }
+        let _ = done.send(());
     });
-    sink
+    (sink, ended)
 }
 
 /// A running `broadcast-server`, killed when dropped.
@@ -56,6 +59,10 @@ pub(crate) struct Server {
     child: Child,
     pub(crate) port: u16,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// Resolves when the server's stderr has ended.
+    stderr_end: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Standard output lines after the "listening" one.
+    stdout: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 impl Server {
@@ -69,15 +76,13 @@ impl Server {
 
     /// Runs the binary with exactly `args` and waits for the "listening" line.
     pub(crate) async fn start_exact(args: &[&str]) -> Server {
-        let mut child = Command::new(server_bin())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn broadcast-server");
-        let stderr = drain_into(child.stderr.take().unwrap());
+        Self::start_env(args, &[]).await
+    }
+
+    /// [`Server::start_exact`] with these environment variables set.
+    pub(crate) async fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut child = spawn_server(args, env);
+        let (stderr, stderr_end) = drain_into(child.stderr.take().unwrap());
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         let read = timeout(Duration::from_secs(10), stdout.read_line(&mut line)).await;
@@ -108,12 +113,30 @@ impl Server {
             Ok(p) if p != 0 => p,
             _ => dump("listening line has no valid port"),
         };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        let _ = drain_into(stdout);
+        // Keep reading stdout so the server never blocks on a full pipe.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = stdout.lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
         Server {
             child,
             port,
             stderr,
+            stderr_end: Some(stderr_end),
+            stdout: rx,
+        }
+    }
+
+    /// The next line the server prints on standard output after the
+    /// "listening" one.
+    pub(crate) async fn stdout_line(&mut self) -> String {
+        match timeout(EVENT_TIMEOUT, self.stdout.recv()).await {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("server stdout ended; stderr:\n{}", self.stderr()),
+            Err(_) => panic!("no stdout line in time; stderr:\n{}", self.stderr()),
         }
     }
 
@@ -127,6 +150,16 @@ impl Server {
 
     pub(crate) fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Everything the server wrote on stderr, once it has exited and the
+    /// pipe has ended.
+    pub(crate) async fn stderr_to_end(&mut self) -> String {
+        self.wait_exit(EVENT_TIMEOUT).await;
+        if let Some(end) = self.stderr_end.take() {
+            let _ = timeout(EVENT_TIMEOUT, end).await;
+        }
+        self.stderr()
     }
 
     /// Sends a signal by name ("TERM", "INT") with the `kill` utility.
@@ -840,5 +873,73 @@ impl Server {
         let resp = self.http_get("/healthz").await;
         json_number(&resp.body, key)
             .unwrap_or_else(|| panic!("no {key} in /healthz body {:?}", resp.body))
+    }
+}
+
+/// What a `broadcast-server` run that is expected to end by itself printed.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+/// The binary with `args` and `env`, stdin empty, stdout and stderr piped.
+fn spawn_server(args: &[&str], env: &[(&str, &str)]) -> Child {
+    Command::new(server_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn broadcast-server")
+}
+
+/// Runs the binary with `args` and `env` to its exit (bounded).
+pub(crate) async fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> Finished {
+    let out = timeout(EVENT_TIMEOUT, spawn_server(args, env).wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("broadcast-server {args:?} did not exit"))
+        .expect("wait for broadcast-server");
+    Finished {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `start --host 127.0.0.1 --port 0 ARGS` run to its exit (bounded).
+pub(crate) async fn run_start(args: &[&str], env: &[(&str, &str)]) -> Finished {
+    let mut full = vec!["start", "--host", "127.0.0.1", "--port", "0"];
+    full.extend_from_slice(args);
+    run_to_exit(&full, env).await
+}
+
+/// A file in the temporary directory, removed when dropped.
+pub(crate) struct TempFile(pub(crate) std::path::PathBuf);
+
+impl TempFile {
+    /// Writes `text` to a new file whose name includes `tag`.
+    pub(crate) fn new(tag: &str, text: &str) -> TempFile {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "bs-test-{}-{tag}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&path, text).expect("write temp file");
+        TempFile(path)
+    }
+
+    pub(crate) fn path(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temp path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
