@@ -38,6 +38,18 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     apt_install nodejs npm
 fi
 
+if ! command -v openssl >/dev/null; then
+    echo "== installing openssl"
+    apt_install openssl
+fi
+# A self-signed certificate for the https:// / wss:// step.
+tls_dir=$(mktemp -d)
+trap 'rm -rf "$tls_dir"' EXIT
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$tls_dir/key.pem" -out "$tls_dir/cert.pem" 2>/dev/null
+export E2E_TLS_DIR=$tls_dir
+
 echo "== npm ci (client-web/e2e)"
 (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
 
@@ -57,4 +69,4 @@ fi
 echo "== set-up took $(( $(date +%s) - start )) s"
 
 echo "== browser test ($server)"
-exec node "$here/test.mjs" "$server"
+node "$here/test.mjs" "$server"

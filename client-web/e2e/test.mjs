@@ -83,7 +83,7 @@ function startServer(port = 0, extra = []) {
     }, WAIT_MS);
     proc.stdout.on("data", (d) => {
       out += d;
-      const m = out.match(/broadcast-server listening on ws:\/\/127\.0\.0\.1:(\d+)\/ws/);
+      const m = out.match(/broadcast-server listening on wss?:\/\/127\.0\.0\.1:(\d+)\/ws/);
       if (m) {
         clearTimeout(timer);
         resolve({ proc, port: Number(m[1]) });
@@ -119,9 +119,10 @@ function stopServer(proc, signal = "SIGTERM") {
 // ---------------------------------------------------------------- plain WebSocket clients
 
 /** A plain (raw, no subprotocol) client that records what it receives. */
-function plainClient(port) {
+function plainClient(port, scheme = "ws") {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`);
+    // The TLS test's certificate is self-signed: not verified here.
+    const ws = new WebSocket(`${scheme}://127.0.0.1:${port}/ws`, { rejectUnauthorized: false });
     const received = [];
     ws.on("message", (data, isBinary) => received.push(isBinary ? data : data.toString()));
     ws.once("open", () => resolve({ ws, received }));
@@ -131,11 +132,13 @@ function plainClient(port) {
 
 // ---------------------------------------------------------------- page helpers
 
-async function newPage(browser, url, name, viewport = { width: 1280, height: 800 }) {
-  const context = await browser.newContext({ viewport });
+async function newPage(browser, url, name, viewport = { width: 1280, height: 800 }, contextOptions = {}) {
+  const context = await browser.newContext({ viewport, ...contextOptions });
   const page = await context.newPage();
   page.dialogs = [];
   page.problems = [];
+  page.sockets = [];
+  page.on("websocket", (ws) => page.sockets.push(ws.url()));
   page.on("dialog", async (d) => {
     page.dialogs.push(d.message());
     await d.dismiss();
@@ -395,7 +398,25 @@ async function main() {
   await waitText(tokenPage, "#online", "1 online");
   log("the page passes its ?token= to a server started with --auth-token");
 
-  const problems = [...alice.problems, ...bob.problems, ...phone.problems];
+  // Over TLS: the page served by https:// connects with wss:// to its own host and port.
+  const tlsDir = process.env.E2E_TLS_DIR;
+  check(tlsDir, "E2E_TLS_DIR (set by run.sh) names the test certificate's directory");
+  const secure = await startServer(0, ["--tls-cert", `${tlsDir}/cert.pem`, "--tls-key", `${tlsDir}/key.pem`]);
+  cleanups.push(() => secure.proc.kill("SIGKILL"));
+  const tlsPage = await newPage(browser, `https://127.0.0.1:${secure.port}/`, "tls", undefined, { ignoreHTTPSErrors: true });
+  await join(tlsPage, "erin");
+  await waitText(tlsPage, "#online", "1 online");
+  const tlsPlain = await plainClient(secure.port, "wss");
+  cleanups.push(() => tlsPlain.ws.terminate());
+  await say(tlsPage, "over tls");
+  await until(() => tlsPlain.received.includes("over tls"), "a wss client gets the https page's message");
+  check(
+    tlsPage.sockets.length > 0 && tlsPage.sockets.every((u) => u.startsWith(`wss://127.0.0.1:${secure.port}/ws`)),
+    `the https page uses wss:// (${tlsPage.sockets.join(", ")})`,
+  );
+  log("over https the page connects with wss:// and messages flow");
+
+  const problems = [...alice.problems, ...bob.problems, ...phone.problems, ...tlsPage.problems];
   check(problems.length === 0, `no console errors or failed requests:\n  ${problems.join("\n  ")}`);
   check(alice.dialogs.length === 0 && bob.dialogs.length === 0, "no dialogs at all");
 
