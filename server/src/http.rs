@@ -196,6 +196,7 @@ fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, peer: SocketAddr) -> R
         text(hyper::header::ORIGIN),
         text(hyper::header::HOST),
     ) {
+        shard.stats().refused_origin.fetch_add(1, Ordering::Relaxed);
         return respond(
             StatusCode::FORBIDDEN,
             "text/plain; charset=utf-8",
@@ -212,6 +213,7 @@ fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, peer: SocketAddr) -> R
         text(hyper::header::AUTHORIZATION),
         query_token.as_deref(),
     ) {
+        shard.stats().refused_auth.fetch_add(1, Ordering::Relaxed);
         let mut res = respond(
             StatusCode::UNAUTHORIZED,
             "text/plain; charset=utf-8",

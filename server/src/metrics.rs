@@ -194,6 +194,8 @@ impl Snapshot {
                 ("max_connections_per_ip", get(&stats.refused_per_ip)),
                 ("new_connection_rate", get(&stats.refused_rate)),
                 ("shutting_down", get(&stats.refused_draining)),
+                ("origin", get(&stats.refused_origin)),
+                ("unauthorized", get(&stats.refused_auth)),
             ],
             shard_connections: shards
                 .iter()
@@ -239,7 +241,7 @@ impl Collector for Snapshot {
         }
         let mut refused = encoder.encode_descriptor(
             "broadcast_upgrades_refused",
-            "WebSocket upgrades refused with 503, by reason",
+            "WebSocket upgrades refused, by reason (503 for limits and shutdown, 403 origin, 401 unauthorized)",
             None,
             MetricType::Counter,
         )?;

@@ -41,6 +41,10 @@ pub(crate) struct Stats {
     pub(crate) refused_rate: AtomicU64,
     /// Upgrades refused because the server is shutting down.
     pub(crate) refused_draining: AtomicU64,
+    /// Upgrades refused with 403: a browser `Origin` not allowed.
+    pub(crate) refused_origin: AtomicU64,
+    /// Upgrades refused with 401: missing or wrong credentials.
+    pub(crate) refused_auth: AtomicU64,
     /// TLS handshakes that failed or timed out (with `--tls-cert`).
     pub(crate) tls_failures: AtomicU64,
     /// The Redis relay's link state and counters (`--redis`).
@@ -66,6 +70,8 @@ impl Stats {
             refused_per_ip: AtomicU64::new(0),
             refused_rate: AtomicU64::new(0),
             refused_draining: AtomicU64::new(0),
+            refused_origin: AtomicU64::new(0),
+            refused_auth: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
             cluster: crate::cluster::ClusterStats::default(),
         }

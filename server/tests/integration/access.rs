@@ -5,7 +5,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
-use crate::util::{Server, EVENT_TIMEOUT};
+use crate::util::{metric, Server, EVENT_TIMEOUT};
 
 /// Tries an upgrade of `url` with extra headers; `Ok(())` when it succeeds,
 /// the refusal's HTTP status otherwise.
@@ -45,6 +45,16 @@ async fn cross_site_origins_are_refused_by_default() {
         Err(403)
     );
     assert_eq!(try_upgrade(&url, &[("Origin", "null")]).await, Err(403));
+    assert_eq!(refused(&server, "origin").await, 2.0);
+}
+
+/// `broadcast_upgrades_refused_total{reason}` from `/metrics`.
+async fn refused(server: &Server, reason: &str) -> f64 {
+    metric(
+        &server.metrics().await,
+        "broadcast_upgrades_refused_total",
+        &format!("reason=\"{reason}\""),
+    )
 }
 
 #[tokio::test]
@@ -95,4 +105,6 @@ async fn a_token_is_required_when_configured() {
     );
     // Plain HTTP stays open (health checks need no token).
     assert_eq!(server.http_get("/healthz").await.status, 200);
+    assert_eq!(refused(&server, "unauthorized").await, 3.0);
+    assert_eq!(refused(&server, "origin").await, 0.0);
 }
