@@ -34,14 +34,20 @@ pub(crate) struct Connected {
 #[error("{0}")]
 pub(crate) struct ConnectError(String);
 
-/// The TLS settings for `wss://`: rustls with the Mozilla roots (no
-/// OpenSSL), plus the certificates of `ca` (a PEM file: a private CA or a
-/// self-signed server certificate). Every connection is made with the
-/// connector built here.
+/// The TLS settings for `wss://`: rustls (no OpenSSL) trusting the
+/// system's certificate store (`/etc/ssl/certs` and the like, so a CA the
+/// administrator installed works), the Mozilla roots built in (so a machine
+/// without a store still reaches public servers), and the certificates of
+/// `ca` (a PEM file: a private CA or a self-signed server certificate).
+/// Every connection is made with the connector built here.
 pub(crate) fn tls_connector(ca: Option<&Path>) -> Result<Connector, ConnectError> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    // Unreadable or unparsable system certificates are skipped: the
+    // built-in roots and --ca still apply.
+    let system = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(system.certs);
     if let Some(ca) = ca {
         let certs = CertificateDer::pem_file_iter(ca)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())

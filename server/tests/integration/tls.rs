@@ -279,6 +279,31 @@ async fn console_client_speaks_wss_with_a_private_ca() {
         err.to_lowercase().contains("certificate"),
         "stderr should name the certificate problem: {err:?}"
     );
+
+    // A CA in the system's trust store is trusted without --ca
+    // (SSL_CERT_FILE points the store at a file, as OpenSSL does).
+    let mut child = tokio::process::Command::new(server_bin())
+        .args(["connect", "--url", &url, "--no-reconnect"])
+        .env("SSL_CERT_FILE", pki.path("ca.pem"))
+        .env_remove("SSL_CERT_DIR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"trusted by the system store\n")
+        .await
+        .unwrap();
+    for ws in &mut c {
+        assert_eq!(recv(ws).await, Message::text("trusted by the system store"));
+    }
+    let status = timeout(EVENT_TIMEOUT, child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "console client exited with {status}");
 }
 
 #[tokio::test]
