@@ -19,7 +19,7 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "load-test", version, about, long_about)]
 pub(crate) struct Args {
-    /// WebSocket URL of the server (ws:// only). Repeat it for the nodes of
+    /// WebSocket URL of the server (ws:// or wss://). Repeat it for the nodes of
     /// a cluster: subscriber i connects to URL i mod N and publisher p to URL
     /// p mod N (both round-robin, in the order given).
     #[arg(
@@ -112,6 +112,11 @@ pub(crate) struct Args {
     /// second) with the summary: a self-contained .html page, or one .svg.
     #[arg(long, value_name = "FILE.html|FILE.svg")]
     pub(crate) report: Option<std::path::PathBuf>,
+
+    /// For wss:// URLs: also trust the certificates in this PEM file (a
+    /// private CA or a self-signed server certificate), besides the Mozilla roots.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca: Option<std::path::PathBuf>,
 
     /// For a loopback target: bind connections round-robin to 127.0.0.1..=127.0.0.N.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=254))]

@@ -2,6 +2,7 @@
 //! addresses (each source address has its own ephemeral port range).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -12,11 +13,21 @@ use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Error as WsError;
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::rawws::{self, RawWs};
 
-pub(crate) type Ws = WebSocketStream<TcpStream>;
+/// A connection's byte stream: plain TCP (`ws://`) or TLS over it (`wss://`).
+pub(crate) type Stream = MaybeTlsStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<Stream>;
+
+/// How `wss://` connections check the server's certificate.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TlsOptions {
+    /// A PEM file of extra trusted certificates (a private CA, a self-signed
+    /// test certificate), besides the Mozilla roots.
+    pub(crate) ca: Option<std::path::PathBuf>,
+}
 
 /// Where to connect, and from which local addresses.
 #[derive(Debug, Clone)]
@@ -30,27 +41,32 @@ pub(crate) struct Target {
     pub(crate) sources: Vec<IpAddr>,
     /// Subprotocol every connection offers and requires (`--v1`).
     pub(crate) subprotocol: Option<&'static str>,
+    /// For `wss://`: the TLS client and the name the certificate must carry.
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
 impl Target {
     /// Parses and resolves `url`; `source_addrs` applies only to an IPv4 loopback target.
-    pub(crate) async fn resolve(url: &str, source_addrs: u8) -> Result<Self> {
+    pub(crate) async fn resolve(url: &str, source_addrs: u8, tls: &TlsOptions) -> Result<Self> {
         let req = url
             .into_client_request()
             .with_context(|| format!("invalid WebSocket URL `{url}`"))?;
         let uri = req.uri();
-        match uri.scheme_str() {
-            Some("ws") => {}
-            Some("wss") => bail!("wss:// is not supported (no TLS); use ws://"),
-            other => bail!("unsupported URL scheme {other:?}; use ws://"),
-        }
+        let secure = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            other => bail!("unsupported URL scheme {other:?}; use ws:// or wss://"),
+        };
         let host = uri
             .host()
             .context("URL has no host")?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
         let host_port = uri
             .authority()
             .map_or(host.clone(), |a| a.as_str().to_string());
@@ -73,6 +89,13 @@ impl Target {
                 .collect(),
             _ => Vec::new(),
         };
+        let tls = if secure {
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .with_context(|| format!("`{host}` is not a valid TLS server name"))?;
+            Some((tls_config(tls)?, name))
+        } else {
+            None
+        };
         Ok(Self {
             url: url.to_string(),
             host_port,
@@ -80,6 +103,7 @@ impl Target {
             addr,
             sources,
             subprotocol: None,
+            tls,
         })
     }
 
@@ -115,7 +139,7 @@ impl Target {
         max_message: usize,
     ) -> Result<RawWs> {
         tokio::time::timeout(timeout, async {
-            let stream = self.tcp(n, rcvbuf).await?;
+            let stream = self.stream(n, rcvbuf).await?;
             rawws::handshake(
                 stream,
                 &self.host_port,
@@ -137,7 +161,7 @@ impl Target {
         config: WebSocketConfig,
         rcvbuf: Option<u32>,
     ) -> Result<Ws> {
-        let stream = self.tcp(n, rcvbuf).await?;
+        let stream = self.stream(n, rcvbuf).await?;
         let mut req = self
             .url
             .as_str()
@@ -163,6 +187,20 @@ impl Target {
             .map(|v| v.to_str().unwrap_or("(not text)"));
         rawws::check_subprotocol(self.subprotocol, selected).context("WebSocket handshake")?;
         Ok(ws)
+    }
+
+    /// Connection number `n`: TCP, then TLS for `wss://`.
+    async fn stream(&self, n: usize, rcvbuf: Option<u32>) -> Result<Stream> {
+        let tcp = self.tcp(n, rcvbuf).await?;
+        match &self.tls {
+            None => Ok(Stream::Plain(tcp)),
+            Some((config, name)) => Ok(Stream::Rustls(
+                tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name.clone(), tcp)
+                    .await
+                    .context("TLS handshake")?,
+            )),
+        }
     }
 
     /// TCP connection number `n` (source address `n mod sources`), TCP_NODELAY on.
@@ -191,6 +229,34 @@ impl Target {
         stream.set_nodelay(true).context("TCP_NODELAY")?;
         Ok(stream)
     }
+}
+
+/// The TLS client of `wss://` targets: the Mozilla roots plus `--ca`.
+fn tls_config(opts: &TlsOptions) -> Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(ca) = &opts.ca {
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(ca)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("--ca {}", ca.display()))?;
+        if certs.is_empty() {
+            bail!("--ca {}: no PEM certificate in the file", ca.display());
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .with_context(|| format!("--ca {}", ca.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS settings")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// Read buffer of one subscriber: 64 KiB (a read returns many messages), less
@@ -222,7 +288,9 @@ mod tests {
 
     #[tokio::test]
     async fn loopback_targets_get_source_addresses() {
-        let t = Target::resolve("ws://127.0.0.1:9/ws", 3).await.unwrap();
+        let t = Target::resolve("ws://127.0.0.1:9/ws", 3, &TlsOptions::default())
+            .await
+            .unwrap();
         assert_eq!(t.addr, "127.0.0.1:9".parse().unwrap());
         assert_eq!(
             t.sources,
@@ -232,11 +300,30 @@ mod tests {
                 IpAddr::from([127, 0, 0, 3])
             ]
         );
-        let t6 = Target::resolve("ws://[::1]:9/ws", 3).await.unwrap();
+        let t6 = Target::resolve("ws://[::1]:9/ws", 3, &TlsOptions::default())
+            .await
+            .unwrap();
         assert!(t6.sources.is_empty());
-        assert!(Target::resolve("wss://127.0.0.1:9/ws", 1).await.is_err());
-        assert!(Target::resolve("http://127.0.0.1:9/ws", 1).await.is_err());
-        let t = Target::resolve("ws://localhost:9/a/b?x=1", 1)
+        let none = TlsOptions::default();
+        let tls = Target::resolve("wss://127.0.0.1:9/ws", 1, &none)
+            .await
+            .unwrap();
+        assert!(tls.tls.is_some());
+        assert!(Target::resolve("ws://127.0.0.1:9/ws", 1, &none)
+            .await
+            .unwrap()
+            .tls
+            .is_none());
+        assert!(Target::resolve("http://127.0.0.1:9/ws", 1, &none)
+            .await
+            .is_err());
+        let bad_ca = TlsOptions {
+            ca: Some("/nonexistent/ca.pem".into()),
+        };
+        assert!(Target::resolve("wss://127.0.0.1:9/ws", 1, &bad_ca)
+            .await
+            .is_err());
+        let t = Target::resolve("ws://localhost:9/a/b?x=1", 1, &TlsOptions::default())
             .await
             .unwrap();
         assert_eq!(

@@ -18,7 +18,8 @@ use std::io;
 
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::conn::Stream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -64,7 +65,7 @@ enum Parsed {
 
 /// A subscriber's connection after the handshake.
 pub(crate) struct RawWs {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     /// Unparsed bytes are `buf[start..end]`.
     start: usize,
@@ -82,7 +83,7 @@ pub(crate) struct RawWs {
 /// the response head already buffered. With `subprotocol`, offers it in
 /// `Sec-WebSocket-Protocol` and fails unless the server selects it.
 pub(crate) async fn handshake(
-    mut stream: TcpStream,
+    mut stream: Stream,
     host_port: &str,
     path: &str,
     subprotocol: Option<&str>,
@@ -392,7 +393,7 @@ impl RawWs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// A connected pair: our RawWs (after a fake handshake) and the server side.
     async fn pair(max_message: usize) -> (RawWs, TcpStream) {
@@ -424,9 +425,16 @@ mod tests {
             s
         });
         let c = TcpStream::connect(addr).await.unwrap();
-        let ws = handshake(c, &addr.to_string(), "/ws", None, 64, max_message)
-            .await
-            .unwrap();
+        let ws = handshake(
+            Stream::Plain(c),
+            &addr.to_string(),
+            "/ws",
+            None,
+            64,
+            max_message,
+        )
+        .await
+        .unwrap();
         (ws, server.await.unwrap())
     }
 

@@ -39,7 +39,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::Args;
 use crate::cli::{is_slow, slow_count};
-use crate::conn::{max_message, publisher_config, subscriber_buffer, Target, Ws};
+use crate::conn::{max_message, publisher_config, subscriber_buffer, Target, TlsOptions, Ws};
 use crate::payload::{self, Header};
 use crate::procstat::{self, Pid, ServerUsage};
 use crate::progress::Progress;
@@ -206,9 +206,12 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     }
     // Several URLs (the nodes of a cluster): connections round-robin over them.
     let mut targets = Vec::with_capacity(args.urls.len());
+    let tls = TlsOptions {
+        ca: args.ca.clone(),
+    };
     for url in &args.urls {
         targets.push(Arc::new(
-            Target::resolve(url, args.source_addrs)
+            Target::resolve(url, args.source_addrs, &tls)
                 .await?
                 .with_subprotocol(args.v1.then_some(protocol::v1::SUBPROTOCOL)),
         ));

@@ -74,7 +74,7 @@ fn spawn_server(cmd: &mut Command) -> Server {
     let mut url = None;
     for line in lines.by_ref() {
         let line = line.expect("server stdout");
-        if let Some(i) = line.find("ws://") {
+        if let Some(i) = line.find("wss://").or_else(|| line.find("ws://")) {
             url = Some(line[i..].trim().to_string());
             break;
         }
@@ -158,6 +158,62 @@ fn few_hundred_clients_lose_nothing() {
     assert_eq!(r["server_closes"], serde_json::json!({}), "{r}");
     assert_eq!(u(&r["latency"], "samples"), published * 300, "{r}");
     assert_eq!(r["passed"], true, "{r}");
+}
+
+#[test]
+fn wss_run_loses_nothing() {
+    // A self-signed certificate for 127.0.0.1, trusted through --ca.
+    let dir = std::env::temp_dir().join(format!("load-test-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    let server = spawn_server(Command::new(server_binary()).args([
+        "start",
+        "--max-message-rate",
+        "0",
+        "--tls-cert",
+        cert_path.to_str().expect("utf-8"),
+        "--tls-key",
+        key_path.to_str().expect("utf-8"),
+    ]));
+    assert!(server.url.starts_with("wss://"), "{}", server.url);
+    let (out, r) = run_json(
+        &[
+            "--url",
+            &server.url,
+            "--ca",
+            cert_path.to_str().expect("utf-8"),
+            "--clients",
+            "50",
+            "--publishers",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "2s",
+        ],
+        "wss",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    assert_eq!(u(&r, "clients_connected"), 50, "{r}");
+    let published = u(&r, "published");
+    assert!(published > 0, "{r}");
+    assert_eq!(u(&r, "delivered"), published * 50, "{r}");
+    assert_eq!(u(&r, "lost"), 0, "{r}");
+    assert_eq!(u(&r, "errors"), 0, "{r}");
+
+    // Without --ca the self-signed certificate is refused: connect errors.
+    let out = load_test(&["--url", &server.url, "--clients", "2", "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("certificate"), "{stdout}");
 }
 
 #[test]
