@@ -34,13 +34,25 @@ pub(crate) struct Connected {
 #[error("{0}")]
 pub(crate) struct ConnectError(String);
 
-/// The TLS settings for `wss://`: rustls (no OpenSSL) trusting the
+/// The connector every `wss://` connection of the console client uses
+/// (see [`tls_client_config`]).
+pub(crate) fn tls_connector(ca: Option<&Path>) -> Result<Connector, ConnectError> {
+    tls_client_config(ca)
+        .map(Connector::Rustls)
+        .map_err(ConnectError)
+}
+
+/// TLS client settings for `wss://`: rustls (no OpenSSL) trusting the
 /// system's certificate store (`/etc/ssl/certs` and the like, so a CA the
 /// administrator installed works), the Mozilla roots built in (so a machine
 /// without a store still reaches public servers), and the certificates of
 /// `ca` (a PEM file: a private CA or a self-signed server certificate).
-/// Every connection is made with the connector built here.
-pub(crate) fn tls_connector(ca: Option<&Path>) -> Result<Connector, ConnectError> {
+/// Shared by the console client and `load-test`.
+///
+/// # Errors
+/// `ca` cannot be read, holds no certificate, or holds an unusable one
+/// (one line naming the file).
+pub fn tls_client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -51,27 +63,27 @@ pub(crate) fn tls_connector(ca: Option<&Path>) -> Result<Connector, ConnectError
     if let Some(ca) = ca {
         let certs = CertificateDer::pem_file_iter(ca)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| ConnectError(format!("--ca {}: {e}", ca.display())))?;
+            .map_err(|e| format!("--ca {}: {e}", ca.display()))?;
         if certs.is_empty() {
-            return Err(ConnectError(format!(
+            return Err(format!(
                 "--ca {}: no PEM certificate in the file",
                 ca.display()
-            )));
+            ));
         }
         for cert in certs {
             roots
                 .add(cert)
-                .map_err(|e| ConnectError(format!("--ca {}: {e}", ca.display())))?;
+                .map_err(|e| format!("--ca {}: {e}", ca.display()))?;
         }
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| ConnectError(format!("TLS setup: {e}")))?
+    .map_err(|e| format!("TLS setup: {e}"))?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    Ok(Connector::Rustls(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// Connects to `url`, offering `broadcast.v1`. A server that does not

@@ -21,6 +21,8 @@ mod output;
 mod render;
 mod target;
 
+pub use conn::tls_client_config;
+
 /// `broadcast-server connect` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {

@@ -114,7 +114,8 @@ pub(crate) struct Args {
     pub(crate) report: Option<std::path::PathBuf>,
 
     /// For wss:// URLs: also trust the certificates in this PEM file (a
-    /// private CA or a self-signed server certificate), besides the Mozilla roots.
+    /// private CA or a self-signed server certificate), besides the system's
+    /// certificate store and the Mozilla roots.
     #[arg(long, value_name = "FILE")]
     pub(crate) ca: Option<std::path::PathBuf>,
 

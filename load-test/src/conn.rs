@@ -25,7 +25,7 @@ pub(crate) type Ws = WebSocketStream<Stream>;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TlsOptions {
     /// A PEM file of extra trusted certificates (a private CA, a self-signed
-    /// test certificate), besides the Mozilla roots.
+    /// test certificate), besides the system's store and the Mozilla roots.
     pub(crate) ca: Option<std::path::PathBuf>,
 }
 
@@ -92,7 +92,9 @@ impl Target {
         let tls = if secure {
             let name = rustls::pki_types::ServerName::try_from(host.clone())
                 .with_context(|| format!("`{host}` is not a valid TLS server name"))?;
-            Some((tls_config(tls)?, name))
+            let config =
+                client_cli::tls_client_config(tls.ca.as_deref()).map_err(anyhow::Error::msg)?;
+            Some((config, name))
         } else {
             None
         };
@@ -229,34 +231,6 @@ impl Target {
         stream.set_nodelay(true).context("TCP_NODELAY")?;
         Ok(stream)
     }
-}
-
-/// The TLS client of `wss://` targets: the Mozilla roots plus `--ca`.
-fn tls_config(opts: &TlsOptions) -> Result<Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(ca) = &opts.ca {
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(ca)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .with_context(|| format!("--ca {}", ca.display()))?;
-        if certs.is_empty() {
-            bail!("--ca {}: no PEM certificate in the file", ca.display());
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .with_context(|| format!("--ca {}", ca.display()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS settings")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 /// Read buffer of one subscriber: 64 KiB (a read returns many messages), less
