@@ -1470,6 +1470,7 @@ mod tests {
     #[test]
     fn outbox_consume_tracks_partial_head_and_close() {
         let mut o = Outbox::default();
+        let t0 = Instant::now();
         for (kind, b) in [(Kind::Data, &b"abcd"[..]), (Kind::Close, &b"xy"[..])] {
             if kind == Kind::Data {
                 o.data_bytes += b.len();
@@ -1477,9 +1478,10 @@ mod tests {
             o.queue.push_back(Out {
                 kind,
                 bytes: Bytes::copy_from_slice(b),
+                at: t0,
             });
         }
-        assert!(!o.consume(3));
+        assert_eq!(o.consume(3), (false, None));
         assert_eq!((o.head_written, o.data_bytes, o.boundary()), (3, 1, 1));
         o.drop_unstarted();
         assert_eq!(o.queue.len(), 1);
@@ -1487,8 +1489,9 @@ mod tests {
         o.queue.push_back(Out {
             kind: Kind::Close,
             bytes: Bytes::from_static(b"xy"),
+            at: t0,
         });
-        assert!(o.consume(3));
+        assert_eq!(o.consume(3), (true, Some(t0)));
         assert!(o.queue.is_empty());
         assert_eq!(o.data_bytes, 0);
     }
