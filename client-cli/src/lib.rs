@@ -19,6 +19,7 @@ mod conn;
 mod input;
 mod output;
 mod render;
+mod send;
 mod target;
 
 pub use conn::tls_client_config;
