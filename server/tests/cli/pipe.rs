@@ -48,7 +48,8 @@ async fn fifty_thousand_piped_lines_arrive_in_order_and_exit_0() {
     let (st, rest) = cli.wait_within(LONG_EXIT).await;
     assert_eq!(st.code(), Some(0), "{rest:?}");
     assert!(
-        rest.iter().all(|(p, l)| *p == Pipe::Stdout || !l.contains("error")),
+        rest.iter()
+            .all(|(p, l)| *p == Pipe::Stdout || !l.contains("error")),
         "{rest:?}"
     );
 }
@@ -163,7 +164,8 @@ async fn a_server_closing_the_client_mid_pipe_is_reported_and_the_exit_status_is
     cli.close_stdin();
     let (st, rest) = cli.wait_within(LONG_EXIT).await;
     assert_eq!(st.code(), Some(1), "{rest:?}");
-    let want = format!("error: exit status 1: {unconfirmed} lines sent may not have been delivered");
+    let want =
+        format!("error: exit status 1: {unconfirmed} lines sent may not have been delivered");
     assert!(
         rest.iter().any(|(p, l)| *p == Pipe::Stderr && *l == want),
         "{rest:?}"

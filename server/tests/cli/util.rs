@@ -268,7 +268,10 @@ impl Cli {
     }
 
     /// [`wait`](Self::wait) for a client with much to do: up to `bound`.
-    pub(crate) async fn wait_within(&mut self, bound: Duration) -> (ExitStatus, Vec<(Pipe, String)>) {
+    pub(crate) async fn wait_within(
+        &mut self,
+        bound: Duration,
+    ) -> (ExitStatus, Vec<(Pipe, String)>) {
         let st = timeout(bound, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("client did not exit; saw {:#?}", self.seen.lock().unwrap()))
