@@ -54,6 +54,7 @@ use crate::shard::Shard;
 pub(crate) struct ShardCtx {
     pub(crate) audience: Audience,
     pub(crate) handle: Arc<ShardHandle>,
+    pub(crate) config: Arc<crate::config::Config>,
 }
 
 /// Most slices handed to one `writev` by the flush task.
@@ -222,9 +223,9 @@ impl Conn {
         name: String,
         (writer, tls): (OwnedWriteHalf, Option<Box<rustls::ServerConnection>>),
         ip: Option<IpAddr>,
-        (rate, rate_action): (u32, RateLimitAction),
         ctx: Rc<ShardCtx>,
     ) -> Self {
+        let (rate, rate_action) = (ctx.config.max_message_rate, ctx.config.rate_limit_action);
         let now = Instant::now();
         let tls = tls.map(|mut session| {
             session.set_buffer_limit(Some(crate::tls::TLS_BUFFER));
