@@ -1224,8 +1224,9 @@ async fn admit(
         if conn.rate_action == RateLimitAction::Close {
             return Err(End::Violation(CloseReason::RATE_LIMITED));
         }
+        let started = Instant::now();
         tokio::time::sleep(wait).await;
-        conn.held(HELD_RATE, wait);
+        conn.held(HELD_RATE, started.elapsed());
     }
     if !conn.is_open() {
         // Data after a close is discarded (RFC 6455 §5.5.1).
