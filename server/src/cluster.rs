@@ -41,7 +41,7 @@
 //! away, so what other nodes publish during an outage is not seen here.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::fanout::{Broadcast, ConnId, Fanout, LOBBY};
+use crate::config::ClusterConfig;
 use crate::stats::Stats;
 
 /// Default of `--redis-channel`.
@@ -72,15 +73,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(3);
 const VERSION: u8 = 1;
 /// Bytes of an envelope before the sender's name.
 const HEAD: usize = 1 + 8 + 1 + 8 + 8 + 1;
-
-/// Where the cluster's Redis is and which channel this deployment uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterConfig {
-    /// `redis://[user:password@]host[:port][/db]`.
-    pub url: String,
-    /// The Redis pub/sub channel all nodes of one deployment share.
-    pub channel: String,
-}
 
 /// Why joining the cluster at start failed.
 #[derive(Debug)]
@@ -169,59 +161,6 @@ pub fn check(config: &ClusterConfig) -> Result<(), ClusterError> {
         .query::<redis::Value>(&mut conn)
         .map_err(unreachable)?;
     Ok(())
-}
-
-/// Cluster counters and link state, part of [`Stats`]; read by `/healthz`
-/// and `/metrics`. Written per pipeline or per received message by the relay
-/// tasks, and by shards only when a message cannot be relayed.
-#[derive(Debug, Default)]
-pub(crate) struct ClusterStats {
-    /// `--redis` was given.
-    pub(crate) enabled: AtomicBool,
-    /// The publishing connection is up (checked per offered message).
-    out_up: AtomicBool,
-    /// The subscribing connection is up and subscribed.
-    in_up: AtomicBool,
-    /// Messages of local clients published to Redis.
-    pub(crate) relayed_out: AtomicU64,
-    /// Messages from other nodes received and delivered locally.
-    pub(crate) relayed_in: AtomicU64,
-    /// Messages of local clients that could not be published (link down,
-    /// queue full, or a failed pipeline).
-    pub(crate) not_relayed: AtomicU64,
-}
-
-impl ClusterStats {
-    /// Both connections are up.
-    pub(crate) fn link_up(&self) -> bool {
-        self.out_up.load(Ordering::Relaxed) && self.in_up.load(Ordering::Relaxed)
-    }
-
-    /// `"ok"`, or `"degraded"` while a `--redis` link is down (the node
-    /// still serves its own clients).
-    pub(crate) fn status(&self) -> &'static str {
-        if self.enabled.load(Ordering::Relaxed) && !self.link_up() {
-            "degraded"
-        } else {
-            "ok"
-        }
-    }
-
-    /// The cluster fields of `/healthz`, each with a leading comma.
-    pub(crate) fn health_fields(&self) -> String {
-        let cluster = match (self.enabled.load(Ordering::Relaxed), self.link_up()) {
-            (false, _) => "off",
-            (true, true) => "up",
-            (true, false) => "degraded",
-        };
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            ",\"cluster\":\"{cluster}\",\"relayed_out\":{},\"relayed_in\":{},\"not_relayed\":{}",
-            get(&self.relayed_out),
-            get(&self.relayed_in),
-            get(&self.not_relayed),
-        )
-    }
 }
 
 /// One relayed message as it travels through Redis (a compact binary

@@ -54,7 +54,7 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// With `--redis`: the Redis server and channel that join this node to
     /// others as one broadcast domain (see `cluster`). `None`: a lone node.
-    pub cluster: Option<crate::cluster::ClusterConfig>,
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Default of [`Config::max_message_rate`]: off. Flow control already keeps
@@ -104,6 +104,15 @@ impl Default for Config {
             cluster: None,
         }
     }
+}
+
+/// Where the cluster's Redis is and which channel this deployment uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host[:port][/db]`.
+    pub url: String,
+    /// The Redis pub/sub channel all nodes of one deployment share.
+    pub channel: String,
 }
 
 /// A token bucket: `rate` tokens per second, at most `rate` banked.

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::flow::Credit;
-use crate::metrics::ShardMetrics;
+use crate::stats::ShardMetrics;
 
 /// Identifies a broadcast domain ("room"). Every connection is in
 /// [`LOBBY`] today; the registry and the messages already carry the channel

@@ -46,9 +46,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use cluster::{check as check_cluster, ClusterConfig, ClusterError, DEFAULT_CHANNEL};
+pub use cluster::{check as check_cluster, ClusterError, DEFAULT_CHANNEL};
 pub use config::{
-    Config, RateLimitAction, CLOSE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_IP,
+    ClusterConfig, Config, RateLimitAction, CLOSE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_IP,
     DEFAULT_MAX_MESSAGE_RATE, DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
 };
 use fanout::{Fanout, Peers, ShardHandle, ShardMsg};

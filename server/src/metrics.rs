@@ -18,62 +18,10 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::fanout::ShardHandle;
-use crate::stats::Stats;
+use crate::stats::{ShardMetrics, Stats, LATENCY_BOUNDS};
 
 /// The Content-Type of `/metrics` (what `prometheus-client`'s text encoder writes).
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Upper bounds of the broadcast latency histogram buckets, in seconds.
-const LATENCY_BOUNDS: [f64; 15] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5,
-];
-
-/// A fixed-bucket histogram of durations, lock-free (one relaxed atomic add
-/// per bucket hit plus one for the sum). Written by one shard, read by scrapes.
-#[derive(Debug, Default)]
-pub(crate) struct LatencyHistogram {
-    /// Non-cumulative counts; the last one is `+Inf`.
-    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
-    sum_nanos: AtomicU64,
-}
-
-impl LatencyHistogram {
-    /// Records `n` observations of `d`.
-    pub(crate) fn observe(&self, d: Duration, n: u64) {
-        let secs = d.as_secs_f64();
-        let i = LATENCY_BOUNDS
-            .iter()
-            .position(|&b| secs <= b)
-            .unwrap_or(LATENCY_BOUNDS.len());
-        self.buckets[i].fetch_add(n, Ordering::Relaxed);
-        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos
-            .fetch_add(nanos.saturating_mul(n), Ordering::Relaxed);
-    }
-}
-
-/// Counters one shard keeps for itself.
-#[derive(Debug, Default)]
-pub(crate) struct ShardMetrics {
-    /// Frames handed to this shard's sockets (written or queued).
-    pub(crate) deliveries: AtomicU64,
-    /// Bytes of those frames.
-    pub(crate) bytes_out: AtomicU64,
-    /// Bytes read from this shard's WebSocket connections.
-    pub(crate) bytes_in: AtomicU64,
-    /// From the server reading a message to writing it to a client
-    /// socket: one observation per batch written to a socket (at once by
-    /// the dispatcher, or later by the socket's flush task), measured from
-    /// the batch's oldest message.
-    pub(crate) latency: LatencyHistogram,
-    /// Time publishers on this shard waited for fan-out credit, in ns.
-    pub(crate) paused_fanout_nanos: AtomicU64,
-    /// Time publishers on this shard waited for a rate-limit token, in ns.
-    pub(crate) paused_rate_nanos: AtomicU64,
-    /// Connections reset because they did not take our close frame in time.
-    pub(crate) aborted: AtomicU64,
-}
 
 /// Everything a scrape reports, read once from the atomics.
 #[derive(Debug)]

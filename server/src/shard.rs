@@ -161,7 +161,7 @@ impl Shard {
     }
 
     /// This shard's own counters.
-    pub(crate) fn metrics(&self) -> &crate::metrics::ShardMetrics {
+    pub(crate) fn metrics(&self) -> &crate::stats::ShardMetrics {
         &self.handle.metrics
     }
 

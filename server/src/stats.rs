@@ -1,9 +1,13 @@
-//! Process-wide counters, read by `/healthz` and the logs.
+//! Every counter of the server, defined once: the process-wide [`Stats`]
+//! (with the cluster's [`ClusterStats`]) and each shard's own
+//! [`ShardMetrics`]. `/healthz` and `/metrics` only read them.
 //!
-//! Counters are updated per connection or per message, never per delivery,
-//! so the shared cache lines stay cold on the fan-out path.
+//! Process-wide counters are updated per connection or per message, never
+//! per delivery, so the shared cache lines stay cold on the fan-out path;
+//! per-shard counters are written only by their own shard.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 use std::time::Instant;
 
 /// Counters shared by all shards.
@@ -48,7 +52,7 @@ pub(crate) struct Stats {
     /// TLS handshakes that failed or timed out (with `--tls-cert`).
     pub(crate) tls_failures: AtomicU64,
     /// The Redis relay's link state and counters (`--redis`).
-    pub(crate) cluster: crate::cluster::ClusterStats,
+    pub(crate) cluster: ClusterStats,
 }
 
 impl Stats {
@@ -73,7 +77,7 @@ impl Stats {
             refused_origin: AtomicU64::new(0),
             refused_auth: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
-            cluster: crate::cluster::ClusterStats::default(),
+            cluster: ClusterStats::default(),
         }
     }
 
@@ -110,3 +114,109 @@ impl Stats {
         )
     }
 }
+
+/// Cluster counters and link state, part of [`Stats`]; read by `/healthz`
+/// and `/metrics`. Written per pipeline or per received message by the relay
+/// tasks, and by shards only when a message cannot be relayed.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterStats {
+    /// `--redis` was given.
+    pub(crate) enabled: AtomicBool,
+    /// The publishing connection is up (checked per offered message).
+    pub(crate) out_up: AtomicBool,
+    /// The subscribing connection is up and subscribed.
+    pub(crate) in_up: AtomicBool,
+    /// Messages of local clients published to Redis.
+    pub(crate) relayed_out: AtomicU64,
+    /// Messages from other nodes received and delivered locally.
+    pub(crate) relayed_in: AtomicU64,
+    /// Messages of local clients that could not be published (link down,
+    /// queue full, or a failed pipeline).
+    pub(crate) not_relayed: AtomicU64,
+}
+
+impl ClusterStats {
+    /// Both connections are up.
+    pub(crate) fn link_up(&self) -> bool {
+        self.out_up.load(Ordering::Relaxed) && self.in_up.load(Ordering::Relaxed)
+    }
+
+    /// `"ok"`, or `"degraded"` while a `--redis` link is down (the node
+    /// still serves its own clients).
+    pub(crate) fn status(&self) -> &'static str {
+        if self.enabled.load(Ordering::Relaxed) && !self.link_up() {
+            "degraded"
+        } else {
+            "ok"
+        }
+    }
+
+    /// The cluster fields of `/healthz`, each with a leading comma.
+    pub(crate) fn health_fields(&self) -> String {
+        let cluster = match (self.enabled.load(Ordering::Relaxed), self.link_up()) {
+            (false, _) => "off",
+            (true, true) => "up",
+            (true, false) => "degraded",
+        };
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            ",\"cluster\":\"{cluster}\",\"relayed_out\":{},\"relayed_in\":{},\"not_relayed\":{}",
+            get(&self.relayed_out),
+            get(&self.relayed_in),
+            get(&self.not_relayed),
+        )
+    }
+}
+
+/// Upper bounds of the broadcast latency histogram buckets, in seconds.
+pub(crate) const LATENCY_BOUNDS: [f64; 15] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5,
+];
+
+/// A fixed-bucket histogram of durations, lock-free (one relaxed atomic add
+/// per bucket hit plus one for the sum). Written by one shard, read by scrapes.
+#[derive(Debug, Default)]
+pub(crate) struct LatencyHistogram {
+    /// Non-cumulative counts; the last one is `+Inf`.
+    pub(crate) buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    pub(crate) sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records `n` observations of `d`.
+    pub(crate) fn observe(&self, d: Duration, n: u64) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.buckets[i].fetch_add(n, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos
+            .fetch_add(nanos.saturating_mul(n), Ordering::Relaxed);
+    }
+}
+
+/// Counters one shard keeps for itself.
+#[derive(Debug, Default)]
+pub(crate) struct ShardMetrics {
+    /// Frames handed to this shard's sockets (written or queued).
+    pub(crate) deliveries: AtomicU64,
+    /// Bytes of those frames.
+    pub(crate) bytes_out: AtomicU64,
+    /// Bytes read from this shard's WebSocket connections.
+    pub(crate) bytes_in: AtomicU64,
+    /// From the server reading a message to writing it to a client
+    /// socket: one observation per batch written to a socket (at once by
+    /// the dispatcher, or later by the socket's flush task), measured from
+    /// the batch's oldest message.
+    pub(crate) latency: LatencyHistogram,
+    /// Time publishers on this shard waited for fan-out credit, in ns.
+    pub(crate) paused_fanout_nanos: AtomicU64,
+    /// Time publishers on this shard waited for a rate-limit token, in ns.
+    pub(crate) paused_rate_nanos: AtomicU64,
+    /// Connections reset because they did not take our close frame in time.
+    pub(crate) aborted: AtomicU64,
+}
+
