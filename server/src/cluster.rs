@@ -51,8 +51,8 @@ use protocol::frame::OpCode;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::fanout::{Broadcast, ConnId, Fanout, LOBBY};
 use crate::config::ClusterConfig;
+use crate::fanout::{Broadcast, ConnId, Fanout, LOBBY};
 use crate::stats::Stats;
 
 /// Default of `--redis-channel`.
@@ -186,7 +186,7 @@ impl<'a> Envelope<'a> {
     /// Packs an envelope for `raw`, a complete server frame of a text or
     /// binary message.
     fn encode(node: u64, raw: &[u8], sender: u64, name: &str, time: u64) -> Bytes {
-        let payload = &raw[crate::conn::server_header_len(raw)..];
+        let payload = &raw[crate::frame::server_header_len(raw)..];
         // Names are at most 32 characters (checked at upgrade); the cut is
         // only a guard for the one-byte length.
         let mut name_len = name.len().min(255);
@@ -236,7 +236,7 @@ impl<'a> Envelope<'a> {
 
 /// The shards' end of the relay: cloned into the shared hub, used once per
 /// published message.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Relay {
     node: u64,
     tx: mpsc::UnboundedSender<Bytes>,
@@ -258,7 +258,7 @@ impl Relay {
             raw,
             msg.sender.0,
             name,
-            crate::conn::unix_millis(),
+            crate::frame::unix_millis(),
         );
         let len = envelope.len();
         if self.link.queued.fetch_add(len, Ordering::Relaxed) + len > QUEUE_BYTES
@@ -552,9 +552,9 @@ async fn deliver(stats: &Stats, fanout: &Fanout, node: u64, bytes: &[u8], costs:
     if envelope.node == node {
         return; // ours: already delivered locally when it was received
     }
-    let raw = crate::conn::frame_message(envelope.opcode, envelope.payload);
+    let raw = crate::frame::frame_message(envelope.opcode, envelope.payload);
     let v1 = (stats.v1_connections.load(Ordering::Relaxed) > 0)
-        .then(|| crate::conn::v1_message(&raw, envelope.sender, envelope.name, envelope.time));
+        .then(|| crate::frame::v1_message(&raw, envelope.sender, envelope.name, envelope.time));
     stats.cluster.relayed_in.fetch_add(1, Ordering::Relaxed);
     let framed_at = Instant::now();
     let len = raw.len() + v1.as_ref().map_or(0, Bytes::len);
@@ -641,7 +641,7 @@ mod tests {
             (OpCode::Binary, vec![9u8; 70_000]),
             (OpCode::Text, Vec::new()),
         ] {
-            let raw = crate::conn::frame_message(op, &payload);
+            let raw = crate::frame::frame_message(op, &payload);
             let bytes = Envelope::encode(42, &raw, 7, "alice", 1_700_000_000_000);
             assert_eq!(bytes.len(), HEAD + 5 + payload.len());
             assert_eq!(
@@ -660,7 +660,7 @@ mod tests {
 
     #[test]
     fn malformed_envelopes_are_rejected() {
-        let raw = crate::conn::frame_message(OpCode::Text, b"hi");
+        let raw = crate::frame::frame_message(OpCode::Text, b"hi");
         let good = Envelope::encode(1, &raw, 2, "bob", 3);
         assert!(Envelope::decode(&good).is_some());
         for cut in 0..HEAD + 3 {

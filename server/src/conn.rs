@@ -36,9 +36,8 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use protocol::close::{self, CloseReason};
-use protocol::frame::{encode_server_frame, encode_server_header, MAX_SERVER_HEADER};
+use protocol::frame::{encode_server_frame, MAX_SERVER_HEADER};
 use protocol::utf8::Utf8Validator;
-use protocol::v1::BodyRef;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
@@ -46,15 +45,22 @@ use tokio::sync::Notify;
 use crate::config::{RateLimitAction, TokenBucket, CLOSE_TIMEOUT};
 use crate::fanout::{Broadcast, ChannelId, ConnId, Format, ShardHandle};
 use crate::flow::{Audience, Lag};
-use crate::shard::Shard;
+use crate::frame::{self, frame_message, seal, unix_millis, v1_message};
+use crate::publish::Publisher;
+use crate::stats::Stats;
 
-/// What a connection shares with the other connections of its shard: the
-/// flow-control view of their outboxes, and the shard's counters.
+/// Everything a connection needs from the rest of the server, and nothing
+/// more: its limits, where it publishes, the flow-control view it shares
+/// with the other connections of its shard, and the counters it updates.
+/// One per shard, shared by that shard's connections.
 #[derive(Debug)]
-pub(crate) struct ShardCtx {
-    pub(crate) audience: Audience,
-    pub(crate) handle: Arc<ShardHandle>,
+pub(crate) struct ConnCtx {
     pub(crate) config: Arc<crate::config::Config>,
+    pub(crate) publisher: Publisher,
+    pub(crate) audience: Audience,
+    /// The shard's fan-out credit and its own counters.
+    pub(crate) handle: Arc<ShardHandle>,
+    pub(crate) stats: Arc<Stats>,
 }
 
 /// Most slices handed to one `writev` by the flush task.
@@ -205,7 +211,7 @@ pub(crate) struct Conn {
     /// The causes (bits of `HELD_*`) this publisher was already logged as
     /// held back for.
     held_back: Cell<u8>,
-    ctx: Rc<ShardCtx>,
+    ctx: Rc<ConnCtx>,
 }
 
 /// `Conn::held_back` bit: waited for fan-out credit.
@@ -223,7 +229,7 @@ impl Conn {
         name: String,
         (writer, tls): (OwnedWriteHalf, Option<Box<rustls::ServerConnection>>),
         ip: Option<IpAddr>,
-        ctx: Rc<ShardCtx>,
+        ctx: Rc<ConnCtx>,
     ) -> Self {
         let (rate, rate_action) = (ctx.config.max_message_rate, ctx.config.rate_limit_action);
         let now = Instant::now();
@@ -520,13 +526,7 @@ impl Conn {
         drop_data: bool,
         timeout: Duration,
     ) {
-        let notice = (self.format == Format::V1).then(|| {
-            let event = protocol::v1::ServerEvent::Notice {
-                code: reason.code,
-                text: notice_text(reason).to_owned(),
-            };
-            frame_text(event.encode().as_bytes())
-        });
+        let notice = (self.format == Format::V1).then(|| frame::notice(reason));
         self.start_close(&reason.payload(), notice, drop_data, timeout);
     }
 
@@ -651,6 +651,22 @@ impl Conn {
                 state.plaintext_bytes_to_read() > 0 || state.peer_has_closed()
             })
         })
+    }
+
+    /// Counts a close for a protocol violation (or the rate limit).
+    fn note_violation(&self, reason: CloseReason) {
+        let stats = &self.ctx.stats;
+        let counter = if reason == CloseReason::RATE_LIMITED {
+            &stats.rate_limited_closes
+        } else {
+            &stats.protocol_closes
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            code = reason.code,
+            reason = reason.reason,
+            "closing connection"
+        );
     }
 
     /// Gives up on the connection at once: the kernel is told to reset it
@@ -865,16 +881,12 @@ impl From<WebSocketError> for End {
     }
 }
 
-/// Serves an upgraded connection until it is closed, then unregisters it.
+/// Serves an upgraded connection until it is closed (the caller then
+/// forgets it).
 ///
 /// `prefix` holds bytes the client sent right behind its upgrade request,
 /// which the HTTP layer had already read.
-pub(crate) async fn serve(
-    shard: Rc<Shard>,
-    conn: Rc<Conn>,
-    mut reader: OwnedReadHalf,
-    prefix: Bytes,
-) {
+pub(crate) async fn serve(conn: Rc<Conn>, mut reader: OwnedReadHalf, prefix: Bytes) {
     let end = tokio::select! {
         biased;
         () = conn.abandoned() => {
@@ -884,11 +896,11 @@ pub(crate) async fn serve(
             }
             End::Gone
         }
-        end = read_loop(&shard, &conn, &mut reader, prefix) => end,
+        end = read_loop(&conn, &mut reader, prefix) => end,
     };
     // Closes the server started were counted by reason where it decided.
     if conn.close_deadline.get().is_none() {
-        let stats = shard.stats();
+        let stats = &conn.ctx.stats;
         match &end {
             End::PeerClose(_) => stats.peer_closes.fetch_add(1, Ordering::Relaxed),
             End::Gone => stats.dropped_closes.fetch_add(1, Ordering::Relaxed),
@@ -910,7 +922,7 @@ pub(crate) async fn serve(
             // Both close frames are exchanged: the server closes TCP first.
         }
         End::Violation(reason) => {
-            shard.note_violation(reason);
+            conn.note_violation(reason);
             // Let this shard's dispatcher run first, so that messages this
             // connection sent before the violation reach it (with --echo)
             // ahead of the close, as Autobahn's strict cases expect.
@@ -920,7 +932,6 @@ pub(crate) async fn serve(
         }
         End::Gone => {}
     }
-    shard.unregister(&conn);
 }
 
 /// After failing a connection: let the close frame go out, half-close, and
@@ -1049,12 +1060,7 @@ fn poll_read_tls(
 /// parsing state (fastwebsockets' `WebSocketRead`, whose buffer is 8 KiB,
 /// and its futures) lives in a boxed [`read_burst`] that exists only while
 /// bytes are arriving, so idle connections stay small.
-async fn read_loop(
-    shard: &Shard,
-    conn: &Rc<Conn>,
-    rd: &mut OwnedReadHalf,
-    mut prefix: Bytes,
-) -> End {
+async fn read_loop(conn: &Rc<Conn>, rd: &mut OwnedReadHalf, mut prefix: Bytes) -> End {
     if prefix.is_empty() {
         // An empty slice may still hold hyper's whole read buffer alive.
         prefix = Bytes::new();
@@ -1072,7 +1078,7 @@ async fn read_loop(
                 }
             }
         }
-        let burst = read_burst(shard, conn, rd, &mut prefix, &mut message, &mut costs);
+        let burst = read_burst(conn, rd, &mut prefix, &mut message, &mut costs);
         if let Some(end) = Box::pin(burst).await {
             return end;
         }
@@ -1083,14 +1089,13 @@ async fn read_loop(
 /// connection ends). It is never dropped in the middle of a frame, which
 /// fastwebsockets' reader would not survive.
 async fn read_burst(
-    shard: &Shard,
     conn: &Rc<Conn>,
     rd: &mut OwnedReadHalf,
     prefix: &mut Bytes,
     message: &mut Assembly,
     costs: &mut Vec<u32>,
 ) -> Option<End> {
-    let max_message = shard.config().max_message_size;
+    let max_message = conn.ctx.config.max_message_size;
     let delivered = Cell::new(0u64);
     let source = Source {
         prefix,
@@ -1132,7 +1137,7 @@ async fn read_burst(
                 Step::Next => {}
                 Step::End(end) => return Some(end),
                 Step::Message(raw) => {
-                    if let Err(end) = admit(shard, conn, raw, read_at, costs).await {
+                    if let Err(end) = admit(conn, raw, read_at, costs).await {
                         return Some(end);
                     }
                 }
@@ -1146,8 +1151,9 @@ async fn read_burst(
         }
     }
     .await;
-    shard
-        .metrics()
+    conn.ctx
+        .handle
+        .metrics
         .bytes_in
         .fetch_add(delivered.get(), Ordering::Relaxed);
     end
@@ -1214,7 +1220,6 @@ fn on_frame(conn: &Rc<Conn>, message: &mut Assembly, max: usize, frame: Frame<'_
 /// (without reading the socket) while either says "not yet", then
 /// publishes it.
 async fn admit(
-    shard: &Shard,
     conn: &Rc<Conn>,
     raw: Bytes,
     read_at: Instant,
@@ -1232,11 +1237,12 @@ async fn admit(
         // Data after a close is discarded (RFC 6455 §5.5.1).
         return Ok(());
     }
-    let v1 = shard
+    let publisher = &conn.ctx.publisher;
+    let v1 = publisher
         .has_v1_clients()
         .then(|| v1_message(&raw, conn.id.0, &conn.name, unix_millis()));
     let len = raw.len() + v1.as_ref().map_or(0, Bytes::len);
-    let waited = shard.fanout().reserve(len, costs).await;
+    let waited = publisher.reserve(len, costs).await;
     if !waited.is_zero() {
         conn.held(HELD_FANOUT, waited);
         conn.adjust_bucket(Some(waited));
@@ -1250,9 +1256,9 @@ async fn admit(
         cost: 0,
     };
     if conn.is_open() {
-        shard.publish(msg, &conn.name, costs);
+        publisher.publish(msg, &conn.name, costs);
     } else {
-        shard.fanout().give_back(costs);
+        publisher.give_back(costs);
     }
     Ok(())
 }
@@ -1276,81 +1282,6 @@ fn on_close(payload: &[u8]) -> End {
             }
         }
     }
-}
-
-/// Frames a `broadcast.v1` event (a text frame).
-pub(crate) fn frame_text(json: &[u8]) -> Bytes {
-    frame_message(protocol::frame::OpCode::Text, json)
-}
-
-/// What a v1 client is told before the server closes it.
-fn notice_text(reason: CloseReason) -> &'static str {
-    match reason {
-        CloseReason::SHUTTING_DOWN => "the server is shutting down",
-        CloseReason::IDLE_TIMEOUT => "closing the connection after a long silence",
-        CloseReason::SLOW_CONSUMER => {
-            "you are not reading fast enough: too much was waiting to be sent to you"
-        }
-        CloseReason::MESSAGE_TOO_BIG => "your message is larger than the server accepts",
-        CloseReason::INVALID_UTF8 => "your text message was not valid UTF-8",
-        CloseReason::RATE_LIMITED => "you are sending messages faster than the server allows",
-        other => other.reason,
-    }
-}
-
-/// Length of the header of a frame made by [`frame_message`].
-pub(crate) fn server_header_len(frame: &[u8]) -> usize {
-    match frame[1] & 0x7f {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    }
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Frames a complete single-frame message: the one copy a message gets.
-pub(crate) fn frame_message(opcode: protocol::frame::OpCode, payload: &[u8]) -> Bytes {
-    let mut head = [0u8; MAX_SERVER_HEADER];
-    let n = encode_server_header(opcode, payload.len(), &mut head);
-    let mut frame = BytesMut::with_capacity(n + payload.len());
-    frame.put_slice(&head[..n]);
-    frame.put_slice(payload);
-    frame.freeze()
-}
-
-/// The `broadcast.v1` message event for `raw` (a server frame of a text or
-/// binary message), framed: what every v1 client gets for it.
-pub(crate) fn v1_message(raw: &[u8], from: u64, name: &str, time: u64) -> Bytes {
-    let payload = &raw[server_header_len(raw)..];
-    let body = if raw[0] & 0x0f == protocol::frame::OpCode::Text as u8 {
-        // Validated as UTF-8 when it was read.
-        BodyRef::Text(std::str::from_utf8(payload).unwrap_or_default())
-    } else {
-        BodyRef::Data(payload)
-    };
-    let mut json = BytesMut::with_capacity(MAX_SERVER_HEADER + payload.len() + 64);
-    json.put_bytes(0, MAX_SERVER_HEADER);
-    let mut writer = json.writer();
-    protocol::v1::encode_message_json(&mut writer, from, name, time, body);
-    seal(writer.into_inner(), protocol::frame::OpCode::Text)
-}
-
-/// Writes the server header into the [`MAX_SERVER_HEADER`] spare bytes at
-/// the front of `buf` (which holds the payload after them) and returns the
-/// frame, without moving the payload.
-fn seal(mut buf: BytesMut, opcode: protocol::frame::OpCode) -> Bytes {
-    let len = buf.len() - MAX_SERVER_HEADER;
-    let mut head = [0u8; MAX_SERVER_HEADER];
-    let n = encode_server_header(opcode, len, &mut head);
-    buf[MAX_SERVER_HEADER - n..MAX_SERVER_HEADER].copy_from_slice(&head[..n]);
-    buf.advance(MAX_SERVER_HEADER - n);
-    buf.freeze()
 }
 
 /// A fragmented message being reassembled.
@@ -1454,19 +1385,6 @@ mod tests {
         a.start(Op::Binary, &payload[..1], 100_000).unwrap();
         let whole = a.extend(&payload[1..], true, 100_000).unwrap().unwrap();
         assert_eq!(&whole[..], &encode_server_frame(Op::Binary, &payload)[..]);
-    }
-
-    #[test]
-    fn server_header_matches_fastwebsockets() {
-        for len in [0usize, 1, 125, 126, 65535, 65536, 1 << 20] {
-            let payload = vec![0u8; len];
-            let mut theirs = Frame::binary(fastwebsockets::Payload::Borrowed(&payload));
-            let mut head = [0u8; 14];
-            let n = theirs.fmt_head(&mut head);
-            let ours = frame_message(Op::Binary, &payload);
-            assert_eq!(&ours[..n], &head[..n], "len {len}");
-            assert_eq!(ours.len(), n + len);
-        }
     }
 
     #[test]

@@ -108,7 +108,7 @@ pub(crate) async fn run(
         }
         let online = stats.connections.load(Ordering::Relaxed) as u64;
         let event = pending.take_event(online).encode();
-        let frame = crate::conn::frame_text(event.as_bytes());
+        let frame = crate::frame::frame_text(event.as_bytes());
         fanout.publish_free(Broadcast {
             raw: None,
             v1: Some(frame),

@@ -10,7 +10,7 @@
 //! which is what slows the publishers down. Everything a shard owns is `Rc`
 //! and `Cell`: no lock is taken on this thread.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IoSlice;
 use std::net::IpAddr;
@@ -25,11 +25,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::{Config, TokenBucket, CLOSE_TIMEOUT};
-use crate::conn::{self, Conn, Queued, ShardCtx};
+use crate::conn::{self, Conn, ConnCtx, Queued};
 use crate::fanout::{Broadcast, ConnId, Fanout, Format, ShardHandle, ShardMsg, LOBBY};
 use crate::flow::Audience;
 use crate::names::Names;
 use crate::presence::{Change, PresenceTx};
+use crate::publish::Publisher;
 use crate::registry::Registry;
 use crate::stats::Stats;
 
@@ -94,10 +95,8 @@ pub(crate) struct Shard {
     handle: Arc<ShardHandle>,
     hub: Arc<Hub>,
     /// What this shard's connections share (the audience gate, counters).
-    ctx: Rc<ShardCtx>,
+    ctx: Rc<ConnCtx>,
     registry: RefCell<Registry>,
-    /// Set when shutdown starts: no more publishing or upgrades.
-    draining: Cell<bool>,
     /// Signalled whenever a WebSocket connection ends.
     departed: Notify,
 }
@@ -118,10 +117,12 @@ pub(crate) fn spawn(
                 .enable_all()
                 .build_local(tokio::runtime::LocalOptions::default())
                 .expect("cannot build the shard runtime");
-            let ctx = Rc::new(ShardCtx {
+            let ctx = Rc::new(ConnCtx {
+                config: config.clone(),
+                publisher: Publisher::new(fanout.clone(), hub.stats.clone(), hub.relay.clone()),
                 audience: Audience::default(),
                 handle: handle.clone(),
-                config: config.clone(),
+                stats: hub.stats.clone(),
             });
             let shard = Rc::new(Shard {
                 index,
@@ -131,7 +132,6 @@ pub(crate) fn spawn(
                 hub,
                 ctx,
                 registry: RefCell::new(Registry::default()),
-                draining: Cell::new(false),
                 departed: Notify::new(),
             });
             runtime.block_on(shard.run(inbox));
@@ -147,22 +147,8 @@ impl Shard {
         &self.hub.stats
     }
 
-    pub(crate) fn fanout(&self) -> &Fanout {
-        &self.fanout
-    }
-
-    /// Whether messages must also be encoded as `broadcast.v1` events.
-    pub(crate) fn has_v1_clients(&self) -> bool {
-        self.hub.stats.v1_connections.load(Ordering::Relaxed) > 0
-    }
-
     pub(crate) fn is_draining(&self) -> bool {
-        self.draining.get()
-    }
-
-    /// This shard's own counters.
-    pub(crate) fn metrics(&self) -> &crate::stats::ShardMetrics {
-        &self.handle.metrics
+        self.ctx.publisher.is_draining()
     }
 
     /// The `/metrics` document.
@@ -282,7 +268,7 @@ impl Shard {
             ShardMsg::Broadcast(b) => pending.push_back(b),
             ShardMsg::Accept(stream, peer) => self.accept(stream, peer),
             ShardMsg::Quiesce(done) => {
-                self.draining.set(true);
+                self.ctx.publisher.drain();
                 let _ = done.send(());
             }
             ShardMsg::Shutdown => return true,
@@ -442,14 +428,14 @@ impl Shard {
                 id: id.0,
                 name: conn.name.to_string(),
                 online: self.hub.stats.connections.load(Ordering::Relaxed) as u64,
-                time: conn::unix_millis(),
+                time: crate::frame::unix_millis(),
             };
-            conn.send_own(conn::frame_text(welcome.encode().as_bytes()));
+            conn.send_own(crate::frame::frame_text(welcome.encode().as_bytes()));
         }
         let _ = self.hub.presence.send(Change::Joined(conn.peer()));
         self.registry.borrow_mut().insert(conn.clone());
         tracing::trace!(conn = id.0, shard = self.index, "connected");
-        if self.draining.get() {
+        if self.is_draining() {
             self.hub
                 .stats
                 .shutdown_closes
@@ -460,7 +446,11 @@ impl Shard {
                 self.config.shutdown_timeout,
             );
         }
-        tokio::task::spawn_local(conn::serve(self.clone(), conn, reader, prefix));
+        let shard = self.clone();
+        tokio::task::spawn_local(async move {
+            conn::serve(conn.clone(), reader, prefix).await;
+            shard.unregister(&conn);
+        });
     }
 
     /// Forgets a connection whose task is ending.
@@ -482,36 +472,6 @@ impl Shard {
         let _ = self.hub.presence.send(Change::Left(conn.peer()));
         tracing::trace!(conn = conn.id.0, "disconnected");
         self.departed.notify_waiters();
-    }
-
-    /// Publishes a message received on this shard (from the client named
-    /// `name`) to every shard, and to the other nodes with `--redis`.
-    /// `costs` is the fan-out credit reserved for it.
-    pub(crate) fn publish(&self, msg: Broadcast, name: &str, costs: &[u32]) {
-        if self.draining.get() {
-            self.fanout.give_back(costs);
-            return;
-        }
-        self.hub.stats.messages_in.fetch_add(1, Ordering::Relaxed);
-        if let Some(relay) = &self.hub.relay {
-            relay.offer(&msg, name);
-        }
-        self.fanout.publish(msg, costs);
-    }
-
-    pub(crate) fn note_violation(&self, reason: CloseReason) {
-        let stats = &self.hub.stats;
-        let counter = if reason == CloseReason::RATE_LIMITED {
-            &stats.rate_limited_closes
-        } else {
-            &stats.protocol_closes
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(
-            code = reason.code,
-            reason = reason.reason,
-            "closing connection"
-        );
     }
 
     /// Pings connections silent for half the idle timeout and closes those
@@ -552,7 +512,7 @@ impl Shard {
     /// now send 1001 to everyone after their queued data and wait for the
     /// closes, up to the shutdown timeout.
     async fn close_all(&self) {
-        self.draining.set(true);
+        self.ctx.publisher.drain();
         let conns: Vec<Rc<Conn>> = self.registry.borrow().all().cloned().collect();
         for conn in &conns {
             if conn.is_open() {

@@ -219,4 +219,3 @@ pub(crate) struct ShardMetrics {
     /// Connections reset because they did not take our close frame in time.
     pub(crate) aborted: AtomicU64,
 }
-

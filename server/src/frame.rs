@@ -1,0 +1,114 @@
+//! Framing, done once per message: the server frame of a message as its
+//! sender sent it (raw clients), the `broadcast.v1` event for it (v1
+//! clients), and the v1 events the server itself sends (welcome, notices).
+//! Every recipient of a format gets the same bytes.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use protocol::close::CloseReason;
+use protocol::frame::{encode_server_header, MAX_SERVER_HEADER};
+use protocol::v1::BodyRef;
+
+/// Frames a `broadcast.v1` event (a text frame).
+pub(crate) fn frame_text(json: &[u8]) -> Bytes {
+    frame_message(protocol::frame::OpCode::Text, json)
+}
+
+/// The `broadcast.v1` notice a v1 client gets before the server closes it
+/// with `reason`, framed.
+pub(crate) fn notice(reason: CloseReason) -> Bytes {
+    let event = protocol::v1::ServerEvent::Notice {
+        code: reason.code,
+        text: notice_text(reason).to_owned(),
+    };
+    frame_text(event.encode().as_bytes())
+}
+
+/// What a v1 client is told before the server closes it.
+fn notice_text(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::SHUTTING_DOWN => "the server is shutting down",
+        CloseReason::IDLE_TIMEOUT => "closing the connection after a long silence",
+        CloseReason::SLOW_CONSUMER => {
+            "you are not reading fast enough: too much was waiting to be sent to you"
+        }
+        CloseReason::MESSAGE_TOO_BIG => "your message is larger than the server accepts",
+        CloseReason::INVALID_UTF8 => "your text message was not valid UTF-8",
+        CloseReason::RATE_LIMITED => "you are sending messages faster than the server allows",
+        other => other.reason,
+    }
+}
+
+/// Length of the header of a frame made by [`frame_message`].
+pub(crate) fn server_header_len(frame: &[u8]) -> usize {
+    match frame[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Frames a complete single-frame message: the one copy a message gets.
+pub(crate) fn frame_message(opcode: protocol::frame::OpCode, payload: &[u8]) -> Bytes {
+    let mut head = [0u8; MAX_SERVER_HEADER];
+    let n = encode_server_header(opcode, payload.len(), &mut head);
+    let mut frame = BytesMut::with_capacity(n + payload.len());
+    frame.put_slice(&head[..n]);
+    frame.put_slice(payload);
+    frame.freeze()
+}
+
+/// The `broadcast.v1` message event for `raw` (a server frame of a text or
+/// binary message), framed: what every v1 client gets for it.
+pub(crate) fn v1_message(raw: &[u8], from: u64, name: &str, time: u64) -> Bytes {
+    let payload = &raw[server_header_len(raw)..];
+    let body = if raw[0] & 0x0f == protocol::frame::OpCode::Text as u8 {
+        // Validated as UTF-8 when it was read.
+        BodyRef::Text(std::str::from_utf8(payload).unwrap_or_default())
+    } else {
+        BodyRef::Data(payload)
+    };
+    let mut json = BytesMut::with_capacity(MAX_SERVER_HEADER + payload.len() + 64);
+    json.put_bytes(0, MAX_SERVER_HEADER);
+    let mut writer = json.writer();
+    protocol::v1::encode_message_json(&mut writer, from, name, time, body);
+    seal(writer.into_inner(), protocol::frame::OpCode::Text)
+}
+
+/// Writes the server header into the [`MAX_SERVER_HEADER`] spare bytes at
+/// the front of `buf` (which holds the payload after them) and returns the
+/// frame, without moving the payload.
+pub(crate) fn seal(mut buf: BytesMut, opcode: protocol::frame::OpCode) -> Bytes {
+    let len = buf.len() - MAX_SERVER_HEADER;
+    let mut head = [0u8; MAX_SERVER_HEADER];
+    let n = encode_server_header(opcode, len, &mut head);
+    buf[MAX_SERVER_HEADER - n..MAX_SERVER_HEADER].copy_from_slice(&head[..n]);
+    buf.advance(MAX_SERVER_HEADER - n);
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fastwebsockets::Frame;
+    use protocol::frame::OpCode as Op;
+
+    #[test]
+    fn server_header_matches_fastwebsockets() {
+        for len in [0usize, 1, 125, 126, 65535, 65536, 1 << 20] {
+            let payload = vec![0u8; len];
+            let mut theirs = Frame::binary(fastwebsockets::Payload::Borrowed(&payload));
+            let mut head = [0u8; 14];
+            let n = theirs.fmt_head(&mut head);
+            let ours = frame_message(Op::Binary, &payload);
+            assert_eq!(&ours[..n], &head[..n], "len {len}");
+            assert_eq!(ours.len(), n + len);
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Where a message a client sent goes: through the fan-out credit to every
+//! local shard and, with `--redis`, to the relay for the other nodes.
+//!
+//! One [`Publisher`] per shard, handed to that shard's connections inside
+//! their context: a connection publishes without knowing about shards,
+//! registries or the cluster.
+
+use std::cell::Cell;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cluster::Relay;
+use crate::fanout::{Broadcast, Fanout};
+use crate::stats::Stats;
+
+/// A shard's publishing handle (shard-local: `Cell`, no lock).
+#[derive(Debug)]
+pub(crate) struct Publisher {
+    fanout: Fanout,
+    stats: Arc<Stats>,
+    relay: Option<Relay>,
+    /// Set when shutdown starts: messages read after it are discarded.
+    draining: Cell<bool>,
+}
+
+impl Publisher {
+    pub(crate) fn new(fanout: Fanout, stats: Arc<Stats>, relay: Option<Relay>) -> Self {
+        Self {
+            fanout,
+            stats,
+            relay,
+            draining: Cell::new(false),
+        }
+    }
+
+    /// Whether messages must also be encoded as `broadcast.v1` events.
+    pub(crate) fn has_v1_clients(&self) -> bool {
+        self.stats.v1_connections.load(Ordering::Relaxed) > 0
+    }
+
+    /// Stops publishing (shutdown).
+    pub(crate) fn drain(&self) {
+        self.draining.set(true);
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Reserves the fan-out credit of a message of `frame_len` bytes (see
+    /// [`Fanout::reserve`]); returns how long it waited.
+    pub(crate) async fn reserve(&self, frame_len: usize, costs: &mut Vec<u32>) -> Duration {
+        self.fanout.reserve(frame_len, costs).await
+    }
+
+    /// Returns credit reserved for a message that is not published after all.
+    pub(crate) fn give_back(&self, costs: &[u32]) {
+        self.fanout.give_back(costs);
+    }
+
+    /// Publishes a message (from the client named `name`) to every shard,
+    /// and to the other nodes with `--redis`; `costs` is the credit
+    /// reserved for it. While draining, the message is discarded.
+    pub(crate) fn publish(&self, msg: Broadcast, name: &str, costs: &[u32]) {
+        if self.draining.get() {
+            self.fanout.give_back(costs);
+            return;
+        }
+        self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        if let Some(relay) = &self.relay {
+            relay.offer(&msg, name);
+        }
+        self.fanout.publish(msg, costs);
+    }
+}
