@@ -1,0 +1,434 @@
+//! The write side of a connection: the outbox of frames the socket has not
+//! taken yet, the dispatcher's direct vectored writes, control frames at
+//! frame boundaries, and the flush task that drains the outbox as the
+//! socket becomes writable. It reports to the shard's audience whether the
+//! outbox is behind (see `flow`).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use protocol::frame::encode_server_frame;
+use tokio::net::tcp::OwnedWriteHalf;
+
+use super::tls_io::{encrypt, SocketWriter};
+use super::{CloseState, Conn};
+
+/// Most slices handed to one `writev` by the flush task.
+pub(super) const MAX_IOV: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Data,
+    Ping,
+    Pong,
+    /// A `broadcast.v1` notice explaining the close that follows; like
+    /// control frames, never dropped and not counted in the backlog.
+    Notice,
+    Close,
+}
+
+/// A frame waiting to be written.
+#[derive(Debug)]
+pub(super) struct Out {
+    pub(super) kind: Kind,
+    pub(super) bytes: Bytes,
+    /// When the server read the message (data frames; for the latency
+    /// histogram).
+    pub(super) at: Instant,
+}
+
+/// Frames waiting for the socket to accept them.
+#[derive(Debug, Default)]
+pub(super) struct Outbox {
+    pub(super) queue: VecDeque<Out>,
+    /// Bytes of `queue[0]` already written: control frames may only be
+    /// inserted after it when this is non-zero.
+    pub(super) head_written: usize,
+    /// Unwritten bytes of data frames: what `--max-backlog` bounds.
+    pub(super) data_bytes: usize,
+    /// A flush task is running for this connection.
+    pub(super) flushing: bool,
+    /// Our close frame left the queue (with TLS it may still sit in the
+    /// session's buffer until that is flushed).
+    pub(super) close_written: bool,
+}
+
+impl Outbox {
+    /// Index at which a control frame can go: the first frame boundary.
+    pub(super) fn boundary(&self) -> usize {
+        usize::from(self.head_written > 0)
+    }
+
+    /// Records that `n` more bytes were written; returns whether a close
+    /// frame was completed, and when the oldest data frame completed by
+    /// these bytes was read.
+    pub(super) fn consume(&mut self, mut n: usize) -> (bool, Option<Instant>) {
+        let mut close_written = false;
+        let mut oldest: Option<Instant> = None;
+        while n > 0 {
+            let front = &self.queue[0];
+            let rest = front.bytes.len() - self.head_written;
+            let step = rest.min(n);
+            if front.kind == Kind::Data {
+                self.data_bytes -= step;
+            }
+            n -= step;
+            if step == rest {
+                close_written |= front.kind == Kind::Close;
+                if front.kind == Kind::Data {
+                    oldest = Some(oldest.map_or(front.at, |o| o.min(front.at)));
+                }
+                self.queue.pop_front();
+                self.head_written = 0;
+            } else {
+                self.head_written += step;
+            }
+        }
+        (close_written, oldest)
+    }
+
+    /// Drops every queued frame that has not started to go out.
+    pub(super) fn drop_unstarted(&mut self) {
+        let keep = self.boundary();
+        self.queue.truncate(keep);
+        self.data_bytes = match self.queue.front() {
+            Some(front) if front.kind == Kind::Data => front.bytes.len() - self.head_written,
+            _ => 0,
+        };
+    }
+}
+
+/// Outcome of queueing broadcast data for one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// All of it went to the socket at once.
+    Written,
+    /// Some of it waits in the outbox, within the backlog budget.
+    Ok,
+    /// The backlog is over budget: the caller closes the connection.
+    Overflow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flush {
+    Done,
+    Pending,
+    Broken,
+}
+
+/// Waits until the socket is writable (see [`readable`] for why it polls).
+pub(super) async fn writable(wr: &OwnedWriteHalf) -> io::Result<()> {
+    std::future::poll_fn(|cx| wr.as_ref().poll_write_ready(cx)).await
+}
+
+/// Drains a connection's queue as the socket becomes writable; exits when
+/// the queue is empty or the connection is given up.
+pub(super) async fn flush(conn: Rc<Conn>) {
+    loop {
+        let woken = conn.wake.notified();
+        if conn.close.get() == CloseState::Broken {
+            break;
+        }
+        tokio::select! {
+            ready = writable(&conn.writer) => {
+                if ready.is_err() {
+                    conn.mark_broken();
+                    break;
+                }
+            }
+            () = woken => continue,
+        }
+        if conn.write_queued() != Flush::Pending {
+            break;
+        }
+    }
+    conn.out.borrow_mut().flushing = false;
+    conn.lag.caught_up(&conn.ctx.audience);
+}
+
+impl Conn {
+    /// The outbox (or the TLS session) holds bytes: a flush task takes
+    /// over, and the shard counts this connection as behind.
+    pub(super) fn begin_flush(&self, out: &mut Outbox) {
+        out.flushing = true;
+        self.lag.fell_behind(&self.ctx.audience);
+    }
+
+    /// Writes `frames` to the socket, or queues what it does not take now.
+    ///
+    /// When nothing is queued this is one vectored `try_write` straight from
+    /// the shared frames; only the unwritten tail is queued (by reference
+    /// count, never copied).
+    pub(crate) fn send_batch<'a>(
+        self: &Rc<Self>,
+        frames: &[&'a Bytes],
+        iov: &mut Vec<IoSlice<'a>>,
+        max_backlog: usize,
+        read_at: Instant,
+    ) -> Queued {
+        let mut out = self.out.borrow_mut();
+        let mut written = 0;
+        if out.queue.is_empty() && !out.flushing {
+            iov.clear();
+            iov.extend(frames.iter().map(|f| IoSlice::new(f)));
+            match self.write_wire(iov) {
+                Ok(n) => written = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    drop(out);
+                    self.mark_broken();
+                    return Queued::Ok;
+                }
+            }
+        }
+        for &frame in frames {
+            if written >= frame.len() {
+                written -= frame.len();
+                continue;
+            }
+            if written > 0 {
+                // Only the first unwritten frame can be partly written, and
+                // only when the queue was empty: it becomes the head.
+                debug_assert!(out.queue.is_empty());
+                out.head_written = written;
+            }
+            out.data_bytes += frame.len() - written;
+            written = 0;
+            out.queue.push_back(Out {
+                kind: Kind::Data,
+                bytes: frame.clone(),
+                at: read_at,
+            });
+        }
+        let over = out.data_bytes > max_backlog;
+        let queued = !out.queue.is_empty();
+        let start_flush = (queued || self.tls_pending()) && !out.flushing;
+        if start_flush {
+            self.begin_flush(&mut out);
+        }
+        drop(out);
+        if start_flush {
+            tokio::task::spawn_local(flush(self.clone()));
+        }
+        if over {
+            Queued::Overflow
+        } else if queued {
+            Queued::Ok
+        } else {
+            Queued::Written
+        }
+    }
+
+    /// Sends a frame meant for this connection only (the v1 welcome).
+    pub(crate) fn send_own(self: &Rc<Self>, frame: Bytes) {
+        if !self.is_open() {
+            return;
+        }
+        let mut out = self.out.borrow_mut();
+        out.data_bytes += frame.len();
+        out.queue.push_back(Out {
+            kind: Kind::Data,
+            bytes: frame,
+            at: Instant::now(),
+        });
+        drop(out);
+        self.kick();
+    }
+
+    /// Queues a pong answering a ping with `payload`. Only the newest
+    /// unanswered ping gets a pong (RFC 6455 §5.5.3), which bounds ping floods.
+    pub(super) fn queue_pong(self: &Rc<Self>, payload: &[u8]) {
+        if !self.is_open() {
+            return;
+        }
+        let bytes = Bytes::from(encode_server_frame(protocol::frame::OpCode::Pong, payload));
+        let mut out = self.out.borrow_mut();
+        let at = out.boundary();
+        let end = out.queue.len().min(at + 2);
+        if let Some(pending) = out.queue.range_mut(at..end).find(|o| o.kind == Kind::Pong) {
+            pending.bytes = bytes;
+            return;
+        }
+        out.queue.insert(
+            at,
+            Out {
+                kind: Kind::Pong,
+                bytes,
+                at: Instant::now(),
+            },
+        );
+        drop(out);
+        self.kick();
+    }
+
+    /// Sends a keepalive ping (empty payload) at the next frame boundary.
+    pub(crate) fn queue_ping(self: &Rc<Self>) {
+        if !self.is_open() {
+            return;
+        }
+        let bytes = Bytes::from_static(b"\x89\x00");
+        let mut out = self.out.borrow_mut();
+        let at = out.boundary();
+        out.queue.insert(
+            at,
+            Out {
+                kind: Kind::Ping,
+                bytes,
+                at: Instant::now(),
+            },
+        );
+        drop(out);
+        self.pinged.set(true);
+        self.kick();
+    }
+
+    /// Makes sure queued frames are being written: writes what the socket
+    /// takes now and leaves the rest to a flush task.
+    pub(super) fn kick(self: &Rc<Self>) {
+        if self.out.borrow().flushing {
+            return;
+        }
+        if self.write_queued() == Flush::Pending {
+            self.begin_flush(&mut self.out.borrow_mut());
+            tokio::task::spawn_local(flush(self.clone()));
+        }
+    }
+
+    /// Writes queued frames until the queue is empty or the socket is full.
+    pub(super) fn write_queued(&self) -> Flush {
+        let mut out = self.out.borrow_mut();
+        loop {
+            if out.queue.is_empty() {
+                // With TLS, encrypted records may still wait for the socket.
+                match self.flush_tls() {
+                    Ok(true) => {}
+                    Ok(false) => return Flush::Pending,
+                    Err(_) => {
+                        drop(out);
+                        self.mark_broken();
+                        return Flush::Broken;
+                    }
+                }
+                if out.close_written && self.close.get() == CloseState::Queued {
+                    self.close.set(CloseState::Sent);
+                    self.wake.notify_waiters();
+                }
+                return Flush::Done;
+            }
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut k = 0;
+            for (i, o) in out.queue.iter().take(MAX_IOV).enumerate() {
+                let start = if i == 0 { out.head_written } else { 0 };
+                iov[k] = IoSlice::new(&o.bytes[start..]);
+                k += 1;
+            }
+            match self.write_wire(&iov[..k]) {
+                Ok(0) => {
+                    drop(out);
+                    self.mark_broken();
+                    return Flush::Broken;
+                }
+                Ok(n) => {
+                    let (close_written, oldest) = out.consume(n);
+                    out.close_written |= close_written;
+                    let now = Instant::now();
+                    self.lag.moved(&self.ctx.audience, now);
+                    if let Some(read_at) = oldest {
+                        let latency = &self.ctx.handle.metrics.latency;
+                        latency.observe(now.saturating_duration_since(read_at), 1);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flush::Pending,
+                Err(_) => {
+                    drop(out);
+                    self.mark_broken();
+                    return Flush::Broken;
+                }
+            }
+        }
+    }
+
+    /// Writes `iov` to the peer and returns how many of its bytes were
+    /// taken: straight to the socket, or with TLS encrypted into the
+    /// session's bounded buffer, written out, and again, until the socket
+    /// is full or everything is taken (so a TLS connection takes as much
+    /// per call as a plain one). `WouldBlock` when nothing was taken.
+    pub(super) fn write_wire(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        let Some(tls) = &self.tls else {
+            return self.writer.try_write_vectored(iov);
+        };
+        let mut taken = 0;
+        while self.flush_tls()? {
+            let n = encrypt(&mut tls.borrow_mut(), iov, taken)?;
+            if n == 0 {
+                break;
+            }
+            taken += n;
+        }
+        // Records the socket did not take are written by the flush task.
+        if taken == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(taken)
+    }
+
+    /// Writes the TLS session's pending records; true when none are left
+    /// (always true without TLS).
+    pub(super) fn flush_tls(&self) -> io::Result<bool> {
+        let Some(tls) = &self.tls else {
+            return Ok(true);
+        };
+        let mut session = tls.borrow_mut();
+        while session.wants_write() {
+            match session.write_tls(&mut SocketWriter(&self.writer)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether TLS records are waiting for the socket.
+    pub(super) fn tls_pending(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.borrow().wants_write())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_consume_tracks_partial_head_and_close() {
+        let mut o = Outbox::default();
+        let t0 = Instant::now();
+        for (kind, b) in [(Kind::Data, &b"abcd"[..]), (Kind::Close, &b"xy"[..])] {
+            if kind == Kind::Data {
+                o.data_bytes += b.len();
+            }
+            o.queue.push_back(Out {
+                kind,
+                bytes: Bytes::copy_from_slice(b),
+                at: t0,
+            });
+        }
+        assert_eq!(o.consume(3), (false, None));
+        assert_eq!((o.head_written, o.data_bytes, o.boundary()), (3, 1, 1));
+        o.drop_unstarted();
+        assert_eq!(o.queue.len(), 1);
+        assert_eq!(o.data_bytes, 1);
+        o.queue.push_back(Out {
+            kind: Kind::Close,
+            bytes: Bytes::from_static(b"xy"),
+            at: t0,
+        });
+        assert_eq!(o.consume(3), (true, Some(t0)));
+        assert!(o.queue.is_empty());
+        assert_eq!(o.data_bytes, 0);
+    }
+}

@@ -1,0 +1,306 @@
+//! The read side of a connection: frames parsed with fastwebsockets (whose
+//! reader exists only while bytes arrive), the checks fastwebsockets leaves
+//! out, fragment reassembly, and the admission of each message through the
+//! rate limit and the fan-out credit before it is published.
+
+use std::cell::Cell;
+use std::io::{self};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes};
+use fastwebsockets::{Frame, OpCode, Role};
+use protocol::close::{self, CloseReason};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::tcp::OwnedReadHalf;
+
+use super::fragments::Assembly;
+use super::tls_io::poll_read_tls;
+use super::{Conn, End, HELD_FANOUT, HELD_RATE};
+use crate::config::RateLimitAction;
+use crate::fanout::Broadcast;
+use crate::frame::{frame_message, unix_millis, v1_message};
+
+/// Waits until the socket is readable.
+///
+/// Polls readiness through the socket's single reader waker slot rather
+/// than tokio's `readable()` waiter list: hyper's connection task left its
+/// waker in that slot, and replacing it here is what releases hyper's
+/// (kilobytes large) finished task after the upgrade.
+pub(super) async fn readable(rd: &OwnedReadHalf) -> io::Result<()> {
+    std::future::poll_fn(|cx| rd.as_ref().poll_read_ready(cx)).await
+}
+
+/// Feeds fastwebsockets' reader from the socket (after any bytes the HTTP
+/// layer had read ahead) and counts what it handed over.
+pub(super) struct Source<'a> {
+    pub(super) prefix: &'a mut Bytes,
+    pub(super) rd: &'a mut OwnedReadHalf,
+    pub(super) delivered: &'a Cell<u64>,
+    pub(super) conn: &'a Rc<Conn>,
+}
+
+impl AsyncRead for Source<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // Release hyper's read buffer, which the prefix points into.
+                *this.prefix = Bytes::new();
+            }
+            this.delivered.set(this.delivered.get() + n as u64);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match &this.conn.tls {
+            None => ready!(Pin::new(&mut *this.rd).poll_read(cx, buf))?,
+            Some(tls) => ready!(poll_read_tls(this.conn, tls, this.rd, cx, buf))?,
+        }
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.delivered.set(this.delivered.get() + n as u64);
+            this.conn.touch();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Reads frames until the connection ends.
+///
+/// While the socket is quiet this future only waits for readability: the
+/// parsing state (fastwebsockets' `WebSocketRead`, whose buffer is 8 KiB,
+/// and its futures) lives in a boxed [`read_burst`] that exists only while
+/// bytes are arriving, so idle connections stay small.
+pub(super) async fn read_loop(conn: &Rc<Conn>, rd: &mut OwnedReadHalf, mut prefix: Bytes) -> End {
+    if prefix.is_empty() {
+        // An empty slice may still hold hyper's whole read buffer alive.
+        prefix = Bytes::new();
+    }
+    let mut message = Assembly::default();
+    let mut costs = Vec::new();
+    loop {
+        if prefix.is_empty() && !conn.tls_has_input() {
+            let ready = std::future::poll_fn(|cx| Poll::Ready(rd.as_ref().poll_read_ready(cx)));
+            if ready.await.is_pending() {
+                // Read empty: whatever backlog forgiven tokens were for is gone.
+                conn.adjust_bucket(None);
+                if readable(rd).await.is_err() {
+                    return End::Gone;
+                }
+            }
+        }
+        let burst = read_burst(conn, rd, &mut prefix, &mut message, &mut costs);
+        if let Some(end) = Box::pin(burst).await {
+            return end;
+        }
+    }
+}
+
+/// Parses frames until every byte read so far has been consumed (or the
+/// connection ends). It is never dropped in the middle of a frame, which
+/// fastwebsockets' reader would not survive.
+pub(super) async fn read_burst(
+    conn: &Rc<Conn>,
+    rd: &mut OwnedReadHalf,
+    prefix: &mut Bytes,
+    message: &mut Assembly,
+    costs: &mut Vec<u32>,
+) -> Option<End> {
+    let max_message = conn.ctx.config.max_message_size;
+    let delivered = Cell::new(0u64);
+    let source = Source {
+        prefix,
+        rd,
+        delivered: &delivered,
+        conn,
+    };
+    let (mut ws, _) =
+        fastwebsockets::after_handshake_split(source, tokio::io::sink(), Role::Server);
+    ws.set_auto_close(false);
+    ws.set_auto_pong(false);
+    // fastwebsockets rejects a frame when `len >= max`.
+    ws.set_max_message_size(max_message.saturating_add(1));
+    let mut consumed = 0u64;
+    let end = async {
+        loop {
+            let mut frame = match ws
+                .read_frame(&mut |_: Frame<'_>| {
+                    std::future::ready(Ok::<(), std::convert::Infallible>(()))
+                })
+                .await
+            {
+                Ok(frame) => frame,
+                Err(e) => return Some(e.into()),
+            };
+            let mut head = [0u8; 14];
+            let head_len = frame.fmt_head(&mut head);
+            consumed += (head_len + frame.payload.len()) as u64;
+            // fastwebsockets unmasks but does not reject unmasked frames, which
+            // RFC 6455 §5.1 requires of a server. The mask bit survives in the
+            // re-encoded header.
+            if head[1] & 0x80 == 0 {
+                return Some(End::Violation(CloseReason::protocol(
+                    "unmasked client frame",
+                )));
+            }
+            let read_at = Instant::now();
+            match on_frame(conn, message, max_message, frame) {
+                Step::Next => {}
+                Step::End(end) => return Some(end),
+                Step::Message(raw) => {
+                    if let Err(end) = admit(conn, raw, read_at, costs).await {
+                        return Some(end);
+                    }
+                }
+            }
+            // Everything handed to the reader is parsed: its buffer is empty.
+            // (A peer using over-long length encodings keeps this from ever
+            // matching; its connection then just keeps its reader.)
+            if consumed == delivered.get() {
+                return None;
+            }
+        }
+    }
+    .await;
+    conn.ctx
+        .handle
+        .metrics
+        .bytes_in
+        .fetch_add(delivered.get(), Ordering::Relaxed);
+    end
+}
+
+/// What the reader does after a frame.
+pub(super) enum Step {
+    /// Read on.
+    Next,
+    /// A whole message (framed for the recipients) to publish.
+    Message(Bytes),
+    /// Stop reading, for this reason.
+    End(End),
+}
+
+/// Handles one frame.
+pub(super) fn on_frame(conn: &Rc<Conn>, message: &mut Assembly, max: usize, frame: Frame<'_>) -> Step {
+    let payload: &[u8] = &frame.payload;
+    match frame.opcode {
+        OpCode::Text | OpCode::Binary => {
+            if message.in_progress() {
+                return Step::End(End::Violation(CloseReason::protocol(
+                    "expected a continuation frame",
+                )));
+            }
+            let opcode = if frame.opcode == OpCode::Text {
+                protocol::frame::OpCode::Text
+            } else {
+                protocol::frame::OpCode::Binary
+            };
+            if frame.fin {
+                // fastwebsockets has checked the size, and UTF-8 for text.
+                return Step::Message(frame_message(opcode, payload));
+            } else if let Err(reason) = message.start(opcode, payload, max) {
+                return Step::End(End::Violation(reason));
+            }
+        }
+        OpCode::Continuation => {
+            if !message.in_progress() {
+                return Step::End(End::Violation(CloseReason::protocol(
+                    "continuation frame without a message",
+                )));
+            }
+            match message.extend(payload, frame.fin, max) {
+                Err(reason) => return Step::End(End::Violation(reason)),
+                Ok(Some(whole)) => return Step::Message(whole),
+                Ok(None) => {}
+            }
+        }
+        OpCode::Ping => conn.queue_pong(payload),
+        OpCode::Pong => {
+            if payload.len() > protocol::MAX_CONTROL_PAYLOAD {
+                return Step::End(End::Violation(CloseReason::protocol(
+                    "control frame too long",
+                )));
+            }
+        }
+        OpCode::Close => return Step::End(on_close(payload)),
+    }
+    Step::Next
+}
+
+/// Lets a message through the rate limit and the fan-out credit, waiting
+/// (without reading the socket) while either says "not yet", then
+/// publishes it.
+pub(super) async fn admit(
+    conn: &Rc<Conn>,
+    raw: Bytes,
+    read_at: Instant,
+    costs: &mut Vec<u32>,
+) -> Result<(), End> {
+    while let Err(wait) = conn.take_message_token() {
+        if conn.rate_action == RateLimitAction::Close {
+            return Err(End::Violation(CloseReason::RATE_LIMITED));
+        }
+        let started = Instant::now();
+        tokio::time::sleep(wait).await;
+        conn.held(HELD_RATE, started.elapsed());
+    }
+    if !conn.is_open() {
+        // Data after a close is discarded (RFC 6455 §5.5.1).
+        return Ok(());
+    }
+    let publisher = &conn.ctx.publisher;
+    let v1 = publisher
+        .has_v1_clients()
+        .then(|| v1_message(&raw, conn.id.0, &conn.name, unix_millis()));
+    let len = raw.len() + v1.as_ref().map_or(0, Bytes::len);
+    let waited = publisher.reserve(len, costs).await;
+    if !waited.is_zero() {
+        conn.held(HELD_FANOUT, waited);
+        conn.adjust_bucket(Some(waited));
+    }
+    let msg = Broadcast {
+        raw: Some(raw),
+        v1,
+        sender: conn.id,
+        channel: conn.channel,
+        framed_at: read_at,
+        cost: 0,
+    };
+    if conn.is_open() {
+        publisher.publish(msg, &conn.name, costs);
+    } else {
+        publisher.give_back(costs);
+    }
+    Ok(())
+}
+
+/// Checks a close frame from the peer (RFC 6455 §5.5.1, §7.4).
+pub(super) fn on_close(payload: &[u8]) -> End {
+    if payload.len() > protocol::MAX_CONTROL_PAYLOAD {
+        return End::Violation(CloseReason::protocol("control frame too long"));
+    }
+    match payload.len() {
+        0 => End::PeerClose(None),
+        1 => End::Violation(CloseReason::protocol("close frame with a 1-byte payload")),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            if !close::is_valid_close_code(code) {
+                End::Violation(CloseReason::protocol("invalid close code"))
+            } else if std::str::from_utf8(&payload[2..]).is_err() {
+                End::Violation(CloseReason::INVALID_UTF8)
+            } else {
+                End::PeerClose(Some(code))
+            }
+        }
+    }
+}
