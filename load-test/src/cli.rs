@@ -153,6 +153,12 @@ pub(crate) struct Args {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub(crate) drain: Duration,
 
+    /// End the drain early once no subscriber has received anything for
+    /// this long (0: wait for everything or the whole --drain). For long
+    /// drains against a server that may lose messages.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub(crate) drain_quiet: Duration,
+
     /// Pause between the last subscriber connecting and publishing start.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub(crate) settle: Duration,

@@ -146,6 +146,9 @@ pub(crate) struct Report {
     pub(crate) size: u32,
     pub(crate) duration_s: f64,
     pub(crate) drain_s: f64,
+    /// How long the drain took: from the end of publishing until every
+    /// message had arrived (or --drain / --drain-quiet gave up).
+    pub(crate) drain_used_s: f64,
 
     pub(crate) clients: u64,
     pub(crate) clients_connected: u64,
@@ -370,6 +373,7 @@ impl Report {
         row("duplicates", self.duplicates.to_string());
         row("reordered", self.reordered.to_string());
         row("malformed", self.malformed.to_string());
+        row("drain took", format!("{:.2} s", self.drain_used_s));
         row(
             "deliveries/s",
             format!(

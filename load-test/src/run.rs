@@ -409,17 +409,30 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle, flooders_rt: Handle) 
 
     // 3. Drain: until every live subscriber has everything, or --drain passes.
     shared.phase.store(PHASE_DRAIN, Relaxed);
+    // With --drain-quiet, also stop once nothing has arrived for that long
+    // (a server that lost messages would otherwise hold the whole --drain).
     let drain_deadline = publish_end + args.drain;
+    let (mut last_total, mut last_progress) = (u64::MAX, Instant::now());
     loop {
         let done = shared
             .subs
             .iter()
             .all(|l| l.ended.load(Relaxed) || l.unique.load(Relaxed) >= published);
-        if done || Instant::now() >= drain_deadline {
+        let now = Instant::now();
+        if done || now >= drain_deadline {
             break;
+        }
+        if !args.drain_quiet.is_zero() {
+            let total: u64 = shared.subs.iter().map(|l| l.unique.load(Relaxed)).sum();
+            if total != last_total {
+                (last_total, last_progress) = (total, now);
+            } else if now - last_progress >= args.drain_quiet {
+                break;
+            }
         }
         sleep(Duration::from_millis(5)).await;
     }
+    let drain_used_s = publish_end.elapsed().as_secs_f64();
     let server_end = sample_server(args.server_pid);
     let tool_end = procstat::sample(Pid::Myself).ok();
     let server_metrics = match (&args.metrics, &metrics_before) {
@@ -470,6 +483,7 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle, flooders_rt: Handle) 
         size: args.size,
         duration_s: args.duration.as_secs_f64(),
         drain_s: args.drain.as_secs_f64(),
+        drain_used_s,
         clients: clients as u64,
         publishers: publishers as u64,
         publishers_connected: publishers as u64 - publishers_failed,
