@@ -577,10 +577,14 @@ async fn subscribe_loop(link: Arc<Link>, node: u64, fanout: Fanout) {
         let (mut sink, mut stream) = pubsub.split();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut costs = Vec::new();
         let failure: String = loop {
             tokio::select! {
                 msg = stream.next() => match msg {
-                    Some(msg) => deliver(&link.stats, &fanout, node, msg.get_payload_bytes()),
+                    Some(msg) => {
+                        deliver(&link.stats, &fanout, node, msg.get_payload_bytes(), &mut costs)
+                            .await;
+                    }
                     None => break "connection closed".into(),
                 },
                 _ = ping.tick() => {
@@ -598,8 +602,10 @@ async fn subscribe_loop(link: Arc<Link>, node: u64, fanout: Fanout) {
 }
 
 /// Frames a message from another node once per format and hands it to every
-/// local shard, like a message from a local client.
-fn deliver(stats: &Stats, fanout: &Fanout, node: u64, bytes: &[u8]) {
+/// local shard, like a message from a local client: through the same fan-out
+/// credit, so a busy node stops reading its Redis subscription (Redis then
+/// buffers, up to its `client-output-buffer-limit` for pub/sub clients).
+async fn deliver(stats: &Stats, fanout: &Fanout, node: u64, bytes: &[u8], costs: &mut Vec<u32>) {
     let Some(envelope) = Envelope::decode(bytes) else {
         tracing::debug!(len = bytes.len(), "cluster: ignoring a malformed message");
         return;
@@ -611,15 +617,22 @@ fn deliver(stats: &Stats, fanout: &Fanout, node: u64, bytes: &[u8]) {
     let v1 = (stats.v1_connections.load(Ordering::Relaxed) > 0)
         .then(|| crate::conn::v1_message(&raw, envelope.sender, envelope.name, envelope.time));
     stats.cluster.relayed_in.fetch_add(1, Ordering::Relaxed);
-    fanout.publish(Broadcast {
-        raw: Some(raw),
-        v1,
-        // Not a local connection (ids start at 1), so no local client is
-        // skipped as its sender.
-        sender: ConnId(0),
-        channel: LOBBY,
-        framed_at: Instant::now(),
-    });
+    let framed_at = Instant::now();
+    let len = raw.len() + v1.as_ref().map_or(0, Bytes::len);
+    fanout.reserve(len, costs).await;
+    fanout.publish(
+        Broadcast {
+            raw: Some(raw),
+            v1,
+            // Not a local connection (ids start at 1), so no local client is
+            // skipped as its sender.
+            sender: ConnId(0),
+            channel: LOBBY,
+            framed_at,
+            cost: 0,
+        },
+        costs,
+    );
 }
 
 /// Reconnect delays: exponential from [`Backoff::FIRST`] up to

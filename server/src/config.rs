@@ -30,6 +30,8 @@ pub struct Config {
     /// Messages per second one connection may send (a token bucket whose
     /// burst is the same number); 0 disables the limit.
     pub max_message_rate: u32,
+    /// What happens to a connection over `max_message_rate`.
+    pub rate_limit_action: RateLimitAction,
     /// Open WebSocket connections allowed from one client IP address;
     /// 0 disables the limit.
     pub max_connections_per_ip: u32,
@@ -55,10 +57,26 @@ pub struct Config {
     pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
-/// Default of [`Config::max_message_rate`].
-pub const DEFAULT_MAX_MESSAGE_RATE: u32 = 1000;
-/// Default of [`Config::max_connections_per_ip`].
-pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 4096;
+/// Default of [`Config::max_message_rate`]: off. Flow control already keeps
+/// a fast client from hurting the others (it is slowed to its share of the
+/// fan-out); the rate limit is a policy an operator opts into.
+pub const DEFAULT_MAX_MESSAGE_RATE: u32 = 0;
+/// Default of [`Config::max_connections_per_ip`]: off, so that one host (a
+/// load generator, a large NAT) can open as many connections as the file
+/// limit allows.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 0;
+
+/// What the server does with a client that sends faster than
+/// `--max-message-rate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RateLimitAction {
+    /// Stop reading from the client until its bucket has a token again:
+    /// TCP slows the sender down and nothing is lost.
+    #[default]
+    Throttle,
+    /// Close the client with 1008 "rate limited".
+    Close,
+}
 /// Default of [`Config::max_new_connections_per_sec`] (unlimited).
 pub const DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC: u32 = 0;
 
@@ -75,6 +93,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             echo: false,
             max_message_rate: DEFAULT_MAX_MESSAGE_RATE,
+            rate_limit_action: RateLimitAction::Throttle,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_new_connections_per_sec: DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
             allowed_origins: Vec::new(),
@@ -90,7 +109,10 @@ impl Default for Config {
 /// A token bucket: `rate` tokens per second, at most `rate` banked.
 ///
 /// Not synchronised: a connection's bucket lives in its `Cell`s, the
-/// server-wide one behind a mutex taken once per upgrade.
+/// server-wide one behind a mutex taken once per upgrade. Hand-written
+/// rather than `governor`: a connection's bucket must be able to be
+/// [forgiven](TokenBucket::forgive) the time the server itself kept the
+/// client waiting, which a GCRA cell does not model.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TokenBucket {
     tokens: f64,
@@ -108,17 +130,39 @@ impl TokenBucket {
 
     /// Refills for the time since the last call and takes one token if
     /// there is one; returns whether it did.
+    ///
+    /// Refilling never banks more than `rate` tokens, but tokens already
+    /// above it (see [`TokenBucket::forgive`]) are kept.
     pub(crate) fn take(&mut self, rate: u32, now: std::time::Instant) -> bool {
         let rate = f64::from(rate);
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
-        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.tokens = (self.tokens + elapsed * rate).min(rate.max(self.tokens));
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    /// How long until the next token.
+    pub(crate) fn shortfall(&self, rate: u32) -> std::time::Duration {
+        let missing = (1.0 - self.tokens).max(0.0);
+        std::time::Duration::from_secs_f64(missing / f64::from(rate.max(1)))
+    }
+
+    /// Credits the tokens `rate` would have added during `waited`, beyond
+    /// the burst: the time the server kept this client waiting (its
+    /// messages piled up in the kernel meanwhile) is not held against it.
+    pub(crate) fn forgive(&mut self, rate: u32, waited: std::time::Duration) {
+        self.tokens += waited.as_secs_f64() * f64::from(rate);
+    }
+
+    /// Drops forgiven tokens above the burst (the backlog they were for is
+    /// read).
+    pub(crate) fn settle(&mut self, rate: u32) {
+        self.tokens = self.tokens.min(f64::from(rate));
     }
 }
 
@@ -147,5 +191,28 @@ mod tests {
             assert!(b.take(3, t2));
         }
         assert!(!b.take(3, t2));
+    }
+
+    #[test]
+    fn token_bucket_forgives_server_delays_until_settled() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::full(10, t0);
+        for _ in 0..10 {
+            assert!(b.take(10, t0));
+        }
+        assert!(!b.take(10, t0));
+        assert_eq!(b.shortfall(10), Duration::from_millis(100));
+        // The server kept the client waiting 2 s: 20 more tokens, above the burst.
+        b.forgive(10, Duration::from_secs(2));
+        for _ in 0..20 {
+            assert!(b.take(10, t0));
+        }
+        assert!(!b.take(10, t0));
+        b.forgive(10, Duration::from_secs(2));
+        b.settle(10);
+        for _ in 0..10 {
+            assert!(b.take(10, t0));
+        }
+        assert!(!b.take(10, t0));
     }
 }

@@ -11,6 +11,12 @@
 //! - the connection's own task ([`serve`]) reads frames, publishes messages,
 //!   answers pings and runs the closing handshake.
 //!
+//! The reader applies the flow control of `flow`: before publishing a
+//! message it takes the message's fan-out credit (and, with
+//! `--max-message-rate`, a token), waiting without reading its socket when
+//! there is none, so TCP slows the sender down. The writer keeps its
+//! shard's `Audience` informed of whether its outbox is empty.
+//!
 //! Idle connections cost little memory: the reader creates fastwebsockets'
 //! `WebSocketRead` (which allocates an 8 KiB buffer) only when the socket is
 //! readable, and drops it again as soon as every byte it was given has been
@@ -23,6 +29,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -36,9 +43,18 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
-use crate::config::{TokenBucket, CLOSE_TIMEOUT};
-use crate::fanout::{Broadcast, ChannelId, ConnId, Format};
+use crate::config::{RateLimitAction, TokenBucket, CLOSE_TIMEOUT};
+use crate::fanout::{Broadcast, ChannelId, ConnId, Format, ShardHandle};
+use crate::flow::{Audience, Lag};
 use crate::shard::Shard;
+
+/// What a connection shares with the other connections of its shard: the
+/// flow-control view of their outboxes, and the shard's counters.
+#[derive(Debug)]
+pub(crate) struct ShardCtx {
+    pub(crate) audience: Audience,
+    pub(crate) handle: Arc<ShardHandle>,
+}
 
 /// Most slices handed to one `writev` by the flush task.
 const MAX_IOV: usize = 64;
@@ -72,6 +88,9 @@ enum Kind {
 struct Out {
     kind: Kind,
     bytes: Bytes,
+    /// When the server read the message (data frames; for the latency
+    /// histogram).
+    at: Instant,
 }
 
 /// Frames waiting for the socket to accept them.
@@ -97,9 +116,11 @@ impl Outbox {
     }
 
     /// Records that `n` more bytes were written; returns whether a close
-    /// frame was completed.
-    fn consume(&mut self, mut n: usize) -> bool {
+    /// frame was completed, and when the oldest data frame completed by
+    /// these bytes was read.
+    fn consume(&mut self, mut n: usize) -> (bool, Option<Instant>) {
         let mut close_written = false;
+        let mut oldest: Option<Instant> = None;
         while n > 0 {
             let front = &self.queue[0];
             let rest = front.bytes.len() - self.head_written;
@@ -110,13 +131,16 @@ impl Outbox {
             n -= step;
             if step == rest {
                 close_written |= front.kind == Kind::Close;
+                if front.kind == Kind::Data {
+                    oldest = Some(oldest.map_or(front.at, |o| o.min(front.at)));
+                }
                 self.queue.pop_front();
                 self.head_written = 0;
             } else {
                 self.head_written += step;
             }
         }
-        close_written
+        (close_written, oldest)
     }
 
     /// Drops every queued frame that has not started to go out.
@@ -133,7 +157,9 @@ impl Outbox {
 /// Outcome of queueing broadcast data for one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Queued {
-    /// Written or queued within the backlog budget.
+    /// All of it went to the socket at once.
+    Written,
+    /// Some of it waits in the outbox, within the backlog budget.
     Ok,
     /// The backlog is over budget: the caller closes the connection.
     Overflow,
@@ -171,8 +197,20 @@ pub(crate) struct Conn {
     pub(crate) ip: Option<IpAddr>,
     /// `--max-message-rate` (0: unlimited) and this connection's bucket.
     rate: u32,
+    rate_action: RateLimitAction,
     bucket: Cell<TokenBucket>,
+    /// Whether the outbox is behind, for the shard's audience gate.
+    lag: Lag,
+    /// The causes (bits of `HELD_*`) this publisher was already logged as
+    /// held back for.
+    held_back: Cell<u8>,
+    ctx: Rc<ShardCtx>,
 }
+
+/// `Conn::held_back` bit: waited for fan-out credit.
+const HELD_FANOUT: u8 = 1;
+/// `Conn::held_back` bit: waited for a rate-limit token.
+const HELD_RATE: u8 = 2;
 
 impl Conn {
     /// A connection writing to the socket's write half, through the TLS
@@ -184,7 +222,8 @@ impl Conn {
         name: String,
         (writer, tls): (OwnedWriteHalf, Option<Box<rustls::ServerConnection>>),
         ip: Option<IpAddr>,
-        rate: u32,
+        (rate, rate_action): (u32, RateLimitAction),
+        ctx: Rc<ShardCtx>,
     ) -> Self {
         let now = Instant::now();
         let tls = tls.map(|mut session| {
@@ -208,20 +247,90 @@ impl Conn {
             wake: Notify::new(),
             ip,
             rate,
+            rate_action,
             bucket: Cell::new(TokenBucket::full(rate, now)),
+            lag: Lag::new(now),
+            held_back: Cell::new(0),
+            ctx,
         }
     }
 
-    /// Takes a token for one more message; false when the connection is
-    /// over `--max-message-rate`.
-    fn take_message_token(&self) -> bool {
+    /// Takes a token for one more message; `Err(wait)` when the connection
+    /// is over `--max-message-rate` and the next token is `wait` away.
+    fn take_message_token(&self) -> Result<(), Duration> {
         if self.rate == 0 {
-            return true;
+            return Ok(());
         }
         let mut bucket = self.bucket.get();
         let ok = bucket.take(self.rate, Instant::now());
         self.bucket.set(bucket);
-        ok
+        if ok {
+            Ok(())
+        } else {
+            Err(bucket.shortfall(self.rate))
+        }
+    }
+
+    /// Updates the rate-limit bucket: the server kept this client waiting
+    /// `waited` (`Some`), or its socket has been read empty (`None`).
+    fn adjust_bucket(&self, waited: Option<Duration>) {
+        if self.rate == 0 {
+            return;
+        }
+        let mut bucket = self.bucket.get();
+        match waited {
+            Some(d) => bucket.forgive(self.rate, d),
+            None => bucket.settle(self.rate),
+        }
+        self.bucket.set(bucket);
+    }
+
+    /// Counts time this publisher was held back, and logs the first time
+    /// per cause.
+    fn held(&self, cause: u8, waited: Duration) {
+        let metrics = &self.ctx.handle.metrics;
+        let counter = if cause == HELD_FANOUT {
+            &metrics.paused_fanout_nanos
+        } else {
+            &metrics.paused_rate_nanos
+        };
+        counter.fetch_add(
+            u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        let logged = self.held_back.get();
+        if logged & cause == 0 {
+            self.held_back.set(logged | cause);
+            tracing::debug!(
+                conn = self.id.0,
+                cause = if cause == HELD_FANOUT {
+                    "fan-out backlog"
+                } else {
+                    "rate limit"
+                },
+                "publisher held back: not reading from it until it may send again"
+            );
+        }
+        // Not reading is the server's doing: it does not count as silence.
+        self.touch();
+    }
+
+    /// The outbox (or the TLS session) holds bytes: a flush task takes
+    /// over, and the shard counts this connection as behind.
+    fn begin_flush(&self, out: &mut Outbox) {
+        out.flushing = true;
+        self.lag.fell_behind(&self.ctx.audience);
+    }
+
+    /// Leaves the shard's audience (the connection is going away).
+    pub(crate) fn leave_audience(&self) {
+        self.lag.caught_up(&self.ctx.audience);
+    }
+
+    /// Marks the connection stalled if its outbox has not moved for a
+    /// while (see `flow`).
+    pub(crate) fn check_stall(&self, now: Instant) {
+        self.lag.check_stall(&self.ctx.audience, now);
     }
 
     /// This connection as presence updates name it.
@@ -247,6 +356,7 @@ impl Conn {
         frames: &[&'a Bytes],
         iov: &mut Vec<IoSlice<'a>>,
         max_backlog: usize,
+        read_at: Instant,
     ) -> Queued {
         let mut out = self.out.borrow_mut();
         let mut written = 0;
@@ -279,12 +389,14 @@ impl Conn {
             out.queue.push_back(Out {
                 kind: Kind::Data,
                 bytes: frame.clone(),
+                at: read_at,
             });
         }
         let over = out.data_bytes > max_backlog;
-        let start_flush = (!out.queue.is_empty() || self.tls_pending()) && !out.flushing;
+        let queued = !out.queue.is_empty();
+        let start_flush = (queued || self.tls_pending()) && !out.flushing;
         if start_flush {
-            out.flushing = true;
+            self.begin_flush(&mut out);
         }
         drop(out);
         if start_flush {
@@ -292,8 +404,10 @@ impl Conn {
         }
         if over {
             Queued::Overflow
-        } else {
+        } else if queued {
             Queued::Ok
+        } else {
+            Queued::Written
         }
     }
 
@@ -307,6 +421,7 @@ impl Conn {
         out.queue.push_back(Out {
             kind: Kind::Data,
             bytes: frame,
+            at: Instant::now(),
         });
         drop(out);
         self.kick();
@@ -331,6 +446,7 @@ impl Conn {
             Out {
                 kind: Kind::Pong,
                 bytes,
+                at: Instant::now(),
             },
         );
         drop(out);
@@ -350,6 +466,7 @@ impl Conn {
             Out {
                 kind: Kind::Ping,
                 bytes,
+                at: Instant::now(),
             },
         );
         drop(out);
@@ -377,15 +494,18 @@ impl Conn {
         if drop_data {
             out.drop_unstarted();
         }
+        let now = Instant::now();
         if let Some(notice) = notice {
             out.queue.push_back(Out {
                 kind: Kind::Notice,
                 bytes: notice,
+                at: now,
             });
         }
         out.queue.push_back(Out {
             kind: Kind::Close,
             bytes: frame,
+            at: now,
         });
         drop(out);
         self.kick();
@@ -416,7 +536,7 @@ impl Conn {
             return;
         }
         if self.write_queued() == Flush::Pending {
-            self.out.borrow_mut().flushing = true;
+            self.begin_flush(&mut self.out.borrow_mut());
             tokio::task::spawn_local(flush(self.clone()));
         }
     }
@@ -456,8 +576,13 @@ impl Conn {
                     return Flush::Broken;
                 }
                 Ok(n) => {
-                    if out.consume(n) {
-                        out.close_written = true;
+                    let (close_written, oldest) = out.consume(n);
+                    out.close_written |= close_written;
+                    let now = Instant::now();
+                    self.lag.moved(&self.ctx.audience, now);
+                    if let Some(read_at) = oldest {
+                        let latency = &self.ctx.handle.metrics.latency;
+                        latency.observe(now.saturating_duration_since(read_at), 1);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flush::Pending,
@@ -527,6 +652,27 @@ impl Conn {
         })
     }
 
+    /// Gives up on the connection at once: the kernel is told to reset it
+    /// when the socket is closed (`SO_LINGER` 0), which frees its send
+    /// buffer now instead of after minutes of retransmitting to a peer that
+    /// does not read. Counted.
+    fn abort(&self) {
+        if self.close.get() == CloseState::Broken {
+            return;
+        }
+        let _ = socket2::SockRef::from(self.writer.as_ref()).set_linger(Some(Duration::ZERO));
+        self.ctx
+            .handle
+            .metrics
+            .aborted
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            conn = self.id.0,
+            "close not taken in time: connection reset"
+        );
+        self.mark_broken();
+    }
+
     /// The socket failed: forget everything queued and wake the owner.
     fn mark_broken(&self) {
         self.close.set(CloseState::Broken);
@@ -550,6 +696,11 @@ impl Conn {
             now.saturating_duration_since(self.last_seen.get()),
             self.pinged.get(),
         )
+    }
+
+    /// Whether our close frame has not reached the socket.
+    fn close_unsent(&self) -> bool {
+        self.close.get() == CloseState::Queued
     }
 
     /// Resolves when the socket breaks or a close we started times out.
@@ -660,18 +811,28 @@ async fn writable(wr: &OwnedWriteHalf) -> io::Result<()> {
 }
 
 /// Drains a connection's queue as the socket becomes writable; exits when
-/// the queue is empty.
+/// the queue is empty or the connection is given up.
 async fn flush(conn: Rc<Conn>) {
     loop {
-        if writable(&conn.writer).await.is_err() {
-            conn.mark_broken();
+        let woken = conn.wake.notified();
+        if conn.close.get() == CloseState::Broken {
             break;
+        }
+        tokio::select! {
+            ready = writable(&conn.writer) => {
+                if ready.is_err() {
+                    conn.mark_broken();
+                    break;
+                }
+            }
+            () = woken => continue,
         }
         if conn.write_queued() != Flush::Pending {
             break;
         }
     }
     conn.out.borrow_mut().flushing = false;
+    conn.lag.caught_up(&conn.ctx.audience);
 }
 
 /// Why a connection's read side ended.
@@ -715,7 +876,13 @@ pub(crate) async fn serve(
 ) {
     let end = tokio::select! {
         biased;
-        () = conn.abandoned() => End::Gone,
+        () = conn.abandoned() => {
+            if conn.close_unsent() {
+                // Our close frame is stuck behind data the peer does not read.
+                conn.abort();
+            }
+            End::Gone
+        }
         end = read_loop(&shard, &conn, &mut reader, prefix) => end,
     };
     // Closes the server started were counted by reason where it decided.
@@ -734,7 +901,10 @@ pub(crate) async fn serve(
                 // to go out (no data may follow a close frame).
                 let payload = code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
                 conn.start_close(&payload, None, true, CLOSE_TIMEOUT);
-                let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, conn.close_sent())).await;
+                let sent = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, conn.close_sent())).await;
+                if sent.is_err() {
+                    conn.abort();
+                }
             }
             // Both close frames are exchanged: the server closes TCP first.
         }
@@ -781,7 +951,9 @@ async fn linger(conn: &Conn, reader: &mut OwnedReadHalf) {
             }
         }
     };
-    let _ = tokio::time::timeout_at(deadline, drain).await;
+    if tokio::time::timeout_at(deadline, drain).await.is_err() && conn.close_unsent() {
+        conn.abort();
+    }
 }
 
 /// Feeds fastwebsockets' reader from the socket (after any bytes the HTTP
@@ -887,11 +1059,19 @@ async fn read_loop(
         prefix = Bytes::new();
     }
     let mut message = Assembly::default();
+    let mut costs = Vec::new();
     loop {
-        if prefix.is_empty() && !conn.tls_has_input() && readable(rd).await.is_err() {
-            return End::Gone;
+        if prefix.is_empty() && !conn.tls_has_input() {
+            let ready = std::future::poll_fn(|cx| Poll::Ready(rd.as_ref().poll_read_ready(cx)));
+            if ready.await.is_pending() {
+                // Read empty: whatever backlog forgiven tokens were for is gone.
+                conn.adjust_bucket(None);
+                if readable(rd).await.is_err() {
+                    return End::Gone;
+                }
+            }
         }
-        let burst = read_burst(shard, conn, rd, &mut prefix, &mut message);
+        let burst = read_burst(shard, conn, rd, &mut prefix, &mut message, &mut costs);
         if let Some(end) = Box::pin(burst).await {
             return end;
         }
@@ -907,6 +1087,7 @@ async fn read_burst(
     rd: &mut OwnedReadHalf,
     prefix: &mut Bytes,
     message: &mut Assembly,
+    costs: &mut Vec<u32>,
 ) -> Option<End> {
     let max_message = shard.config().max_message_size;
     let delivered = Cell::new(0u64);
@@ -945,8 +1126,15 @@ async fn read_burst(
                     "unmasked client frame",
                 )));
             }
-            if let Some(end) = on_frame(shard, conn, message, max_message, frame) {
-                return Some(end);
+            let read_at = Instant::now();
+            match on_frame(conn, message, max_message, frame) {
+                Step::Next => {}
+                Step::End(end) => return Some(end),
+                Step::Message(raw) => {
+                    if let Err(end) = admit(shard, conn, raw, read_at, costs).await {
+                        return Some(end);
+                    }
+                }
             }
             // Everything handed to the reader is parsed: its buffer is empty.
             // (A peer using over-long length encodings keeps this from ever
@@ -964,19 +1152,23 @@ async fn read_burst(
     end
 }
 
-/// Handles one frame; returns why reading ends, if it does.
-fn on_frame(
-    shard: &Shard,
-    conn: &Rc<Conn>,
-    message: &mut Assembly,
-    max: usize,
-    frame: Frame<'_>,
-) -> Option<End> {
+/// What the reader does after a frame.
+enum Step {
+    /// Read on.
+    Next,
+    /// A whole message (framed for the recipients) to publish.
+    Message(Bytes),
+    /// Stop reading, for this reason.
+    End(End),
+}
+
+/// Handles one frame.
+fn on_frame(conn: &Rc<Conn>, message: &mut Assembly, max: usize, frame: Frame<'_>) -> Step {
     let payload: &[u8] = &frame.payload;
     match frame.opcode {
         OpCode::Text | OpCode::Binary => {
             if message.in_progress() {
-                return Some(End::Violation(CloseReason::protocol(
+                return Step::End(End::Violation(CloseReason::protocol(
                     "expected a continuation frame",
                 )));
             }
@@ -987,42 +1179,80 @@ fn on_frame(
             };
             if frame.fin {
                 // fastwebsockets has checked the size, and UTF-8 for text.
-                if !conn.take_message_token() {
-                    return Some(End::Violation(CloseReason::RATE_LIMITED));
-                }
-                publish(shard, conn, frame_message(opcode, payload));
+                return Step::Message(frame_message(opcode, payload));
             } else if let Err(reason) = message.start(opcode, payload, max) {
-                return Some(End::Violation(reason));
+                return Step::End(End::Violation(reason));
             }
         }
         OpCode::Continuation => {
             if !message.in_progress() {
-                return Some(End::Violation(CloseReason::protocol(
+                return Step::End(End::Violation(CloseReason::protocol(
                     "continuation frame without a message",
                 )));
             }
             match message.extend(payload, frame.fin, max) {
-                Err(reason) => return Some(End::Violation(reason)),
-                Ok(Some(whole)) => {
-                    if !conn.take_message_token() {
-                        return Some(End::Violation(CloseReason::RATE_LIMITED));
-                    }
-                    publish(shard, conn, whole);
-                }
+                Err(reason) => return Step::End(End::Violation(reason)),
+                Ok(Some(whole)) => return Step::Message(whole),
                 Ok(None) => {}
             }
         }
         OpCode::Ping => conn.queue_pong(payload),
         OpCode::Pong => {
             if payload.len() > protocol::MAX_CONTROL_PAYLOAD {
-                return Some(End::Violation(CloseReason::protocol(
+                return Step::End(End::Violation(CloseReason::protocol(
                     "control frame too long",
                 )));
             }
         }
-        OpCode::Close => return Some(on_close(payload)),
+        OpCode::Close => return Step::End(on_close(payload)),
     }
-    None
+    Step::Next
+}
+
+/// Lets a message through the rate limit and the fan-out credit, waiting
+/// (without reading the socket) while either says "not yet", then
+/// publishes it.
+async fn admit(
+    shard: &Shard,
+    conn: &Rc<Conn>,
+    raw: Bytes,
+    read_at: Instant,
+    costs: &mut Vec<u32>,
+) -> Result<(), End> {
+    while let Err(wait) = conn.take_message_token() {
+        if conn.rate_action == RateLimitAction::Close {
+            return Err(End::Violation(CloseReason::RATE_LIMITED));
+        }
+        tokio::time::sleep(wait).await;
+        conn.held(HELD_RATE, wait);
+    }
+    if !conn.is_open() {
+        // Data after a close is discarded (RFC 6455 §5.5.1).
+        return Ok(());
+    }
+    let v1 = shard
+        .has_v1_clients()
+        .then(|| v1_message(&raw, conn.id.0, &conn.name, unix_millis()));
+    let len = raw.len() + v1.as_ref().map_or(0, Bytes::len);
+    let waited = shard.fanout().reserve(len, costs).await;
+    if !waited.is_zero() {
+        conn.held(HELD_FANOUT, waited);
+        conn.adjust_bucket(Some(waited));
+    }
+    let msg = Broadcast {
+        raw: Some(raw),
+        v1,
+        sender: conn.id,
+        channel: conn.channel,
+        framed_at: read_at,
+        cost: 0,
+    };
+    if conn.is_open() {
+        shard.publish(msg, &conn.name, costs);
+    } else {
+        shard.fanout().give_back(costs);
+    }
+    Ok(())
 }
 
 /// Checks a close frame from the peer (RFC 6455 §5.5.1, §7.4).
@@ -1090,30 +1320,6 @@ pub(crate) fn frame_message(opcode: protocol::frame::OpCode, payload: &[u8]) -> 
     frame.put_slice(&head[..n]);
     frame.put_slice(payload);
     frame.freeze()
-}
-
-/// Hands a framed message to every shard, unless this connection or the
-/// server is closing (data after a close is discarded, RFC 6455 §5.5.1).
-///
-/// The raw frame is what the sender sent; while `broadcast.v1` clients are
-/// connected, the v1 event is encoded here too, once for all of them.
-fn publish(shard: &Shard, conn: &Conn, raw: Bytes) {
-    if !conn.is_open() {
-        return;
-    }
-    let v1 = shard
-        .has_v1_clients()
-        .then(|| v1_message(&raw, conn.id.0, &conn.name, unix_millis()));
-    shard.publish(
-        Broadcast {
-            raw: Some(raw),
-            v1,
-            sender: conn.id,
-            channel: conn.channel,
-            framed_at: Instant::now(),
-        },
-        &conn.name,
-    );
 }
 
 /// The `broadcast.v1` message event for `raw` (a server frame of a text or

@@ -6,16 +6,21 @@
 //! a lock or a reference-count write, and the set can be replaced at run time
 //! (for example to add a relay to other nodes) without stopping publishers.
 //! Each receiving shard writes the same shared bytes to its own sockets.
+//!
+//! Before publishing, a publisher reserves fan-out credit on every shard
+//! ([`Fanout::reserve`]); the shard gives it back once the message is
+//! written. That is what bounds the inboxes: see `flow` for the design.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::flow::Credit;
 use crate::metrics::ShardMetrics;
 
 /// Identifies a broadcast domain ("room"). Every connection is in
@@ -53,8 +58,11 @@ pub(crate) struct Broadcast {
     pub(crate) sender: ConnId,
     /// Where it goes.
     pub(crate) channel: ChannelId,
-    /// When the publishing shard framed it (for the latency histogram).
+    /// When the server read it (for the latency histogram).
     pub(crate) framed_at: Instant,
+    /// Fan-out credit this copy holds on the shard it is sent to (set by
+    /// [`Fanout::publish`]; returned by that shard once it is written).
+    pub(crate) cost: u32,
 }
 
 /// What a shard's inbox carries. Everything goes through one FIFO queue so
@@ -88,6 +96,11 @@ pub(crate) struct ShardHandle {
     tx: mpsc::UnboundedSender<ShardMsg>,
     /// Open connections (HTTP and WebSocket) on this shard; used to place new ones.
     pub(crate) load: AtomicUsize,
+    /// WebSocket connections registered on this shard (the recipients a
+    /// message's fan-out cost is computed from).
+    pub(crate) members: AtomicUsize,
+    /// This shard's fan-out budget (see `flow`).
+    pub(crate) credit: Credit,
     /// Counters this shard keeps (written only by the shard itself).
     pub(crate) metrics: ShardMetrics,
 }
@@ -97,6 +110,8 @@ impl ShardHandle {
         Self {
             tx,
             load: AtomicUsize::new(0),
+            members: AtomicUsize::new(0),
+            credit: Credit::default(),
             metrics: ShardMetrics::default(),
         }
     }
@@ -126,15 +141,66 @@ impl Fanout {
         }
     }
 
-    /// Pushes `msg` to every shard's inbox: one reference-count increment per
-    /// shard, no copy, no lock.
-    pub(crate) fn publish(&self, msg: Broadcast) {
+    /// Reserves the fan-out credit a message of `frame_len` bytes needs on
+    /// every shard, waiting (first come, first served) while a shard's
+    /// budget is used up. `costs` receives what was taken per shard, to be
+    /// passed to [`Fanout::publish`] (or [`Fanout::give_back`]). Returns how
+    /// long it waited (zero on the fast path: one compare-and-swap per shard).
+    pub(crate) async fn reserve(&self, frame_len: usize, costs: &mut Vec<u32>) -> Duration {
         let peers = self.peers.load();
-        if let Some((last, rest)) = peers.shards.split_last() {
-            for shard in rest {
-                shard.send(ShardMsg::Broadcast(msg.clone()));
+        costs.clear();
+        costs.extend(
+            peers
+                .shards
+                .iter()
+                .map(|s| Credit::cost(frame_len, s.members.load(Ordering::Relaxed))),
+        );
+        let Some(short) = peers
+            .shards
+            .iter()
+            .zip(costs.iter())
+            .position(|(s, &cost)| !s.credit.try_take(cost))
+        else {
+            return Duration::ZERO;
+        };
+        // Slow path: hold the shards (not the snapshot guard) while waiting.
+        let shards = peers.shards.clone();
+        drop(peers);
+        let started = Instant::now();
+        for (shard, &cost) in shards.iter().zip(costs.iter()).skip(short) {
+            shard.credit.take(cost).await;
+        }
+        started.elapsed()
+    }
+
+    /// Returns credit reserved for a message that is not published after all.
+    pub(crate) fn give_back(&self, costs: &[u32]) {
+        let peers = self.peers.load();
+        for (shard, &cost) in peers.shards.iter().zip(costs) {
+            shard.credit.give_back(u64::from(cost));
+        }
+    }
+
+    /// Pushes `msg` to every shard's inbox: one reference-count increment per
+    /// shard, no copy, no lock. `costs` is what [`Fanout::reserve`] took.
+    pub(crate) fn publish(&self, msg: Broadcast, costs: &[u32]) {
+        let peers = self.peers.load();
+        debug_assert_eq!(peers.shards.len(), costs.len());
+        for (shard, &cost) in peers.shards.iter().zip(costs) {
+            let mut copy = msg.clone();
+            copy.cost = cost;
+            if !shard.send(ShardMsg::Broadcast(copy)) {
+                shard.credit.give_back(u64::from(cost));
             }
-            last.send(ShardMsg::Broadcast(msg));
+        }
+    }
+
+    /// Publishes a message that holds no credit (presence updates: small,
+    /// and at most two a second).
+    pub(crate) fn publish_free(&self, msg: Broadcast) {
+        let peers = self.peers.load();
+        for shard in peers.shards.iter() {
+            shard.send(ShardMsg::Broadcast(msg.clone()));
         }
     }
 

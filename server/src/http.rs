@@ -271,7 +271,14 @@ fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, peer: SocketAddr) -> R
     let Ok(ip) = shard.admit_ip(peer.ip().to_canonical()) else {
         stats.connections.fetch_sub(1, Ordering::Relaxed);
         stats.refused_per_ip.fetch_add(1, Ordering::Relaxed);
-        return unavailable("too many connections from your address\n");
+        let limit = shard.config().max_connections_per_ip;
+        return respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            format!(
+                "too many connections from your address: the limit is {limit} (--max-connections-per-ip)\n"
+            ),
+        );
     };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(parts) => parts,

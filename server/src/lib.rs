@@ -30,6 +30,7 @@ mod cluster;
 mod config;
 mod conn;
 mod fanout;
+mod flow;
 mod http;
 mod metrics;
 mod names;
@@ -47,8 +48,8 @@ use std::time::Duration;
 
 pub use cluster::{check as check_cluster, ClusterConfig, ClusterError, DEFAULT_CHANNEL};
 pub use config::{
-    Config, CLOSE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_MESSAGE_RATE,
-    DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
+    Config, RateLimitAction, CLOSE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_IP,
+    DEFAULT_MAX_MESSAGE_RATE, DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
 };
 use fanout::{Fanout, Peers, ShardHandle, ShardMsg};
 use stats::Stats;

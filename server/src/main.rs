@@ -68,10 +68,13 @@ struct StartArgs {
     /// Also deliver each message back to its sender.
     #[arg(long)]
     echo: bool,
-    /// Messages per second one client may send (burst: the same number); over it the client is closed with 1008 "rate limited". 0 disables.
+    /// Messages per second one client may send (burst: the same number); see --rate-limit-action for what happens over it. 0 (the default) disables.
     #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_MESSAGE_RATE)]
     max_message_rate: u32,
-    /// Open WebSocket connections allowed from one client IP address; further upgrades get 503. 0 disables.
+    /// Over --max-message-rate: `throttle` stops reading from the client until it is within the rate (nothing is lost); `close` closes it with 1008 "rate limited".
+    #[arg(long, value_name = "ACTION", value_enum, default_value_t = server::RateLimitAction::Throttle)]
+    rate_limit_action: server::RateLimitAction,
+    /// Open WebSocket connections allowed from one client IP address; further upgrades get 503. 0 (the default) disables.
     #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_CONNECTIONS_PER_IP)]
     max_connections_per_ip: u32,
     /// New WebSocket connections accepted per second, server-wide (burst: the same number); excess upgrades get 503. 0 disables.
@@ -144,6 +147,7 @@ impl StartArgs {
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
             echo: self.echo,
             max_message_rate: self.max_message_rate,
+            rate_limit_action: self.rate_limit_action,
             max_connections_per_ip: self.max_connections_per_ip,
             max_new_connections_per_sec: self.max_new_connections_per_sec,
             allowed_origins: self.allowed_origins,

@@ -39,15 +39,17 @@ pub(crate) struct LatencyHistogram {
 }
 
 impl LatencyHistogram {
-    pub(crate) fn observe(&self, d: Duration) {
+    /// Records `n` observations of `d`.
+    pub(crate) fn observe(&self, d: Duration, n: u64) {
         let secs = d.as_secs_f64();
         let i = LATENCY_BOUNDS
             .iter()
             .position(|&b| secs <= b)
             .unwrap_or(LATENCY_BOUNDS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.buckets[i].fetch_add(n, Ordering::Relaxed);
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(nanos.saturating_mul(n), Ordering::Relaxed);
     }
 }
 
@@ -60,10 +62,17 @@ pub(crate) struct ShardMetrics {
     pub(crate) bytes_out: AtomicU64,
     /// Bytes read from this shard's WebSocket connections.
     pub(crate) bytes_in: AtomicU64,
-    /// From framing by the publishing shard to this shard having written
-    /// (or queued) a batch to all its sockets; one observation per batch,
-    /// measured from the batch's oldest message.
+    /// From the server reading a message to writing it to a client
+    /// socket: one observation per batch written to a socket (at once by
+    /// the dispatcher, or later by the socket's flush task), measured from
+    /// the batch's oldest message.
     pub(crate) latency: LatencyHistogram,
+    /// Time publishers on this shard waited for fan-out credit, in ns.
+    pub(crate) paused_fanout_nanos: AtomicU64,
+    /// Time publishers on this shard waited for a rate-limit token, in ns.
+    pub(crate) paused_rate_nanos: AtomicU64,
+    /// Connections reset because they did not take our close frame in time.
+    pub(crate) aborted: AtomicU64,
 }
 
 /// Everything a scrape reports, read once from the atomics.
@@ -76,6 +85,7 @@ struct Snapshot {
     refused: Vec<(&'static str, u64)>,
     shard_connections: Vec<u64>,
     shard_deliveries: Vec<u64>,
+    paused: Vec<(&'static str, f64)>,
     latency_sum: f64,
     latency_buckets: Vec<(f64, u64)>,
 }
@@ -138,6 +148,11 @@ impl Snapshot {
                     get(&stats.rate_limited_closes),
                 ),
                 (
+                    "broadcast_aborted_connections",
+                    "Connections reset (SO_LINGER 0) because the peer did not take the close frame within the close timeout",
+                    sum_shards(|m| &m.aborted),
+                ),
+                (
                     "broadcast_tls_handshake_failures",
                     "TLS handshakes that failed or timed out",
                     get(&stats.tls_failures),
@@ -175,6 +190,16 @@ impl Snapshot {
                     u64::from(stats.cluster.link_up()),
                 ),
                 (
+                    "broadcast_fanout_backlog_bytes",
+                    "Delivery bytes (frame bytes x recipients) published but not yet written by the shards, over all shards",
+                    shards.iter().map(|s| s.credit.in_use_bytes()).sum(),
+                ),
+                (
+                    "broadcast_fanout_budget_bytes",
+                    "The fan-out backlog at which publishers are paused, over all shards",
+                    crate::flow::Credit::budget_bytes() * shards.len() as u64,
+                ),
+                (
                     "broadcast_uptime_seconds",
                     "Seconds since the server started",
                     stats.uptime().as_secs(),
@@ -202,6 +227,16 @@ impl Snapshot {
                 .map(|s| s.load.load(Ordering::Relaxed) as u64)
                 .collect(),
             shard_deliveries: shards.iter().map(|s| get(&s.metrics.deliveries)).collect(),
+            paused: vec![
+                (
+                    "fanout",
+                    sum_shards(|m| &m.paused_fanout_nanos) as f64 / 1e9,
+                ),
+                (
+                    "rate_limit",
+                    sum_shards(|m| &m.paused_rate_nanos) as f64 / 1e9,
+                ),
+            ],
             latency_sum: sum_nanos as f64 / 1e9,
             latency_buckets,
         }
@@ -272,11 +307,22 @@ impl Collector for Snapshot {
                 .encode_family(&[("shard", i.to_string())])?
                 .encode_counter::<NoLabelSet, _, u64>(v, None)?;
         }
+        let mut paused = encoder.encode_descriptor(
+            "broadcast_publisher_paused_seconds",
+            "Time publishers were not read from, by cause: fanout (waiting for the fan-out backlog to drain) or rate_limit (--max-message-rate)",
+            None,
+            MetricType::Counter,
+        )?;
+        for &(cause, v) in &self.paused {
+            paused
+                .encode_family(&[("cause", cause)])?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
         let count = self.latency_buckets.iter().map(|b| b.1).sum();
         encoder
             .encode_descriptor(
                 "broadcast_delivery_latency_seconds",
-                "From framing by the publishing shard to a receiving shard having written the batch to all its sockets (one observation per batch per shard)",
+                "From the server reading a message to writing it to a client socket (one observation per batch written to a socket, from the batch's oldest message)",
                 None,
                 MetricType::Histogram,
             )?

@@ -109,12 +109,13 @@ pub(crate) async fn run(
         let online = stats.connections.load(Ordering::Relaxed) as u64;
         let event = pending.take_event(online).encode();
         let frame = crate::conn::frame_text(event.as_bytes());
-        fanout.publish(Broadcast {
+        fanout.publish_free(Broadcast {
             raw: None,
             v1: Some(frame),
             sender: ConnId(0),
             channel: LOBBY,
             framed_at: std::time::Instant::now(),
+            cost: 0,
         });
     }
 }

@@ -4,11 +4,14 @@
 //! The shard's inbox (one FIFO queue) brings it new TCP connections,
 //! broadcast frames from every shard, and shutdown steps. The dispatcher
 //! takes the inbox in batches and writes each batch to every member socket
-//! with one vectored write per socket. Everything a shard owns is `Rc` and
-//! `Cell`: no lock is taken on this thread.
+//! with one vectored write per socket, then returns the batch's fan-out
+//! credit. While most of its connections are behind (the audience gate of
+//! `flow`), it holds broadcast frames back, and with them their credit,
+//! which is what slows the publishers down. Everything a shard owns is `Rc`
+//! and `Cell`: no lock is taken on this thread.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IoSlice;
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -22,8 +25,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::{Config, TokenBucket, CLOSE_TIMEOUT};
-use crate::conn::{self, Conn, Queued};
+use crate::conn::{self, Conn, Queued, ShardCtx};
 use crate::fanout::{Broadcast, ConnId, Fanout, Format, ShardHandle, ShardMsg, LOBBY};
+use crate::flow::Audience;
 use crate::names::Names;
 use crate::presence::{Change, PresenceTx};
 use crate::registry::Registry;
@@ -31,6 +35,14 @@ use crate::stats::Stats;
 
 /// Most inbox messages taken per dispatch round.
 const BATCH: usize = 256;
+
+/// While the audience gate is closed, how often the dispatcher looks for
+/// connections that have stopped reading altogether.
+const STALL_CHECK: Duration = Duration::from_millis(250);
+
+/// Most client addresses remembered as already logged for hitting
+/// `--max-connections-per-ip`.
+const LOGGED_IPS: usize = 4096;
 
 /// Source of process-unique connection ids.
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -45,6 +57,8 @@ pub(crate) struct Hub {
     /// Open WebSocket connections per client address (`--max-connections-per-ip`);
     /// touched only when a connection starts or ends.
     per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// Addresses already logged for hitting `--max-connections-per-ip`.
+    per_ip_logged: Mutex<HashSet<IpAddr>>,
     /// Server-wide bucket of `--max-new-connections-per-sec`; taken once per upgrade.
     new_conns: Mutex<TokenBucket>,
     /// With `--redis`: where published messages go to reach other nodes.
@@ -58,6 +72,7 @@ impl Hub {
             names: Names::default(),
             presence,
             per_ip: Mutex::new(HashMap::new()),
+            per_ip_logged: Mutex::new(HashSet::new()),
             new_conns: Mutex::new(TokenBucket::full(new_conn_rate, Instant::now())),
             relay: None,
         }
@@ -78,6 +93,8 @@ pub(crate) struct Shard {
     fanout: Fanout,
     handle: Arc<ShardHandle>,
     hub: Arc<Hub>,
+    /// What this shard's connections share (the audience gate, counters).
+    ctx: Rc<ShardCtx>,
     registry: RefCell<Registry>,
     /// Set when shutdown starts: no more publishing or upgrades.
     draining: Cell<bool>,
@@ -101,12 +118,17 @@ pub(crate) fn spawn(
                 .enable_all()
                 .build_local(tokio::runtime::LocalOptions::default())
                 .expect("cannot build the shard runtime");
+            let ctx = Rc::new(ShardCtx {
+                audience: Audience::default(),
+                handle: handle.clone(),
+            });
             let shard = Rc::new(Shard {
                 index,
                 config,
                 fanout,
                 handle,
                 hub,
+                ctx,
                 registry: RefCell::new(Registry::default()),
                 draining: Cell::new(false),
                 departed: Notify::new(),
@@ -122,6 +144,10 @@ impl Shard {
 
     pub(crate) fn stats(&self) -> &Stats {
         &self.hub.stats
+    }
+
+    pub(crate) fn fanout(&self) -> &Fanout {
+        &self.fanout
     }
 
     /// Whether messages must also be encoded as `broadcast.v1` events.
@@ -164,6 +190,19 @@ impl Shard {
         let mut map = self.hub.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(ip).or_insert(0);
         if *n >= limit {
+            drop(map);
+            let mut logged = self
+                .hub
+                .per_ip_logged
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if logged.len() < LOGGED_IPS && logged.insert(ip) {
+                tracing::warn!(
+                    %ip,
+                    limit,
+                    "refusing connections from this address: --max-connections-per-ip reached (logged once per address)"
+                );
+            }
             return Err(());
         }
         *n += 1;
@@ -185,40 +224,78 @@ impl Shard {
     async fn run(self: Rc<Self>, mut inbox: mpsc::UnboundedReceiver<ShardMsg>) {
         tracing::debug!(shard = self.index, "shard started");
         let keepalive = tokio::task::spawn_local(self.clone().keepalive());
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut msgs = Vec::with_capacity(BATCH);
+        // Broadcast frames taken from the inbox, not yet written. Bounded by
+        // this shard's fan-out credit: each of them holds some.
+        let mut pending: VecDeque<Broadcast> = VecDeque::new();
         let mut frames: Vec<Broadcast> = Vec::with_capacity(BATCH);
         let mut stopping = false;
-        while !stopping {
-            if inbox.recv_many(&mut batch, BATCH).await == 0 {
-                break;
-            }
-            for msg in batch.drain(..) {
-                let other = match msg {
-                    ShardMsg::Broadcast(b) => {
-                        frames.push(b);
-                        continue;
+        loop {
+            // Take what has arrived, without waiting.
+            while msgs.len() < BATCH {
+                match inbox.try_recv() {
+                    Ok(msg) => msgs.push(msg),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        stopping = true;
+                        break;
                     }
-                    other => other,
-                };
-                // Keep the inbox order: deliver what came before first.
-                self.deliver(&frames);
-                frames.clear();
-                match other {
-                    ShardMsg::Accept(stream, peer) => self.accept(stream, peer),
-                    ShardMsg::Quiesce(done) => {
-                        self.draining.set(true);
-                        let _ = done.send(());
-                    }
-                    ShardMsg::Shutdown => stopping = true,
-                    ShardMsg::Broadcast(_) => unreachable!("handled above"),
                 }
             }
-            self.deliver(&frames);
-            frames.clear();
+            for msg in msgs.drain(..) {
+                stopping |= self.take(msg, &mut pending);
+            }
+            // Shutdown delivers everything already published, gate or not.
+            if !pending.is_empty() && (stopping || !self.ctx.audience.congested()) {
+                let n = pending.len().min(BATCH);
+                frames.extend(pending.drain(..n));
+                self.deliver(&frames);
+                frames.clear();
+                // Let the readers and flush tasks of this shard run too.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if stopping {
+                break;
+            }
+            tokio::select! {
+                n = inbox.recv_many(&mut msgs, BATCH) => {
+                    if n == 0 {
+                        stopping = true;
+                    }
+                }
+                () = self.ctx.audience.progress(STALL_CHECK), if !pending.is_empty() => {
+                    self.check_stalls();
+                }
+            }
         }
         self.close_all().await;
         keepalive.abort();
         tracing::debug!(shard = self.index, "shard stopped");
+    }
+
+    /// Handles one inbox message (broadcasts join `pending`); returns true
+    /// on shutdown.
+    fn take(self: &Rc<Self>, msg: ShardMsg, pending: &mut VecDeque<Broadcast>) -> bool {
+        match msg {
+            ShardMsg::Broadcast(b) => pending.push_back(b),
+            ShardMsg::Accept(stream, peer) => self.accept(stream, peer),
+            ShardMsg::Quiesce(done) => {
+                self.draining.set(true);
+                let _ = done.send(());
+            }
+            ShardMsg::Shutdown => return true,
+        }
+        false
+    }
+
+    /// The audience gate is closed: connections whose outbox has not moved
+    /// for [`crate::flow::STALL_AFTER`] stop holding it closed.
+    fn check_stalls(&self) {
+        let now = Instant::now();
+        for conn in self.registry.borrow().all() {
+            conn.check_stall(now);
+        }
     }
 
     /// Writes a batch of frames to every member socket.
@@ -228,6 +305,12 @@ impl Shard {
         }
         let echo = self.config.echo;
         let max_backlog = self.config.max_backlog;
+        let oldest = frames
+            .iter()
+            .map(|f| f.framed_at)
+            .min()
+            .unwrap_or_else(Instant::now);
+        let mut written = 0u64;
         let mut picked: Vec<&Bytes> = Vec::with_capacity(frames.len());
         let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len());
         let mut overflowed = Vec::new();
@@ -257,8 +340,10 @@ impl Shard {
                 }
                 deliveries += picked.len() as u64;
                 bytes_out += picked.iter().map(|f| f.len() as u64).sum::<u64>();
-                if conn.send_batch(&picked, &mut iov, max_backlog) == Queued::Overflow {
-                    overflowed.push(conn.clone());
+                match conn.send_batch(&picked, &mut iov, max_backlog, oldest) {
+                    Queued::Written => written += 1,
+                    Queued::Ok => {}
+                    Queued::Overflow => overflowed.push(conn.clone()),
                 }
             }
         }
@@ -267,9 +352,14 @@ impl Shard {
         let metrics = &self.handle.metrics;
         metrics.deliveries.fetch_add(deliveries, Ordering::Relaxed);
         metrics.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
-        if let Some(oldest) = frames.iter().map(|f| f.framed_at).min() {
-            metrics.latency.observe(oldest.elapsed());
+        // Sockets that took the whole batch; the rest is observed as their
+        // flush tasks write it.
+        if written > 0 {
+            metrics.latency.observe(oldest.elapsed(), written);
         }
+        // The batch is in the sockets or the outboxes: its credit is free.
+        let credit: u64 = frames.iter().map(|f| u64::from(f.cost)).sum();
+        self.handle.credit.give_back(credit);
         for conn in overflowed {
             self.hub
                 .stats
@@ -315,6 +405,13 @@ impl Shard {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(cause = %e, "set_nodelay failed");
         }
+        // Keep a backlog in the outbox (measured, bounded, seen by the
+        // audience gate) instead of megabytes of kernel send buffer.
+        if let Err(e) =
+            socket2::SockRef::from(&stream).set_tcp_notsent_lowat(crate::flow::NOTSENT_LOWAT)
+        {
+            tracing::debug!(cause = %e, "TCP_NOTSENT_LOWAT failed");
+        }
         let (reader, writer) = stream.into_split();
         let id = ConnId(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
         let wanted = name.unwrap_or_else(|| protocol::v1::guest_name(id.0));
@@ -326,9 +423,12 @@ impl Shard {
             name,
             (writer, tls),
             ip,
-            self.config.max_message_rate,
+            (self.config.max_message_rate, self.config.rate_limit_action),
+            self.ctx.clone(),
         ));
         self.handle.load.fetch_add(1, Ordering::Relaxed);
+        self.handle.members.fetch_add(1, Ordering::Relaxed);
+        self.ctx.audience.joined();
         self.hub
             .stats
             .connections_total
@@ -366,6 +466,9 @@ impl Shard {
     /// Forgets a connection whose task is ending.
     pub(crate) fn unregister(&self, conn: &Conn) {
         self.registry.borrow_mut().remove(conn);
+        conn.leave_audience();
+        self.ctx.audience.left();
+        self.handle.members.fetch_sub(1, Ordering::Relaxed);
         self.handle.load.fetch_sub(1, Ordering::Relaxed);
         self.hub.stats.connections.fetch_sub(1, Ordering::Relaxed);
         if conn.format == Format::V1 {
@@ -383,15 +486,17 @@ impl Shard {
 
     /// Publishes a message received on this shard (from the client named
     /// `name`) to every shard, and to the other nodes with `--redis`.
-    pub(crate) fn publish(&self, msg: Broadcast, name: &str) {
+    /// `costs` is the fan-out credit reserved for it.
+    pub(crate) fn publish(&self, msg: Broadcast, name: &str, costs: &[u32]) {
         if self.draining.get() {
+            self.fanout.give_back(costs);
             return;
         }
         self.hub.stats.messages_in.fetch_add(1, Ordering::Relaxed);
         if let Some(relay) = &self.hub.relay {
             relay.offer(&msg, name);
         }
-        self.fanout.publish(msg);
+        self.fanout.publish(msg, costs);
     }
 
     pub(crate) fn note_violation(&self, reason: CloseReason) {
