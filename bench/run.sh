@@ -386,6 +386,7 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   row "server latency p99 (ms, /metrics bucket bound)" s6 .server_metrics.latency_p99_ms 3
   row "publishers paused for fan-out (s, summed)" s6 '.server_metrics.publisher_paused_s.fanout' 1
   row "publishers paused by rate limit (s, summed)" s6 '.server_metrics.publisher_paused_s.rate_limit' 1
+  row "connections aborted after the close timeout (/metrics)" s6 .server_metrics.aborted 0
   row "server CPU (% of one core)" s6 .server.cpu_run_pct 0
   echo
   fi
@@ -418,6 +419,7 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   row "paused by rate limit (s)" s7 '.server_metrics.publisher_paused_s.rate_limit' 1
   row "deliveries/s" s7 .deliveries_per_s 0
   row "drain took (s)" s7 .drain_used_s 1
+  row "connections aborted after the close timeout (/metrics)" s7 .server_metrics.aborted 0
   row "server CPU (% of one core)" s7 .server.cpu_run_pct 0
   echo
   fi

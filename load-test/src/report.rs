@@ -515,9 +515,13 @@ impl Report {
                     .collect::<Vec<_>>()
                     .join(", ")
             };
+            let aborted = m
+                .aborted
+                .map(|a| format!(", aborted {a}"))
+                .unwrap_or_default();
             row(
                 "server paused readers",
-                format!("{paused}; server-side closes: {closes}"),
+                format!("{paused}; server-side closes: {closes}{aborted}"),
             );
         }
         if let Some(e) = &self.metrics_error {

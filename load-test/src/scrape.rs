@@ -8,7 +8,8 @@
 //!   [`bucket_percentile`]);
 //! - `broadcast_publisher_paused_seconds_total{cause}`: seconds the server
 //!   stopped reading publishers, by cause (flow control), when it has them;
-//! - `broadcast_closes_total{reason}`: connections the server ended, by reason;
+//! - `broadcast_closes_total{reason}`: connections the server ended, by reason,
+//!   and `broadcast_aborted_connections_total` (reset after the close timeout);
 //! - `broadcast_fanout_backlog_bytes` (gauge): its value at the second scrape.
 //!
 //! The page is fetched with a minimal HTTP/1.1 GET (plain `http://` only:
@@ -31,6 +32,7 @@ const MAX_PAGE: usize = 4 << 20;
 const LATENCY: &str = "broadcast_delivery_latency_seconds";
 const PAUSED: &str = "broadcast_publisher_paused_seconds_total";
 const CLOSES: &str = "broadcast_closes_total";
+const ABORTED: &str = "broadcast_aborted_connections_total";
 const BACKLOG: &str = "broadcast_fanout_backlog_bytes";
 
 /// One sample line: metric name, labels, value.
@@ -217,6 +219,8 @@ pub(crate) struct ServerMetrics {
     pub(crate) publisher_paused_s: BTreeMap<String, f64>,
     /// `broadcast_closes_total` deltas by `reason`, non-zero ones.
     pub(crate) closes: BTreeMap<String, f64>,
+    /// `broadcast_aborted_connections_total` delta, if the server has it.
+    pub(crate) aborted: Option<f64>,
     /// `broadcast_fanout_backlog_bytes` at the second scrape, if present.
     pub(crate) fanout_backlog_bytes_end: Option<f64>,
 }
@@ -240,6 +244,9 @@ impl ServerMetrics {
                 &before.by_label(CLOSES, "reason"),
                 &after.by_label(CLOSES, "reason"),
             ),
+            aborted: after
+                .value(ABORTED)
+                .map(|a| a - before.value(ABORTED).unwrap_or(0.0)),
             fanout_backlog_bytes_end: after.value(BACKLOG),
         }
     }
@@ -368,6 +375,7 @@ broadcast_connections_open 5
 broadcast_publisher_paused_seconds_total{cause="fanout"} 1.5
 broadcast_publisher_paused_seconds_total{cause="rate_limit"} 0
 broadcast_fanout_backlog_bytes 0
+broadcast_aborted_connections_total 3
 # TYPE broadcast_delivery_latency_seconds histogram
 broadcast_delivery_latency_seconds_bucket{le="0.001"} 10
 broadcast_delivery_latency_seconds_bucket{le="0.01"} 20
@@ -439,6 +447,7 @@ broadcast_delivery_latency_seconds_count 20
                 .replace(r#"reason="aborted"} 0"#, r#"reason="aborted"} 1"#)
                 .replace(r#"cause="fanout"} 1.5"#, r#"cause="fanout"} 4"#)
                 .replace("backlog_bytes 0", "backlog_bytes 77")
+                .replace("aborted_connections_total 3", "aborted_connections_total 4")
                 // 100 more: 90 under 1 ms, 9 under 10 ms, 1 over 100 ms.
                 .replace(r#"le="0.001"} 10"#, r#"le="0.001"} 100"#)
                 .replace(r#"le="0.01"} 20"#, r#"le="0.01"} 119"#)
@@ -460,6 +469,7 @@ broadcast_delivery_latency_seconds_count 20
             BTreeMap::from([("aborted".to_string(), 1.0), ("normal".to_string(), 2.0)])
         );
         assert_eq!(m.fanout_backlog_bytes_end, Some(77.0));
+        assert_eq!(m.aborted, Some(1.0));
         // A p99 in the +Inf bucket.
         let worse = Page::parse(&after.samples.iter().fold(String::new(), |mut s, x| {
             let v = if x.name.ends_with("_bucket") && x.labels[0].1 == "+Inf" {
@@ -484,6 +494,7 @@ broadcast_delivery_latency_seconds_count 20
         assert_eq!(none.latency_observations, 0);
         assert_eq!(none.show(none.latency_p50_ms), "-");
         assert!(none.publisher_paused_s.is_empty());
+        assert_eq!(none.aborted, None);
     }
 
     #[test]
