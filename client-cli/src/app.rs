@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::stream::SplitStream;
+use futures_util::StreamExt as _;
 use protocol::v1::ServerEvent;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::Connector;
 
@@ -21,10 +21,17 @@ use crate::conn::{connect, Connected, Ws};
 use crate::input::{self, Input};
 use crate::output::Out;
 use crate::render::{self, BodyView};
+use crate::send::{Outgoing, Step};
 use crate::target::Target;
 
-/// How long a clean close waits for the server's close reply.
+/// How long leaving waits for the server's close reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// At the end of piped input, how long to wait for the server's close reply
+/// while the server reads nothing of ours. It reads in order, and answers the
+/// ping slipped in after every 100 lines (see `send`), so even a server that
+/// reads slowly (flow control, a rate limit's throttle) shows progress well
+/// within this; one that reads nothing for a minute is stuck.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
 /// A connection that lasted this long resets the backoff; shorter ones keep
 /// counting, so a server that accepts and at once closes is not hammered.
 const STABLE: Duration = Duration::from_secs(10);
@@ -46,7 +53,13 @@ enum End {
     Quit,
     /// The server closed or the connection broke: what to tell the user.
     Dropped(String),
+    /// Pipe mode: stdin has ended but the server did not answer our close,
+    /// so lines may be lost: why.
+    Unconfirmed(String),
 }
+
+/// The reading half of a connection.
+type Incoming = SplitStream<Ws>;
 
 /// SIGINT, SIGTERM and SIGHUP: each means "leave cleanly".
 struct Signals(Vec<Signal>);
@@ -84,6 +97,15 @@ struct Client {
     backoff: Backoff,
     /// This connection's id, from the v1 welcome.
     my_id: Option<u64>,
+    /// A line read from the user that no connection has taken yet (it goes
+    /// out on the next one after a drop).
+    pending: Option<String>,
+    /// Pipe mode: lines sent on the last connection, and how many of them
+    /// the server did not confirm.
+    last_session: (u64, u64),
+    /// Pipe mode: lines sent that the server never confirmed, over all
+    /// connections (they may have been lost).
+    unconfirmed: u64,
 }
 
 /// Runs the client; returns the process exit code.
@@ -99,6 +121,9 @@ pub(crate) async fn run(opts: Options, out: Out, tls: Connector) -> ExitCode {
         prompt: Arc::new(Mutex::new("> ".to_owned())),
         backoff: Backoff::default(),
         my_id: None,
+        pending: None,
+        last_session: (0, 0),
+        unconfirmed: 0,
     };
     client.main_loop().await
 }
@@ -125,21 +150,59 @@ impl Client {
             if started.elapsed() >= STABLE {
                 self.backoff.reset();
             }
+            let loss = self.count_loss();
             match end {
-                End::Quit => return self.exit(ExitCode::SUCCESS, None),
+                End::Quit => return self.leave(),
+                End::Unconfirmed(why) => {
+                    self.out.error(&why);
+                    return self.exit(ExitCode::from(1), loss.as_deref());
+                }
                 End::Dropped(why) => {
                     if !self.opts.reconnect {
-                        return self.exit(ExitCode::from(1), Some(&why));
+                        return match loss {
+                            None => self.exit(ExitCode::from(1), Some(&why)),
+                            Some(loss) => {
+                                self.out.error(&why);
+                                self.exit(ExitCode::from(1), Some(&loss))
+                            }
+                        };
                     }
                     self.out.status(&why);
+                    if let Some(loss) = loss {
+                        self.out.error(&loss);
+                    }
                 }
             }
             match self.reconnect().await {
                 Some(c) => conn = c,
-                None => return self.exit(ExitCode::SUCCESS, None),
+                None => return self.leave(),
             }
             again = true;
         }
+    }
+
+    /// Adds the last connection's unconfirmed lines to the total; the line
+    /// that says so, if there were any.
+    fn count_loss(&mut self) -> Option<String> {
+        let (sent, unconfirmed) = std::mem::take(&mut self.last_session);
+        if unconfirmed == 0 {
+            return None;
+        }
+        self.unconfirmed += unconfirmed;
+        Some(format!(
+            "{unconfirmed} of the {sent} lines sent on this connection may not have been delivered (the server did not confirm reading them)"
+        ))
+    }
+
+    /// The user left or the input ended: 0, unless lines may have been lost
+    /// on a connection that dropped.
+    fn leave(&self) -> ExitCode {
+        if self.unconfirmed == 0 {
+            return self.exit(ExitCode::SUCCESS, None);
+        }
+        let n = self.unconfirmed;
+        let line = format!("exit status 1: {n} lines sent may not have been delivered");
+        self.exit(ExitCode::from(1), Some(&line))
     }
 
     fn exit(&self, code: ExitCode, last: Option<&str>) -> ExitCode {
@@ -211,52 +274,88 @@ impl Client {
         }
     }
 
+    /// Pipe mode: stdin is read and sent until its end, and the exit status
+    /// says whether the server confirmed every line.
+    fn pipe(&self) -> bool {
+        !self.opts.interactive && !self.opts.listen
+    }
+
     async fn session(&mut self, conn: Connected, again: bool) -> End {
-        let Connected { mut ws, v1 } = conn;
+        let Connected { ws, v1 } = conn;
+        let (sink, mut stream) = ws.split();
+        let mut out = Outgoing::new(sink, self.pipe());
         if !v1 {
             self.out
                 .status(&render::raw_connected(&self.opts.target.display, again));
             self.start_input();
         }
-        let mut notice: Option<String> = None;
         self.my_id = None;
+        let end = self.converse(&mut out, &mut stream, v1, again).await;
+        if self.pipe() {
+            self.last_session = (out.sent, out.unconfirmed());
+        }
+        end
+    }
+
+    /// Reads the server and sends the user's lines until one of them ends.
+    async fn converse(
+        &mut self,
+        out: &mut Outgoing,
+        stream: &mut Incoming,
+        v1: bool,
+        again: bool,
+    ) -> End {
+        let mut notice: Option<String> = None;
         loop {
+            // Biased: what the server sends is read first (it must not pile
+            // up while we send), and the next line is taken before a flush,
+            // so lines that are already waiting go out in one write.
             tokio::select! {
-                msg = ws.next() => match msg {
+                biased;
+                () = self.signals.recv() => {
+                    let _ = self.close(out, stream, v1, CloseWait::Leaving).await;
+                    return End::Quit;
+                }
+                () = self.out.stdout_gone.notified() => {
+                    let _ = self.close(out, stream, v1, CloseWait::Leaving).await;
+                    return End::Quit;
+                }
+                msg = stream.next() => match msg {
                     Some(Ok(Message::Close(frame))) => {
-                        drain(&mut ws).await;
+                        drain(stream).await;
                         let (code, reason) = frame
                             .map(|f| (Some(u16::from(f.code)), f.reason.to_string()))
                             .unwrap_or((None, String::new()));
                         return End::Dropped(render::closed_by_server(code, &reason, notice.as_deref()));
                     }
+                    Some(Ok(Message::Pong(payload))) => out.on_pong(&payload),
                     Some(Ok(msg)) => self.show(msg, v1, again, &mut notice),
                     Some(Err(e)) => return End::Dropped(render::lost(&e.to_string(), notice.as_deref())),
                     None => return End::Dropped(render::lost("the connection ended", notice.as_deref())),
                 },
-                input = next_input(&mut self.input) => match input {
+                input = next_input(&mut self.input), if self.pending.is_none() => match input {
                     Some(Input::Line(line)) => {
-                        if line.trim().is_empty() {
-                            continue;
-                        }
-                        if let Err(e) = ws.send(Message::text(line)).await {
-                            return End::Dropped(render::lost(&e.to_string(), notice.as_deref()));
+                        if !line.trim().is_empty() {
+                            self.pending = Some(line);
                         }
                     }
                     Some(Input::Quit) | None => {
                         self.editor_running = false;
                         self.input = None;
-                        self.close(&mut ws, v1).await;
-                        return End::Quit;
+                        if !self.pipe() {
+                            let _ = self.close(out, stream, v1, CloseWait::Leaving).await;
+                            return End::Quit;
+                        }
+                        return match self.close(out, stream, v1, CloseWait::Confirming).await {
+                            Ok(()) => End::Quit,
+                            Err(why) => End::Unconfirmed(why),
+                        };
                     }
                 },
-                () = self.signals.recv() => {
-                    self.close(&mut ws, v1).await;
-                    return End::Quit;
-                }
-                () = self.out.stdout_gone.notified() => {
-                    self.close(&mut ws, v1).await;
-                    return End::Quit;
+                r = out.step(&mut self.pending), if self.pending.is_some() || out.busy() => {
+                    if let Err(e) = r {
+                        return End::Dropped(render::lost(&e.to_string(), notice.as_deref()));
+                    }
                 }
             }
         }
@@ -316,31 +415,105 @@ impl Client {
         }
     }
 
-    /// Sends close 1000 and waits (bounded) for the server's reply, printing
-    /// what still arrives before it: once the reply is in, the server has
-    /// read everything sent before.
-    async fn close(&mut self, ws: &mut Ws, v1: bool) {
-        let frame = CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        };
-        if ws.close(Some(frame)).await.is_err() {
-            return;
-        }
-        let deadline = Instant::now() + CLOSE_TIMEOUT;
+    /// Sends close 1000 after what is queued and waits for the server's
+    /// reply, printing what still arrives before it. `Ok` once the reply is
+    /// in: the server has read everything sent before. `Err`: why not.
+    async fn close(
+        &mut self,
+        out: &mut Outgoing,
+        stream: &mut Incoming,
+        v1: bool,
+        wait: CloseWait,
+    ) -> Result<(), String> {
+        out.want_close();
         let mut notice = None;
-        while let Ok(Some(Ok(msg))) = timeout_at(deadline, ws.next()).await {
-            if !matches!(msg, Message::Close(_)) {
-                self.show(msg, v1, true, &mut notice);
+        let mut deadline = Instant::now() + wait.bound();
+        let mut close_written = false;
+        let mut no_line = None;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.signals.recv() => {
+                    return Err("interrupted while waiting for the server's close reply".to_owned());
+                }
+                msg = stream.next() => match msg {
+                    Some(Ok(Message::Close(frame))) => {
+                        drain(stream).await;
+                        let code = frame.as_ref().map(|f| u16::from(f.code));
+                        if code == Some(u16::from(CloseCode::Normal)) && close_written {
+                            out.on_close_reply();
+                            return Ok(());
+                        }
+                        let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                        return Err(render::closed_by_server(code, &reason, notice.as_deref()));
+                    }
+                    Some(Ok(Message::Pong(payload))) => {
+                        let before = out.confirmed;
+                        out.on_pong(&payload);
+                        if out.confirmed > before && wait == CloseWait::Confirming {
+                            deadline = Instant::now() + wait.bound();
+                        }
+                    }
+                    Some(Ok(msg)) => self.show(msg, v1, true, &mut notice),
+                    Some(Err(e)) => return Err(render::lost(&e.to_string(), notice.as_deref())),
+                    None => {
+                        let why = "the connection ended before the server answered our close";
+                        return Err(render::lost(why, notice.as_deref()));
+                    }
+                },
+                r = out.step(&mut no_line), if out.busy() => match r {
+                    Ok(Step::Flushed) if out.close_queued() && !close_written => {
+                        close_written = true;
+                        if wait == CloseWait::Confirming {
+                            deadline = Instant::now() + wait.bound();
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(render::lost(&e.to_string(), notice.as_deref())),
+                },
+                () = sleep_until(deadline) => return Err(wait.gave_up()),
             }
         }
     }
 }
 
+/// How long [`Client::close`] waits for the server's close reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseWait {
+    /// The user is leaving: a short, fixed bound.
+    Leaving,
+    /// The end of piped input: as long as the server keeps reading (each of
+    /// its pongs, and our close frame reaching the socket, restart the
+    /// bound), so a server that reads a large backlog slowly is not cut off.
+    Confirming,
+}
+
+impl CloseWait {
+    fn bound(self) -> Duration {
+        match self {
+            Self::Leaving => CLOSE_TIMEOUT,
+            Self::Confirming => CONFIRM_TIMEOUT,
+        }
+    }
+
+    fn gave_up(self) -> String {
+        match self {
+            Self::Leaving => format!(
+                "no close reply from the server within {} s",
+                CLOSE_TIMEOUT.as_secs()
+            ),
+            Self::Confirming => format!(
+                "gave up waiting for the server's close reply: it read nothing of ours for {} s",
+                CONFIRM_TIMEOUT.as_secs()
+            ),
+        }
+    }
+}
+
 /// After the server's close frame: lets tungstenite send the reply.
-async fn drain(ws: &mut Ws) {
+async fn drain(stream: &mut Incoming) {
     let deadline = Instant::now() + CLOSE_TIMEOUT;
-    while let Ok(Some(Ok(_))) = timeout_at(deadline, ws.next()).await {}
+    while let Ok(Some(Ok(_))) = timeout_at(deadline, stream.next()).await {}
 }
 
 async fn next_input(input: &mut Option<mpsc::Receiver<Input>>) -> Option<Input> {

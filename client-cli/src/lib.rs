@@ -4,8 +4,9 @@
 //!   others send is printed above it without disturbing the line being typed.
 //! * Plain (otherwise): each stdin line is sent as a message; messages and
 //!   presence are printed one per line on stdout, status on stderr. At the
-//!   end of stdin the client closes cleanly and exits. `--listen` ignores
-//!   stdin and records until SIGINT/SIGTERM.
+//!   end of stdin the client sends a close frame and waits for the server's
+//!   reply, which means the server has read every line (see `send`).
+//!   `--listen` ignores stdin and records until SIGINT/SIGTERM.
 //!
 //! The client offers the `broadcast.v1` subprotocol (names, presence,
 //! server time) and falls back to raw mode with a plain broadcast server.
@@ -19,6 +20,7 @@ mod conn;
 mod input;
 mod output;
 mod render;
+mod send;
 mod target;
 
 pub use conn::tls_client_config;
@@ -57,10 +59,16 @@ pub struct ConnectArgs {
     pub listen: bool,
 }
 
-/// Runs the console client until the user leaves. Exit codes: 0 when the
-/// user left (Ctrl+C, Ctrl+D, end of stdin, SIGINT/SIGTERM), 1 when the
-/// first connection fails or, with `--no-reconnect`, the connection drops,
-/// 2 for a bad flag value.
+/// Runs the console client until the user leaves. Exit codes:
+///
+/// * 0: the user left (Ctrl+C, Ctrl+D, end of stdin, SIGINT/SIGTERM). With
+///   piped stdin, only if the server also confirmed every line sent (its
+///   close reply, or its pongs to the numbered pings between lines).
+/// * 1: the first connection failed; with `--no-reconnect`, the connection
+///   dropped; with piped stdin, some lines sent were never confirmed (a
+///   connection ended first, or the server read nothing for 60 s after the
+///   end of stdin), so they may be lost: stderr says how many.
+/// * 2: a bad flag value.
 pub fn run(args: ConnectArgs) -> ExitCode {
     let mut target = match target::build(
         &args.host,

@@ -54,6 +54,7 @@ use crate::shard::Shard;
 pub(crate) struct ShardCtx {
     pub(crate) audience: Audience,
     pub(crate) handle: Arc<ShardHandle>,
+    pub(crate) config: Arc<crate::config::Config>,
 }
 
 /// Most slices handed to one `writev` by the flush task.
@@ -222,9 +223,9 @@ impl Conn {
         name: String,
         (writer, tls): (OwnedWriteHalf, Option<Box<rustls::ServerConnection>>),
         ip: Option<IpAddr>,
-        (rate, rate_action): (u32, RateLimitAction),
         ctx: Rc<ShardCtx>,
     ) -> Self {
+        let (rate, rate_action) = (ctx.config.max_message_rate, ctx.config.rate_limit_action);
         let now = Instant::now();
         let tls = tls.map(|mut session| {
             session.set_buffer_limit(Some(crate::tls::TLS_BUFFER));
@@ -1223,8 +1224,9 @@ async fn admit(
         if conn.rate_action == RateLimitAction::Close {
             return Err(End::Violation(CloseReason::RATE_LIMITED));
         }
+        let started = Instant::now();
         tokio::time::sleep(wait).await;
-        conn.held(HELD_RATE, wait);
+        conn.held(HELD_RATE, started.elapsed());
     }
     if !conn.is_open() {
         // Data after a close is discarded (RFC 6455 §5.5.1).
@@ -1470,6 +1472,7 @@ mod tests {
     #[test]
     fn outbox_consume_tracks_partial_head_and_close() {
         let mut o = Outbox::default();
+        let t0 = Instant::now();
         for (kind, b) in [(Kind::Data, &b"abcd"[..]), (Kind::Close, &b"xy"[..])] {
             if kind == Kind::Data {
                 o.data_bytes += b.len();
@@ -1477,9 +1480,10 @@ mod tests {
             o.queue.push_back(Out {
                 kind,
                 bytes: Bytes::copy_from_slice(b),
+                at: t0,
             });
         }
-        assert!(!o.consume(3));
+        assert_eq!(o.consume(3), (false, None));
         assert_eq!((o.head_written, o.data_bytes, o.boundary()), (3, 1, 1));
         o.drop_unstarted();
         assert_eq!(o.queue.len(), 1);
@@ -1487,8 +1491,9 @@ mod tests {
         o.queue.push_back(Out {
             kind: Kind::Close,
             bytes: Bytes::from_static(b"xy"),
+            at: t0,
         });
-        assert!(o.consume(3));
+        assert_eq!(o.consume(3), (true, Some(t0)));
         assert!(o.queue.is_empty());
         assert_eq!(o.data_bytes, 0);
     }

@@ -121,6 +121,7 @@ pub(crate) fn spawn(
             let ctx = Rc::new(ShardCtx {
                 audience: Audience::default(),
                 handle: handle.clone(),
+                config: config.clone(),
             });
             let shard = Rc::new(Shard {
                 index,
@@ -423,7 +424,6 @@ impl Shard {
             name,
             (writer, tls),
             ip,
-            (self.config.max_message_rate, self.config.rate_limit_action),
             self.ctx.clone(),
         ));
         self.handle.load.fetch_add(1, Ordering::Relaxed);

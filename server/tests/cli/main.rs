@@ -4,5 +4,6 @@
 
 mod interactive;
 mod jwt;
+mod pipe;
 mod plain;
 mod util;

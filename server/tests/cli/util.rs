@@ -80,6 +80,10 @@ impl Server {
         }
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().expect("server running")
+    }
+
     pub(crate) fn url(&self) -> String {
         format!("ws://127.0.0.1:{}/ws", self.port)
     }
@@ -260,7 +264,15 @@ impl Cli {
 
     /// Waits for the exit; then returns the status and every remaining line.
     pub(crate) async fn wait(&mut self) -> (ExitStatus, Vec<(Pipe, String)>) {
-        let st = timeout(EVENT_TIMEOUT, self.child.wait())
+        self.wait_within(EVENT_TIMEOUT).await
+    }
+
+    /// [`wait`](Self::wait) for a client with much to do: up to `bound`.
+    pub(crate) async fn wait_within(
+        &mut self,
+        bound: Duration,
+    ) -> (ExitStatus, Vec<(Pipe, String)>) {
+        let st = timeout(bound, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("client did not exit; saw {:#?}", self.seen.lock().unwrap()))
             .expect("wait for the client");

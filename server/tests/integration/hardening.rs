@@ -10,8 +10,9 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::util::*;
 
 #[tokio::test]
-async fn flooding_client_is_rate_limited_while_others_keep_talking() {
-    let server = Server::start(&["--max-message-rate", "100"]).await;
+async fn flooding_client_is_closed_with_rate_limit_action_close() {
+    let server =
+        Server::start(&["--max-message-rate", "100", "--rate-limit-action", "close"]).await;
     let mut c = server.connect_many(2, false).await;
     let mut flooder = RawClient::connect(&server).await;
     server.wait_connections(3).await;
@@ -92,7 +93,7 @@ async fn flooding_client_is_rate_limited_while_others_keep_talking() {
 
 #[tokio::test]
 async fn v1_client_gets_a_notice_before_the_rate_limit_close() {
-    let server = Server::start(&["--max-message-rate", "5"]).await;
+    let server = Server::start(&["--max-message-rate", "5", "--rate-limit-action", "close"]).await;
     let (mut ws, _) = tokio_tungstenite::connect_async({
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut req = server.ws_url().into_client_request().unwrap();
@@ -136,6 +137,25 @@ async fn per_ip_limit_refuses_the_extra_connection_with_503() {
         Some(503),
         "third from 127.0.0.1"
     );
+    // The body names the limit.
+    let refused = http_raw(
+        &server.addr(),
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            server.addr()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(refused.status, 503);
+    assert!(
+        refused
+            .body
+            .contains("the limit is 2 (--max-connections-per-ip)"),
+        "503 body {:?}",
+        refused.body
+    );
 
     // Another address has its own allowance.
     let mut other = Vec::new();
@@ -151,7 +171,20 @@ async fn per_ip_limit_refuses_the_extra_connection_with_503() {
         Some(503)
     );
     server.wait_connections(4).await;
-    assert_eq!(server.health_number("refused_per_ip").await, 2);
+    assert_eq!(server.health_number("refused_per_ip").await, 3);
+    // One log line per address, however many upgrades it had refused.
+    let stderr = server.stderr();
+    let logged = |ip: &str| {
+        stderr
+            .lines()
+            .filter(|l| l.contains("max-connections-per-ip reached") && l.contains(ip))
+            .count()
+    };
+    assert_eq!(
+        (logged("127.0.0.1"), logged("127.0.0.2")),
+        (1, 1),
+        "{stderr}"
+    );
     let m = server.metrics().await;
     assert_eq!(
         metric(
@@ -159,7 +192,7 @@ async fn per_ip_limit_refuses_the_extra_connection_with_503() {
             "broadcast_upgrades_refused_total",
             "reason=\"max_connections_per_ip\""
         ),
-        2.0
+        3.0
     );
 
     // Closing one frees its slot.

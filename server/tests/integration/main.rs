@@ -4,6 +4,7 @@
 mod access;
 mod broadcast;
 mod cluster;
+mod flow;
 mod hardening;
 mod http;
 mod jwt;
