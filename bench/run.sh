@@ -55,24 +55,16 @@ mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
 FD_LIMIT=$(ulimit -n)
 
-# Ours runs with its abuse limits off: the benchmarks measure raw capacity
-# (thousands of messages per second per publisher, 10,000 connections from
-# 8 loopback addresses opened as fast as possible).
-OURS_LIMITS_OFF="--max-message-rate 0 --max-connections-per-ip 0 --max-new-connections-per-sec 0"
+# Ours runs on its default flags in every scenario: a benchmark must never
+# need to switch a default off (the abuse limits are off by default; flow
+# control is always on).
+OURS_DEFAULT="$REL/broadcast-server start --host 127.0.0.1 --port 0"
 declare -A SERVER_CMD=(
-  [ours]="$REL/broadcast-server start --host 127.0.0.1 --port 0 $OURS_LIMITS_OFF"
+  [ours]="$OURS_DEFAULT"
   [baseline]="$REL/baseline-server --host 127.0.0.1 --port 0"
 )
-# Scenarios 6 and 7 are about what a deployment gets out of the box: ours on
-# its default flags (nothing switched off).
-OURS_DEFAULT="$REL/broadcast-server start --host 127.0.0.1 --port 0"
-declare -A DEFAULT_FLAGS=([s6]=1 [s7]=1)
 server_cmd() { # kind scenario
-  if [ "$1" = ours ] && [ -n "${DEFAULT_FLAGS[$2]:-}" ]; then
-    echo "$OURS_DEFAULT"
-  else
-    echo "${SERVER_CMD[$1]}"
-  fi
+  echo "${SERVER_CMD[$1]}"
 }
 SERVER_PID=""
 SERVER_URL=""
@@ -251,7 +243,7 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   echo "ulimit -n $FD_LIMIT"
   echo "# ours:     ${SERVER_CMD[ours]#"$ROOT/"}"
   echo "# baseline: ${SERVER_CMD[baseline]#"$ROOT/"}"
-  echo "# ours in scenarios 6 and 7 (default flags): ${OURS_DEFAULT#"$ROOT/"}"
+  echo "# ours runs on its default flags in every scenario"
   echo "# each run: a fresh server; URL and PID from its start; then"
   for sc in "${SCENARIOS[@]}"; do
     m=""
