@@ -77,14 +77,14 @@ impl Admission {
     /// counted under its reason.
     pub(crate) fn authorize(&self, req: &Request<'_>) -> Result<(), Refusal> {
         let config = &self.config;
-        let verdict = if !crate::access::origin_allowed(&config.allowed_origins, req.origin, req.host)
-        {
-            Err(Refusal::Origin)
-        } else if !crate::access::authorized(config, req.authorization, req.query_token) {
-            Err(Refusal::Unauthorized)
-        } else {
-            Ok(())
-        };
+        let verdict =
+            if !crate::access::origin_allowed(&config.allowed_origins, req.origin, req.host) {
+                Err(Refusal::Origin)
+            } else if !crate::access::authorized(config, req.authorization, req.query_token) {
+                Err(Refusal::Unauthorized)
+            } else {
+                Ok(())
+            };
         self.count(verdict)
     }
 
@@ -247,7 +247,12 @@ mod tests {
         let _d = adm.admit(&req([127, 0, 0, 1])).expect("a slot was freed");
         drop(b);
         assert_eq!(stats.connections.load(Ordering::Relaxed), 1);
-        assert!(adm.per_ip.lock().unwrap().get(&IpAddr::from([127, 0, 0, 2])).is_none());
+        assert!(adm
+            .per_ip
+            .lock()
+            .unwrap()
+            .get(&IpAddr::from([127, 0, 0, 2]))
+            .is_none());
     }
 
     #[test]

@@ -72,8 +72,9 @@ pub(crate) struct Broadcast {
 pub(crate) enum ShardMsg {
     /// A message to write to this shard's members of its channel.
     Broadcast(Broadcast),
-    /// A freshly accepted TCP connection to serve on this shard.
-    Accept(std::net::TcpStream, SocketAddr),
+    /// A freshly accepted TCP connection to serve on this shard, counted
+    /// in its load for as long as the placement lives.
+    Accept(std::net::TcpStream, SocketAddr, Placement),
     /// Stop publishing and accepting upgrades; answer when done.
     Quiesce(oneshot::Sender<()>),
     /// Deliver what is queued, close every connection with 1001, and stop.
@@ -119,6 +120,25 @@ impl ShardHandle {
     /// Queues `msg`; returns false when the shard has stopped.
     pub(crate) fn send(&self, msg: ShardMsg) -> bool {
         self.tx.send(msg).is_ok()
+    }
+}
+
+/// A connection's place in its shard's load (what placement balances):
+/// taken when the acceptor picks the shard, given back when dropped, from
+/// the HTTP phase through the WebSocket connection's whole life.
+#[derive(Debug)]
+pub(crate) struct Placement(Arc<ShardHandle>);
+
+impl Placement {
+    pub(crate) fn new(shard: Arc<ShardHandle>) -> Self {
+        shard.load.fetch_add(1, Ordering::Relaxed);
+        Self(shard)
+    }
+}
+
+impl Drop for Placement {
+    fn drop(&mut self) {
+        self.0.load.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

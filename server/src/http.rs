@@ -1,15 +1,19 @@
 //! The HTTP/1.1 side of a connection: routing, `/healthz`, `/metrics`, the
-//! upgrade limits, and the WebSocket
-//! upgrade (hyper + fastwebsockets' `upgrade`).
+//! page's assets, and the WebSocket upgrade (hyper + fastwebsockets'
+//! `upgrade`), after [`Admission`] has let the client in.
 //!
 //! After the upgrade the socket leaves hyper: it is downcast back to the
 //! `TcpStream` (or the TLS stream, split into socket and rustls session),
-//! keeping any bytes hyper read ahead, and adopted by the shard.
+//! keeping any bytes hyper read ahead, and [`serve`] returns it as an
+//! [`Upgraded`] to the shard, which owns what happens next. This module
+//! knows nothing of shards.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,8 +24,52 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::fanout::Format;
-use crate::shard::Shard;
+use crate::admission::{self, Admission, Refusal, Ticket};
+use crate::config::Config;
+use crate::conn::ConnCtx;
+use crate::fanout::{Fanout, Format};
+use crate::stats::Stats;
+
+/// What the HTTP layer needs: the settings, the counters, the admission
+/// checks, the shards (for `/metrics`) and whether the shard is draining.
+#[derive(Debug)]
+pub(crate) struct HttpCtx {
+    pub(crate) config: Arc<Config>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) fanout: Fanout,
+    /// The shard's connection context (its publisher knows if it drains).
+    pub(crate) conn: Rc<ConnCtx>,
+}
+
+impl HttpCtx {
+    fn is_draining(&self) -> bool {
+        self.conn.publisher.is_draining()
+    }
+}
+
+/// A connection that completed the WebSocket upgrade, handed back to the
+/// shard: the socket (and TLS session), the bytes hyper read past the
+/// request, what the client asked for, and its admission ticket.
+#[derive(Debug)]
+pub(crate) struct Upgraded {
+    pub(crate) stream: TcpStream,
+    pub(crate) tls: Option<Box<rustls::ServerConnection>>,
+    pub(crate) prefix: Bytes,
+    pub(crate) format: Format,
+    /// The validated name the client asked for, if any.
+    pub(crate) name: Option<String>,
+    pub(crate) ticket: Ticket,
+}
+
+/// An upgrade the service accepted, completed once hyper lets go of the
+/// connection.
+struct Pending {
+    upgrade: fastwebsockets::upgrade::UpgradeFut,
+    format: Format,
+    name: Option<String>,
+    ticket: Ticket,
+}
 
 /// Whether the client offers `broadcast.v1` among its subprotocols.
 fn offers_v1<B>(req: &Request<B>) -> bool {
@@ -39,38 +87,37 @@ const HTTP_CONNECTION_LIMIT: Duration = Duration::from_secs(120);
 
 /// Serves HTTP on an accepted connection until it closes or upgrades; with
 /// `--tls-cert` the TLS handshake comes first (bounded by the handshake
-/// timeout, like the HTTP request).
-pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+/// timeout, like the HTTP request). Returns the connection if it upgraded.
+pub(crate) async fn serve(
+    ctx: Rc<HttpCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<Upgraded> {
     let _ = stream.set_nodelay(true);
-    let Some(tls) = shard.config().tls.clone() else {
-        return serve_http(shard, stream, peer).await;
+    let Some(tls) = ctx.config.tls.clone() else {
+        return serve_http(ctx, stream, peer).await;
     };
-    let handshake_timeout = shard.config().handshake_timeout;
+    let handshake_timeout = ctx.config.handshake_timeout;
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
     match tokio::time::timeout(handshake_timeout, accept).await {
-        Ok(Ok(stream)) => serve_http(shard, stream, peer).await,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, cause = %e, "TLS handshake failed");
-            shard.stats().tls_failures.fetch_add(1, Ordering::Relaxed);
-            shard.http_done();
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timed out");
-            shard.stats().tls_failures.fetch_add(1, Ordering::Relaxed);
-            shard.http_done();
-        }
+        Ok(Ok(stream)) => return serve_http(ctx, stream, peer).await,
+        Ok(Err(e)) => tracing::debug!(%peer, cause = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
+    ctx.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+    None
 }
 
-async fn serve_http<S>(shard: Rc<Shard>, stream: S, peer: SocketAddr)
+async fn serve_http<S>(ctx: Rc<HttpCtx>, stream: S, peer: SocketAddr) -> Option<Upgraded>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let handshake_timeout = shard.config().handshake_timeout;
-    let service_shard = shard.clone();
+    let handshake_timeout = ctx.config.handshake_timeout;
+    let pending: Rc<RefCell<Option<Pending>>> = Rc::default();
+    let (service_ctx, slot) = (ctx.clone(), pending.clone());
     let service = hyper::service::service_fn(move |req| {
-        let shard = service_shard.clone();
-        async move { Ok::<_, Infallible>(route(&shard, req, peer)) }
+        let (ctx, slot) = (service_ctx.clone(), slot.clone());
+        async move { Ok::<_, Infallible>(route(&ctx, &slot, req, peer)) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -82,7 +129,49 @@ where
         Ok(Err(e)) => tracing::trace!(%peer, cause = %e, "http connection ended"),
         Err(_) => tracing::debug!(%peer, "http connection hit its time limit"),
     }
-    shard.http_done();
+    let pending = pending.borrow_mut().take()?;
+    complete_upgrade(pending).await
+}
+
+/// Takes the socket back from hyper (and tokio-rustls): plain, or TLS with
+/// its session, plus what hyper had already read past the request.
+async fn complete_upgrade(pending: Pending) -> Option<Upgraded> {
+    let Pending {
+        upgrade,
+        format,
+        name,
+        ticket,
+    } = pending;
+    let upgraded = match upgrade.await {
+        Ok(ws) => ws.into_inner().into_inner(),
+        Err(e) => {
+            tracing::debug!(cause = %e, "upgrade failed");
+            return None;
+        }
+    };
+    let adopted = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => Ok((parts.io.into_inner(), None, parts.read_buf)),
+        Err(upgraded) => upgraded
+            .downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>()
+            .map(|parts| {
+                let (tcp, session) = parts.io.into_inner().into_inner();
+                (tcp, Some(Box::new(session)), parts.read_buf)
+            }),
+    };
+    match adopted {
+        Ok((stream, tls, prefix)) => Some(Upgraded {
+            stream,
+            tls,
+            prefix,
+            format,
+            name,
+            ticket,
+        }),
+        Err(_) => {
+            tracing::error!("upgraded connection is neither TCP nor TLS over TCP");
+            None
+        }
+    }
 }
 
 type Body = Full<Bytes>;
@@ -110,10 +199,15 @@ fn respond(
     res
 }
 
-fn route(shard: &Rc<Shard>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+fn route(
+    ctx: &HttpCtx,
+    slot: &RefCell<Option<Pending>>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let path = req.uri().path();
     if path == protocol::WS_PATH {
-        return upgrade(shard, req, peer);
+        return upgrade(ctx, slot, req, peer);
     }
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     if path == protocol::HEALTH_PATH {
@@ -123,21 +217,21 @@ fn route(shard: &Rc<Shard>, req: Request<Incoming>, peer: SocketAddr) -> Respons
         let mut res = respond(
             StatusCode::OK,
             "application/json",
-            shard.stats().health_json(shard.config().workers),
+            ctx.stats.health_json(ctx.config.workers),
         );
         res.headers_mut()
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         return res;
     }
     // With --metrics-addr the metrics are served there only (404 here).
-    if path == METRICS_PATH && shard.config().metrics_addr.is_none() {
+    if path == METRICS_PATH && ctx.config.metrics_addr.is_none() {
         if !get {
             return method_not_allowed();
         }
         let mut res = respond(
             StatusCode::OK,
             crate::metrics::CONTENT_TYPE,
-            shard.metrics_text(),
+            crate::metrics::render(&ctx.stats, &ctx.fanout.shards(), ctx.config.workers),
         );
         res.headers_mut()
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -163,6 +257,32 @@ fn route(shard: &Rc<Shard>, req: Request<Incoming>, peer: SocketAddr) -> Respons
     }
 }
 
+/// The answer to a refused upgrade.
+fn refused(refusal: Refusal) -> Response<Body> {
+    let text = "text/plain; charset=utf-8";
+    match refusal {
+        Refusal::Origin => respond(StatusCode::FORBIDDEN, text, "origin not allowed\n"),
+        Refusal::Unauthorized => {
+            let mut res = respond(StatusCode::UNAUTHORIZED, text, "missing or wrong token\n");
+            res.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+            res
+        }
+        Refusal::Draining => unavailable("server shutting down\n"),
+        Refusal::NewConnectionRate => unavailable("too many new connections, retry later\n"),
+        Refusal::MaxConnections => unavailable("too many connections\n"),
+        Refusal::PerIp(limit) => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            text,
+            format!(
+                "too many connections from your address: the limit is {limit} (--max-connections-per-ip)\n"
+            ),
+        ),
+    }
+}
+
 fn method_not_allowed() -> Response<Body> {
     respond(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -171,7 +291,12 @@ fn method_not_allowed() -> Response<Body> {
     )
 }
 
-fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+fn upgrade(
+    ctx: &HttpCtx,
+    slot: &RefCell<Option<Pending>>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         let mut res = respond(
             StatusCode::UPGRADE_REQUIRED,
@@ -191,39 +316,21 @@ fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, peer: SocketAddr) -> R
     }
     let headers = req.headers();
     let text = |name: hyper::header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    if !crate::access::origin_allowed(
-        &shard.config().allowed_origins,
-        text(hyper::header::ORIGIN),
-        text(hyper::header::HOST),
-    ) {
-        shard.stats().refused_origin.fetch_add(1, Ordering::Relaxed);
-        return respond(
-            StatusCode::FORBIDDEN,
-            "text/plain; charset=utf-8",
-            "origin not allowed\n",
-        );
-    }
     let query_token = req
         .uri()
         .query()
         .and_then(|q| protocol::v1::query_param(q, "token"))
         .flatten();
-    if !crate::access::authorized(
-        shard.config(),
-        text(hyper::header::AUTHORIZATION),
-        query_token.as_deref(),
-    ) {
-        shard.stats().refused_auth.fetch_add(1, Ordering::Relaxed);
-        let mut res = respond(
-            StatusCode::UNAUTHORIZED,
-            "text/plain; charset=utf-8",
-            "missing or wrong token\n",
-        );
-        res.headers_mut().insert(
-            hyper::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer"),
-        );
-        return res;
+    let request = admission::Request {
+        peer: peer.ip().to_canonical(),
+        origin: text(hyper::header::ORIGIN),
+        host: text(hyper::header::HOST),
+        authorization: text(hyper::header::AUTHORIZATION),
+        query_token: query_token.as_deref(),
+        draining: ctx.is_draining(),
+    };
+    if let Err(refusal) = ctx.admission.authorize(&request) {
+        return refused(refusal);
     }
     let wanted_name = match req
         .uri()
@@ -254,37 +361,13 @@ fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, peer: SocketAddr) -> R
     } else {
         Format::Raw
     };
-    let stats = shard.stats();
-    if shard.is_draining() {
-        stats.refused_draining.fetch_add(1, Ordering::Relaxed);
-        return unavailable("server shutting down\n");
-    }
-    if !shard.admit_new_connection() {
-        stats.refused_rate.fetch_add(1, Ordering::Relaxed);
-        return unavailable("too many new connections, retry later\n");
-    }
-    if stats.connections.fetch_add(1, Ordering::Relaxed) >= shard.config().max_connections {
-        stats.connections.fetch_sub(1, Ordering::Relaxed);
-        stats.refused.fetch_add(1, Ordering::Relaxed);
-        return unavailable("too many connections\n");
-    }
-    let Ok(ip) = shard.admit_ip(peer.ip().to_canonical()) else {
-        stats.connections.fetch_sub(1, Ordering::Relaxed);
-        stats.refused_per_ip.fetch_add(1, Ordering::Relaxed);
-        let limit = shard.config().max_connections_per_ip;
-        return respond(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain; charset=utf-8",
-            format!(
-                "too many connections from your address: the limit is {limit} (--max-connections-per-ip)\n"
-            ),
-        );
+    let ticket = match ctx.admission.admit(&request) {
+        Ok(ticket) => ticket,
+        Err(refusal) => return refused(refusal),
     };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(parts) => parts,
         Err(e) => {
-            stats.connections.fetch_sub(1, Ordering::Relaxed);
-            shard.release_ip(ip);
             return respond(
                 StatusCode::BAD_REQUEST,
                 "text/plain; charset=utf-8",
@@ -292,38 +375,12 @@ fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, peer: SocketAddr) -> R
             );
         }
     };
-    let shard = shard.clone();
-    tokio::task::spawn_local(async move {
-        let upgraded = match upgrade.await {
-            Ok(ws) => ws.into_inner().into_inner(),
-            Err(e) => {
-                shard.stats().connections.fetch_sub(1, Ordering::Relaxed);
-                shard.release_ip(ip);
-                tracing::debug!(cause = %e, "upgrade failed");
-                return;
-            }
-        };
-        // The socket leaves hyper (and tokio-rustls): plain, or TLS with
-        // its session, plus what hyper had already read past the request.
-        let adopted = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => Ok((parts.io.into_inner(), None, parts.read_buf)),
-            Err(upgraded) => upgraded
-                .downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>()
-                .map(|parts| {
-                    let (tcp, session) = parts.io.into_inner().into_inner();
-                    (tcp, Some(Box::new(session)), parts.read_buf)
-                }),
-        };
-        match adopted {
-            Ok((stream, tls, read_ahead)) => {
-                shard.adopt(stream, tls, read_ahead, format, wanted_name, ip);
-            }
-            Err(_) => {
-                shard.stats().connections.fetch_sub(1, Ordering::Relaxed);
-                shard.release_ip(ip);
-                tracing::error!("upgraded connection is neither TCP nor TLS over TCP");
-            }
-        }
+    // Completed by `serve_http` once hyper has written the 101 and lets go.
+    *slot.borrow_mut() = Some(Pending {
+        upgrade,
+        format,
+        name: wanted_name,
+        ticket,
     });
     let (mut parts, _empty) = response.into_parts();
     parts

@@ -25,6 +25,7 @@
 //!   the caller's runtime.
 
 mod access;
+mod admission;
 mod assets;
 mod cluster;
 mod config;
@@ -152,14 +153,8 @@ impl Server {
             }
             None => (None, None),
         };
-        let hub = Arc::new(
-            shard::Hub::new(
-                stats.clone(),
-                presence_tx,
-                config.max_new_connections_per_sec,
-            )
-            .with_relay(relay),
-        );
+        let hub =
+            Arc::new(shard::Hub::new(config.clone(), stats.clone(), presence_tx).with_relay(relay));
         let mut threads = Vec::with_capacity(config.workers);
         for (index, inbox) in inboxes.into_iter().enumerate() {
             threads.push(shard::spawn(
@@ -250,10 +245,8 @@ fn hand_over(fanout: &Fanout, stream: tokio::net::TcpStream, peer: SocketAddr) {
         }
     };
     if let Some(shard) = fanout.pick_shard() {
-        shard.load.fetch_add(1, Ordering::Relaxed);
-        if !shard.send(ShardMsg::Accept(stream, peer)) {
-            shard.load.fetch_sub(1, Ordering::Relaxed);
-        }
+        let placement = fanout::Placement::new(shard.clone());
+        shard.send(ShardMsg::Accept(stream, peer, placement));
     }
 }
 

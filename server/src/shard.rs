@@ -11,12 +11,11 @@
 //! and `Cell`: no lock is taken on this thread.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,10 +23,12 @@ use protocol::CloseReason;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
-use crate::config::{Config, TokenBucket, CLOSE_TIMEOUT};
+use crate::admission::Admission;
+use crate::config::{Config, CLOSE_TIMEOUT};
 use crate::conn::{self, Conn, ConnCtx, Queued};
-use crate::fanout::{Broadcast, ConnId, Fanout, Format, ShardHandle, ShardMsg, LOBBY};
+use crate::fanout::{Broadcast, ConnId, Fanout, Format, Placement, ShardHandle, ShardMsg, LOBBY};
 use crate::flow::Audience;
+use crate::http::{self, HttpCtx, Upgraded};
 use crate::names::Names;
 use crate::presence::{Change, PresenceTx};
 use crate::publish::Publisher;
@@ -41,40 +42,29 @@ const BATCH: usize = 256;
 /// connections that have stopped reading altogether.
 const STALL_CHECK: Duration = Duration::from_millis(250);
 
-/// Most client addresses remembered as already logged for hitting
-/// `--max-connections-per-ip`.
-const LOGGED_IPS: usize = 4096;
-
 /// Source of process-unique connection ids.
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
-/// What all shards share besides the fan-out: counters, the names in use,
-/// and the presence channel. None of it is touched per delivery.
+/// What all shards share besides the fan-out: counters, admission, the
+/// names in use, and the presence channel. None of it is touched per
+/// delivery.
 #[derive(Debug)]
 pub(crate) struct Hub {
     pub(crate) stats: Arc<Stats>,
+    pub(crate) admission: Arc<Admission>,
     pub(crate) names: Names,
     pub(crate) presence: PresenceTx,
-    /// Open WebSocket connections per client address (`--max-connections-per-ip`);
-    /// touched only when a connection starts or ends.
-    per_ip: Mutex<HashMap<IpAddr, u32>>,
-    /// Addresses already logged for hitting `--max-connections-per-ip`.
-    per_ip_logged: Mutex<HashSet<IpAddr>>,
-    /// Server-wide bucket of `--max-new-connections-per-sec`; taken once per upgrade.
-    new_conns: Mutex<TokenBucket>,
     /// With `--redis`: where published messages go to reach other nodes.
     relay: Option<crate::cluster::Relay>,
 }
 
 impl Hub {
-    pub(crate) fn new(stats: Arc<Stats>, presence: PresenceTx, new_conn_rate: u32) -> Self {
+    pub(crate) fn new(config: Arc<Config>, stats: Arc<Stats>, presence: PresenceTx) -> Self {
         Self {
+            admission: Admission::new(config, stats.clone()),
             stats,
             names: Names::default(),
             presence,
-            per_ip: Mutex::new(HashMap::new()),
-            per_ip_logged: Mutex::new(HashSet::new()),
-            new_conns: Mutex::new(TokenBucket::full(new_conn_rate, Instant::now())),
             relay: None,
         }
     }
@@ -91,11 +81,12 @@ impl Hub {
 pub(crate) struct Shard {
     index: usize,
     config: Arc<Config>,
-    fanout: Fanout,
     handle: Arc<ShardHandle>,
     hub: Arc<Hub>,
     /// What this shard's connections share (the audience gate, counters).
     ctx: Rc<ConnCtx>,
+    /// What its HTTP connections need.
+    http: Rc<HttpCtx>,
     registry: RefCell<Registry>,
     /// Signalled whenever a WebSocket connection ends.
     departed: Notify,
@@ -124,13 +115,20 @@ pub(crate) fn spawn(
                 handle: handle.clone(),
                 stats: hub.stats.clone(),
             });
+            let http = Rc::new(HttpCtx {
+                config: config.clone(),
+                stats: hub.stats.clone(),
+                admission: hub.admission.clone(),
+                fanout: fanout.clone(),
+                conn: ctx.clone(),
+            });
             let shard = Rc::new(Shard {
                 index,
                 config,
-                fanout,
                 handle,
                 hub,
                 ctx,
+                http,
                 registry: RefCell::new(Registry::default()),
                 departed: Notify::new(),
             });
@@ -139,73 +137,8 @@ pub(crate) fn spawn(
 }
 
 impl Shard {
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
-    }
-
-    pub(crate) fn stats(&self) -> &Stats {
-        &self.hub.stats
-    }
-
     pub(crate) fn is_draining(&self) -> bool {
         self.ctx.publisher.is_draining()
-    }
-
-    /// The `/metrics` document.
-    pub(crate) fn metrics_text(&self) -> String {
-        crate::metrics::render(&self.hub.stats, &self.fanout.shards(), self.config.workers)
-    }
-
-    /// Takes a token from `--max-new-connections-per-sec`; false: shed this upgrade.
-    pub(crate) fn admit_new_connection(&self) -> bool {
-        let rate = self.config.max_new_connections_per_sec;
-        if rate == 0 {
-            return true;
-        }
-        let mut bucket = self.hub.new_conns.lock().unwrap_or_else(|e| e.into_inner());
-        bucket.take(rate, Instant::now())
-    }
-
-    /// Counts a connection from `ip` against `--max-connections-per-ip`.
-    /// `Ok(Some(ip))`: counted, release it with [`Shard::release_ip`];
-    /// `Ok(None)`: the limit is off; `Err(())`: over the limit.
-    pub(crate) fn admit_ip(&self, ip: IpAddr) -> Result<Option<IpAddr>, ()> {
-        let limit = self.config.max_connections_per_ip;
-        if limit == 0 {
-            return Ok(None);
-        }
-        let mut map = self.hub.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= limit {
-            drop(map);
-            let mut logged = self
-                .hub
-                .per_ip_logged
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if logged.len() < LOGGED_IPS && logged.insert(ip) {
-                tracing::warn!(
-                    %ip,
-                    limit,
-                    "refusing connections from this address: --max-connections-per-ip reached (logged once per address)"
-                );
-            }
-            return Err(());
-        }
-        *n += 1;
-        Ok(Some(ip))
-    }
-
-    /// Undoes [`Shard::admit_ip`].
-    pub(crate) fn release_ip(&self, ip: Option<IpAddr>) {
-        let Some(ip) = ip else { return };
-        let mut map = self.hub.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&ip);
-            }
-        }
     }
 
     async fn run(self: Rc<Self>, mut inbox: mpsc::UnboundedReceiver<ShardMsg>) {
@@ -266,7 +199,7 @@ impl Shard {
     fn take(self: &Rc<Self>, msg: ShardMsg, pending: &mut VecDeque<Broadcast>) -> bool {
         match msg {
             ShardMsg::Broadcast(b) => pending.push_back(b),
-            ShardMsg::Accept(stream, peer) => self.accept(stream, peer),
+            ShardMsg::Accept(stream, peer, placement) => self.accept(stream, peer, placement),
             ShardMsg::Quiesce(done) => {
                 self.ctx.publisher.drain();
                 let _ = done.send(());
@@ -357,38 +290,41 @@ impl Shard {
         }
     }
 
-    /// Starts serving HTTP on a connection the acceptor handed over.
-    fn accept(self: &Rc<Self>, stream: std::net::TcpStream, peer: std::net::SocketAddr) {
-        match TcpStream::from_std(stream) {
-            Ok(stream) => {
-                tokio::task::spawn_local(crate::http::serve(self.clone(), stream, peer));
-            }
-            Err(e) => {
-                self.handle.load.fetch_sub(1, Ordering::Relaxed);
-                tracing::warn!(cause = %e, "cannot register accepted connection");
-            }
-        }
-    }
-
-    /// An HTTP connection on this shard ended (upgraded or not).
-    pub(crate) fn http_done(&self) {
-        self.handle.load.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Takes over a socket that completed the WebSocket upgrade.
-    ///
-    /// The caller has already counted it in `Stats::connections` (and its
-    /// address, `ip`, against the per-address limit when that is on).
-    /// `name` is the validated name the client asked for, if any.
-    pub(crate) fn adopt(
+    /// Serves HTTP on a connection the acceptor handed over, and adopts it
+    /// if it upgrades.
+    fn accept(
         self: &Rc<Self>,
-        stream: TcpStream,
-        tls: Option<Box<rustls::ServerConnection>>,
-        prefix: Bytes,
-        format: Format,
-        name: Option<String>,
-        ip: Option<IpAddr>,
+        stream: std::net::TcpStream,
+        peer: std::net::SocketAddr,
+        placement: Placement,
     ) {
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(cause = %e, "cannot register accepted connection");
+                return;
+            }
+        };
+        let shard = self.clone();
+        tokio::task::spawn_local(async move {
+            if let Some(upgraded) = http::serve(shard.http.clone(), stream, peer).await {
+                shard.adopt(upgraded, placement);
+            }
+        });
+    }
+
+    /// Takes over a connection that completed the WebSocket upgrade, with
+    /// its admission ticket and its place in this shard's load: both are
+    /// given back when its task ends.
+    fn adopt(self: &Rc<Self>, upgraded: Upgraded, placement: Placement) {
+        let Upgraded {
+            stream,
+            tls,
+            prefix,
+            format,
+            name,
+            ticket,
+        } = upgraded;
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(cause = %e, "set_nodelay failed");
         }
@@ -409,10 +345,8 @@ impl Shard {
             format,
             name,
             (writer, tls),
-            ip,
             self.ctx.clone(),
         ));
-        self.handle.load.fetch_add(1, Ordering::Relaxed);
         self.handle.members.fetch_add(1, Ordering::Relaxed);
         self.ctx.audience.joined();
         self.hub
@@ -450,6 +384,7 @@ impl Shard {
         tokio::task::spawn_local(async move {
             conn::serve(conn.clone(), reader, prefix).await;
             shard.unregister(&conn);
+            drop((ticket, placement));
         });
     }
 
@@ -459,8 +394,6 @@ impl Shard {
         conn.leave_audience();
         self.ctx.audience.left();
         self.handle.members.fetch_sub(1, Ordering::Relaxed);
-        self.handle.load.fetch_sub(1, Ordering::Relaxed);
-        self.hub.stats.connections.fetch_sub(1, Ordering::Relaxed);
         if conn.format == Format::V1 {
             self.hub
                 .stats
@@ -468,7 +401,6 @@ impl Shard {
                 .fetch_sub(1, Ordering::Relaxed);
         }
         self.hub.names.release(&conn.name);
-        self.release_ip(conn.ip);
         let _ = self.hub.presence.send(Change::Left(conn.peer()));
         tracing::trace!(conn = conn.id.0, "disconnected");
         self.departed.notify_waiters();

@@ -32,7 +32,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::{self};
-use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -75,7 +74,6 @@ pub(crate) struct ConnCtx {
     pub(crate) stats: Arc<Stats>,
 }
 
-
 /// Where a connection is in its closing handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CloseState {
@@ -88,11 +86,6 @@ enum CloseState {
     /// The socket failed; nothing more can be written.
     Broken,
 }
-
-
-
-
-
 
 /// A WebSocket connection's shared state.
 #[derive(Debug)]
@@ -122,8 +115,6 @@ pub(crate) struct Conn {
     pinged: Cell<bool>,
     /// Wakes the connection's own task when the close state changes.
     wake: Notify,
-    /// The client address, when it counts against `--max-connections-per-ip`.
-    pub(crate) ip: Option<IpAddr>,
     /// `--max-message-rate` (0: unlimited) and this connection's bucket.
     rate: u32,
     rate_action: RateLimitAction,
@@ -150,7 +141,6 @@ impl Conn {
         format: Format,
         name: String,
         (writer, tls): (OwnedWriteHalf, Option<Box<rustls::ServerConnection>>),
-        ip: Option<IpAddr>,
         ctx: Rc<ConnCtx>,
     ) -> Self {
         let (rate, rate_action) = (ctx.config.max_message_rate, ctx.config.rate_limit_action);
@@ -174,7 +164,6 @@ impl Conn {
             joined_at: now,
             pinged: Cell::new(false),
             wake: Notify::new(),
-            ip,
             rate,
             rate_action,
             bucket: Cell::new(TokenBucket::full(rate, now)),
@@ -426,15 +415,6 @@ impl Conn {
         }
     }
 }
-
-
-
-
-
-
-
-
-
 
 /// Why a connection's read side ended.
 #[derive(Debug)]

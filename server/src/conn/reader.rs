@@ -191,7 +191,12 @@ pub(super) enum Step {
 }
 
 /// Handles one frame.
-pub(super) fn on_frame(conn: &Rc<Conn>, message: &mut Assembly, max: usize, frame: Frame<'_>) -> Step {
+pub(super) fn on_frame(
+    conn: &Rc<Conn>,
+    message: &mut Assembly,
+    max: usize,
+    frame: Frame<'_>,
+) -> Step {
     let payload: &[u8] = &frame.payload;
     match frame.opcode {
         OpCode::Text | OpCode::Binary => {

@@ -7,7 +7,6 @@ use std::io::{self, IoSlice};
 use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
-
 use tokio::io::ReadBuf;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
