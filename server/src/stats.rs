@@ -89,30 +89,54 @@ impl Stats {
     /// The `/healthz` document.
     pub(crate) fn health_json(&self, workers: usize) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            concat!(
-                "{{\"status\":\"{}\",\"connections\":{},\"uptime_secs\":{},\"workers\":{},\"v1_connections\":{},",
-                "\"connections_total\":{},\"messages_in\":{},\"slow_consumer_closes\":{},",
-                "\"protocol_closes\":{},\"idle_closes\":{},\"refused\":{},\"rate_limited_closes\":{},",
-                "\"refused_per_ip\":{},\"refused_new_connection_rate\":{}{}}}"
-            ),
-            self.cluster.status(),
-            self.connections.load(Ordering::Relaxed),
-            self.started.elapsed().as_secs(),
+        let c = &self.cluster;
+        let health = Health {
+            status: c.status(),
+            connections: self.connections.load(Ordering::Relaxed),
+            uptime_secs: self.started.elapsed().as_secs(),
             workers,
-            self.v1_connections.load(Ordering::Relaxed),
-            get(&self.connections_total),
-            get(&self.messages_in),
-            get(&self.slow_consumer_closes),
-            get(&self.protocol_closes),
-            get(&self.idle_closes),
-            get(&self.refused),
-            get(&self.rate_limited_closes),
-            get(&self.refused_per_ip),
-            get(&self.refused_rate),
-            self.cluster.health_fields(),
-        )
+            v1_connections: self.v1_connections.load(Ordering::Relaxed),
+            connections_total: get(&self.connections_total),
+            messages_in: get(&self.messages_in),
+            slow_consumer_closes: get(&self.slow_consumer_closes),
+            protocol_closes: get(&self.protocol_closes),
+            idle_closes: get(&self.idle_closes),
+            refused: get(&self.refused),
+            rate_limited_closes: get(&self.rate_limited_closes),
+            refused_per_ip: get(&self.refused_per_ip),
+            refused_new_connection_rate: get(&self.refused_rate),
+            cluster: c.state(),
+            relayed_out: get(&c.relayed_out),
+            relayed_in: get(&c.relayed_in),
+            not_relayed: get(&c.not_relayed),
+        };
+        serde_json::to_string(&health).unwrap_or_default()
     }
+}
+
+/// The `/healthz` view of the counters (the field names are the document's
+/// keys).
+#[derive(Debug, serde::Serialize)]
+struct Health {
+    status: &'static str,
+    connections: usize,
+    uptime_secs: u64,
+    workers: usize,
+    v1_connections: usize,
+    connections_total: u64,
+    messages_in: u64,
+    slow_consumer_closes: u64,
+    protocol_closes: u64,
+    idle_closes: u64,
+    refused: u64,
+    rate_limited_closes: u64,
+    refused_per_ip: u64,
+    refused_new_connection_rate: u64,
+    /// `off`, `up` or `degraded`.
+    cluster: &'static str,
+    relayed_out: u64,
+    relayed_in: u64,
+    not_relayed: u64,
 }
 
 /// Cluster counters and link state, part of [`Stats`]; read by `/healthz`
@@ -151,20 +175,13 @@ impl ClusterStats {
         }
     }
 
-    /// The cluster fields of `/healthz`, each with a leading comma.
-    pub(crate) fn health_fields(&self) -> String {
-        let cluster = match (self.enabled.load(Ordering::Relaxed), self.link_up()) {
+    /// `off` (no `--redis`), `up` or `degraded`.
+    pub(crate) fn state(&self) -> &'static str {
+        match (self.enabled.load(Ordering::Relaxed), self.link_up()) {
             (false, _) => "off",
             (true, true) => "up",
             (true, false) => "degraded",
-        };
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            ",\"cluster\":\"{cluster}\",\"relayed_out\":{},\"relayed_in\":{},\"not_relayed\":{}",
-            get(&self.relayed_out),
-            get(&self.relayed_in),
-            get(&self.not_relayed),
-        )
+        }
     }
 }
 
