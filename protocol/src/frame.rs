@@ -318,11 +318,7 @@ mod tests {
         huge.extend_from_slice(&(1u64 << 63).to_be_bytes());
         assert_eq!(decode_header(&huge), Err(HeaderError::LengthOverflow));
         // Errors are reported as soon as the bytes that prove them are there.
-        assert_eq!(
-            decode_header(&[0x83]),
-            Ok(None),
-            "one byte is never enough"
-        );
+        assert_eq!(decode_header(&[0x83]), Ok(None), "one byte is never enough");
         assert_eq!(
             decode_header(&[0x83, 0x80]),
             Err(HeaderError::ReservedOpcode(3))
@@ -338,7 +334,10 @@ mod tests {
             let n = encode_server_header(OpCode::Text, len, &mut h);
             let d = decode_header(&h[..n]).unwrap().unwrap();
             assert_eq!((d.payload_len, d.header_len), (len as u64, n));
-            assert_eq!((d.fin, d.rsv, d.opcode, d.mask), (true, 0, OpCode::Text, None));
+            assert_eq!(
+                (d.fin, d.rsv, d.opcode, d.mask),
+                (true, 0, OpCode::Text, None)
+            );
         }
     }
 
