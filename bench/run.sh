@@ -242,7 +242,7 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   echo
   echo "Servers and load generator share the machine (loopback). The load generator is"
   echo "one process: subscribers on a multi-thread tokio runtime (one worker per core),"
-  echo "publishers on a runtime of their own. Figures are noisy when the machine is shared."
+  echo "publishers on a runtime of their own (flooders on another). Figures are noisy when the machine is shared."
   echo
   echo "## Commands"
   echo

@@ -323,12 +323,7 @@ impl Report {
             ),
         );
         if let Some(sl) = &self.slow {
-            let closes = sl
-                .closes
-                .iter()
-                .map(|(c, n)| format!("{c}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let closes = join_or(sl.closes.iter().map(|(c, n)| format!("{c}: {n}")), "-");
             row(
                 "slow subscribers",
                 format!(
@@ -336,7 +331,7 @@ impl Report {
                     sl.connected,
                     sl.clients,
                     sl.closed(),
-                    if closes.is_empty() { "-".into() } else { closes },
+                    closes,
                     sl.still_open,
                     sl.messages_read_at_end
                 ),
@@ -426,26 +421,18 @@ impl Report {
                 );
             }
         }
-        let closes = if self.server_closes.is_empty() {
-            "none".to_string()
-        } else {
+        let closes = join_or(
             self.server_closes
                 .iter()
-                .map(|(c, n)| format!("{c} ({}): {n}", protocol::close::describe(*c)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+                .map(|(c, n)| format!("{c} ({}): {n}", protocol::close::describe(*c))),
+            "none",
+        );
         row("server closes", closes);
         if self.is_v1() {
-            let notices = if self.notices.is_empty() {
-                "none".to_string()
-            } else {
-                self.notices
-                    .iter()
-                    .map(|(c, n)| format!("{c}: {n}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+            let notices = join_or(
+                self.notices.iter().map(|(c, n)| format!("{c}: {n}")),
+                "none",
+            );
             row(
                 "v1 events",
                 format!(
@@ -488,15 +475,12 @@ impl Report {
             );
         }
         if let Some(m) = &self.server_metrics {
-            let paused = if m.publisher_paused_s.is_empty() {
-                "-".to_string()
-            } else {
+            let paused = join_or(
                 m.publisher_paused_s
                     .iter()
-                    .map(|(c, v)| format!("{c} {v:.2} s"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+                    .map(|(c, v)| format!("{c} {v:.2} s")),
+                "-",
+            );
             row(
                 "server latency ms",
                 format!(
@@ -506,15 +490,7 @@ impl Report {
                     m.latency_observations
                 ),
             );
-            let closes = if m.closes.is_empty() {
-                "none".to_string()
-            } else {
-                m.closes
-                    .iter()
-                    .map(|(r, v)| format!("{r} {v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+            let closes = join_or(m.closes.iter().map(|(r, v)| format!("{r} {v}")), "none");
             let aborted = m
                 .aborted
                 .map(|a| format!(", aborted {a}"))
@@ -534,6 +510,16 @@ impl Report {
         };
         row("result", verdict);
         s
+    }
+}
+
+/// The items joined with ", ", or `empty` when there are none.
+fn join_or(items: impl Iterator<Item = String>, empty: &str) -> String {
+    let joined = items.collect::<Vec<_>>().join(", ");
+    if joined.is_empty() {
+        empty.to_string()
+    } else {
+        joined
     }
 }
 
