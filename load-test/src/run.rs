@@ -89,10 +89,6 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle, flooders_rt: Handle) 
     // 2. Publishers: connect all, then start together; wait until they
     //    stopped sending (idle: hold the connections for --duration).
     let publishers = publish::connect(&args, &targets, &shared, &rts).await?;
-    let (failed_publishers, publisher_error) = (
-        publishers.failed.clone(),
-        publishers.first_connect_error.clone(),
-    );
     shared.set_phase(Phase::Publish);
     let mut publishing = publishers.start(&args, &shared, &rts);
     let sent = publishing.sent(shared.publishers).await?;
@@ -110,17 +106,16 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle, flooders_rt: Handle) 
     // 4. Close: every connection, publishers first.
     shared.set_phase(Phase::Close);
     shared.stop();
-    let start = publishing.start;
     let publisher_endings = publishing.endings().await?;
 
     // 5. Merge, once every subscriber closed.
     let finished = merge::Finished {
         subscribers,
-        failed_publishers,
-        publisher_error,
+        failed_publishers: publishing.failed,
+        publisher_error: publishing.first_connect_error,
         sent,
         publisher_endings,
-        start,
+        start: publishing.start,
         publish_end,
         drain_used_s,
     };

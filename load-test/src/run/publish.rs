@@ -31,10 +31,8 @@ const MAX_BATCH: u64 = 256;
 pub(super) struct Publishers {
     /// By publisher index; None: it failed to connect.
     ws: Vec<Option<Ws>>,
-    /// Indices of the publishers that failed to connect.
-    pub(super) failed: Vec<usize>,
-    /// The first publisher's connect error.
-    pub(super) first_connect_error: Option<String>,
+    failed: Vec<usize>,
+    first_connect_error: Option<String>,
 }
 
 /// Connects every publisher (paced, then flooders), each on the runtime
@@ -95,6 +93,10 @@ pub(super) struct Publishing {
     /// When they start sending, and when they stop.
     pub(super) start: Instant,
     pub(super) deadline: Instant,
+    /// Indices of the publishers that failed to connect.
+    pub(super) failed: Vec<usize>,
+    /// The first publisher's connect error.
+    pub(super) first_connect_error: Option<String>,
     tasks: Vec<JoinHandle<Ending>>,
     counts: Vec<(usize, oneshot::Receiver<PubStats>)>,
 }
@@ -145,6 +147,8 @@ impl Publishers {
         Publishing {
             start,
             deadline,
+            failed: self.failed,
+            first_connect_error: self.first_connect_error,
             tasks,
             counts,
         }
@@ -170,9 +174,9 @@ impl Publishing {
 
     /// After [`Shared::stop`]: waits until every publisher closed; how
     /// their connections ended.
-    pub(super) async fn endings(self) -> Result<Vec<Ending>> {
+    pub(super) async fn endings(&mut self) -> Result<Vec<Ending>> {
         let mut out = Vec::with_capacity(self.tasks.len());
-        for t in self.tasks {
+        for t in self.tasks.drain(..) {
             out.push(t.await?);
         }
         Ok(out)
