@@ -19,7 +19,10 @@ use crate::rawws::{self, RawWs};
 
 /// A connection's byte stream: plain TCP (`ws://`) or TLS over it (`wss://`).
 pub(crate) type Stream = MaybeTlsStream<TcpStream>;
+/// A publisher's connection (tokio-tungstenite: it writes).
 pub(crate) type Ws = WebSocketStream<Stream>;
+/// A subscriber's connection ([`rawws`]: it reads, cheaply).
+pub(crate) type SubWs = RawWs<Stream>;
 
 /// How `wss://` connections check the server's certificate.
 #[derive(Debug, Clone, Default)]
@@ -139,7 +142,7 @@ impl Target {
         rcvbuf: Option<u32>,
         buf_size: usize,
         max_message: usize,
-    ) -> Result<RawWs> {
+    ) -> Result<SubWs> {
         tokio::time::timeout(timeout, async {
             let stream = self.stream(n, rcvbuf).await?;
             rawws::handshake(

@@ -1,5 +1,7 @@
 //! A progress line on stderr (only when stderr is a terminal): a bar while
 //! subscribers connect, then live published/delivered counts and rates.
+//!
+//! It knows nothing of the run: it polls a function for a [`Snapshot`].
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -8,15 +10,51 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::run::{Probe, PHASE_CLOSE, PHASE_CONNECT, PHASE_DRAIN, PHASE_PUBLISH};
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Phase {
+    Connect,
+    Publish,
+    Drain,
+    Close,
+}
 
+impl Phase {
+    /// The phase stored as `phase as u8` (anything past the last: Close).
+    pub(crate) fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Connect,
+            1 => Self::Publish,
+            2 => Self::Drain,
+            _ => Self::Close,
+        }
+    }
+}
+
+/// What the display shows, polled four times a second.
+pub(crate) struct Snapshot {
+    pub(crate) phase: Phase,
+    pub(crate) connected: u64,
+    pub(crate) failed: u64,
+    pub(crate) delivered: u64,
+    pub(crate) published: u64,
+}
+
+/// The display's bar and the task that updates it.
 pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     task: Option<JoinHandle<()>>,
 }
 
 impl Progress {
-    pub(crate) fn start(probe: Probe, clients: u64, enabled: bool) -> Self {
+    /// Starts the display for `clients` subscribers, polling `probe`; does
+    /// nothing unless `enabled` and stderr is a terminal.
+    pub(crate) fn start(
+        probe: impl Fn() -> Snapshot + Send + 'static,
+        clients: u64,
+        enabled: bool,
+    ) -> Self {
         if !enabled || !std::io::stderr().is_terminal() {
             return Self {
                 bar: None,
@@ -37,8 +75,8 @@ impl Progress {
             let mut styled = false;
             loop {
                 tick.tick().await;
-                let s = probe.snapshot();
-                if s.phase == PHASE_CONNECT {
+                let s = probe();
+                if s.phase == Phase::Connect {
                     b.set_position(s.connected + s.failed);
                     if s.failed > 0 {
                         b.set_message(format!("{} failed", s.failed));
@@ -65,10 +103,10 @@ impl Progress {
                 };
                 last = Some((now, s.published, s.delivered));
                 let phase = match s.phase {
-                    PHASE_PUBLISH => "publishing",
-                    PHASE_DRAIN => "draining",
-                    PHASE_CLOSE => "closing",
-                    _ => "",
+                    Phase::Publish => "publishing",
+                    Phase::Drain => "draining",
+                    Phase::Close => "closing",
+                    Phase::Connect => "",
                 };
                 b.set_message(format!(
                     "{phase}: {} subscribers, published {} ({pub_rate:.0}/s), delivered {} ({del_rate:.0}/s)",
@@ -83,6 +121,7 @@ impl Progress {
         }
     }
 
+    /// Stops and clears the display.
     pub(crate) fn finish(self) {
         if let Some(t) = self.task {
             t.abort();

@@ -12,27 +12,25 @@
 //! frames, data messages possibly fragmented, ping (answered with a masked
 //! pong), pong (ignored) and close. The handshake is a plain HTTP/1.1
 //! upgrade, checked with tungstenite's accept-key derivation. Publishers
-//! (few connections, they write) keep using tokio-tungstenite.
+//! (few connections, they write) keep using tokio-tungstenite. Frame
+//! headers are decoded by [`protocol::frame::decode_header`]; this module
+//! adds what a client must check on top (no reserved bits, no mask).
+//!
+//! The connection is generic over its byte stream, so this module depends
+//! on no other of load-test's: `conn` opens the stream and hands it here.
 
 use std::io;
 
 use anyhow::{bail, Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use protocol::close::NO_STATUS;
+use protocol::frame::{decode_header, OpCode, MAX_HEADER};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::conn::Stream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-const OP_CONT: u8 = 0;
-const OP_TEXT: u8 = 1;
-const OP_BINARY: u8 = 2;
-const OP_CLOSE: u8 = 8;
-const OP_PING: u8 = 9;
-const OP_PONG: u8 = 10;
 /// Largest HTTP response head accepted during the handshake.
 const MAX_HEAD: usize = 16 * 1024;
-/// Code reported for a close frame without a code (RFC 6455 §7.1.5).
-pub(crate) const NO_STATUS: u16 = 1005;
 
 /// One thing read from the server.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,16 +61,17 @@ enum Parsed {
     Need(usize),
 }
 
-/// A subscriber's connection after the handshake.
-pub(crate) struct RawWs {
-    stream: Stream,
+/// A subscriber's connection after the handshake, over byte stream `S`.
+pub(crate) struct RawWs<S> {
+    stream: S,
     buf: Vec<u8>,
     /// Unparsed bytes are `buf[start..end]`.
     start: usize,
     end: usize,
     max_message: usize,
-    /// A fragmented message being assembled (opcode, bytes).
-    frag: Option<(u8, Vec<u8>)>,
+    /// A fragmented message being assembled (opcode, bytes); the opcode
+    /// becomes `Continuation` once the whole message was handed out.
+    frag: Option<(OpCode, Vec<u8>)>,
     /// Pongs (and our close) owed to the server, written by `fill`/`flush`.
     out: Vec<u8>,
     mask_seed: u32,
@@ -82,14 +81,14 @@ pub(crate) struct RawWs {
 /// checks the `101` answer; returns the connection with any bytes read past
 /// the response head already buffered. With `subprotocol`, offers it in
 /// `Sec-WebSocket-Protocol` and fails unless the server selects it.
-pub(crate) async fn handshake(
-    mut stream: Stream,
+pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     host_port: &str,
     path: &str,
     subprotocol: Option<&str>,
     buf_size: usize,
     max_message: usize,
-) -> Result<RawWs> {
+) -> Result<RawWs<S>> {
     let key = generate_key();
     let offer = subprotocol
         .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
@@ -184,40 +183,25 @@ fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-/// Parses one server frame at the start of `b`: (fin, opcode, header length,
-/// payload length), or the number of bytes needed for the header.
-fn frame_header(b: &[u8]) -> io::Result<Result<(bool, u8, usize, usize), usize>> {
-    if b.len() < 2 {
-        return Ok(Err(2));
-    }
-    let (b0, b1) = (b[0], b[1]);
-    if b0 & 0x70 != 0 {
+/// A server frame's header at the start of `b`: (fin, opcode, header
+/// length, payload length), or Err(bytes needed, at most) when it is not
+/// all there.
+/// Beyond the framing, checks what a client requires of a server's frame.
+fn frame_header(b: &[u8]) -> io::Result<Result<(bool, OpCode, usize, usize), usize>> {
+    let Some(h) = decode_header(b).map_err(|e| invalid(e.to_string()))? else {
+        return Ok(Err(MAX_HEADER));
+    };
+    if h.rsv != 0 {
         return Err(invalid("reserved bits set (no extension was negotiated)"));
     }
-    if b1 & 0x80 != 0 {
+    if h.mask.is_some() {
         return Err(invalid("masked frame from the server"));
     }
-    let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0f);
-    let (hlen, len) = match b1 & 0x7f {
-        126 if b.len() < 4 => return Ok(Err(4)),
-        126 => (4, usize::from(u16::from_be_bytes([b[2], b[3]]))),
-        127 if b.len() < 10 => return Ok(Err(10)),
-        127 => {
-            let l = u64::from_be_bytes(b[2..10].try_into().expect("8 bytes"));
-            (
-                10,
-                usize::try_from(l).map_err(|_| invalid("frame too long"))?,
-            )
-        }
-        l => (2, usize::from(l)),
-    };
-    if opcode >= 8 && (!fin || len > 125) {
-        return Err(invalid("fragmented or oversized control frame"));
-    }
-    Ok(Ok((fin, opcode, hlen, len)))
+    let len = usize::try_from(h.payload_len).map_err(|_| invalid("frame too long"))?;
+    Ok(Ok((h.fin, h.opcode, h.header_len, len)))
 }
 
-impl RawWs {
+impl<S: AsyncRead + AsyncWrite + Unpin> RawWs<S> {
     /// The next event already in the buffer, without reading; None when more
     /// bytes are needed (then call [`RawWs::fill`]).
     pub(crate) fn try_next(&mut self) -> io::Result<Option<Event<'_>>> {
@@ -241,7 +225,7 @@ impl RawWs {
     }
 
     fn parse(&mut self) -> io::Result<Parsed> {
-        if matches!(self.frag, Some((OP_CONT, _))) {
+        if matches!(self.frag, Some((OpCode::Continuation, _))) {
             // The previous event was an assembled message: release it.
             self.frag = None;
         }
@@ -262,19 +246,19 @@ impl RawWs {
         let (start, end) = (self.start + hlen, self.start + hlen + len);
         self.start = end;
         match opcode {
-            OP_TEXT | OP_BINARY if self.frag.is_some() => {
+            OpCode::Text | OpCode::Binary if self.frag.is_some() => {
                 Err(invalid("new message inside a fragmented one"))
             }
-            OP_TEXT | OP_BINARY if fin => Ok(Parsed::Data {
-                text: opcode == OP_TEXT,
+            OpCode::Text | OpCode::Binary if fin => Ok(Parsed::Data {
+                text: opcode == OpCode::Text,
                 start,
                 end,
             }),
-            OP_TEXT | OP_BINARY => {
+            OpCode::Text | OpCode::Binary => {
                 self.frag = Some((opcode, self.buf[start..end].to_vec()));
                 Ok(Parsed::Nothing)
             }
-            OP_CONT => {
+            OpCode::Continuation => {
                 let Some((op, data)) = self.frag.as_mut() else {
                     return Err(invalid("continuation frame without a message"));
                 };
@@ -285,18 +269,18 @@ impl RawWs {
                 if !fin {
                     return Ok(Parsed::Nothing);
                 }
-                let text = *op == OP_TEXT;
+                let text = *op == OpCode::Text;
                 // Marks the message as handed out; the next parse drops it.
-                *op = OP_CONT;
+                *op = OpCode::Continuation;
                 Ok(Parsed::Assembled { text })
             }
-            OP_PING => {
+            OpCode::Ping => {
                 let payload = self.buf[start..end].to_vec();
-                self.queue(OP_PONG, &payload);
+                self.queue(OpCode::Pong, &payload);
                 Ok(Parsed::Nothing)
             }
-            OP_PONG => Ok(Parsed::Nothing),
-            OP_CLOSE => match len {
+            OpCode::Pong => Ok(Parsed::Nothing),
+            OpCode::Close => match len {
                 0 => Ok(Parsed::Close(NO_STATUS)),
                 1 => Err(invalid("close frame with a 1-byte payload")),
                 _ => Ok(Parsed::Close(u16::from_be_bytes([
@@ -304,7 +288,6 @@ impl RawWs {
                     self.buf[start + 1],
                 ]))),
             },
-            op => Err(invalid(format!("unknown opcode {op}"))),
         }
     }
 
@@ -349,19 +332,20 @@ impl RawWs {
     }
 
     /// Queues a masked client frame.
-    fn queue(&mut self, opcode: u8, payload: &[u8]) {
+    fn queue(&mut self, opcode: OpCode, payload: &[u8]) {
         self.mask_seed ^= self.mask_seed << 13;
         self.mask_seed ^= self.mask_seed >> 17;
         self.mask_seed ^= self.mask_seed << 5;
         let mask = self.mask_seed.to_be_bytes();
-        self.out.push(0x80 | opcode);
+        self.out.push(0x80 | opcode as u8);
         // Control frames only: payload <= 125 bytes.
-        self.out.push(0x80 | payload.len().min(125) as u8);
+        let len = payload.len().min(protocol::MAX_CONTROL_PAYLOAD);
+        self.out.push(0x80 | len as u8);
         self.out.extend_from_slice(&mask);
         self.out.extend(
             payload
                 .iter()
-                .take(125)
+                .take(len)
                 .enumerate()
                 .map(|(i, b)| b ^ mask[i % 4]),
         );
@@ -369,7 +353,7 @@ impl RawWs {
 
     /// Sends our close frame with `code` (flushing pongs first).
     pub(crate) async fn send_close(&mut self, code: u16) -> io::Result<()> {
-        self.queue(OP_CLOSE, &code.to_be_bytes());
+        self.queue(OpCode::Close, &code.to_be_bytes());
         self.flush().await
     }
 
@@ -396,7 +380,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     /// A connected pair: our RawWs (after a fake handshake) and the server side.
-    async fn pair(max_message: usize) -> (RawWs, TcpStream) {
+    async fn pair(max_message: usize) -> (RawWs<TcpStream>, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -425,21 +409,14 @@ mod tests {
             s
         });
         let c = TcpStream::connect(addr).await.unwrap();
-        let ws = handshake(
-            Stream::Plain(c),
-            &addr.to_string(),
-            "/ws",
-            None,
-            64,
-            max_message,
-        )
-        .await
-        .unwrap();
+        let ws = handshake(c, &addr.to_string(), "/ws", None, 64, max_message)
+            .await
+            .unwrap();
         (ws, server.await.unwrap())
     }
 
     /// Reads events until one is there.
-    async fn next(ws: &mut RawWs) -> (bool, Vec<u8>, Option<u16>) {
+    async fn next(ws: &mut RawWs<TcpStream>) -> (bool, Vec<u8>, Option<u16>) {
         loop {
             match ws.try_next().unwrap() {
                 Some(Event::Data { text, payload }) => return (text, payload.to_vec(), None),

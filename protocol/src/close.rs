@@ -18,6 +18,10 @@ pub const MESSAGE_TOO_BIG: u16 = 1009;
 pub const INTERNAL_ERROR: u16 = 1011;
 /// The server is overloaded; try again later (used for slow consumers).
 pub const TRY_AGAIN_LATER: u16 = 1013;
+/// Reported (never sent) for a close frame that carried no code.
+pub const NO_STATUS: u16 = 1005;
+/// Reported (never sent) for a connection that ended without a close frame.
+pub const ABNORMAL: u16 = 1006;
 
 /// Why the server closes a connection: a close code and a short human reason.
 ///

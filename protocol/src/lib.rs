@@ -3,7 +3,8 @@
 //! Everything a client and the server must agree on lives here: the
 //! WebSocket endpoint path, default limits, the close codes and reasons the
 //! server uses, and the RFC 6455 server-frame encoding the server applies
-//! once per message. The crate has no dependencies (in particular no tokio),
+//! once per message, and the one frame-header decoder every hand-written
+//! reader uses. The crate has no dependencies (in particular no tokio),
 //! so the browser client built for `wasm32-unknown-unknown` uses it as is.
 
 #![warn(missing_docs)]

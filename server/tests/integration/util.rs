@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use protocol::frame::{decode_header, OpCode};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::process::{Child, Command};
@@ -349,12 +350,13 @@ pub(crate) async fn expect_ws_close(ws: &mut Ws) -> (u16, String) {
 // Raw WebSocket client
 // ---------------------------------------------------------------------------
 
-pub(crate) const OP_CONT: u8 = 0x0;
-pub(crate) const OP_TEXT: u8 = 0x1;
-pub(crate) const OP_BINARY: u8 = 0x2;
-pub(crate) const OP_CLOSE: u8 = 0x8;
-pub(crate) const OP_PING: u8 = 0x9;
-pub(crate) const OP_PONG: u8 = 0xA;
+// Opcodes as raw bytes (tests also write reserved ones), from `protocol`.
+pub(crate) const OP_CONT: u8 = OpCode::Continuation as u8;
+pub(crate) const OP_TEXT: u8 = OpCode::Text as u8;
+pub(crate) const OP_BINARY: u8 = OpCode::Binary as u8;
+pub(crate) const OP_CLOSE: u8 = OpCode::Close as u8;
+pub(crate) const OP_PING: u8 = OpCode::Ping as u8;
+pub(crate) const OP_PONG: u8 = OpCode::Pong as u8;
 
 pub(crate) const RSV1: u8 = 0x40;
 pub(crate) const RSV2: u8 = 0x20;
@@ -528,45 +530,44 @@ impl RawClient {
         true
     }
 
-    /// Reads one frame (no timeout). Asserts server frames are unmasked.
-    /// A truncated frame followed by EOF fails the test.
+    /// Reads one frame (no timeout). Asserts server frames are unmasked
+    /// and well formed ([`decode_header`]). A truncated frame followed by
+    /// EOF fails the test.
     pub(crate) async fn read_frame_untimed(&mut self) -> Read {
-        if !self.fill(2).await {
-            assert!(
-                self.buf.is_empty(),
-                "EOF inside a frame header: {:?}",
-                self.buf
-            );
-            return Read::Eof;
-        }
-        let b0 = self.buf[0];
-        let b1 = self.buf[1];
-        assert_eq!(b1 & 0x80, 0, "server frame is masked");
-        let (len, hdr) = match b1 & 0x7f {
-            126 => {
-                assert!(self.fill(4).await, "EOF inside a frame header");
-                (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+        let header = loop {
+            match decode_header(&self.buf) {
+                Ok(Some(h)) => break h,
+                Ok(None) => {
+                    if !self.fill(self.buf.len() + 1).await {
+                        assert!(
+                            self.buf.is_empty(),
+                            "EOF inside a frame header: {:?}",
+                            self.buf
+                        );
+                        return Read::Eof;
+                    }
+                }
+                Err(e) => panic!(
+                    "invalid frame header from the server ({e}): {:x?}",
+                    &self.buf[..self.buf.len().min(16)]
+                ),
             }
-            127 => {
-                assert!(self.fill(10).await, "EOF inside a frame header");
-                let mut l = [0u8; 8];
-                l.copy_from_slice(&self.buf[2..10]);
-                (u64::from_be_bytes(l) as usize, 10)
-            }
-            n => (n as usize, 2),
         };
+        assert_eq!(header.mask, None, "server frame is masked");
+        let hdr = header.header_len;
+        let len = usize::try_from(header.payload_len).expect("frame length fits usize");
         assert!(
             self.fill(hdr + len).await,
-            "EOF inside a frame payload (opcode {:#x}, len {len}, have {})",
-            b0 & 0x0f,
+            "EOF inside a frame payload (opcode {:?}, len {len}, have {})",
+            header.opcode,
             self.buf.len() - hdr
         );
         let payload = self.buf[hdr..hdr + len].to_vec();
         self.buf.drain(..hdr + len);
         Read::Frame(Frame {
-            fin: b0 & 0x80 != 0,
-            rsv: b0 & 0x70,
-            opcode: b0 & 0x0f,
+            fin: header.fin,
+            rsv: header.rsv,
+            opcode: header.opcode as u8,
             payload,
         })
     }
@@ -609,8 +610,11 @@ impl RawClient {
 
     /// Answers a server Close and asserts the server closes the TCP connection.
     pub(crate) async fn finish_close(&mut self) {
-        self.send_raw_lenient(&masked(OP_CLOSE, &close_payload(1000, "")))
-            .await;
+        self.send_raw_lenient(&masked(
+            OP_CLOSE,
+            &close_payload(protocol::close::NORMAL, ""),
+        ))
+        .await;
         self.expect_eof().await;
     }
 

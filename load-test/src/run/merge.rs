@@ -1,0 +1,240 @@
+//! The last phase: merging what every subscriber and publisher measured
+//! into one [`Report`] (totals, per-class figures, latency, time series).
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+
+use super::publish::Sent;
+use super::shared::{Ending, Shared};
+use super::subscribe::{SubResult, SubStats, Subscribers};
+use crate::cli::Args;
+use crate::report::{percentile_curve, ClassReport, Latency, Report, SlowReport};
+use crate::series::Series;
+use crate::v1::V1Counts;
+use crate::window::Windows;
+
+/// Everything the run's phases leave for the report.
+pub(super) struct Finished {
+    pub(super) subscribers: Subscribers,
+    /// Indices of the publishers that failed to connect, and the first error.
+    pub(super) failed_publishers: Vec<usize>,
+    pub(super) publisher_error: Option<String>,
+    pub(super) sent: Sent,
+    /// How the publishers' connections ended.
+    pub(super) publisher_endings: Vec<Ending>,
+    /// When publishing started and when every publisher had stopped.
+    pub(super) start: Instant,
+    pub(super) publish_end: Instant,
+    pub(super) drain_used_s: f64,
+}
+
+/// Sums over every subscriber (and, for closes, every publisher).
+struct Totals {
+    hist: Histogram<u64>,
+    hist_send: Histogram<u64>,
+    /// By class of publisher (see [`Shared::class_of`]).
+    class_hist: Vec<Histogram<u64>>,
+    classes: Vec<ClassReport>,
+    series: Series,
+    server_closes: BTreeMap<u16, u64>,
+    v1: V1Counts,
+    last_delivery_ns: u64,
+}
+
+/// Waits for every subscriber's result and builds the report, all but the
+/// server and tool usage (see `observe`) and the verdict.
+pub(super) async fn report(args: &Args, shared: &Shared, f: Finished) -> Result<Report> {
+    let mut report = settings_and_counts(args, shared, &f);
+    let empty = Histogram::<u64>::new(3).expect("3 significant figures is valid");
+    let mut t = Totals {
+        hist_send: empty.clone(),
+        class_hist: vec![empty.clone(); shared.classes()],
+        classes: vec![ClassReport::default(); shared.classes()],
+        hist: empty,
+        series: Series::default(),
+        server_closes: BTreeMap::new(),
+        v1: V1Counts::default(),
+        last_delivery_ns: 0,
+    };
+    for e in &f.publisher_endings {
+        t.add_ending(e);
+    }
+    let mut slow = (f.subscribers.slow > 0).then(|| SlowReport {
+        clients: f.subscribers.slow as u64,
+        ..SlowReport::default()
+    });
+    for task in f.subscribers.tasks {
+        match task.await? {
+            SubResult::Failed(e) => {
+                report.clients_failed += 1;
+                if report.first_connect_error.is_none() {
+                    report.first_connect_error = Some(format!("subscriber: {e}"));
+                }
+            }
+            SubResult::Slow(end) => {
+                report.clients_connected += 1;
+                let sl = slow.as_mut().expect("slow subscribers configured");
+                sl.connected += 1;
+                sl.messages_read_at_end += end.messages;
+                t.v1.add(&end.v1);
+                match end.close {
+                    Some(c) => *sl.closes.entry(c).or_default() += 1,
+                    None => sl.still_open += 1,
+                }
+            }
+            SubResult::Done(s) => {
+                report.clients_connected += 1;
+                t.add_subscriber(&s, shared, &f.sent.by, &mut report);
+            }
+        }
+    }
+    if let Some(e) = f.publisher_error {
+        report.first_connect_error.get_or_insert(e);
+    }
+    report.slow = slow;
+    let publish_s = (f.publish_end - f.start).as_secs_f64().max(1e-9);
+    add_classes(
+        &mut report,
+        shared,
+        &f.sent,
+        &f.failed_publishers,
+        &t,
+        publish_s,
+    );
+    report.server_closes = t.server_closes;
+    report.welcomes = t.v1.welcomes;
+    report.presence_events = t.v1.presence;
+    report.notices = t.v1.notices;
+    report.flooders = (shared.publishers - shared.paced) as u64;
+    report.latency = Latency::from_histogram_us(&t.hist);
+    report.latency_from_send = if shared.rate_mode {
+        Latency::from_histogram_us(&t.hist_send)
+    } else {
+        // No schedule: stamped at the send, the same figures.
+        report.latency.clone()
+    };
+    report.latency_percentiles = percentile_curve(&t.hist);
+    report.window_sweeps = shared.window.as_ref().map(Windows::swept);
+    report.timeline = t.series.points();
+    report.delivery_window_s = t.last_delivery_ns.saturating_sub(shared.ns(f.start)) as f64 / 1e9;
+    Ok(report)
+}
+
+/// The report's settings (from `args`) and the publishers' counts.
+fn settings_and_counts(args: &Args, shared: &Shared, f: &Finished) -> Report {
+    let publishers = shared.publishers as u64;
+    let publishers_failed = f.failed_publishers.len() as u64;
+    let published = f.sent.total();
+    Report {
+        url: args.urls.join(" "),
+        mode: if args.is_idle() {
+            "idle"
+        } else if shared.paced == 0 {
+            "flood"
+        } else if args.max_rate {
+            "max-rate"
+        } else {
+            "rate"
+        },
+        protocol: if args.v1 {
+            protocol::v1::SUBPROTOCOL
+        } else {
+            "raw"
+        },
+        rate: shared.rate_mode.then_some(args.rate),
+        window: shared.window.is_some().then_some(args.window),
+        size: args.size,
+        duration_s: args.duration.as_secs_f64(),
+        drain_s: args.drain.as_secs_f64(),
+        drain_used_s: f.drain_used_s,
+        clients: shared.subs.len() as u64,
+        publishers,
+        publishers_connected: publishers - publishers_failed,
+        publishers_failed,
+        connect_s: f.subscribers.connect_s,
+        ramp: args.ramp,
+        scheduled: shared.rate_mode.then_some(f.sent.scheduled),
+        published,
+        published_per_s: published as f64 / (f.publish_end - f.start).as_secs_f64().max(1e-9),
+        send_errors: f.sent.send_errors,
+        max_loss: args.max_loss,
+        max_errors: args.max_errors,
+        ..Report::default()
+    }
+}
+
+impl Totals {
+    fn add_ending(&mut self, e: &Ending) {
+        if let Some(c) = e.server_close {
+            *self.server_closes.entry(c).or_default() += 1;
+        }
+        self.v1.add(&e.v1);
+    }
+
+    /// Adds one subscriber's histograms, series and counts (loss is
+    /// counted against what each publisher flushed, `sent_by`).
+    fn add_subscriber(&mut self, s: &SubStats, shared: &Shared, sent_by: &[u64], r: &mut Report) {
+        for (c, h) in s.hist.iter().enumerate() {
+            merge(&mut self.hist, h);
+            merge(&mut self.class_hist[c], h);
+        }
+        merge(&mut self.hist_send, &s.hist_send);
+        if let Some(ss) = &s.series {
+            self.series.merge(ss);
+        }
+        for (p, tr) in s.trackers.iter().enumerate() {
+            let lost = tr.lost(sent_by[p]);
+            r.delivered += tr.unique();
+            r.duplicates += tr.duplicates();
+            r.reordered += tr.reordered();
+            r.lost += lost;
+            let c = &mut self.classes[shared.class_of(p)];
+            c.delivered += tr.unique();
+            c.lost += lost;
+        }
+        r.malformed += s.malformed;
+        self.last_delivery_ns = self.last_delivery_ns.max(s.last_delivery_ns);
+        self.add_ending(&s.ending);
+    }
+}
+
+/// Per-class figures: paced publishers, and flooders when there are any.
+fn add_classes(
+    report: &mut Report,
+    shared: &Shared,
+    sent: &Sent,
+    failed: &[usize],
+    t: &Totals,
+    publish_s: f64,
+) {
+    let (paced, publishers) = (shared.paced, shared.publishers);
+    for (c, (class, h)) in t.classes.iter().zip(&t.class_hist).enumerate() {
+        let range = if c == 0 { 0..paced } else { paced..publishers };
+        if range.is_empty() {
+            continue;
+        }
+        let mut class = class.clone();
+        let by = &sent.by[range.clone()];
+        class.publishers = (range.len() as u64)
+            .saturating_sub(range.clone().filter(|p| failed.contains(p)).count() as u64);
+        class.published = by.iter().sum();
+        class.published_per_s = class.published as f64 / publish_s;
+        class.sent_min = by.iter().copied().min().unwrap_or(0);
+        class.sent_max = by.iter().copied().max().unwrap_or(0);
+        class.scheduled = (c == 0 && shared.rate_mode).then_some(sent.scheduled);
+        class.latency = Latency::from_histogram_us(h);
+        report
+            .classes
+            .insert(if c == 0 { "paced" } else { "flood" }, class);
+    }
+}
+
+/// Adds a subscriber's u32-count histogram into the u64-count total.
+fn merge(total: &mut Histogram<u64>, h: &Histogram<u32>) {
+    for v in h.iter_recorded() {
+        let _ = total.record_n(v.value_iterated_to(), u64::from(v.count_at_value()));
+    }
+}

@@ -1,0 +1,466 @@
+//! Phase 2: connecting the publishers, starting them together, and each
+//! publisher's send loop (a rate schedule, `--max-rate` windows, or a flood)
+//! with the side task that reads what the server broadcasts to it.
+
+use std::pin::pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::shared::{Ending, Runtimes, Shared, Targets};
+use crate::cli::Args;
+use crate::conn::{publisher_config, Ws};
+use crate::payload::{self, Header};
+use crate::v1::{self as v1, V1Counts};
+
+/// Most messages a publisher writes before one flush.
+const MAX_BATCH: u64 = 256;
+
+/// The publishers once connected (phase 2 before the start).
+pub(super) struct Publishers {
+    /// By publisher index; None: it failed to connect.
+    ws: Vec<Option<Ws>>,
+    failed: Vec<usize>,
+    first_connect_error: Option<String>,
+}
+
+/// Connects every publisher (paced, then flooders), each on the runtime
+/// that will drive it, and waits for all of them.
+pub(super) async fn connect(
+    args: &Args,
+    targets: &Targets,
+    shared: &Shared,
+    rts: &Runtimes,
+) -> Result<Publishers> {
+    let clients = args.clients as usize;
+    let pub_cfg = publisher_config(args.size as usize);
+    let pending: Vec<_> = (0..shared.publishers)
+        .map(|p| {
+            let target = targets.of(p);
+            let timeout = args.connect_timeout;
+            rts.of_publisher(p, shared.paced)
+                .spawn(async move { target.connect(clients + p, pub_cfg, timeout, None).await })
+        })
+        .collect();
+    let mut out = Publishers {
+        ws: Vec::with_capacity(shared.publishers),
+        failed: Vec::new(),
+        first_connect_error: None,
+    };
+    for (p, c) in pending.into_iter().enumerate() {
+        match c.await? {
+            Ok(ws) => out.ws.push(Some(ws)),
+            Err(e) => {
+                out.failed.push(p);
+                out.first_connect_error
+                    .get_or_insert_with(|| format!("publisher: {e:#}"));
+                out.ws.push(None);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the publishers flushed, once they all stopped sending.
+pub(super) struct Sent {
+    /// Messages flushed, by publisher index (0 for one that failed to connect).
+    pub(super) by: Vec<u64>,
+    /// Rate mode: messages the schedules owed.
+    pub(super) scheduled: u64,
+    /// Publishers that stopped on a send error (or a write blocked past `--drain`).
+    pub(super) send_errors: u64,
+}
+
+impl Sent {
+    pub(super) fn total(&self) -> u64 {
+        self.by.iter().sum()
+    }
+}
+
+/// The publishers while they run.
+pub(super) struct Publishing {
+    /// When they start sending, and when they stop.
+    pub(super) start: Instant,
+    pub(super) deadline: Instant,
+    /// Indices of the publishers that failed to connect.
+    pub(super) failed: Vec<usize>,
+    /// The first publisher's connect error.
+    pub(super) first_connect_error: Option<String>,
+    tasks: Vec<JoinHandle<Ending>>,
+    counts: Vec<(usize, oneshot::Receiver<PubStats>)>,
+}
+
+impl Publishers {
+    /// Starts every connected publisher together, 5 ms from now, to send for
+    /// `--duration` (flushes blocked longer than `--drain` past it fail).
+    pub(super) fn start(self, args: &Args, shared: &Arc<Shared>, rts: &Runtimes) -> Publishing {
+        let paced = shared.paced;
+        let start = Instant::now() + Duration::from_millis(5);
+        let deadline = start + args.duration;
+        shared.start_ns.store(shared.ns(start), Relaxed);
+        let per_pub_rate = args.rate / paced.max(1) as f64;
+        let times = Times {
+            start,
+            deadline,
+            give_up: deadline + args.drain,
+        };
+        let mut tasks = Vec::with_capacity(self.ws.len());
+        let mut counts = Vec::with_capacity(self.ws.len());
+        for (p, ws) in self.ws.into_iter().enumerate() {
+            let Some(ws) = ws else { continue };
+            let plan = if p >= paced {
+                Plan::Flood
+            } else if args.max_rate {
+                Plan::MaxRate
+            } else {
+                Plan::Rate {
+                    per_pub_rate,
+                    offset: Duration::from_secs_f64(p as f64 / args.rate),
+                }
+            };
+            let (tx, rx) = oneshot::channel();
+            let size = args.size as usize;
+            let task = publisher(
+                ws,
+                p,
+                shared.clone(),
+                plan,
+                size,
+                times,
+                rts.readers.clone(),
+                tx,
+            );
+            tasks.push(rts.of_publisher(p, paced).spawn(task));
+            counts.push((p, rx));
+        }
+        Publishing {
+            start,
+            deadline,
+            failed: self.failed,
+            first_connect_error: self.first_connect_error,
+            tasks,
+            counts,
+        }
+    }
+}
+
+impl Publishing {
+    /// Waits until every publisher stopped sending; what they flushed.
+    pub(super) async fn sent(&mut self, publishers: usize) -> Result<Sent> {
+        let mut sent = Sent {
+            by: vec![0; publishers],
+            scheduled: 0,
+            send_errors: 0,
+        };
+        for (p, rx) in self.counts.drain(..) {
+            let st = rx.await?;
+            sent.by[p] = st.sent;
+            sent.scheduled += st.scheduled;
+            sent.send_errors += u64::from(st.send_error);
+        }
+        Ok(sent)
+    }
+
+    /// After [`Shared::stop`]: waits until every publisher closed; how
+    /// their connections ended.
+    pub(super) async fn endings(&mut self) -> Result<Vec<Ending>> {
+        let mut out = Vec::with_capacity(self.tasks.len());
+        for t in self.tasks.drain(..) {
+            out.push(t.await?);
+        }
+        Ok(out)
+    }
+}
+
+/// What a publisher reports when it stops sending (before it closes).
+struct PubStats {
+    sent: u64,
+    scheduled: u64,
+    send_error: bool,
+}
+
+enum Plan {
+    /// Token schedule at `per_pub_rate` msg/s, shifted by `offset`.
+    Rate { per_pub_rate: f64, offset: Duration },
+    /// As fast as the window semaphore allows.
+    MaxRate,
+    /// `--flooders`: batches back to back, as fast as the socket takes them.
+    Flood,
+}
+
+/// A publisher's clock: it sends from `start` until `deadline`; a write
+/// still blocked (TCP push-back) at `give_up` is abandoned as a send error.
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    start: Instant,
+    deadline: Instant,
+    give_up: Instant,
+}
+
+/// One publisher: sends on its plan until `times.deadline`, while a side
+/// task on `readers` drains what the server broadcasts to it (other
+/// publishers' messages). Reports its counts on `counts` when it stops
+/// sending, then closes once the run stops.
+#[allow(clippy::too_many_arguments)]
+async fn publisher(
+    ws: Ws,
+    id: usize,
+    shared: Arc<Shared>,
+    plan: Plan,
+    size: usize,
+    times: Times,
+    readers: Handle,
+    counts: oneshot::Sender<PubStats>,
+) -> Ending {
+    let (mut sink, stream) = ws.split();
+    let (done_tx, done_rx) = watch::channel(false);
+    let reader = readers.spawn(read_broadcasts(stream, done_rx, shared.v1));
+    let mut framer = Framer::new(id, size);
+    let mut next_msg = |seq: u64, sent_ns: u64, delay_us: u32| framer.next(seq, sent_ns, delay_us);
+    let live = &shared.published[id];
+    let mut seq = 0u64;
+    let mut scheduled = 0u64;
+    let mut send_error = false;
+    let Times {
+        start,
+        deadline,
+        give_up,
+    } = times;
+    let mut deadline_sleep = pin!(sleep_until(deadline));
+    match plan {
+        Plan::Rate {
+            per_pub_rate,
+            offset,
+        } => {
+            let first = start + offset;
+            let period_ns = 1e9 / per_pub_rate;
+            let span = deadline.saturating_duration_since(first).as_nanos() as f64;
+            // Messages owed in [first, deadline): s * period < span.
+            let total = (span / period_ns).ceil() as u64;
+            scheduled = total;
+            let due_at = |s: u64| first + Duration::from_nanos((s as f64 * period_ns) as u64);
+            while seq < total {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                let elapsed = now.saturating_duration_since(first).as_nanos() as f64;
+                let due = if now < first {
+                    0
+                } else {
+                    ((elapsed / period_ns).floor() as u64 + 1).min(total)
+                };
+                if due <= seq {
+                    tokio::select! {
+                        biased;
+                        _ = &mut deadline_sleep => break,
+                        _ = sleep_until(due_at(seq)) => continue,
+                    }
+                }
+                let end = due.min(seq + MAX_BATCH);
+                let now_ns = shared.ns(Instant::now());
+                let batch = (seq..end).map(|s| {
+                    let stamp = shared.ns(due_at(s));
+                    let delay =
+                        u32::try_from(now_ns.saturating_sub(stamp) / 1000).unwrap_or(u32::MAX);
+                    next_msg(s, stamp, delay)
+                });
+                if send_all(&mut sink, batch, give_up).await.is_err() {
+                    send_error = true;
+                    break;
+                }
+                seq = end;
+                live.unique.store(seq, Relaxed);
+            }
+        }
+        Plan::MaxRate => {
+            let window = shared.window.as_ref().expect("window in max-rate mode");
+            sleep_until(start).await;
+            loop {
+                let n = tokio::select! {
+                    biased;
+                    _ = &mut deadline_sleep => break,
+                    n = window.acquire(id, MAX_BATCH as u32) => match n {
+                        Some(n) => u64::from(n),
+                        None => break,
+                    },
+                };
+                let batch = (seq..seq + n).map(|s| next_msg(s, shared.ns(Instant::now()), 0));
+                if send_all(&mut sink, batch, give_up).await.is_err() {
+                    send_error = true;
+                    break;
+                }
+                seq += n;
+                live.unique.store(seq, Relaxed);
+            }
+        }
+        Plan::Flood => {
+            sleep_until(start).await;
+            // No select on the deadline: a batch blocked by push-back is
+            // finished (or abandoned at `give_up`), never half-counted.
+            while Instant::now() < deadline {
+                let now_ns = shared.ns(Instant::now());
+                let batch = (seq..seq + MAX_BATCH).map(|s| next_msg(s, now_ns, 0));
+                if send_all(&mut sink, batch, give_up).await.is_err() {
+                    send_error = true;
+                    break;
+                }
+                seq += MAX_BATCH;
+                live.unique.store(seq, Relaxed);
+            }
+        }
+    }
+    // Messages written but not flushed on error are not counted: `seq` only
+    // advances after a successful flush.
+    let _ = counts.send(PubStats {
+        sent: seq,
+        scheduled,
+        send_error,
+    });
+
+    // Close once the subscribers are told to stop.
+    shared.stopped().await;
+    if !reader.is_finished() {
+        let _ = sink.send(normal_close()).await;
+        let _ = done_tx.send(true);
+    }
+    reader.await.unwrap_or_default()
+}
+
+/// A publisher's reader: drains what the server broadcasts to it until the
+/// server closes, or (once `done`: we sent Close) until its Close reply.
+async fn read_broadcasts(
+    mut stream: futures_util::stream::SplitStream<Ws>,
+    mut done_rx: watch::Receiver<bool>,
+    v1_mode: bool,
+) -> Ending {
+    let mut done = pin!(async move {
+        let _ = done_rx.wait_for(|&d| d).await;
+    });
+    let mut counts = V1Counts::default();
+    let mut count = |m: &Message| {
+        if let (true, Message::Text(t)) = (v1_mode, m) {
+            if !v1::is_message(t.as_bytes()) {
+                if let Ok(e) = v1::extract(t.as_bytes(), &mut Vec::new()) {
+                    counts.count(e);
+                }
+            }
+        }
+    };
+    let close = loop {
+        tokio::select! {
+            biased;
+            _ = &mut done => {
+                // We sent Close: read until the server's Close reply.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while let Some(Ok(m)) = stream.next().await {
+                        count(&m);
+                    }
+                })
+                .await;
+                break None;
+            }
+            m = stream.next() => match m {
+                Some(Ok(Message::Close(f))) => break Some(close_code(f.as_ref())),
+                Some(Ok(m)) => count(&m),
+                Some(Err(_)) | None => break Some(protocol::close::ABNORMAL),
+            },
+        }
+    };
+    Ending {
+        server_close: close,
+        v1: counts,
+    }
+}
+
+/// Builds one publisher's payloads: a template of `size` bytes with the
+/// header rewritten per message, cut from a buffer reserved for a batch.
+struct Framer {
+    id: u32,
+    size: usize,
+    template: Vec<u8>,
+    buf: BytesMut,
+}
+
+impl Framer {
+    fn new(id: usize, size: usize) -> Self {
+        let mut template = vec![0u8; size];
+        payload::encode_into(
+            &mut template,
+            Header {
+                publisher: id as u32,
+                seq: 0,
+                sent_ns: 0,
+                delay_us: 0,
+            },
+        );
+        Self {
+            id: id as u32,
+            size,
+            template,
+            buf: BytesMut::new(),
+        }
+    }
+
+    fn next(&mut self, seq: u64, sent_ns: u64, delay_us: u32) -> Bytes {
+        if self.buf.capacity() < self.size {
+            self.buf.reserve(self.size * MAX_BATCH as usize);
+        }
+        self.buf.extend_from_slice(&self.template);
+        payload::write_header(
+            &mut self.buf,
+            Header {
+                publisher: self.id,
+                seq,
+                sent_ns,
+                delay_us,
+            },
+        );
+        self.buf.split().freeze()
+    }
+}
+
+/// Queues every payload of `batch` as a binary message, then flushes once;
+/// fails when that is not done by `give_up` (the server stopped reading).
+async fn send_all<S>(
+    sink: &mut S,
+    batch: impl Iterator<Item = Bytes>,
+    give_up: Instant,
+) -> Result<(), ()>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let send = async {
+        for payload in batch {
+            sink.feed(Message::Binary(payload)).await?;
+        }
+        sink.flush().await
+    };
+    match tokio::time::timeout_at(give_up, send).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(()),
+    }
+}
+
+/// Code of a received close frame.
+fn close_code(frame: Option<&CloseFrame>) -> u16 {
+    frame.map_or(protocol::close::NO_STATUS, |f| u16::from(f.code))
+}
+
+fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(protocol::close::NORMAL),
+        reason: "".into(),
+    }))
+}

@@ -1,0 +1,171 @@
+//! What the run's phases and tasks share: where to connect, which runtime
+//! drives what, and the [`Shared`] state every task updates while it runs.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::cli::Args;
+use crate::conn::Target;
+use crate::progress::{Phase, Snapshot};
+use crate::v1::V1Counts;
+use crate::window::Windows;
+
+/// What one connection shares with the driver while it runs: written only by
+/// its own task, read by the progress and drain loops (one cache line each).
+#[repr(align(64))]
+#[derive(Default)]
+pub(super) struct Live {
+    /// Subscriber: distinct messages received; publisher: messages flushed.
+    pub(super) unique: AtomicU64,
+    /// The subscriber stopped reading (failed, slow, or closed by the server).
+    pub(super) ended: AtomicBool,
+}
+
+/// State shared by all tasks.
+pub(super) struct Shared {
+    pub(super) origin: Instant,
+    /// All publishers: the paced ones are `0..paced`, the flooders after them.
+    pub(super) publishers: usize,
+    pub(super) paced: usize,
+    /// Set once publishing and draining are over: every connection closes.
+    pub(super) stop: watch::Sender<bool>,
+    pub(super) connected: AtomicUsize,
+    pub(super) failed: AtomicUsize,
+    /// `--max-rate`: the publishers' in-flight windows.
+    pub(super) window: Option<Windows>,
+    pub(super) subs: Vec<Live>,
+    pub(super) published: Vec<Live>,
+    /// A [`Phase`] as u8, for the progress display.
+    phase: AtomicU8,
+    /// When publishing starts, ns since `origin` (the time series' second 0).
+    pub(super) start_ns: AtomicU64,
+    pub(super) abrupt_close: bool,
+    /// Rate mode: payloads carry a send delay worth a second histogram.
+    pub(super) rate_mode: bool,
+    /// `--v1`: the server sends JSON events in text frames.
+    pub(super) v1: bool,
+}
+
+impl Shared {
+    /// The state of a run of `args` with `clients` subscribers and `paced`
+    /// plus `flooders` publishers.
+    pub(super) fn new(args: &Args, clients: usize, paced: usize, flooders: usize) -> Self {
+        let publishers = paced + flooders;
+        Self {
+            origin: Instant::now(),
+            publishers,
+            paced,
+            stop: watch::channel(false).0,
+            connected: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            window: (args.max_rate && paced > 0).then(|| Windows::new(paced, args.window)),
+            subs: (0..clients).map(|_| Live::default()).collect(),
+            published: (0..publishers).map(|_| Live::default()).collect(),
+            phase: AtomicU8::new(Phase::Connect as u8),
+            start_ns: AtomicU64::new(0),
+            abrupt_close: args.abrupt_close,
+            rate_mode: !args.max_rate && paced > 0,
+            v1: args.v1,
+        }
+    }
+
+    /// `t` in ns since `origin` (the clock payload stamps use).
+    pub(super) fn ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.origin).as_nanos() as u64
+    }
+
+    pub(super) fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Relaxed);
+    }
+
+    /// Tells every connection to close.
+    pub(super) fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Resolves once [`Shared::stop`] was called.
+    pub(super) async fn stopped(&self) {
+        let mut rx = self.stop.subscribe();
+        let _ = rx.wait_for(|&s| s).await;
+    }
+
+    /// Class index of publisher `p`: 0 paced, 1 flood.
+    pub(super) fn class_of(&self, p: usize) -> usize {
+        usize::from(p >= self.paced)
+    }
+
+    /// Classes of publishers in this run: paced, and flood if there are flooders.
+    pub(super) fn classes(&self) -> usize {
+        if self.publishers > self.paced {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// What the progress display shows.
+    pub(super) fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            phase: Phase::from_u8(self.phase.load(Relaxed)),
+            connected: self.connected.load(Relaxed) as u64,
+            failed: self.failed.load(Relaxed) as u64,
+            delivered: self.delivered(),
+            published: self.published.iter().map(|l| l.unique.load(Relaxed)).sum(),
+        }
+    }
+
+    /// Distinct messages the subscribers have received so far.
+    pub(super) fn delivered(&self) -> u64 {
+        self.subs.iter().map(|l| l.unique.load(Relaxed)).sum()
+    }
+}
+
+/// The servers to connect to (several URLs: the nodes of a cluster);
+/// connections round-robin over them.
+pub(super) struct Targets(Vec<Arc<Target>>);
+
+impl Targets {
+    pub(super) fn new(targets: Vec<Arc<Target>>) -> Self {
+        Self(targets)
+    }
+
+    /// Where connection `i` goes.
+    pub(super) fn of(&self, i: usize) -> Arc<Target> {
+        self.0[i % self.0.len()].clone()
+    }
+}
+
+/// The runtimes tasks are spawned on (see `run`).
+#[derive(Clone)]
+pub(super) struct Runtimes {
+    /// Subscribers and every publisher's reader.
+    pub(super) readers: Handle,
+    /// Paced publishers.
+    pub(super) publishers: Handle,
+    /// Flood publishers.
+    pub(super) flooders: Handle,
+}
+
+impl Runtimes {
+    /// The runtime that drives publisher `p` (its connect and its sends).
+    pub(super) fn of_publisher(&self, p: usize, paced: usize) -> &Handle {
+        if p < paced {
+            &self.publishers
+        } else {
+            &self.flooders
+        }
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Default)]
+pub(super) struct Ending {
+    /// The server closed (or dropped) it before we asked: the code.
+    pub(super) server_close: Option<u16>,
+    /// `--v1`: the events other than messages it received.
+    pub(super) v1: V1Counts,
+}

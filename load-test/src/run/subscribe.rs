@@ -1,0 +1,317 @@
+//! Phase 1, and the subscribers' side of every later phase: connecting the
+//! subscribers, their read loop (latency, loss, order), the slow
+//! subscribers that read only at the end, and closing each connection.
+
+use std::pin::pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use protocol::close::{ABNORMAL, NORMAL, NO_STATUS, PROTOCOL_ERROR};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, Instant};
+
+use super::shared::{Ending, Shared, Targets};
+use crate::cli::{is_slow, slow_count, Args};
+use crate::conn::{max_message, subscriber_buffer, SubWs};
+use crate::payload;
+use crate::rawws::Event;
+use crate::series::SubSeries;
+use crate::tracker::{Outcome, SeqTracker};
+use crate::v1::{self as v1, V1Counts, V1Event};
+
+/// Latencies above an hour are recorded as an hour (bounds histogram growth).
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+/// Slow subscribers, once resumed: stop after this long without data...
+const SLOW_QUIET: Duration = Duration::from_secs(1);
+/// ...or after this long in all.
+const SLOW_READ_MAX: Duration = Duration::from_secs(5);
+
+/// What one slow subscriber saw when it resumed reading.
+pub(super) struct SlowEnd {
+    /// The close code, 1006 for a dropped connection, None: still open.
+    pub(super) close: Option<u16>,
+    pub(super) messages: u64,
+    pub(super) v1: V1Counts,
+}
+
+/// What one subscriber measured.
+pub(super) struct SubStats {
+    /// Microseconds from the scheduled send time, by class of publisher
+    /// ([`Shared::class_of`]: paced, then flood when there are flooders);
+    /// u32 counts halve the memory of 20,000 histograms.
+    pub(super) hist: Vec<Histogram<u32>>,
+    /// Microseconds from the actual write.
+    pub(super) hist_send: Histogram<u32>,
+    pub(super) trackers: Vec<SeqTracker>,
+    pub(super) malformed: u64,
+    pub(super) last_delivery_ns: u64,
+    pub(super) ending: Ending,
+    /// Per-second deliveries and latency, created at the first delivery.
+    pub(super) series: Option<SubSeries>,
+}
+
+/// How one subscriber's task ended.
+pub(super) enum SubResult {
+    Failed(String),
+    Done(Box<SubStats>),
+    Slow(SlowEnd),
+}
+
+/// The subscribers once phase 1 is over: every one connected or failed.
+pub(super) struct Subscribers {
+    pub(super) tasks: Vec<JoinHandle<SubResult>>,
+    /// Seconds from the first connection attempt until the last settled.
+    pub(super) connect_s: f64,
+    /// `--slow-fraction`: how many of them are slow.
+    pub(super) slow: usize,
+}
+
+/// Phase 1: connects `--clients` subscribers, paced at `--ramp` per second,
+/// or all at once (`--ramp 0`) with at most `--storm-concurrency`
+/// connection attempts in flight; returns when each connected or failed.
+/// Each task then reads until the run stops.
+pub(super) async fn connect(args: &Args, targets: &Targets, shared: &Arc<Shared>) -> Subscribers {
+    let clients = args.clients as usize;
+    let size = args.size as usize;
+    let slow = slow_count(clients, args.slow_fraction);
+    let t0 = Instant::now();
+    let step = (args.ramp > 0.0).then(|| Duration::from_secs_f64(1.0 / args.ramp));
+    let storm = Arc::new(Semaphore::new(args.storm_concurrency as usize));
+    let (buf_size, max_msg) = (subscriber_buffer(clients, size), max_message(size));
+    let mut tasks = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let (target, shared, storm) = (targets.of(i), shared.clone(), storm.clone());
+        let at = step.map(|s| t0 + s.mul_f64(i as f64));
+        let timeout = args.connect_timeout;
+        let is_slow = is_slow(i, clients, slow);
+        let rcvbuf = (is_slow && args.slow_rcvbuf > 0).then_some(args.slow_rcvbuf);
+        tasks.push(tokio::spawn(async move {
+            let conn = match at {
+                Some(at) => {
+                    sleep_until(at).await;
+                    target
+                        .connect_raw(i, timeout, rcvbuf, buf_size, max_msg)
+                        .await
+                }
+                None => {
+                    let _permit = storm.acquire().await;
+                    target
+                        .connect_raw(i, timeout, rcvbuf, buf_size, max_msg)
+                        .await
+                }
+            };
+            match conn {
+                Ok(ws) => {
+                    shared.connected.fetch_add(1, Relaxed);
+                    if is_slow {
+                        shared.subs[i].ended.store(true, Relaxed);
+                        SubResult::Slow(slow_subscriber(ws, &shared).await)
+                    } else {
+                        SubResult::Done(Box::new(subscriber(ws, i, size, &shared).await))
+                    }
+                }
+                Err(e) => {
+                    shared.subs[i].ended.store(true, Relaxed);
+                    shared.failed.fetch_add(1, Relaxed);
+                    SubResult::Failed(format!("{e:#}"))
+                }
+            }
+        }));
+    }
+    while shared.connected.load(Relaxed) + shared.failed.load(Relaxed) < clients {
+        sleep(Duration::from_millis(2)).await;
+    }
+    Subscribers {
+        tasks,
+        connect_s: t0.elapsed().as_secs_f64(),
+        slow,
+    }
+}
+
+/// The subscriber read loop, then a clean close once told to stop.
+///
+/// Messages are taken from the read buffer in batches (everything one read
+/// returned) and timestamped once per read: they were all there when the
+/// read returned. The stop signal is checked between reads.
+async fn subscriber(mut ws: SubWs, idx: usize, size: usize, shared: &Shared) -> SubStats {
+    let live = &shared.subs[idx];
+    let acks = shared.window.as_ref();
+    if let Some(w) = acks {
+        w.join();
+    }
+    let mut st = SubStats {
+        hist: (0..shared.classes())
+            .map(|_| Histogram::new(3).expect("3 significant figures is valid"))
+            .collect(),
+        hist_send: Histogram::new(3).expect("3 significant figures is valid"),
+        trackers: vec![SeqTracker::default(); shared.publishers],
+        malformed: 0,
+        last_delivery_ns: 0,
+        ending: Ending::default(),
+        series: None,
+    };
+    let mut unique = 0u64;
+    let mut stop = pin!(shared.stopped());
+    let mut now = shared.ns(Instant::now());
+    let v1_mode = shared.v1;
+    // `--v1`: the payload decoded from a message event's base64.
+    let mut decoded = Vec::with_capacity(if v1_mode { size } else { 0 });
+    let stopped_by_us = 'read: loop {
+        loop {
+            let b = match ws.try_next() {
+                Ok(None) => break,
+                Ok(Some(Event::Data { text, payload })) if text == v1_mode => {
+                    if !v1_mode {
+                        payload
+                    } else {
+                        match v1::extract(payload, &mut decoded) {
+                            Ok(V1Event::Data) => &decoded[..],
+                            Ok(e) if st.ending.v1.count(e) => continue,
+                            // Text messages and garbage.
+                            _ => {
+                                st.malformed += 1;
+                                continue;
+                            }
+                        }
+                    }
+                }
+                // A binary frame in v1 mode, a text frame in raw mode.
+                Ok(Some(Event::Data { .. })) => {
+                    st.malformed += 1;
+                    continue;
+                }
+                Ok(Some(Event::Close(code))) => {
+                    st.ending.server_close = Some(code);
+                    break 'read false;
+                }
+                Err(_) => {
+                    st.ending.server_close = Some(PROTOCOL_ERROR);
+                    break 'read false;
+                }
+            };
+            match payload::decode(b) {
+                Ok(h) if b.len() == size && (h.publisher as usize) < st.trackers.len() => {
+                    let p = h.publisher as usize;
+                    if st.trackers[p].observe(h.seq) == Outcome::Duplicate {
+                        continue;
+                    }
+                    // Auto-resizing, so this only fails past u32 counts.
+                    let us = (now.saturating_sub(h.sent_ns) / 1000).min(MAX_LATENCY_US);
+                    let _ = st.hist[shared.class_of(p)].record(us);
+                    if shared.rate_mode {
+                        let _ = st
+                            .hist_send
+                            .record(us.saturating_sub(u64::from(h.delay_us)));
+                    }
+                    st.series
+                        .get_or_insert_with(|| SubSeries::new(shared.start_ns.load(Relaxed)))
+                        .record(now, us);
+                    st.last_delivery_ns = now;
+                    unique += 1;
+                    if let (Some(w), true) = (acks, p < shared.paced) {
+                        w.ack(p, h.seq);
+                    }
+                }
+                _ => st.malformed += 1,
+            }
+        }
+        live.unique.store(unique, Relaxed);
+        let more = tokio::select! {
+            biased;
+            _ = &mut stop => break true,
+            more = ws.fill() => more,
+        };
+        now = shared.ns(Instant::now());
+        if !matches!(more, Ok(true)) {
+            st.ending.server_close = Some(ABNORMAL);
+            break false;
+        }
+    };
+    live.ended.store(true, Relaxed);
+    if let (Some(w), false) = (acks, stopped_by_us) {
+        w.leave();
+    }
+    let how = if stopped_by_us {
+        Close::Ours
+    } else {
+        Close::After(st.ending.server_close)
+    };
+    end_connection(ws, how, shared.abrupt_close).await;
+    st
+}
+
+/// A slow subscriber: reads nothing until the run stops, then reads what the
+/// server left for it to see how the server ended it (see the module docs
+/// of [`super`]).
+async fn slow_subscriber(mut ws: SubWs, shared: &Shared) -> SlowEnd {
+    shared.stopped().await;
+    let give_up = Instant::now() + SLOW_READ_MAX;
+    let mut messages = 0u64;
+    let mut v1_counts = V1Counts::default();
+    let close = 'read: loop {
+        loop {
+            match ws.try_next() {
+                Ok(None) => break,
+                Ok(Some(Event::Data { text, payload })) if text && shared.v1 => {
+                    if v1::is_message(payload) {
+                        messages += 1;
+                    } else if let Ok(e) = v1::extract(payload, &mut Vec::new()) {
+                        v1_counts.count(e);
+                    }
+                }
+                Ok(Some(Event::Data { .. })) => messages += 1,
+                Ok(Some(Event::Close(code))) => break 'read Some(code),
+                Err(_) => break 'read Some(PROTOCOL_ERROR),
+            }
+        }
+        let quiet = (Instant::now() + SLOW_QUIET).min(give_up);
+        match tokio::time::timeout_at(quiet, ws.fill()).await {
+            Err(_) => break None,
+            Ok(Ok(true)) => {}
+            Ok(Ok(false) | Err(_)) => break Some(ABNORMAL),
+        }
+    };
+    let how = match close {
+        None => Close::Ours,
+        c => Close::After(c),
+    };
+    end_connection(ws, how, shared.abrupt_close).await;
+    SlowEnd {
+        close,
+        messages,
+        v1: v1_counts,
+    }
+}
+
+/// How a subscriber's connection ends.
+enum Close {
+    /// We close it (the run stopped): Close 1000, or a dropped TCP
+    /// connection with --abrupt-close.
+    Ours,
+    /// The server closed it with this code (answered, if it can be), or
+    /// it failed (1006, 1002: nothing to answer).
+    After(Option<u16>),
+}
+
+async fn end_connection(mut ws: SubWs, how: Close, abrupt: bool) {
+    const LINGER: Duration = Duration::from_secs(2);
+    match how {
+        Close::Ours if abrupt => drop(ws),
+        Close::Ours => {
+            if ws.send_close(NORMAL).await.is_ok() {
+                ws.finish(LINGER).await;
+            }
+        }
+        Close::After(Some(ABNORMAL | PROTOCOL_ERROR) | None) => drop(ws),
+        Close::After(Some(code)) => {
+            // Echo the code (RFC 6455 §5.5.1); 1005 may not be sent.
+            let echo = if code == NO_STATUS { NORMAL } else { code };
+            if ws.send_close(echo).await.is_ok() {
+                ws.finish(LINGER).await;
+            }
+        }
+    }
+}
