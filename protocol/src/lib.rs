@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod close;
 pub mod frame;
 pub mod utf8;
