@@ -6,7 +6,8 @@
 #
 # Usage:   bash bench/run.sh
 # Env:     BENCH_RUNS=3        runs per scenario and server (the file reports medians)
-#          BENCH_DURATION=10s  publishing time of scenarios 1, 2 and 5
+#          BENCH_DURATION=10s  publishing time of scenarios 1, 2, 5, 6 and 7
+#          BENCH_SCENARIOS="s6 s7"  run only these (default: all; ids below)
 #          BENCH_OUT=DIR       results directory (default bench/results)
 # Needs:   cargo, jq, Linux /proc (the load generator reads the server's
 #          CPU time and memory from /proc/PID). About 10 minutes with the defaults.
@@ -22,6 +23,12 @@
 #   5  slow consumers: 10 % of 1,000 subscribers stop reading (50 msg/s of
 #      16 KiB, so that the server's queue limit is reached within the run),
 #      plus 5r: the same load with nobody slow, as the control
+#   6  overload: 1,000 subscribers, 30 publishers at 900 msg/s each (27,000
+#      msg/s, far above what fan-out can deliver), 64 B; server on its
+#      DEFAULT flags: memory bound, nobody closed, nothing lost
+#   7  flood fairness: 200 subscribers, one publisher writing as fast as TCP
+#      takes (--flooders 1) and one at 50 msg/s, 64 B; DEFAULT flags: the
+#      50 msg/s publisher's own latency, and the server's (/metrics)
 # Output: bench/results/<date>-<short git rev>.md (hardware, OS, toolchain,
 # the exact commands, one table per scenario: ours, baseline, ratio), and
 # next to it a directory of the same name with every run's JSON and, for the
@@ -48,22 +55,25 @@ mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
 FD_LIMIT=$(ulimit -n)
 
-# Ours runs with its abuse limits off: the benchmarks measure raw capacity
-# (thousands of messages per second per publisher, 10,000 connections from
-# 8 loopback addresses opened as fast as possible).
-OURS_LIMITS_OFF="--max-message-rate 0 --max-connections-per-ip 0 --max-new-connections-per-sec 0"
+# Ours runs on its default flags in every scenario: a benchmark must never
+# need to switch a default off (the abuse limits are off by default; flow
+# control is always on).
+OURS_DEFAULT="$REL/broadcast-server start --host 127.0.0.1 --port 0"
 declare -A SERVER_CMD=(
-  [ours]="$REL/broadcast-server start --host 127.0.0.1 --port 0 $OURS_LIMITS_OFF"
+  [ours]="$OURS_DEFAULT"
   [baseline]="$REL/baseline-server --host 127.0.0.1 --port 0"
 )
+server_cmd() { # kind scenario
+  echo "${SERVER_CMD[$1]}"
+}
 SERVER_PID=""
 SERVER_URL=""
 
-start_server() { # kind logfile
-  local kind=$1 log=$2
+start_server() { # kind scenario logfile
+  local kind=$1 log=$3
   : >"$log.out"
   # shellcheck disable=SC2086
-  RUST_LOG=warn ${SERVER_CMD[$kind]} >"$log.out" 2>"$log.err" &
+  RUST_LOG=warn $(server_cmd "$kind" "$2") >"$log.out" 2>"$log.err" &
   SERVER_PID=$!
   SERVER_URL=""
   for _ in $(seq 200); do
@@ -87,7 +97,12 @@ stop_server() {
 }
 
 # Scenario definitions: id, title, load-test arguments.
-SCENARIOS=(s1 s2a s2b s3 s4 s5 s5r)
+ALL_SCENARIOS=(s1 s2a s2b s3 s4 s5 s5r s6 s7)
+read -r -a SCENARIOS <<<"${BENCH_SCENARIOS:-${ALL_SCENARIOS[*]}}"
+for sc in "${SCENARIOS[@]}"; do
+  [[ " ${ALL_SCENARIOS[*]} " == *" $sc "* ]] || { echo "bench/run.sh: unknown scenario $sc (${ALL_SCENARIOS[*]})" >&2; exit 2; }
+done
+ran() { [[ " ${SCENARIOS[*]} " == *" $1 "* ]]; }
 declare -A TITLE=(
   [s1]="1. Fan-out at fixed load: 1,000 subscribers, 1 publisher, 50 msg/s, 64 B, $DURATION"
   [s2a]="2a. Saturation: 100 subscribers, 4 publishers, --max-rate (window 64 each), 64 B, $DURATION"
@@ -96,6 +111,8 @@ declare -A TITLE=(
   [s4]="4. Connection storm: 10,000 clients at once (at most 1,000 handshakes in flight), held 2 s, then all drop (TCP close, no close handshake)"
   [s5]="5. Slow consumers: 1,000 subscribers of which 10 % never read, 1 publisher, 50 msg/s, 16 KiB, $DURATION"
   [s5r]="5r. Control for 5: the same load with no slow subscriber"
+  [s6]="6. Overload: 1,000 subscribers, 30 publishers at 900 msg/s each (27,000 msg/s), 64 B, $DURATION, default server flags"
+  [s7]="7. Flood fairness: 200 subscribers, 1 publisher as fast as TCP allows + 1 at 50 msg/s, 64 B, $DURATION, default server flags"
 )
 COMMON="--source-addrs 8 --no-progress"
 declare -A ARGS=(
@@ -106,7 +123,12 @@ declare -A ARGS=(
   [s4]="--clients 10000 --idle --ramp 0 --storm-concurrency 1000 --settle 1s --duration 2s --abrupt-close --after-close 2s"
   [s5]="--clients 1000 --slow-fraction 0.1 --publishers 1 --rate 50 --size 16384 --duration $DURATION --drain 5s"
   [s5r]="--clients 1000 --publishers 1 --rate 50 --size 16384 --duration $DURATION --drain 5s"
+  [s6]="--clients 1000 --publishers 30 --rate 27000 --size 64 --duration $DURATION --drain 120s --drain-quiet 5s --after-close 10s"
+  [s7]="--clients 200 --publishers 1 --rate 50 --flooders 1 --size 64 --duration $DURATION --drain 120s --drain-quiet 5s --after-close 10s"
 )
+# Ours serves /metrics on its main port: the server-side latency histogram
+# and the flow-control counters (the baseline has none).
+declare -A WITH_METRICS=([s6]=1 [s7]=1)
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(date +%s)
@@ -114,9 +136,13 @@ for sc in "${SCENARIOS[@]}"; do
   for i in $(seq "$RUNS"); do
     for kind in ours baseline; do
       base="$OUT/$sc-$kind-$i"
-      start_server "$kind" "$base.server"
+      start_server "$kind" "$sc" "$base.server"
       report=()
       [ "$i" = 1 ] && report=(--report "$base.html")
+      if [ "$kind" = ours ] && [ -n "${WITH_METRICS[$sc]:-}" ]; then
+        metrics_url=${SERVER_URL/#ws:/http:}
+        report+=(--metrics "${metrics_url%/ws}/metrics")
+      fi
       echo "== $sc $kind run $i/$RUNS ($SERVER_URL, pid $SERVER_PID)" >&2
       rc=0
       # shellcheck disable=SC2086
@@ -126,7 +152,7 @@ for sc in "${SCENARIOS[@]}"; do
       stop_server
       rm -f "$base.server.out"
       [ -s "$base.server.err" ] || rm -f "$base.server.err"
-      grep -E "deliveries/s|latency ms|slow sub|server RSS/|clients connected" "$base.txt" | sed 's/^/    /' >&2 || true
+      grep -E "deliveries/s|latency ms|slow sub|server RSS|clients connected|server closes|lost|drain took|paused" "$base.txt" | sed 's/^/    /' >&2 || true
     done
   done
 done
@@ -169,6 +195,17 @@ row() {
   echo "| $1 | $(fmt "$o" "$4") | $(fmt "$b" "$4") | $(ratio "$o" "$b") |"
 }
 val() { median "$1" "$2" "$3"; }
+# codes SCENARIO KIND: the server's close codes over all runs, "1013: 5, 1008: 1" or "none".
+codes() {
+  local files=()
+  for i in $(seq "$RUNS"); do
+    [ -s "$OUT/$1-$2-$i.json" ] && files+=("$OUT/$1-$2-$i.json")
+  done
+  [ ${#files[@]} -eq 0 ] && { echo "–"; return; }
+  jq -rs '[.[].server_closes | to_entries[]] | group_by(.key)
+    | map("\(.[0].key): \(map(.value) | add)") | join(", ")
+    | if . == "" then "none" else . end' "${files[@]}"
+}
 yesno() { if [ "$1" = true ]; then echo "**met**"; else echo "**not met**"; fi; }
 
 CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
@@ -197,7 +234,7 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   echo
   echo "Servers and load generator share the machine (loopback). The load generator is"
   echo "one process: subscribers on a multi-thread tokio runtime (one worker per core),"
-  echo "publishers on a runtime of their own. Figures are noisy when the machine is shared."
+  echo "publishers on a runtime of their own (flooders on another). Figures are noisy when the machine is shared."
   echo
   echo "## Commands"
   echo
@@ -206,15 +243,19 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   echo "ulimit -n $FD_LIMIT"
   echo "# ours:     ${SERVER_CMD[ours]#"$ROOT/"}"
   echo "# baseline: ${SERVER_CMD[baseline]#"$ROOT/"}"
+  echo "# ours runs on its default flags in every scenario"
   echo "# each run: a fresh server; URL and PID from its start; then"
   for sc in "${SCENARIOS[@]}"; do
-    echo "target/release/load-test --url \$URL --server-pid \$PID ${ARGS[$sc]} $COMMON --json $sc-\$SERVER-\$RUN.json  # $sc"
+    m=""
+    [ -n "${WITH_METRICS[$sc]:-}" ] && m=" [ours: --metrics http://\$HOST:\$PORT/metrics]"
+    echo "target/release/load-test --url \$URL --server-pid \$PID ${ARGS[$sc]} $COMMON$m --json $sc-\$SERVER-\$RUN.json  # $sc"
   done
   echo '```'
   echo
   echo "## Results"
   echo
 
+  if ran s1; then
   echo "### ${TITLE[s1]}"
   echo
   echo "| metric | ours | baseline | ratio |"
@@ -231,8 +272,10 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   row "share of server CPU in the kernel (%)" s1 .server.cpu_run_kernel_pct 0
   row "load-test CPU (% of one core)" s1 .tool_cpu_run_pct 0
   echo
+  fi
 
   for sc in s2a s2b; do
+    ran $sc || continue
     echo "### ${TITLE[$sc]}"
     echo
     echo "| metric | ours | baseline | ratio |"
@@ -249,6 +292,7 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
     echo
   done
 
+  if ran s3; then
   echo "### ${TITLE[s3]}"
   echo
   echo "| metric | ours | baseline | ratio |"
@@ -261,7 +305,9 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   row "connections failed (worst run)" s3 .clients_failed 0 worst
   row "errors (worst run)" s3 .errors 0 worst
   echo
+  fi
 
+  if ran s4; then
   echo "### ${TITLE[s4]}"
   echo
   echo "| metric | ours | baseline | ratio |"
@@ -275,7 +321,9 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   row "server RSS after all dropped (MiB)" s4 ".server.rss_after_close_kib / 1024" 1
   row "kept after all dropped (MiB above before)" s4 "(.server.rss_after_close_kib - .server.rss_before_kib) / 1024" 1
   echo
+  fi
 
+  if ran s5; then
   echo "### ${TITLE[s5]}"
   echo
   echo "Slow subscribers connect with a 16 KiB receive buffer and read nothing; when the run"
@@ -298,21 +346,122 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   row "control 5r: latency p99 (ms)" s5r .latency.p99_ms 3
   row "control 5r: loss ratio (worst run)" s5r .loss_ratio 6 worst
   echo
+  fi
+
+  if ran s6; then
+  echo "### ${TITLE[s6]}"
+  echo
+  echo "Each publisher has its own schedule (900 msg/s); a message's latency is from the"
+  echo "time it was due, so a publisher held back by the server (flow control) shows it as"
+  echo "latency, and \"published\" counts only what the publishers got into their sockets."
+  echo "Loss: every message published must reach all 1,000 subscribers (after a drain of up"
+  echo "to 120 s, ended once nothing arrives for 5 s). RSS after: 10 s after the last client left."
+  echo
+  echo "| metric | ours | baseline | ratio |"
+  echo "| --- | ---: | ---: | ---: |"
+  row "**server RSS high-water (MiB)**" s6 ".server.rss_peak_kib / 1024" 1
+  row "server RSS before, idle (MiB)" s6 ".server.rss_before_kib / 1024" 1
+  row "server RSS 10 s after all left (MiB)" s6 ".server.rss_after_close_kib / 1024" 1
+  row "clients closed by the server (worst run)" s6 ".server_closes | add // 0" 0 worst
+  echo "| close codes (all runs) | $(codes s6 ours) | $(codes s6 baseline) | |"
+  row "lost (worst run)" s6 .lost 0 worst
+  row "loss ratio (worst run)" s6 .loss_ratio 6 worst
+  row "messages scheduled" s6 .scheduled 0
+  row "messages published" s6 .published 0
+  row "slowest publisher: messages sent (each owes 900 per second)" s6 ".classes.paced.sent_min" 0
+  row "fastest publisher: messages sent" s6 ".classes.paced.sent_max" 0
+  row "**deliveries/s**" s6 .deliveries_per_s 0
+  row "e2e latency p50 (ms)" s6 .latency.p50_ms 1
+  row "e2e latency p99 (ms)" s6 .latency.p99_ms 1
+  row "drain took (s)" s6 .drain_used_s 1
+  row "server latency p50 (ms, /metrics bucket bound)" s6 .server_metrics.latency_p50_ms 3
+  row "server latency p99 (ms, /metrics bucket bound)" s6 .server_metrics.latency_p99_ms 3
+  row "publishers paused for fan-out (s, summed)" s6 '.server_metrics.publisher_paused_s.fanout' 1
+  row "publishers paused by rate limit (s, summed)" s6 '.server_metrics.publisher_paused_s.rate_limit' 1
+  row "connections aborted after the close timeout (/metrics)" s6 .server_metrics.aborted 0
+  row "server CPU (% of one core)" s6 .server.cpu_run_pct 0
+  echo
+  fi
+
+  if ran s7; then
+  echo "### ${TITLE[s7]}"
+  echo
+  echo "The flooder writes 256-message batches back to back, so only TCP push-back slows it."
+  echo "The 50 msg/s publisher's latency is from its schedule; the server's own latency is"
+  echo "the p50/p99 of its \`broadcast_delivery_latency_seconds\` histogram over the run"
+  echo "(bucket upper bounds; \"–\" for the baseline, which has no /metrics)."
+  echo
+  echo "| metric | ours | baseline | ratio |"
+  echo "| --- | ---: | ---: | ---: |"
+  row "**50 msg/s publisher: e2e latency p50 (ms)**" s7 .classes.paced.latency.p50_ms 1
+  row "**50 msg/s publisher: e2e latency p99 (ms)**" s7 .classes.paced.latency.p99_ms 1
+  row "50 msg/s publisher: lost (worst run)" s7 .classes.paced.lost 0 worst
+  row "flooder: messages published" s7 .classes.flood.published 0
+  row "flooder: msg/s" s7 .classes.flood.published_per_s 0
+  row "flooder: e2e latency p50 (ms)" s7 .classes.flood.latency.p50_ms 1
+  row "flooder: e2e latency p99 (ms)" s7 .classes.flood.latency.p99_ms 1
+  row "flooder: lost (worst run)" s7 .classes.flood.lost 0 worst
+  row "clients closed by the server (worst run)" s7 ".server_closes | add // 0" 0 worst
+  echo "| close codes (all runs) | $(codes s7 ours) | $(codes s7 baseline) | |"
+  row "**server RSS high-water (MiB)**" s7 ".server.rss_peak_kib / 1024" 1
+  row "server RSS 10 s after all left (MiB)" s7 ".server.rss_after_close_kib / 1024" 1
+  row "server latency p50 (ms, /metrics)" s7 .server_metrics.latency_p50_ms 3
+  row "**server latency p99 (ms, /metrics)**" s7 .server_metrics.latency_p99_ms 3
+  row "flooder paused for fan-out (s)" s7 '.server_metrics.publisher_paused_s.fanout' 1
+  row "paused by rate limit (s)" s7 '.server_metrics.publisher_paused_s.rate_limit' 1
+  row "deliveries/s" s7 .deliveries_per_s 0
+  row "drain took (s)" s7 .drain_used_s 1
+  row "connections aborted after the close timeout (/metrics)" s7 .server_metrics.aborted 0
+  row "server CPU (% of one core)" s7 .server.cpu_run_pct 0
+  echo
+  fi
 
   # Targets (ours only, as the issue states them).
-  d_o=$(val s2a ours .deliveries_per_s); d_b=$(val s2a baseline .deliveries_per_s)
-  m_o=$(val s3 ours .server.rss_per_connection_b)
-  p_o=$(val s1 ours .latency.p99_ms); p_b=$(val s1 baseline .latency.p99_ms)
-  l1=$(worst s1 ours .lost)
-  p5=$(val s5 ours .latency.p99_ms); l5=$(worst s5 ours .lost)
   echo "## Targets"
   echo
   echo "| target | figure | verdict |"
   echo "| --- | --- | --- |"
-  echo "| 2 (64 B): deliveries/s ≥ 2 × baseline | $(fmt "$d_o" 0) vs 2 × $(fmt "$d_b" 0) | $(yesno "$(jq -n "$d_o != null and $d_b != null and $d_o >= 2 * $d_b")") |"
-  echo "| 3: RSS per idle connection ≤ 4 KiB (aim 1.5 KiB) | $(fmt "$m_o" 0) B | $(yesno "$(jq -n "$m_o != null and $m_o <= 4096")")$( [ "$(jq -n "$m_o != null and $m_o <= 1536")" = true ] && echo ", aim met" ) |"
-  echo "| 1: p99 ≤ ½ baseline's, zero loss | $(fmt "$p_o" 3) ms vs ½ × $(fmt "$p_b" 3) ms; lost $l1 | $(yesno "$(jq -n "$p_o != null and $p_b != null and $p_o <= $p_b / 2 and $l1 == 0")") |"
-  echo "| 5: fast p99 ≤ 2 × scenario 1's p99, zero loss | $(fmt "$p5" 3) ms vs 2 × $(fmt "$p_o" 3) ms; lost $l5 | $(yesno "$(jq -n "$p5 != null and $p_o != null and $p5 <= 2 * $p_o and $l5 == 0")") |"
+  if ran s2a; then
+    d_o=$(val s2a ours .deliveries_per_s); d_b=$(val s2a baseline .deliveries_per_s)
+    echo "| 2 (64 B): deliveries/s ≥ 2 × baseline | $(fmt "$d_o" 0) vs 2 × $(fmt "$d_b" 0) | $(yesno "$(jq -n "$d_o != null and $d_b != null and $d_o >= 2 * $d_b")") |"
+  fi
+  if ran s3; then
+    m_o=$(val s3 ours .server.rss_per_connection_b)
+    echo "| 3: RSS per idle connection ≤ 4 KiB (aim 1.5 KiB) | $(fmt "$m_o" 0) B | $(yesno "$(jq -n "$m_o != null and $m_o <= 4096")")$( [ "$(jq -n "$m_o != null and $m_o <= 1536")" = true ] && echo ", aim met" ) |"
+  fi
+  if ran s1; then
+    p_o=$(val s1 ours .latency.p99_ms); p_b=$(val s1 baseline .latency.p99_ms)
+    l1=$(worst s1 ours .lost)
+    echo "| 1: p99 ≤ ½ baseline's, zero loss | $(fmt "$p_o" 3) ms vs ½ × $(fmt "$p_b" 3) ms; lost $l1 | $(yesno "$(jq -n "$p_o != null and $p_b != null and $p_o <= $p_b / 2 and $l1 == 0")") |"
+    if ran s5; then
+      p5=$(val s5 ours .latency.p99_ms); l5=$(worst s5 ours .lost)
+      echo "| 5: fast p99 ≤ 2 × scenario 1's p99, zero loss | $(fmt "$p5" 3) ms vs 2 × $(fmt "$p_o" 3) ms; lost $l5 | $(yesno "$(jq -n "$p5 != null and $p_o != null and $p5 <= 2 * $p_o and $l5 == 0")") |"
+    fi
+  fi
+  if ran s6; then
+    # Memory and closes: the worst run; the after/idle ratio: each run's own.
+    h6=$(worst s6 ours ".server.rss_peak_kib / 1024")
+    c6=$(worst s6 ours ".server_closes | add // 0")
+    l6=$(worst s6 ours .lost)
+    a6=$(worst s6 ours "if .server.rss_after_close_kib == null then null else .server.rss_after_close_kib / .server.rss_before_kib end")
+    echo "| 6: RSS high-water ≤ 64 MiB (worst run) | $(fmt "$h6" 1) MiB | $(yesno "$(jq -n "$h6 != null and $h6 <= 64")") |"
+    echo "| 6: no client closed (worst run) | $c6 closed | $(yesno "$(jq -n "$c6 == 0")") |"
+    echo "| 6: zero loss (worst run) | lost $l6 | $(yesno "$(jq -n "$l6 == 0")") |"
+    echo "| 6: RSS 10 s after ≤ 2 × idle (worst run) | $(fmt "$a6" 2) × | $(yesno "$(jq -n "$a6 != null and $a6 <= 2")") |"
+  fi
+  if ran s7; then
+    l7=$(worst s7 ours .lost)
+    c7=$(worst s7 ours ".server_closes | add // 0")
+    h7=$(worst s7 ours ".server.rss_peak_kib / 1024")
+    p7=$(val s7 ours .classes.paced.latency.p99_ms)
+    q7=$(val s7 ours .server_metrics.latency_p99_ms)
+    n7=$(val s7 ours .server_metrics.latency_observations)
+    echo "| 7: zero loss, both publishers (worst run) | lost $l7 | $(yesno "$(jq -n "$l7 == 0")") |"
+    echo "| 7: no client closed (worst run) | $c7 closed | $(yesno "$(jq -n "$c7 == 0")") |"
+    echo "| 7: RSS high-water ≤ 64 MiB (worst run) | $(fmt "$h7" 1) MiB | $(yesno "$(jq -n "$h7 != null and $h7 <= 64")") |"
+    echo "| 7: 50 msg/s publisher's e2e p99 ≤ 500 ms | $(fmt "$p7" 1) ms | $(yesno "$(jq -n "$p7 != null and $p7 <= 500")") |"
+    echo "| 7: server-added p99 (/metrics) ≤ 50 ms | $(fmt "$q7" 1) ms (null: above the largest bucket; $(fmt "$n7" 0) observations) | $(yesno "$(jq -n "$q7 != null and $q7 <= 50")") |"
+  fi
   echo
   echo "## Files"
   echo

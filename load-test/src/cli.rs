@@ -15,7 +15,10 @@ use clap::Parser;
 /// Variants: `--idle` (no publishers: hold the subscribers for `--duration`),
 /// `--ramp 0` (connection storm: everyone at once, at most `--storm-concurrency`
 /// handshakes in flight), `--slow-fraction` (some subscribers never read),
-/// `--server-pid` (server CPU and memory from /proc) and `--report` (plots).
+/// `--flooders` (extra publishers that send as fast as TCP takes),
+/// `--server-pid` (server CPU and memory from /proc), `--metrics` (the
+/// server's own latency histogram and flow-control counters) and `--report`
+/// (plots).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "load-test", version, about, long_about)]
 pub(crate) struct Args {
@@ -37,12 +40,22 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub(crate) publishers: u32,
 
+    /// Flood publishers, besides the --publishers ("paced" ones): each writes
+    /// messages back to back for --duration with no rate and no window, so
+    /// only TCP push-back from the server slows it. Their messages are
+    /// stamped when written; the summary and the JSON report latency and loss
+    /// separately for the "paced" and the "flood" publishers. They run on a
+    /// thread of their own, so they do not delay the paced ones' schedule.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub(crate) flooders: u32,
+
     /// Idle mode: no publishers; subscribers connect, stay idle for
     /// --duration, then close (same as --publishers 0).
     #[arg(long)]
     pub(crate) idle: bool,
 
-    /// Total messages per second over all publishers (ignored with --max-rate).
+    /// Total messages per second over all (paced) publishers, each sending
+    /// rate / publishers (ignored with --max-rate; not used by --flooders).
     #[arg(long, default_value_t = 1000.0, value_parser = parse_positive_f64)]
     pub(crate) rate: f64,
 
@@ -104,9 +117,19 @@ pub(crate) struct Args {
     pub(crate) server_pid: Option<u32>,
 
     /// With --server-pid: pause after all connections closed before sampling
-    /// the memory the server kept.
+    /// the memory the server kept ("after close"; e.g. 10s to see what it
+    /// returns once idle again).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub(crate) after_close: Duration,
+
+    /// The server's Prometheus page (http://HOST:PORT/metrics): scraped once
+    /// when publishing starts and once after the drain; the summary gives the
+    /// difference: p50/p99 of `broadcast_delivery_latency_seconds` over the
+    /// run (as bucket upper bounds), `broadcast_publisher_paused_seconds_total`
+    /// by cause, and `broadcast_closes_total` by reason. A failed scrape is
+    /// reported, not fatal.
+    #[arg(long, value_name = "URL")]
+    pub(crate) metrics: Option<String>,
 
     /// Write plots (latency per second, latency percentiles, deliveries per
     /// second) with the summary: a self-contained .html page, or one .svg.
@@ -123,9 +146,18 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=254))]
     pub(crate) source_addrs: u8,
 
-    /// After publishing stops, how long subscribers may still wait for messages.
+    /// After publishing stops, how long subscribers may still wait for
+    /// messages. A publisher's last write blocked by TCP push-back at the end
+    /// of --duration also gets this long to finish (then it counts as a send
+    /// error).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub(crate) drain: Duration,
+
+    /// End the drain early once no subscriber has received anything for
+    /// this long (0: wait for everything or the whole --drain). For long
+    /// drains against a server that may lose messages.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub(crate) drain_quiet: Duration,
 
     /// Pause between the last subscriber connecting and publishing start.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
@@ -168,17 +200,26 @@ fn parse_non_negative_f64(s: &str) -> Result<f64, String> {
 }
 
 impl Args {
-    /// Idle mode: no publishers.
+    /// Idle mode: no publishers of either kind.
     pub(crate) fn is_idle(&self) -> bool {
-        self.idle || self.publishers == 0
+        self.idle || self.publishers + self.flooders == 0
     }
 
-    /// Publishers actually started.
+    /// Paced publishers (rate or window) actually started.
     pub(crate) fn publisher_count(&self) -> usize {
         if self.is_idle() {
             0
         } else {
             self.publishers as usize
+        }
+    }
+
+    /// Flood publishers actually started.
+    pub(crate) fn flooder_count(&self) -> usize {
+        if self.is_idle() {
+            0
+        } else {
+            self.flooders as usize
         }
     }
 
@@ -196,8 +237,11 @@ impl Args {
                 ));
             }
         }
+        if let Some(url) = &self.metrics {
+            crate::scrape::check_url(url).map_err(|e| e.to_string())?;
+        }
         if self.max_rate
-            && !self.is_idle()
+            && self.publisher_count() > 0
             && slow_count(self.clients as usize, self.slow_fraction) >= self.clients as usize
         {
             return Err(
@@ -305,6 +349,14 @@ mod tests {
         assert!(a.is_idle() && a.publisher_count() == 0);
         let a = Args::try_parse_from(["load-test", "--publishers", "3"]).unwrap();
         assert_eq!(a.publisher_count(), 3);
+        assert_eq!(a.flooder_count(), 0);
+        // Flooders only: not idle.
+        let a =
+            Args::try_parse_from(["load-test", "--publishers", "0", "--flooders", "2"]).unwrap();
+        assert!(!a.is_idle());
+        assert_eq!((a.publisher_count(), a.flooder_count()), (0, 2));
+        let a = Args::try_parse_from(["load-test", "--idle", "--flooders", "2"]).unwrap();
+        assert_eq!(a.flooder_count(), 0);
         let ok = |extra: &[&str]| {
             let mut v = vec!["load-test"];
             v.extend_from_slice(extra);
@@ -315,6 +367,8 @@ mod tests {
         assert!(ok(&["--report", "x.png"]).is_err());
         assert!(ok(&["--max-rate", "--slow-fraction", "1", "--clients", "4"]).is_err());
         assert!(ok(&["--max-rate", "--slow-fraction", "0.5", "--clients", "4"]).is_ok());
+        assert!(ok(&["--metrics", "http://127.0.0.1:9/metrics"]).is_ok());
+        assert!(ok(&["--metrics", "https://127.0.0.1:9/metrics"]).is_err());
     }
 
     #[test]

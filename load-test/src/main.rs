@@ -14,6 +14,7 @@ mod progress;
 mod rawws;
 mod report;
 mod run;
+mod scrape;
 mod series;
 mod tracker;
 mod v1;
@@ -30,20 +31,21 @@ fn main() -> ExitCode {
             .error(clap::error::ErrorKind::ArgumentConflict, msg)
             .exit();
     }
-    // Subscribers: one worker per core. Publishers: one thread of their own.
+    // Subscribers: one worker per core. Publishers: one thread of their own;
+    // flooders another (idle unless --flooders).
+    let one_thread = |name: &str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()
+    };
     let runtimes = tokio::runtime::Builder::new_multi_thread()
         .thread_name("subscribers")
         .enable_all()
         .build()
-        .and_then(|subs| {
-            let pubs = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("publishers")
-                .enable_all()
-                .build()?;
-            Ok((subs, pubs))
-        });
-    let (rt, pub_rt) = match runtimes {
+        .and_then(|subs| Ok((subs, one_thread("publishers")?, one_thread("flooders")?)));
+    let (rt, pub_rt, flood_rt) = match runtimes {
         Ok(r) => r,
         Err(e) => {
             eprintln!("load-test: cannot start the runtime: {e}");
@@ -52,7 +54,8 @@ fn main() -> ExitCode {
     };
     let json = args.json.clone();
     let html = args.report.clone();
-    let report = match rt.block_on(run::run(args, pub_rt.handle().clone())) {
+    let handles = (pub_rt.handle().clone(), flood_rt.handle().clone());
+    let report = match rt.block_on(run::run(args, handles.0, handles.1)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("load-test: {e:#}");
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
     // Tasks still closing connections are dropped with the runtime.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     pub_rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    flood_rt.shutdown_timeout(std::time::Duration::from_secs(1));
     print!("{}", report.table());
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&report).expect("report serializes");

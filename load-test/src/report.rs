@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::procstat::ServerUsage;
+use crate::scrape::ServerMetrics;
 use crate::series::SecondPoint;
 
 /// Latency percentiles in milliseconds (histograms record microseconds).
@@ -94,6 +95,41 @@ impl SlowReport {
     }
 }
 
+/// Publishers of one kind: `paced` (`--publishers`: a rate schedule or a
+/// window) or `flood` (`--flooders`: as fast as TCP takes).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub(crate) struct ClassReport {
+    /// Publishers of the class that connected.
+    pub(crate) publishers: u64,
+    /// Paced, rate mode: what the schedule called for, all of them together.
+    pub(crate) scheduled: Option<u64>,
+    pub(crate) published: u64,
+    pub(crate) published_per_s: f64,
+    /// Fewest and most messages one publisher of the class sent: with a rate
+    /// schedule both are close to `scheduled / publishers` when every
+    /// publisher kept its own rate.
+    pub(crate) sent_min: u64,
+    pub(crate) sent_max: u64,
+    pub(crate) expected_deliveries: u64,
+    pub(crate) delivered: u64,
+    pub(crate) lost: u64,
+    pub(crate) loss_ratio: f64,
+    /// From the schedule (paced, rate mode) or the write (flood, max-rate).
+    pub(crate) latency: Latency,
+}
+
+impl ClassReport {
+    /// Fills in the class's expected deliveries and loss ratio.
+    fn finish(&mut self, readers: u64) {
+        self.expected_deliveries = self.published * readers;
+        self.loss_ratio = if self.expected_deliveries == 0 {
+            0.0
+        } else {
+            self.lost as f64 / self.expected_deliveries as f64
+        };
+    }
+}
+
 /// Everything the run measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Report {
@@ -110,6 +146,9 @@ pub(crate) struct Report {
     pub(crate) size: u32,
     pub(crate) duration_s: f64,
     pub(crate) drain_s: f64,
+    /// How long the drain took: from the end of publishing until every
+    /// message had arrived (or --drain / --drain-quiet gave up).
+    pub(crate) drain_used_s: f64,
 
     pub(crate) clients: u64,
     pub(crate) clients_connected: u64,
@@ -145,6 +184,11 @@ pub(crate) struct Report {
     pub(crate) latency: Latency,
     /// From the moment the publisher actually wrote the message.
     pub(crate) latency_from_send: Latency,
+    /// `--flooders`: extra publishers writing as fast as TCP takes.
+    pub(crate) flooders: u64,
+    /// The same figures by kind of publisher, `paced` and `flood` (only the
+    /// kinds the run had).
+    pub(crate) classes: BTreeMap<&'static str, ClassReport>,
 
     /// `--v1`: welcome events received (one per connection that got through
     /// the upgrade, subscribers and publishers).
@@ -161,6 +205,10 @@ pub(crate) struct Report {
 
     /// With `--server-pid`: the server's CPU and memory.
     pub(crate) server: Option<ServerUsage>,
+    /// With `--metrics`: what the server's /metrics say about the run.
+    pub(crate) server_metrics: Option<ServerMetrics>,
+    /// With `--metrics`: why a scrape failed (the run itself goes on).
+    pub(crate) metrics_error: Option<String>,
     /// This tool's CPU over the same span as `server.cpu_run_s` (% of one core).
     pub(crate) tool_cpu_run_pct: f64,
     /// Per second since publishing started: deliveries and latency (fast subscribers).
@@ -178,8 +226,11 @@ impl Report {
     /// Derives the totals (loss ratio, rates, errors) and the verdict from the raw counts.
     pub(crate) fn finish(&mut self) {
         let slow_connected = self.slow.as_ref().map_or(0, |s| s.connected);
-        self.expected_deliveries =
-            self.published * self.clients_connected.saturating_sub(slow_connected);
+        let readers = self.clients_connected.saturating_sub(slow_connected);
+        self.expected_deliveries = self.published * readers;
+        for c in self.classes.values_mut() {
+            c.finish(readers);
+        }
         self.connect_rate_per_s = if self.connect_s > 0.0 {
             self.clients_connected as f64 / self.connect_s
         } else {
@@ -238,6 +289,11 @@ impl Report {
             (None, Some(w)) => format!("max-rate, window {w}"),
             _ => self.mode.to_string(),
         };
+        let mode = if self.flooders > 0 {
+            format!("{mode} + {} flooder(s)", self.flooders)
+        } else {
+            mode
+        };
         let _ = writeln!(
             s,
             "load-test summary: {} | {} | {mode} | {} B | {:.1} s + drain {:.1} s",
@@ -267,12 +323,7 @@ impl Report {
             ),
         );
         if let Some(sl) = &self.slow {
-            let closes = sl
-                .closes
-                .iter()
-                .map(|(c, n)| format!("{c}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let closes = join_or(sl.closes.iter().map(|(c, n)| format!("{c}: {n}")), "-");
             row(
                 "slow subscribers",
                 format!(
@@ -280,7 +331,7 @@ impl Report {
                     sl.connected,
                     sl.clients,
                     sl.closed(),
-                    if closes.is_empty() { "-".into() } else { closes },
+                    closes,
                     sl.still_open,
                     sl.messages_read_at_end
                 ),
@@ -317,6 +368,7 @@ impl Report {
         row("duplicates", self.duplicates.to_string());
         row("reordered", self.reordered.to_string());
         row("malformed", self.malformed.to_string());
+        row("drain took", format!("{:.2} s", self.drain_used_s));
         row(
             "deliveries/s",
             format!(
@@ -340,26 +392,47 @@ impl Report {
                 l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.mean_ms
             ),
         );
-        let closes = if self.server_closes.is_empty() {
-            "none".to_string()
-        } else {
+        if self.flooders > 0 {
+            for (name, c) in &self.classes {
+                let sched = c
+                    .scheduled
+                    .map(|n| format!(" (scheduled {n})"))
+                    .unwrap_or_default();
+                row(
+                    &format!("{name} publishers"),
+                    format!(
+                        "{}: published {}{sched}, {:.0} msg/s (per publisher {}..{}); lost {} ({:.4}%)",
+                        c.publishers,
+                        c.published,
+                        c.published_per_s,
+                        c.sent_min,
+                        c.sent_max,
+                        c.lost,
+                        c.loss_ratio * 100.0
+                    ),
+                );
+                let l = &c.latency;
+                row(
+                    &format!("  {name} latency ms"),
+                    format!(
+                        "p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (n={})",
+                        l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.samples
+                    ),
+                );
+            }
+        }
+        let closes = join_or(
             self.server_closes
                 .iter()
-                .map(|(c, n)| format!("{c} ({}): {n}", protocol::close::describe(*c)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+                .map(|(c, n)| format!("{c} ({}): {n}", protocol::close::describe(*c))),
+            "none",
+        );
         row("server closes", closes);
         if self.is_v1() {
-            let notices = if self.notices.is_empty() {
-                "none".to_string()
-            } else {
-                self.notices
-                    .iter()
-                    .map(|(c, n)| format!("{c}: {n}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+            let notices = join_or(
+                self.notices.iter().map(|(c, n)| format!("{c}: {n}")),
+                "none",
+            );
             row(
                 "v1 events",
                 format!(
@@ -401,6 +474,35 @@ impl Report {
                 ),
             );
         }
+        if let Some(m) = &self.server_metrics {
+            let paused = join_or(
+                m.publisher_paused_s
+                    .iter()
+                    .map(|(c, v)| format!("{c} {v:.2} s")),
+                "-",
+            );
+            row(
+                "server latency ms",
+                format!(
+                    "p50 {}  p99 {}  (/metrics histogram, bucket bounds, n={})",
+                    m.show(m.latency_p50_ms),
+                    m.show(m.latency_p99_ms),
+                    m.latency_observations
+                ),
+            );
+            let closes = join_or(m.closes.iter().map(|(r, v)| format!("{r} {v}")), "none");
+            let aborted = m
+                .aborted
+                .map(|a| format!(", aborted {a}"))
+                .unwrap_or_default();
+            row(
+                "server paused readers",
+                format!("{paused}; server-side closes: {closes}{aborted}"),
+            );
+        }
+        if let Some(e) = &self.metrics_error {
+            row("metrics error", e.clone());
+        }
         let verdict = if self.passed {
             "PASS".to_string()
         } else {
@@ -408,6 +510,16 @@ impl Report {
         };
         row("result", verdict);
         s
+    }
+}
+
+/// The items joined with ", ", or `empty` when there are none.
+fn join_or(items: impl Iterator<Item = String>, empty: &str) -> String {
+    let joined = items.collect::<Vec<_>>().join(", ");
+    if joined.is_empty() {
+        empty.to_string()
+    } else {
+        joined
     }
 }
 

@@ -15,10 +15,20 @@
 //! the server ended them: a close frame (1013 from our server), the
 //! connection already dropped (1006), or still open.
 //!
+//! Flood publishers (`--flooders`) write batches of [`MAX_BATCH`] messages
+//! back to back, each stamped when its batch is written, so only TCP
+//! push-back from the server slows them. They run on a runtime of their own,
+//! and every publisher's reader (what the server broadcasts to it: the other
+//! publishers' messages, a flood included) runs on the subscribers' runtime,
+//! so neither delays a paced publisher's schedule. Loss is counted per
+//! publisher against what it flushed into its socket; a write still blocked
+//! by push-back at the end of `--duration` gets `--drain` to finish.
+//!
 //! With `--server-pid`, the server is sampled before the first connection,
 //! when all subscribers are connected (after `--settle`), when publishing and
 //! draining are over (or, idle, after `--duration`), and `--after-close` after
-//! the last connection closed.
+//! the last connection closed. With `--metrics`, its /metrics page is scraped
+//! at the second and third of these moments.
 
 use std::collections::BTreeMap;
 use std::pin::pin;
@@ -44,7 +54,8 @@ use crate::payload::{self, Header};
 use crate::procstat::{self, Pid, ServerUsage};
 use crate::progress::Progress;
 use crate::rawws::{Event, RawWs, NO_STATUS};
-use crate::report::{percentile_curve, Latency, Report, SlowReport};
+use crate::report::{percentile_curve, ClassReport, Latency, Report, SlowReport};
+use crate::scrape::{self, ServerMetrics};
 use crate::series::{Series, SubSeries};
 use crate::tracker::{Outcome, SeqTracker};
 use crate::v1::{self as v1, V1Counts, V1Event};
@@ -77,7 +88,9 @@ pub(crate) struct Live {
 /// State shared by all tasks.
 struct Shared {
     origin: Instant,
+    /// All publishers: the paced ones are `0..paced`, the flooders after them.
     publishers: usize,
+    paced: usize,
     stop: watch::Sender<bool>,
     connected: AtomicUsize,
     failed: AtomicUsize,
@@ -150,9 +163,10 @@ struct SlowEnd {
 
 /// What one subscriber measured.
 struct SubStats {
-    /// Microseconds from the scheduled send time; u32 counts halve the
-    /// memory of 20,000 histograms.
-    hist: Histogram<u32>,
+    /// Microseconds from the scheduled send time, by class of publisher
+    /// ([`class_of`]: paced, then flood when there are flooders); u32 counts
+    /// halve the memory of 20,000 histograms.
+    hist: Vec<Histogram<u32>>,
     /// Microseconds from the actual write.
     hist_send: Histogram<u32>,
     trackers: Vec<SeqTracker>,
@@ -167,6 +181,11 @@ enum SubResult {
     Failed(String),
     Done(Box<SubStats>),
     Slow(SlowEnd),
+}
+
+/// Class index of publisher `p`: 0 paced, 1 flood.
+fn class_of(shared: &Shared, p: usize) -> usize {
+    usize::from(p >= shared.paced)
 }
 
 /// What a publisher reports when it stops sending (before it closes).
@@ -191,16 +210,20 @@ fn ensure_fd_limit(connections: u64) -> Result<u64> {
     Ok(limit)
 }
 
-/// Runs the whole test. Publishers (connect, send, close) run on `publishers_rt`,
-/// a runtime of their own, so that their schedule does not queue behind
-/// thousands of subscriber tasks.
-pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
+/// Runs the whole test, on the subscribers' runtime. Paced publishers
+/// (connect, send, close) run on `publishers_rt`, a runtime of their own, so
+/// that their schedule does not queue behind thousands of subscriber tasks;
+/// flooders on `flooders_rt`, so that they do not delay that schedule either.
+pub(crate) async fn run(args: Args, publishers_rt: Handle, flooders_rt: Handle) -> Result<Report> {
     let clients = args.clients as usize;
-    let publishers = args.publisher_count();
+    let paced = args.publisher_count();
+    let flooders = args.flooder_count();
+    let publishers = paced + flooders;
     let idle = args.is_idle();
     let size = args.size as usize;
     let slow = slow_count(clients, args.slow_fraction);
     ensure_fd_limit((clients + publishers) as u64)?;
+    let readers_rt = Handle::current();
     if let Some(pid) = args.server_pid {
         procstat::check(pid)?;
     }
@@ -223,16 +246,17 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     let shared = Arc::new(Shared {
         origin: Instant::now(),
         publishers,
+        paced,
         stop,
         connected: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
-        window: (args.max_rate && !idle).then(|| Windows::new(publishers, args.window)),
+        window: (args.max_rate && paced > 0).then(|| Windows::new(paced, args.window)),
         subs: (0..clients).map(|_| Live::default()).collect(),
         published: (0..publishers).map(|_| Live::default()).collect(),
         phase: AtomicU8::new(PHASE_CONNECT),
         start_ns: AtomicU64::new(0),
         abrupt_close: args.abrupt_close,
-        rate_mode: !args.max_rate && !idle,
+        rate_mode: !args.max_rate && paced > 0,
         v1: args.v1,
     });
     let progress = Progress::start(Probe(shared.clone()), clients as u64, !args.no_progress);
@@ -291,26 +315,44 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     sleep(args.settle).await;
     let server_idle = sample_server(args.server_pid);
     let tool_idle = procstat::sample(Pid::Myself).ok();
+    let mut metrics_error = None;
+    let metrics_before = match &args.metrics {
+        Some(url) => scrape::scrape(url)
+            .await
+            .map_err(|e| metrics_error = Some(format!("{e:#}")))
+            .ok(),
+        None => None,
+    };
 
     // 2. Publishers: connect all, then start together.
     let pub_cfg = publisher_config(size);
     let mut pub_conns = Vec::with_capacity(publishers);
+    // Each publisher is connected on the runtime that will drive it.
+    let rt_of = |p: usize| {
+        if p < paced {
+            &publishers_rt
+        } else {
+            &flooders_rt
+        }
+    };
     for p in 0..publishers {
         let target = target_for(p);
         let timeout = args.connect_timeout;
         pub_conns.push(
-            publishers_rt
+            rt_of(p)
                 .spawn(async move { target.connect(clients + p, pub_cfg, timeout, None).await }),
         );
     }
     let mut first_connect_error = None;
     let mut publishers_failed = 0u64;
     let mut pub_ws = Vec::with_capacity(publishers);
-    for c in pub_conns {
+    let mut failed_pubs = Vec::new();
+    for (p, c) in pub_conns.into_iter().enumerate() {
         match c.await? {
             Ok(ws) => pub_ws.push(Some(ws)),
             Err(e) => {
                 publishers_failed += 1;
+                failed_pubs.push(p);
                 first_connect_error.get_or_insert_with(|| format!("publisher: {e:#}"));
                 pub_ws.push(None);
             }
@@ -320,13 +362,16 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     let deadline = start + args.duration;
     shared.start_ns.store(shared.ns(start), Relaxed);
     shared.phase.store(PHASE_PUBLISH, Relaxed);
-    let per_pub_rate = args.rate / publishers.max(1) as f64;
+    let per_pub_rate = args.rate / paced.max(1) as f64;
+    let give_up = deadline + args.drain;
     let mut pub_tasks = Vec::with_capacity(publishers);
     let mut pub_counts = Vec::with_capacity(publishers);
     for (p, ws) in pub_ws.into_iter().enumerate() {
         let Some(ws) = ws else { continue };
         let shared = shared.clone();
-        let plan = if args.max_rate {
+        let plan = if p >= paced {
+            Plan::Flood
+        } else if args.max_rate {
             Plan::MaxRate
         } else {
             Plan::Rate {
@@ -335,8 +380,13 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
             }
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        pub_tasks
-            .push(publishers_rt.spawn(publisher(ws, p, shared, plan, size, start, deadline, tx)));
+        let times = Times {
+            start,
+            deadline,
+            give_up,
+        };
+        let readers = readers_rt.clone();
+        pub_tasks.push(rt_of(p).spawn(publisher(ws, p, shared, plan, size, times, readers, tx)));
         pub_counts.push((p, rx));
     }
     let mut published_by = vec![0u64; publishers];
@@ -359,19 +409,42 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
 
     // 3. Drain: until every live subscriber has everything, or --drain passes.
     shared.phase.store(PHASE_DRAIN, Relaxed);
+    // With --drain-quiet, also stop once nothing has arrived for that long
+    // (a server that lost messages would otherwise hold the whole --drain).
     let drain_deadline = publish_end + args.drain;
+    let (mut last_total, mut last_progress) = (u64::MAX, Instant::now());
     loop {
         let done = shared
             .subs
             .iter()
             .all(|l| l.ended.load(Relaxed) || l.unique.load(Relaxed) >= published);
-        if done || Instant::now() >= drain_deadline {
+        let now = Instant::now();
+        if done || now >= drain_deadline {
             break;
+        }
+        if !args.drain_quiet.is_zero() {
+            let total: u64 = shared.subs.iter().map(|l| l.unique.load(Relaxed)).sum();
+            if total != last_total {
+                (last_total, last_progress) = (total, now);
+            } else if now - last_progress >= args.drain_quiet {
+                break;
+            }
         }
         sleep(Duration::from_millis(5)).await;
     }
+    let drain_used_s = publish_end.elapsed().as_secs_f64();
     let server_end = sample_server(args.server_pid);
     let tool_end = procstat::sample(Pid::Myself).ok();
+    let server_metrics = match (&args.metrics, &metrics_before) {
+        (Some(url), Some(before)) => match scrape::scrape(url).await {
+            Ok(after) => Some(ServerMetrics::between(url, before, &after)),
+            Err(e) => {
+                metrics_error.get_or_insert(format!("{e:#}"));
+                None
+            }
+        },
+        _ => None,
+    };
     shared.phase.store(PHASE_CLOSE, Relaxed);
     shared.stop.send_replace(true);
     for t in pub_tasks {
@@ -385,11 +458,16 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     // 4. Merge.
     let mut hist = Histogram::<u64>::new(3).expect("3 significant figures is valid");
     let mut hist_send = hist.clone();
+    let class_count = if flooders > 0 { 2 } else { 1 };
+    let mut class_hist = vec![hist.clone(); class_count];
+    let mut classes = vec![ClassReport::default(); class_count];
     let mut series = Series::default();
     let mut report = Report {
         url: args.urls.join(" "),
         mode: if idle {
             "idle"
+        } else if paced == 0 {
+            "flood"
         } else if args.max_rate {
             "max-rate"
         } else {
@@ -400,18 +478,19 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
         } else {
             "raw"
         },
-        rate: (!args.max_rate && !idle).then_some(args.rate),
-        window: (args.max_rate && !idle).then_some(args.window),
+        rate: shared.rate_mode.then_some(args.rate),
+        window: shared.window.is_some().then_some(args.window),
         size: args.size,
         duration_s: args.duration.as_secs_f64(),
         drain_s: args.drain.as_secs_f64(),
+        drain_used_s,
         clients: clients as u64,
         publishers: publishers as u64,
         publishers_connected: publishers as u64 - publishers_failed,
         publishers_failed,
         connect_s,
         ramp: args.ramp,
-        scheduled: (!args.max_rate && !idle).then_some(scheduled),
+        scheduled: shared.rate_mode.then_some(scheduled),
         published,
         published_per_s: published as f64 / (publish_end - start).as_secs_f64().max(1e-9),
         send_errors,
@@ -445,16 +524,23 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
             }
             SubResult::Done(s) => {
                 report.clients_connected += 1;
-                merge(&mut hist, &s.hist);
+                for (c, h) in s.hist.iter().enumerate() {
+                    merge(&mut hist, h);
+                    merge(&mut class_hist[c], h);
+                }
                 merge(&mut hist_send, &s.hist_send);
                 if let Some(ss) = &s.series {
                     series.merge(ss);
                 }
                 for (p, tr) in s.trackers.iter().enumerate() {
+                    let lost = tr.lost(published_by[p]);
                     report.delivered += tr.unique();
                     report.duplicates += tr.duplicates();
                     report.reordered += tr.reordered();
-                    report.lost += tr.lost(published_by[p]);
+                    report.lost += lost;
+                    let c = &mut classes[class_of(&shared, p)];
+                    c.delivered += tr.unique();
+                    c.lost += lost;
                 }
                 report.malformed += s.malformed;
                 last_delivery_ns = last_delivery_ns.max(s.last_delivery_ns);
@@ -473,7 +559,11 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     {
         let mut usage = ServerUsage::from_samples(pid, b, i, e, report.clients_connected);
         sleep(args.after_close).await;
-        usage.rss_after_close_kib = sample_server(Some(pid)).map(|s| s.rss_kib);
+        if let Some(after) = sample_server(Some(pid)) {
+            usage.rss_after_close_kib = Some(after.rss_kib);
+            // The high-water mark again, in case closing raised it.
+            usage.rss_peak_kib = usage.rss_peak_kib.max(after.hwm_kib);
+        }
         report.server = Some(usage);
     }
     if let (Some(a), Some(b)) = (tool_idle, tool_end) {
@@ -488,6 +578,28 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle) -> Result<Report> {
     report.welcomes = v1_counts.welcomes;
     report.presence_events = v1_counts.presence;
     report.notices = v1_counts.notices;
+    let publish_s = (publish_end - start).as_secs_f64().max(1e-9);
+    for (c, (mut class, h)) in classes.into_iter().zip(&class_hist).enumerate() {
+        let range = if c == 0 { 0..paced } else { paced..publishers };
+        if range.is_empty() {
+            continue;
+        }
+        let sent = &published_by[range.clone()];
+        class.publishers = (range.len() as u64)
+            .saturating_sub(range.clone().filter(|&p| failed_pubs.contains(&p)).count() as u64);
+        class.published = sent.iter().sum();
+        class.published_per_s = class.published as f64 / publish_s;
+        class.sent_min = sent.iter().copied().min().unwrap_or(0);
+        class.sent_max = sent.iter().copied().max().unwrap_or(0);
+        class.scheduled = (c == 0 && shared.rate_mode).then_some(scheduled);
+        class.latency = Latency::from_histogram_us(h);
+        report
+            .classes
+            .insert(if c == 0 { "paced" } else { "flood" }, class);
+    }
+    report.flooders = flooders as u64;
+    report.server_metrics = server_metrics;
+    report.metrics_error = metrics_error;
     report.latency = Latency::from_histogram_us(&hist);
     report.latency_from_send = if shared.rate_mode {
         Latency::from_histogram_us(&hist_send)
@@ -533,8 +645,15 @@ async fn subscriber(mut ws: RawWs, idx: usize, size: usize, shared: &Shared) -> 
     if let Some(w) = acks {
         w.join();
     }
+    let classes = if shared.publishers > shared.paced {
+        2
+    } else {
+        1
+    };
     let mut st = SubStats {
-        hist: Histogram::new(3).expect("3 significant figures is valid"),
+        hist: (0..classes)
+            .map(|_| Histogram::new(3).expect("3 significant figures is valid"))
+            .collect(),
         hist_send: Histogram::new(3).expect("3 significant figures is valid"),
         trackers: vec![SeqTracker::default(); shared.publishers],
         malformed: 0,
@@ -592,7 +711,7 @@ async fn subscriber(mut ws: RawWs, idx: usize, size: usize, shared: &Shared) -> 
                     }
                     // Auto-resizing, so this only fails past u32 counts.
                     let us = (now.saturating_sub(h.sent_ns) / 1000).min(MAX_LATENCY_US);
-                    let _ = st.hist.record(us);
+                    let _ = st.hist[class_of(shared, p)].record(us);
                     if shared.rate_mode {
                         let _ = st
                             .hist_send
@@ -603,7 +722,7 @@ async fn subscriber(mut ws: RawWs, idx: usize, size: usize, shared: &Shared) -> 
                         .record(now, us);
                     st.last_delivery_ns = now;
                     unique += 1;
-                    if let Some(w) = acks {
+                    if let (Some(w), true) = (acks, p < shared.paced) {
                         w.ack(p, h.seq);
                     }
                 }
@@ -713,12 +832,23 @@ enum Plan {
     Rate { per_pub_rate: f64, offset: Duration },
     /// As fast as the window semaphore allows.
     MaxRate,
+    /// `--flooders`: batches back to back, as fast as the socket takes them.
+    Flood,
 }
 
-/// One publisher: sends on its schedule until `deadline`, while a side task
-/// drains what the server broadcasts to it (other publishers' messages).
-/// Reports its counts on `counts` when it stops sending, then closes once the
-/// run stops.
+/// A publisher's clock: it sends from `start` until `deadline`; a write
+/// still blocked (TCP push-back) at `give_up` is abandoned as a send error.
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    start: Instant,
+    deadline: Instant,
+    give_up: Instant,
+}
+
+/// One publisher: sends on its plan until `times.deadline`, while a side
+/// task on `readers` drains what the server broadcasts to it (other
+/// publishers' messages). Reports its counts on `counts` when it stops
+/// sending, then closes once the run stops.
 #[allow(clippy::too_many_arguments)]
 async fn publisher(
     ws: Ws,
@@ -726,14 +856,19 @@ async fn publisher(
     shared: Arc<Shared>,
     plan: Plan,
     size: usize,
-    start: Instant,
-    deadline: Instant,
+    times: Times,
+    readers: Handle,
     counts: tokio::sync::oneshot::Sender<PubStats>,
 ) -> Ending {
+    let Times {
+        start,
+        deadline,
+        give_up,
+    } = times;
     let (mut sink, mut stream) = ws.split();
     let (done_tx, mut done_rx) = watch::channel(false);
     let v1_mode = shared.v1;
-    let reader = tokio::spawn(async move {
+    let reader = readers.spawn(async move {
         let mut done = pin!(async move {
             let _ = done_rx.wait_for(|&d| d).await;
         });
@@ -843,7 +978,7 @@ async fn publisher(
                         u32::try_from(now_ns.saturating_sub(stamp) / 1000).unwrap_or(u32::MAX);
                     next_msg(s, stamp, delay)
                 });
-                if send_all(&mut sink, batch).await.is_err() {
+                if send_all(&mut sink, batch, give_up).await.is_err() {
                     send_error = true;
                     break;
                 }
@@ -864,11 +999,26 @@ async fn publisher(
                     },
                 };
                 let batch = (seq..seq + n).map(|s| next_msg(s, shared.ns(Instant::now()), 0));
-                if send_all(&mut sink, batch).await.is_err() {
+                if send_all(&mut sink, batch, give_up).await.is_err() {
                     send_error = true;
                     break;
                 }
                 seq += n;
+                live.unique.store(seq, Relaxed);
+            }
+        }
+        Plan::Flood => {
+            sleep_until(start).await;
+            // No select on the deadline: a batch blocked by push-back is
+            // finished (or abandoned at `give_up`), never half-counted.
+            while Instant::now() < deadline {
+                let now_ns = shared.ns(Instant::now());
+                let batch = (seq..seq + MAX_BATCH).map(|s| next_msg(s, now_ns, 0));
+                if send_all(&mut sink, batch, give_up).await.is_err() {
+                    send_error = true;
+                    break;
+                }
+                seq += MAX_BATCH;
                 live.unique.store(seq, Relaxed);
             }
         }
@@ -891,14 +1041,25 @@ async fn publisher(
     reader.await.unwrap_or_default()
 }
 
-/// Queues every payload of `batch` as a binary message, then flushes once.
-async fn send_all<S>(sink: &mut S, batch: impl Iterator<Item = Bytes>) -> Result<(), S::Error>
+/// Queues every payload of `batch` as a binary message, then flushes once;
+/// fails when that is not done by `give_up` (the server stopped reading).
+async fn send_all<S>(
+    sink: &mut S,
+    batch: impl Iterator<Item = Bytes>,
+    give_up: Instant,
+) -> Result<(), ()>
 where
     S: futures_util::Sink<Message> + Unpin,
 {
     use futures_util::SinkExt;
-    for payload in batch {
-        sink.feed(Message::Binary(payload)).await?;
+    let send = async {
+        for payload in batch {
+            sink.feed(Message::Binary(payload)).await?;
+        }
+        sink.flush().await
+    };
+    match tokio::time::timeout_at(give_up, send).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(()),
     }
-    sink.flush().await
 }

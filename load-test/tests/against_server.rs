@@ -516,3 +516,105 @@ fn v1_against_a_plain_server_fails_to_connect() {
     let e = r["first_connect_error"].as_str().unwrap_or_default();
     assert!(e.contains("did not select subprotocol broadcast.v1"), "{r}");
 }
+
+#[test]
+fn flooder_and_paced_publishers_are_reported_apart_with_server_metrics() {
+    let server = start_server();
+    let metrics = server
+        .url
+        .replace("ws://", "http://")
+        .replace("/ws", "/metrics");
+    let pid = server.child.id().to_string();
+    let (out, r) = run_json(
+        &[
+            "--url",
+            &server.url,
+            "--clients",
+            "20",
+            "--publishers",
+            "2",
+            "--rate",
+            "100",
+            "--flooders",
+            "1",
+            "--size",
+            "64",
+            "--duration",
+            "1s",
+            "--drain",
+            "20s",
+            "--server-pid",
+            &pid,
+            "--after-close",
+            "200ms",
+            "--metrics",
+            &metrics,
+        ],
+        "flood",
+    );
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    assert_eq!(u(&r, "flooders"), 1, "{r}");
+    assert_eq!(u(&r, "publishers_connected"), 3, "{r}");
+    let (paced, flood) = (&r["classes"]["paced"], &r["classes"]["flood"]);
+    assert_eq!(u(paced, "publishers"), 2, "{r}");
+    assert_eq!(u(flood, "publishers"), 1, "{r}");
+    // 100 msg/s over two paced publishers: each owes 50 in the second.
+    assert_eq!(u(paced, "scheduled"), 100, "{r}");
+    assert!(
+        u(paced, "sent_min") > 0 && u(paced, "sent_max") <= 50,
+        "{r}"
+    );
+    assert_eq!(flood["scheduled"], serde_json::Value::Null, "{r}");
+    // The flooder writes whole batches of 256, at least one.
+    let flooded = u(flood, "published");
+    assert!(flooded >= 256 && flooded.is_multiple_of(256), "{r}");
+    assert_eq!(u(paced, "published") + flooded, u(&r, "published"), "{r}");
+    for class in [paced, flood] {
+        let published = u(class, "published");
+        assert_eq!(u(class, "expected_deliveries"), published * 20, "{r}");
+        assert_eq!(u(class, "delivered"), published * 20, "{r}");
+        assert_eq!(u(class, "lost"), 0, "{r}");
+        assert_eq!(u(&class["latency"], "samples"), published * 20, "{r}");
+    }
+    assert_eq!(u(&r, "lost"), 0, "{r}");
+    assert_eq!(u(&r, "errors"), 0, "{r}");
+    assert_eq!(r["metrics_error"], serde_json::Value::Null, "{r}");
+    let m = &r["server_metrics"];
+    assert!(u(m, "latency_observations") > 0, "{r}");
+    assert!(
+        m["latency_p50_ms"].as_f64().is_some() || m["latency_over_ms"].as_f64().is_some(),
+        "{r}"
+    );
+    // Nobody was closed while publishing.
+    assert_eq!(m["closes"], serde_json::json!({}), "{r}");
+    let s = &r["server"];
+    assert!(u(s, "rss_peak_kib") >= u(s, "rss_before_kib"), "{r}");
+    assert!(s["rss_after_close_kib"].as_u64().is_some(), "{r}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("flood latency ms"), "{stdout}");
+    assert!(stdout.contains("server latency ms"), "{stdout}");
+}
+
+#[test]
+fn failed_metrics_scrape_is_reported_not_fatal() {
+    let server = start_server();
+    // Port 9 (discard) is not a metrics page: refused on loopback.
+    let (out, r) = run_json(
+        &[
+            "--url",
+            &server.url,
+            "--clients",
+            "5",
+            "--idle",
+            "--duration",
+            "200ms",
+            "--metrics",
+            "http://127.0.0.1:9/metrics",
+        ],
+        "metrics-error",
+    );
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    assert_eq!(r["server_metrics"], serde_json::Value::Null, "{r}");
+    let e = r["metrics_error"].as_str().expect("metrics_error set");
+    assert!(e.contains("127.0.0.1:9"), "{e}");
+}

@@ -11,14 +11,6 @@ use server::{Config, Server};
 
 mod settings;
 
-/// jemalloc instead of glibc's malloc: after an overload passes, glibc kept
-/// the freed memory of the burst resident (its arenas are only trimmed from
-/// the top), while jemalloc's background thread returns freed pages to the
-/// OS after the decay time set in .cargo/config.toml; see the README's
-/// "Memory" notes for the figures.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// A WebSocket broadcast server: every message a client sends reaches every
 /// other connected client.
 #[derive(Debug, Parser)]
