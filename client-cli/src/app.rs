@@ -16,7 +16,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::Connector;
 
-use crate::backoff::{format_delay, Backoff};
+use protocol::backoff::Backoff;
+
 use crate::conn::{connect, Connected, Ws};
 use crate::input::{self, Input};
 use crate::output::Out;
@@ -35,6 +36,10 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
 /// A connection that lasted this long resets the backoff; shorter ones keep
 /// counting, so a server that accepts and at once closes is not hammered.
 const STABLE: Duration = Duration::from_secs(10);
+/// The reconnection schedule (see `protocol::backoff`): the first retry
+/// waits up to half a second, the ceiling doubles up to 30 s.
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
 /// What `run` was asked to do.
 #[derive(Debug, Clone)]
@@ -119,7 +124,7 @@ pub(crate) async fn run(opts: Options, out: Out, tls: Connector) -> ExitCode {
         input_started: false,
         editor_running: false,
         prompt: Arc::new(Mutex::new("> ".to_owned())),
-        backoff: Backoff::default(),
+        backoff: Backoff::new(BACKOFF_FIRST, BACKOFF_CAP),
         my_id: None,
         pending: None,
         last_session: (0, 0),
@@ -237,9 +242,9 @@ impl Client {
 
     /// Waits with backoff and connects again. `None`: the user left meanwhile.
     async fn reconnect(&mut self) -> Option<Connected> {
-        let mut rng = rand::rng();
         loop {
-            let (attempt, delay) = self.backoff.next_delay(&mut rng);
+            let delay = self.backoff.next_delay();
+            let attempt = self.backoff.attempt();
             self.out.status(&format!(
                 "reconnecting in {} (attempt {attempt})...",
                 format_delay(delay)
@@ -527,4 +532,21 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `1.3 s`: a delay as the user reads it.
+fn format_delay(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_format() {
+        assert_eq!(format_delay(Duration::from_millis(1349)), "1.3 s");
+        assert_eq!(format_delay(Duration::ZERO), "0.0 s");
+        assert_eq!(format_delay(Duration::from_secs(30)), "30.0 s");
+    }
 }

@@ -15,7 +15,6 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 mod app;
-mod backoff;
 mod conn;
 mod input;
 mod output;

@@ -234,7 +234,7 @@ fn connect(shared: &Shared, url: &str) {
         Ok(ws) => ws,
         Err(e) => {
             web_sys::console::error_1(&e);
-            let lines = app.model.closed(now(), 1006, "", Math::random());
+            let lines = app.model.closed(now(), 1006, "");
             app.append(lines);
             app.render();
             return;
@@ -281,7 +281,7 @@ fn connect(shared: &Shared, url: &str) {
             Some(e) => (e.code(), e.reason()),
             None => (1006, String::new()),
         };
-        let lines = app.model.closed(now(), code, &reason, Math::random());
+        let lines = app.model.closed(now(), code, &reason);
         app.append(lines);
         // The socket is done; its handlers are freed once this one returns.
         app.conn = None;
@@ -400,7 +400,10 @@ fn listen(
 fn start() -> Result<(), JsValue> {
     let ui = Ui::find()?;
     let location = ui.window.location();
-    let mut model = Model::new(&location.protocol()?, &location.host()?);
+    // The jitter's seed: 53 random bits (all a double holds) from the
+    // browser, since the backoff's own generator has no entropy on wasm32.
+    let seed = (Math::random() * 9_007_199_254_740_992.0) as u64;
+    let mut model = Model::new(&location.protocol()?, &location.host()?, seed);
     // `http://host/?token=...`: the token a server started with --auth-token wants.
     let search = location.search()?;
     let query = search.strip_prefix('?').unwrap_or(&search);

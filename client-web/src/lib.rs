@@ -5,7 +5,7 @@
 //! natively (`cargo test -p client-web`):
 //! - [`model`]: the client's state machine. User actions and socket events go
 //!   in; status text, online count and log lines (the view model) come out.
-//! - [`backoff`]: the reconnection schedule (exponential, with jitter).
+//!   Its reconnection delays come from `protocol::backoff`.
 //! - [`endpoint`]: the WebSocket URL, derived from the page's location.
 //! - [`clock`]: how times are shown.
 //!
@@ -13,7 +13,6 @@
 //! with `wasm-bindgen` and `web-sys`. It only ever inserts user data as text
 //! nodes, never as markup.
 
-pub mod backoff;
 pub mod clock;
 pub mod endpoint;
 pub mod model;

@@ -8,9 +8,20 @@
 //! [`Model::online`]. Times are milliseconds since the Unix epoch, as
 //! JavaScript's `Date.now()` gives them.
 
+use std::time::Duration;
+
+use protocol::backoff::Backoff;
 use protocol::v1::{self, Body, NameError, Peer, ServerEvent};
 
-use crate::backoff;
+/// The reconnection schedule (see `protocol::backoff`): the first retry
+/// waits up to a second, the ceiling doubles up to 30 s.
+pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// The ceiling of the reconnection delay stops doubling here.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// A connection that stayed up this long resets the schedule: the next drop
+/// is retried quickly again. A server that accepts and then closes at once
+/// keeps growing the delay instead.
+pub const STABLE_MS: f64 = 10_000.0;
 
 /// Where the connection stands.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -138,8 +149,8 @@ pub struct Model {
     me: Option<Peer>,
     online: Option<u64>,
     status: Status,
-    /// Consecutive failed connections (drives the backoff).
-    failures: u32,
+    /// Counts consecutive failed connections and picks the delays.
+    backoff: Backoff,
     /// When the current socket opened.
     opened_at: Option<f64>,
     /// Whether the open socket speaks `broadcast.v1`.
@@ -155,8 +166,10 @@ pub struct Model {
 
 impl Model {
     /// A model for a page served from `page_protocol` (`location.protocol`)
-    /// and `host` (`location.host`).
-    pub fn new(page_protocol: &str, host: &str) -> Self {
+    /// and `host` (`location.host`); `seed` seeds the reconnection jitter
+    /// (a random number: pages that lost the same server must not all draw
+    /// the same delays).
+    pub fn new(page_protocol: &str, host: &str, seed: u64) -> Self {
         Model {
             page_protocol: page_protocol.to_owned(),
             host: host.to_owned(),
@@ -164,7 +177,7 @@ impl Model {
             me: None,
             online: None,
             status: Status::Disconnected,
-            failures: 0,
+            backoff: Backoff::with_seed(BACKOFF_FIRST, BACKOFF_CAP, seed),
             opened_at: None,
             v1: false,
             welcomed: false,
@@ -189,7 +202,7 @@ impl Model {
         self.name = Some(name);
         self.me = None;
         self.online = None;
-        self.failures = 0;
+        self.backoff.reset();
         self.opened_at = None;
         self.welcomed = false;
         self.notice = None;
@@ -324,20 +337,19 @@ impl Model {
     }
 
     /// The socket closed (or failed to open) with `code` and `reason`.
-    /// Schedules the next attempt; `jitter` is a random number in `[0, 1]`.
-    pub fn closed(&mut self, now: f64, code: u16, reason: &str, jitter: f64) -> Vec<Line> {
+    /// Schedules the next attempt.
+    pub fn closed(&mut self, now: f64, code: u16, reason: &str) -> Vec<Line> {
         if !matches!(self.status, Status::Connecting { .. } | Status::Connected) {
             // We left (or this is a stale socket): nothing to do.
             return Vec::new();
         }
         let opened_at = self.opened_at.take();
-        if opened_at.is_some_and(|t| now - t >= backoff::STABLE_MS) {
-            self.failures = 0;
+        if opened_at.is_some_and(|t| now - t >= STABLE_MS) {
+            self.backoff.reset();
         }
-        let delay = backoff::delay_ms(self.failures, jitter);
-        self.failures = self.failures.saturating_add(1);
+        let delay = self.backoff.next_delay();
         self.status = Status::Waiting {
-            retry_at: now + delay,
+            retry_at: now + delay.as_secs_f64() * 1_000.0,
         };
         self.online = None;
         let notice = self.notice.take();
@@ -356,7 +368,7 @@ impl Model {
                 now,
                 format!("connection lost: {why}; reconnecting…"),
             ));
-        } else if self.failures == 1 {
+        } else if self.backoff.attempt() == 1 {
             lines.push(Line::problem(now, "cannot reach the server; retrying…"));
         }
         lines
@@ -425,10 +437,9 @@ impl Model {
             Status::Connecting { retry: false } => "connecting…".to_owned(),
             Status::Connecting { retry: true } => "reconnecting…".to_owned(),
             Status::Connected => "connected".to_owned(),
-            Status::Waiting { retry_at } => format!(
-                "reconnecting in {} s…",
-                backoff::seconds_left(now, retry_at)
-            ),
+            Status::Waiting { retry_at } => {
+                format!("reconnecting in {} s…", seconds_left(now, retry_at))
+            }
         }
     }
 
@@ -456,13 +467,37 @@ impl Model {
     }
 }
 
+/// Whole seconds left until `at`, rounded up, for "reconnecting in N s…".
+/// Never less than 1 while waiting.
+fn seconds_left(now_ms: f64, at_ms: f64) -> u64 {
+    let left = ((at_ms - now_ms) / 1_000.0).ceil();
+    if left.is_finite() && left >= 1.0 {
+        left as u64
+    } else {
+        1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The jitter seed of the models under test.
+    const SEED: u64 = 42;
+
+    #[test]
+    fn countdown_rounds_up() {
+        assert_eq!(seconds_left(0.0, 3_000.0), 3);
+        assert_eq!(seconds_left(0.0, 2_001.0), 3);
+        assert_eq!(seconds_left(0.0, 2_000.0), 2);
+        assert_eq!(seconds_left(0.0, 10.0), 1);
+        assert_eq!(seconds_left(5_000.0, 10.0), 1);
+        assert_eq!(seconds_left(0.0, f64::NAN), 1);
+    }
+
     #[test]
     fn the_page_token_goes_into_the_websocket_url() {
-        let mut m = Model::new("http:", "h:1");
+        let mut m = Model::new("http:", "h:1", SEED);
         m.name = Some("al".into());
         assert_eq!(m.url(), "ws://h:1/ws?name=al");
         m.set_token(Some("a b".into()));
@@ -474,7 +509,7 @@ mod tests {
     const T: f64 = 1_700_000_000_000.0;
 
     fn joined(name: &str) -> Model {
-        let mut m = Model::new("http:", "localhost:8080");
+        let mut m = Model::new("http:", "localhost:8080", SEED);
         m.join(name).unwrap();
         assert!(m.opened(T, v1::SUBPROTOCOL).is_empty());
         m
@@ -499,7 +534,7 @@ mod tests {
 
     #[test]
     fn join_checks_the_name_and_builds_the_url() {
-        let mut m = Model::new("https:", "example.org");
+        let mut m = Model::new("https:", "example.org", SEED);
         assert_eq!(m.status_text(T), "disconnected");
         assert_eq!(m.join("   "), Err(NameError::Empty));
         assert_eq!(m.join("a\u{200B}b"), Err(NameError::NotPrintable));
@@ -610,7 +645,7 @@ mod tests {
 
     #[test]
     fn sending_needs_an_open_connection_and_a_sane_size() {
-        let mut m = Model::new("http:", "h");
+        let mut m = Model::new("http:", "h", SEED);
         assert_eq!(m.check_outgoing("hi"), Err(SendError::NotConnected));
         m.join("a").unwrap();
         assert_eq!(m.check_outgoing("hi"), Err(SendError::NotConnected));
@@ -638,49 +673,54 @@ mod tests {
             texts(&m.text_frame(T, &notice.encode())),
             ["server: the server is shutting down"]
         );
+        // The same schedule as the model's: same bounds, same seed. Each
+        // delay the model waits is the twin's next one, so a reset that
+        // should (or should not) happen shows as a different delay.
+        let mut twin = Backoff::with_seed(BACKOFF_FIRST, BACKOFF_CAP, SEED);
+        let next = |attempt: u32, twin: &mut Backoff| {
+            let d = twin.next_delay();
+            assert_eq!(twin.attempt(), attempt);
+            assert!(d <= twin.ceiling(attempt), "{d:?} over the ceiling");
+            d.as_secs_f64() * 1_000.0
+        };
+        let waiting = |t: f64, delay: f64| Status::Waiting {
+            retry_at: t + delay,
+        };
+
         // Up for a minute: the schedule starts over.
         let t = T + 60_000.0;
-        let lines = m.closed(t, 1001, "server shutting down", 0.0);
+        let lines = m.closed(t, 1001, "server shutting down");
         assert_eq!(
             texts(&lines),
             ["connection lost: closed with code 1001; reconnecting…"]
         );
-        assert_eq!(
-            m.status(),
-            Status::Waiting {
-                retry_at: t + 500.0
-            }
-        );
+        let d = next(1, &mut twin);
+        assert!(d <= 1_000.0);
+        assert_eq!(m.status(), waiting(t, d));
         assert_eq!(m.status_text(t), "reconnecting in 1 s…");
         assert_eq!(m.online(), None);
-        assert_eq!(m.retry_due(t + 499.0), None);
+        assert_eq!(m.retry_due(t + d - 1.0), None);
         assert_eq!(
-            m.retry_due(t + 500.0).as_deref(),
+            m.retry_due(t + d).as_deref(),
             Some("ws://localhost:8080/ws?name=alice")
         );
         assert_eq!(m.status_text(t), "reconnecting…");
-        assert_eq!(m.retry_due(t + 600.0), None, "already connecting");
+        assert_eq!(m.retry_due(t + d + 100.0), None, "already connecting");
 
-        // The server is still down: quietly wait longer each time.
-        let t = t + 600.0;
-        assert!(m.closed(t, 1006, "", 1.0).is_empty());
+        // The server is still down: quietly wait, the ceiling doubling each time.
+        let t = t + d + 100.0;
+        assert!(m.closed(t, 1006, "").is_empty());
+        let d = next(2, &mut twin);
+        assert_eq!(m.status(), waiting(t, d));
         assert_eq!(
-            m.status(),
-            Status::Waiting {
-                retry_at: t + 2_000.0
-            }
+            m.status_text(t),
+            format!("reconnecting in {} s…", seconds_left(t, t + d))
         );
-        assert_eq!(m.status_text(t), "reconnecting in 2 s…");
-        m.retry_due(t + 2_000.0).unwrap();
-        let t = t + 2_100.0;
-        assert!(m.closed(t, 1006, "", 0.5).is_empty());
-        assert_eq!(
-            m.status(),
-            Status::Waiting {
-                retry_at: t + 3_000.0
-            }
-        );
-        assert_eq!(m.status_text(t), "reconnecting in 3 s…");
+        m.retry_due(t + d).unwrap();
+        let t = t + d + 100.0;
+        assert!(m.closed(t, 1006, "").is_empty());
+        let d = next(3, &mut twin);
+        assert_eq!(m.status(), waiting(t, d));
 
         // "Retry now", and this time it works.
         m.retry_now().unwrap();
@@ -690,30 +730,39 @@ mod tests {
         assert_eq!(m.status_text(t), "connected");
 
         // A connection that drops at once does not reset the schedule.
-        let lines = m.closed(t + 20.0, 1013, "slow consumer", 0.0);
+        let lines = m.closed(t + 20.0, 1013, "slow consumer");
         assert_eq!(
             texts(&lines),
             ["connection lost: slow consumer (1013); reconnecting…"]
         );
-        assert_eq!(
-            m.status(),
-            Status::Waiting {
-                retry_at: t + 20.0 + 4_000.0
-            }
-        );
+        assert_eq!(m.status(), waiting(t + 20.0, next(4, &mut twin)));
+
+        // One that stayed up does: back to the first ceiling.
+        m.retry_now().unwrap();
+        m.opened(t + 30.0, v1::SUBPROTOCOL);
+        welcome(&mut m, 3, "alice", 2);
+        let t = t + 30.0 + STABLE_MS;
+        m.closed(t, 1006, "");
+        twin.reset();
+        assert_eq!(m.status(), waiting(t, next(1, &mut twin)));
     }
 
     #[test]
     fn a_first_connection_that_fails_says_so_once() {
-        let mut m = Model::new("http:", "h");
+        let mut m = Model::new("http:", "h", SEED);
         m.join("a").unwrap();
         assert_eq!(
-            texts(&m.closed(T, 1006, "", 0.0)),
+            texts(&m.closed(T, 1006, "")),
             ["cannot reach the server; retrying…"]
         );
         m.retry_now().unwrap();
-        assert!(m.closed(T, 1006, "", 0.0).is_empty());
-        assert_eq!(m.status_text(T), "reconnecting in 1 s…");
+        assert!(m.closed(T, 1006, "").is_empty());
+        // The second attempt waits up to two seconds.
+        let text = m.status_text(T);
+        assert!(
+            ["reconnecting in 1 s…", "reconnecting in 2 s…"].contains(&text.as_str()),
+            "{text}"
+        );
     }
 
     #[test]
@@ -727,7 +776,7 @@ mod tests {
         assert_eq!(m.status_text(T), "disconnected");
         assert_eq!(m.online(), None);
         // The close event of the socket we closed changes nothing.
-        assert!(m.closed(T, 1000, "", 0.0).is_empty());
+        assert!(m.closed(T, 1000, "").is_empty());
         assert_eq!(m.status(), Status::Disconnected);
         assert_eq!(m.retry_due(T + 1e9), None);
         assert_eq!(m.leave(T), None);
@@ -749,7 +798,7 @@ mod tests {
 
     #[test]
     fn plain_servers_work_in_raw_mode() {
-        let mut m = Model::new("http:", "h");
+        let mut m = Model::new("http:", "h", SEED);
         m.join("a").unwrap();
         let lines = m.opened(T, "");
         assert_eq!(

@@ -2,13 +2,18 @@
 //!
 //! Everything a client and the server must agree on lives here: the
 //! WebSocket endpoint path, default limits, the close codes and reasons the
-//! server uses, and the RFC 6455 server-frame encoding the server applies
-//! once per message, and the one frame-header decoder every hand-written
-//! reader uses. The crate has no dependencies (in particular no tokio),
-//! so the browser client built for `wasm32-unknown-unknown` uses it as is.
+//! server uses, the RFC 6455 server-frame encoding the server applies once
+//! per message, the one frame-header decoder every hand-written reader
+//! uses, the `broadcast.v1` events and the reconnection backoff.
+//!
+//! Its dependencies are few and runtime-free: serde and serde_json (the
+//! `broadcast.v1` JSON), base64 (binary bodies in it) and fastrand (the
+//! backoff's jitter). No tokio, no I/O, no clock, so the browser client
+//! built for `wasm32-unknown-unknown` uses it as is.
 
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod close;
 pub mod frame;
 pub mod utf8;

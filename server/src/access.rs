@@ -3,6 +3,8 @@
 //! HS256 JSON Web Token. All are checked before the upgrade, so a refused
 //! client never holds a WebSocket connection.
 
+use subtle::ConstantTimeEq as _;
+
 use crate::config::Config;
 
 /// Clock skew allowed when checking a JWT's `exp` and `nbf`, in seconds.
@@ -90,12 +92,10 @@ fn jwt_ok(secret: &str, token: &str) -> bool {
     }
 }
 
-/// Equality whose time does not depend on where the inputs differ.
+/// Equality whose time does not depend on where the inputs differ (only
+/// on their lengths): `subtle`'s constant-time comparison.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(b).into()
 }
 
 #[cfg(test)]
@@ -169,6 +169,8 @@ mod tests {
         assert!(!authorized(&c, Some("Bearer s3crex"), Some("nope")));
         assert!(!authorized(&c, Some("Basic s3cret"), None));
         assert!(!authorized(&c, None, Some("s3cre")));
+        assert!(!authorized(&c, None, Some("s3crets")));
+        assert!(!authorized(&c, None, Some("")));
         assert!(authorized(&with(None, None), None, None));
     }
 

@@ -467,8 +467,8 @@ impl ConfigFile {
         let hint = args
             .iter()
             .map(|a| long(a))
-            .min_by_key(|known| edit_distance(name, known))
-            .filter(|known| edit_distance(name, known) <= 2)
+            .min_by_key(|known| strsim::levenshtein(name, known))
+            .filter(|known| strsim::levenshtein(name, known) <= 2)
             .map(|known| format!(" (did you mean \"{known}\"?)"))
             .unwrap_or_default();
         Err(SettingsError::Flag(format!(
@@ -478,22 +478,6 @@ impl ConfigFile {
             entry.key
         )))
     }
-}
-
-/// Levenshtein distance, for "did you mean".
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 impl Layers {
@@ -620,25 +604,13 @@ pub(crate) fn check(
 }
 
 /// A value as TOML: a bare integer when it reads back as the same integer,
-/// else a basic string.
+/// else a string, written by the `toml` crate (which quotes and escapes it).
 fn toml_value(v: &str) -> String {
-    if v.parse::<i64>().is_ok_and(|n| n.to_string() == v) {
-        return v.to_owned();
-    }
-    let mut out = String::with_capacity(v.len() + 2);
-    out.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    let value = match v.parse::<i64>() {
+        Ok(n) if n.to_string() == v => toml::Value::Integer(n),
+        _ => toml::Value::String(v.to_owned()),
+    };
+    value.to_string()
 }
 
 #[cfg(test)]
@@ -888,6 +860,50 @@ mod tests {
             panic!("a bad value is a flag error")
         };
         assert!(secret.ends_with("possible values: text, json"), "{secret}");
+    }
+
+    #[test]
+    fn unknown_keys_suggest_a_flag_at_most_two_edits_away() {
+        let hint = |key: &str| match file_error(&format!("{key} = 1\n")) {
+            SettingsError::Flag(m) => m
+                .split_once("(did you mean \"")
+                .map(|(_, rest)| rest.split('"').next().unwrap().to_owned()),
+            other => panic!("{other:?}"),
+        };
+        // One edit (a dropped letter), two (a swap), and none closer than three.
+        assert_eq!(hint("max-mesage-size").as_deref(), Some("max-message-size"));
+        assert_eq!(hint("prot").as_deref(), Some("port"));
+        assert_eq!(hint("wrokers").as_deref(), Some("workers"));
+        assert_eq!(hint("colour"), None);
+    }
+
+    /// What `--check-config` prints reads back, in a TOML file, as the
+    /// same value: quotes, backslashes and control characters included.
+    #[test]
+    fn toml_values_read_back_as_written() {
+        for v in [
+            "9000",
+            "-1",
+            "007",
+            "1e3",
+            "::1",
+            "a\"b",
+            "back\\slash",
+            "tab\tnew\nline",
+            "'",
+            "é\u{7f}",
+        ] {
+            let doc = format!("k = {}", toml_value(v));
+            let table: toml::Table = doc.parse().unwrap_or_else(|e| panic!("{doc}: {e}"));
+            let read = match &table["k"] {
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::String(s) => s.clone(),
+                other => panic!("{doc}: {other:?}"),
+            };
+            assert_eq!(read, v, "{doc}");
+        }
+        assert_eq!(toml_value("9000"), "9000");
+        assert_eq!(toml_value("https://a.example"), "\"https://a.example\"");
     }
 
     #[test]

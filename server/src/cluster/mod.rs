@@ -50,6 +50,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use protocol::backoff::Backoff;
+
 use crate::config::ClusterConfig;
 use crate::fanout::{Broadcast, ConnId, Fanout, LOBBY};
 use crate::stats::Stats;
@@ -70,6 +72,10 @@ const MAX_PIPELINE: usize = 1024;
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// How long a connection attempt, a ping or a pipeline may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
+/// Reconnect delays (`protocol::backoff`, full jitter): the first ceiling,
+/// doubling up to the cap, reset once connected.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// How long the start-up check waits for Redis.
 const START_TIMEOUT: Duration = Duration::from_secs(3);
 /// Why joining the cluster at start failed.
@@ -296,9 +302,10 @@ pub(crate) fn start(
         state: Mutex::new(LinkLog::default()),
         check_out: tokio::sync::Notify::new(),
     });
-    // Random per start: a restarted node must not be mistaken for its
-    // previous life (whose messages may still be in flight).
-    let node = random_u64();
+    // Random per start (fastrand, seeded per process): a restarted node must
+    // not be mistaken for its previous life (whose messages may still be in
+    // flight).
+    let node = fastrand::u64(..);
     let (tx, rx) = mpsc::unbounded_channel();
     let tasks = vec![
         tokio::spawn(publish_loop(link.clone(), rx)),
@@ -344,7 +351,7 @@ async fn publish_loop(link: Arc<Link>, mut rx: mpsc::UnboundedReceiver<Bytes>) {
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(IO_TIMEOUT))
         .set_response_timeout(Some(IO_TIMEOUT));
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_CAP);
     let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_PIPELINE);
     let stats = &link.stats.cluster;
     loop {
@@ -356,7 +363,7 @@ async fn publish_loop(link: Arc<Link>, mut rx: mpsc::UnboundedReceiver<Bytes>) {
             Ok(conn) => conn,
             Err(e) => {
                 link.down(Side::Out, &e);
-                backoff.sleep().await;
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
         };
@@ -411,14 +418,14 @@ async fn publish_loop(link: Arc<Link>, mut rx: mpsc::UnboundedReceiver<Bytes>) {
             dropped += 1;
         }
         stats.not_relayed.fetch_add(dropped, Ordering::Relaxed);
-        backoff.sleep().await;
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
 /// The subscribing side: receives envelopes and delivers other nodes'
 /// messages to the local shards.
 async fn subscribe_loop(link: Arc<Link>, node: u64, fanout: Fanout) {
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_CAP);
     loop {
         let connected = async {
             let mut pubsub = link.client.get_async_pubsub().await?;
@@ -429,12 +436,12 @@ async fn subscribe_loop(link: Arc<Link>, node: u64, fanout: Fanout) {
             Ok(Ok(pubsub)) => pubsub,
             Ok(Err(e)) => {
                 link.down(Side::In, &e);
-                backoff.sleep().await;
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
             Err(_) => {
                 link.down(Side::In, &"connect timed out");
-                backoff.sleep().await;
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
         };
@@ -463,7 +470,7 @@ async fn subscribe_loop(link: Arc<Link>, node: u64, fanout: Fanout) {
             }
         };
         link.down(Side::In, &failure);
-        backoff.sleep().await;
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
@@ -501,61 +508,6 @@ async fn deliver(stats: &Stats, fanout: &Fanout, node: u64, bytes: &[u8], costs:
     );
 }
 
-/// Reconnect delays: exponential from [`Backoff::FIRST`] up to
-/// [`Backoff::CAP`], with "equal jitter" (half fixed, half random) so that
-/// nodes that lost Redis together do not reconnect in lockstep.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-    rng: u64,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const CAP: Duration = Duration::from_secs(5);
-
-    fn new() -> Self {
-        Self {
-            next: Self::FIRST,
-            rng: random_u64() | 1,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-
-    /// The next delay, and doubles the one after.
-    fn delay(&mut self) -> Duration {
-        // xorshift64: plenty for jitter.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let half = self.next / 2;
-        let jitter = half.mul_f64((self.rng >> 11) as f64 / (1u64 << 53) as f64);
-        let delay = half + jitter;
-        self.next = (self.next * 2).min(Self::CAP);
-        delay
-    }
-
-    async fn sleep(&mut self) {
-        tokio::time::sleep(self.delay()).await;
-    }
-}
-
-/// 64 random bits from the standard library's per-process random hash keys.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,24 +532,5 @@ mod tests {
         );
         assert_eq!(redact("redis://:secret@h"), "redis://:***@h");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
-    }
-
-    #[test]
-    fn backoff_grows_to_the_cap_with_jitter() {
-        let mut b = Backoff::new();
-        let mut last_cap = Duration::ZERO;
-        for _ in 0..20 {
-            let cap = b.next;
-            let d = b.delay();
-            assert!(
-                d >= cap / 2 && d <= cap,
-                "{d:?} not in [{:?}, {cap:?}]",
-                cap / 2
-            );
-            last_cap = cap;
-        }
-        assert_eq!(last_cap, Backoff::CAP);
-        b.reset();
-        assert!(b.delay() <= Backoff::FIRST);
     }
 }

@@ -2,7 +2,6 @@
 //! certificate chain the test generates (a private CA and a leaf for
 //! 127.0.0.1), real rustls clients and the console client.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -20,15 +19,17 @@ use crate::util::{
 /// A private CA and a server certificate for `127.0.0.1`/`localhost`
 /// signed by it, as PEM files in a directory removed on drop.
 struct Pki {
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     ca_der: rustls::pki_types::CertificateDer<'static>,
 }
 
 impl Pki {
     fn new(tag: &str) -> Pki {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-        let dir = std::env::temp_dir().join(format!("bs-tls-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("bs-tls-{tag}-"))
+            .tempdir()
+            .unwrap();
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -41,9 +42,9 @@ impl Pki {
         let leaf_params =
             CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
         let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-        std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), leaf.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), leaf_key.serialize_pem()).unwrap();
         Pki {
             dir,
             ca_der: ca_cert.der().clone(),
@@ -51,7 +52,7 @@ impl Pki {
     }
 
     fn path(&self, file: &str) -> String {
-        self.dir.join(file).to_str().unwrap().to_owned()
+        self.dir.path().join(file).to_str().unwrap().to_owned()
     }
 
     /// `broadcast-server start ... --tls-cert --tls-key` plus `args`.
@@ -122,12 +123,6 @@ impl Pki {
             .await
             .expect("HTTPS GET timed out");
         crate::util::parse_http(&raw)
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.dir).ok();
     }
 }
 

@@ -721,24 +721,16 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The raw JSON value text of top-level `key` in a flat JSON object
-/// (good enough for the small /healthz document; no serde in dev-deps).
-pub(crate) fn json_value<'a>(body: &'a str, key: &str) -> Option<&'a str> {
-    let needle = format!("\"{key}\"");
-    let start = body.find(&needle)? + needle.len();
-    let rest = body[start..].trim_start().strip_prefix(':')?.trim_start();
-    if let Some(s) = rest.strip_prefix('"') {
-        let end = s.find('"')?;
-        return Some(&rest[..end + 2]);
-    }
-    let end = rest
-        .find(|c: char| c == ',' || c == '}' || c.is_whitespace())
-        .unwrap_or(rest.len());
-    Some(&rest[..end])
+/// The value of top-level `key` in a JSON object such as the /healthz
+/// document; `None` if the body is not JSON or has no such key.
+pub(crate) fn json_value(body: &str, key: &str) -> Option<serde_json::Value> {
+    let mut doc: serde_json::Value = serde_json::from_str(body).ok()?;
+    doc.get_mut(key).map(serde_json::Value::take)
 }
 
+/// The unsigned integer at top-level `key` (see [`json_value`]).
 pub(crate) fn json_number(body: &str, key: &str) -> Option<u64> {
-    json_value(body, key)?.parse().ok()
+    json_value(body, key)?.as_u64()
 }
 
 /// Spawns a task that forwards every message a client receives (pings
@@ -922,28 +914,23 @@ pub(crate) async fn run_start(args: &[&str], env: &[(&str, &str)]) -> Finished {
 }
 
 /// A file in the temporary directory, removed when dropped.
-pub(crate) struct TempFile(pub(crate) std::path::PathBuf);
+pub(crate) struct TempFile(tempfile::NamedTempFile);
 
 impl TempFile {
-    /// Writes `text` to a new file whose name includes `tag`.
+    /// Writes `text` to a new file whose name ends with `tag`.
     pub(crate) fn new(tag: &str, text: &str) -> TempFile {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "bs-test-{}-{tag}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::write(&path, text).expect("write temp file");
-        TempFile(path)
+        use std::io::Write as _;
+        let mut file = tempfile::Builder::new()
+            .prefix("bs-test-")
+            .suffix(&format!("-{tag}"))
+            .tempfile()
+            .expect("create temp file");
+        file.write_all(text.as_bytes()).expect("write temp file");
+        file.flush().expect("write temp file");
+        TempFile(file)
     }
 
     pub(crate) fn path(&self) -> &str {
-        self.0.to_str().expect("UTF-8 temp path")
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        self.0.path().to_str().expect("UTF-8 temp path")
     }
 }
