@@ -3,8 +3,10 @@
 //! A message is framed once (server header + payload) into one [`Bytes`] by
 //! the shard that received it, then pushed to every shard's inbox. The set of
 //! inboxes is an `arc-swap` snapshot ([`Peers`]): publishing loads it without
-//! a lock or a reference-count write, and the set can be replaced at run time
-//! (for example to add a relay to other nodes) without stopping publishers.
+//! a lock or a reference-count write. Today the set is built once at start
+//! and never replaced (shards live as long as the server; the Redis relay
+//! sits beside it, in `publish`); the snapshot is what would let shards come
+//! and go without stopping publishers, and it costs publishing nothing.
 //! Each receiving shard writes the same shared bytes to its own sockets.
 //!
 //! Before publishing, a publisher reserves fan-out credit on every shard
