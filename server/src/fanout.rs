@@ -206,23 +206,34 @@ impl Fanout {
     /// Pushes `msg` to every shard's inbox: one reference-count increment per
     /// shard, no copy, no lock. `costs` is what [`Fanout::reserve`] took.
     pub(crate) fn publish(&self, msg: Broadcast, costs: &[u32]) {
-        let peers = self.peers.load();
-        debug_assert_eq!(peers.shards.len(), costs.len());
-        for (shard, &cost) in peers.shards.iter().zip(costs) {
-            let mut copy = msg.clone();
-            copy.cost = cost;
-            if !shard.send(ShardMsg::Broadcast(copy)) {
-                shard.credit.give_back(u64::from(cost));
-            }
-        }
+        debug_assert_eq!(self.peers.load().shards.len(), costs.len());
+        self.send_all(msg, |i| costs.get(i).copied().unwrap_or(0));
     }
 
     /// Publishes a message that holds no credit (presence updates: small,
     /// and at most two a second).
     pub(crate) fn publish_free(&self, msg: Broadcast) {
+        self.send_all(msg, |_| 0);
+    }
+
+    /// Sends a copy of `msg` holding `cost(i)` credit to shard `i`; the last
+    /// shard gets `msg` itself (one reference-count increment per other
+    /// shard). Credit of a copy a stopped shard refused is given back.
+    fn send_all(&self, mut msg: Broadcast, cost: impl Fn(usize) -> u32) {
         let peers = self.peers.load();
-        for shard in peers.shards.iter() {
-            shard.send(ShardMsg::Broadcast(msg.clone()));
+        let Some((last, rest)) = peers.shards.split_last() else {
+            return;
+        };
+        for (i, shard) in rest.iter().enumerate() {
+            let mut copy = msg.clone();
+            copy.cost = cost(i);
+            if !shard.send(ShardMsg::Broadcast(copy)) {
+                shard.credit.give_back(u64::from(cost(i)));
+            }
+        }
+        msg.cost = cost(rest.len());
+        if !last.send(ShardMsg::Broadcast(msg)) {
+            last.credit.give_back(u64::from(cost(rest.len())));
         }
     }
 
