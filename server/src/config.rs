@@ -179,6 +179,24 @@ impl TokenBucket {
 /// (outside of shutdown, whose deadline is [`Config::shutdown_timeout`]).
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `url` with the password of its user part (`scheme://user:PASSWORD@host`)
+/// replaced by `mask`, for messages, logs and `--check-config`. A value that
+/// is not such a URL is returned as it is.
+#[must_use]
+pub fn mask_url_password(url: &str, mask: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:{mask}{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

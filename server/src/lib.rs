@@ -13,11 +13,14 @@
 //!   every shard's inbox through an `arc-swap` snapshot (`fanout`); each
 //!   shard writes those bytes to its own sockets with vectored writes
 //!   (`shard`). No lock and no per-recipient copy on that path.
-//! - Each connection's outbound backlog is bounded; a connection that falls
-//!   too far behind is closed with 1013 without slowing anyone else.
-//! - Abuse limits: a per-connection message-rate token bucket (`Cell`s, no
-//!   lock; over it: close 1008), and, at upgrade only, a per-IP connection
-//!   count and a server-wide new-connection token bucket (503 when over).
+//! - Flow control (`flow`): a publisher reserves fan-out credit on every
+//!   shard before publishing, so when delivery falls behind the server stops
+//!   reading from publishers and TCP slows them; nothing is dropped. A
+//!   connection that stops reading while the others keep up is closed with
+//!   1013 once its backlog passes `--max-backlog`.
+//! - Abuse limits (`admission`): origin, auth, per-IP and server-wide
+//!   connection limits at upgrade (403/401/503), and an optional
+//!   per-connection message rate (throttle by default, or close 1008).
 //! - `/metrics` (`metrics`) encodes the `Stats` atomics and each shard's own
 //!   counters and latency histogram at scrape time; shards update their
 //!   counters once per dispatch batch, never per delivery. With
@@ -51,12 +54,12 @@ use std::time::Duration;
 
 pub use cluster::{check as check_cluster, ClusterError, DEFAULT_CHANNEL};
 pub use config::{
-    ClusterConfig, Config, RateLimitAction, CLOSE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_IP,
-    DEFAULT_MAX_MESSAGE_RATE, DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
+    mask_url_password, ClusterConfig, Config, RateLimitAction, CLOSE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_MESSAGE_RATE, DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
 };
 use fanout::{Fanout, Peers, ShardHandle, ShardMsg};
 use stats::Stats;
-pub use tls::server_config as tls_config;
+pub use tls::{server_config as tls_config, TlsError};
 
 /// Pending-connection queue length asked of the kernel (capped by
 /// `net.core.somaxconn`), so that connection storms are not refused.

@@ -127,7 +127,7 @@ enum LogFormat {
 
 impl StartArgs {
     /// The server settings; the error is one line (a TLS file at fault).
-    fn into_config(self) -> Result<Config, String> {
+    fn into_config(self) -> Result<Config, server::TlsError> {
         let defaults = Config::default();
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(server::tls_config(cert, key)?),

@@ -1,0 +1,83 @@
+//! The state both relay connections share: the Redis client, the link's
+//! up/down flags, and logging each change of state once.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use crate::stats::Stats;
+
+/// What both relay tasks share.
+#[derive(Debug)]
+pub(super) struct Link {
+    pub(super) client: redis::Client,
+    pub(super) channel: String,
+    pub(super) url: String,
+    pub(super) stats: Arc<Stats>,
+    /// Bytes of envelopes in the channel or in the pipeline being sent.
+    pub(super) queued: AtomicUsize,
+    /// Serialises link-state changes so that each is logged once.
+    pub(super) state: Mutex<LinkLog>,
+    /// Signalled when the subscription fails: the publishing connection
+    /// pings at once. Without traffic it would notice a dead socket only at
+    /// its next ping, and could report the link restored in between.
+    pub(super) check_out: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct LinkLog {
+    /// The link has been fully up at least once.
+    ever_up: bool,
+    /// A "link lost" line was logged and no "restored" line since.
+    lost_logged: bool,
+}
+
+/// Which connection changed state.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Side {
+    Out,
+    In,
+}
+
+impl Link {
+    fn flag(&self, side: Side) -> &AtomicBool {
+        match side {
+            Side::Out => &self.stats.cluster.out_up,
+            Side::In => &self.stats.cluster.in_up,
+        }
+    }
+
+    /// Records that `side` is up; logs once when the whole link is.
+    pub(super) fn up(&self, side: Side) {
+        let mut log = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.flag(side).store(true, Ordering::Relaxed);
+        if !self.stats.cluster.link_up() {
+            return;
+        }
+        if !log.ever_up {
+            log.ever_up = true;
+            tracing::info!(url = %self.url, channel = %self.channel, "cluster: connected to Redis");
+        } else if log.lost_logged {
+            log.lost_logged = false;
+            tracing::warn!(url = %self.url, "cluster: Redis link restored; relaying again");
+        }
+    }
+
+    /// Records that `side` failed; logs once per outage (further failures,
+    /// including every reconnect attempt, only at debug level).
+    pub(super) fn down(&self, side: Side, cause: &dyn fmt::Display) {
+        let mut log = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.flag(side).store(false, Ordering::Relaxed);
+        if matches!(side, Side::In) {
+            self.check_out.notify_one();
+        }
+        if log.ever_up && !log.lost_logged {
+            log.lost_logged = true;
+            tracing::error!(url = %self.url, cause = %cause,
+                "cluster: Redis link lost; serving local clients only, reconnecting");
+        } else {
+            tracing::debug!(?side, cause = %cause, "cluster: Redis connection failed");
+        }
+    }
+}

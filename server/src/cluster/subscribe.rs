@@ -1,0 +1,103 @@
+//! In: one subscription to Redis; other nodes' messages are framed once and
+//! handed to the local shards like a local client's ([`subscribe_loop`]).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use protocol::backoff::Backoff;
+
+use super::envelope::Envelope;
+use super::link::{Link, Side};
+use super::{BACKOFF_CAP, BACKOFF_FIRST, IO_TIMEOUT, PING_EVERY};
+use crate::fanout::{Broadcast, ConnId, Fanout, LOBBY};
+use crate::stats::Stats;
+
+/// The subscribing side: receives envelopes and delivers other nodes'
+/// messages to the local shards.
+pub(super) async fn subscribe_loop(link: Arc<Link>, node: u64, fanout: Fanout) {
+    let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_CAP);
+    loop {
+        let connected = async {
+            let mut pubsub = link.client.get_async_pubsub().await?;
+            pubsub.subscribe(&link.channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = match tokio::time::timeout(IO_TIMEOUT, connected).await {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(e)) => {
+                link.down(Side::In, &e);
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+            Err(_) => {
+                link.down(Side::In, &"connect timed out");
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        };
+        link.up(Side::In);
+        backoff.reset();
+        let (mut sink, mut stream) = pubsub.split();
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut costs = Vec::new();
+        let failure: String = loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(msg) => {
+                        deliver(&link.stats, &fanout, node, msg.get_payload_bytes(), &mut costs)
+                            .await;
+                    }
+                    None => break "connection closed".into(),
+                },
+                _ = ping.tick() => {
+                    match tokio::time::timeout(IO_TIMEOUT, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => break e.to_string(),
+                        Err(_) => break "ping timed out".into(),
+                    }
+                }
+            }
+        };
+        link.down(Side::In, &failure);
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Frames a message from another node once per format and hands it to every
+/// local shard, like a message from a local client: through the same fan-out
+/// credit, so a busy node stops reading its Redis subscription (Redis then
+/// buffers, up to its `client-output-buffer-limit` for pub/sub clients).
+async fn deliver(stats: &Stats, fanout: &Fanout, node: u64, bytes: &[u8], costs: &mut Vec<u32>) {
+    let Some(envelope) = Envelope::decode(bytes) else {
+        tracing::debug!(len = bytes.len(), "cluster: ignoring a malformed message");
+        return;
+    };
+    if envelope.node == node {
+        return; // ours: already delivered locally when it was received
+    }
+    let raw = crate::frame::frame_message(envelope.opcode, envelope.payload);
+    let v1 = (stats.v1_connections.load(Ordering::Relaxed) > 0)
+        .then(|| crate::frame::v1_message(&raw, envelope.sender, envelope.name, envelope.time));
+    stats.cluster.relayed_in.fetch_add(1, Ordering::Relaxed);
+    let framed_at = Instant::now();
+    let len = raw.len() + v1.as_ref().map_or(0, Bytes::len);
+    fanout.reserve(len, costs).await;
+    fanout.publish(
+        Broadcast {
+            raw: Some(raw),
+            v1,
+            // Not a local connection (ids start at 1), so no local client is
+            // skipped as its sender.
+            sender: ConnId(0),
+            channel: LOBBY,
+            framed_at,
+            cost: 0,
+        },
+        costs,
+    );
+}
