@@ -4,20 +4,25 @@
 //! WebSocket endpoint path, default limits, the close codes and reasons the
 //! server uses, the RFC 6455 server-frame encoding the server applies once
 //! per message, the one frame-header decoder every hand-written reader
-//! uses, the `broadcast.v1` events and the reconnection backoff.
+//! uses, channel names (and the token patterns that grant them), the
+//! `broadcast.v1` events, the `broadcast.v2` commands and events, and the
+//! reconnection backoff.
 //!
 //! Its dependencies are few and runtime-free: serde and serde_json (the
-//! `broadcast.v1` JSON), base64 (binary bodies in it) and fastrand (the
+//! `broadcast.v1` and `broadcast.v2` JSON), base64 (binary bodies in it) and fastrand (the
 //! backoff's jitter). No tokio, no I/O, no clock, so the browser client
 //! built for `wasm32-unknown-unknown` uses it as is.
 
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod channel;
 pub mod close;
 pub mod frame;
+mod json;
 pub mod utf8;
 pub mod v1;
+pub mod v2;
 
 pub use close::CloseReason;
 

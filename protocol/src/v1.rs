@@ -26,7 +26,6 @@
 //! Unknown fields must be ignored and unknown types skipped, so the server
 //! can add to v1 without breaking clients.
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 /// The subprotocol name offered in `Sec-WebSocket-Protocol`.
@@ -152,21 +151,7 @@ impl ServerEvent {
     /// # Errors
     /// The text is not a JSON object with a known shape.
     pub fn decode(text: &str) -> Result<Option<Self>, DecodeError> {
-        match serde_json::from_str::<Self>(text) {
-            Ok(event) => Ok(Some(event)),
-            Err(e) => {
-                // A future event type is not an error.
-                #[derive(Deserialize)]
-                struct Tagged {
-                    #[serde(rename = "type")]
-                    kind: String,
-                }
-                match serde_json::from_str::<Tagged>(text) {
-                    Ok(t) if !KNOWN_TYPES.contains(&t.kind.as_str()) => Ok(None),
-                    _ => Err(DecodeError(e.to_string())),
-                }
-            }
-        }
+        crate::json::decode_event(text, &KNOWN_TYPES).map_err(DecodeError)
     }
 }
 
@@ -186,34 +171,7 @@ pub fn encode_message_json(
     time: u64,
     body: BodyRef<'_>,
 ) {
-    #[derive(Serialize)]
-    struct Msg<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        from: u64,
-        name: &'a str,
-        time: u64,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        text: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        data: Option<String>,
-    }
-    let (text, data) = match body {
-        BodyRef::Text(t) => (Some(t), None),
-        BodyRef::Data(d) => (
-            None,
-            Some(base64::engine::general_purpose::STANDARD.encode(d)),
-        ),
-    };
-    let msg = Msg {
-        kind: "message",
-        from,
-        name,
-        time,
-        text,
-        data,
-    };
-    serde_json::to_writer(out, &msg).expect("writing to memory cannot fail");
+    crate::json::write_message(out, None, from, name, time, body);
 }
 
 /// A borrowed message body, for [`encode_message_into`].
