@@ -3,6 +3,7 @@
 //! HS256 JSON Web Token. All are checked before the upgrade, so a refused
 //! client never holds a WebSocket connection.
 
+use protocol::channel::Pattern;
 use subtle::ConstantTimeEq as _;
 
 use crate::config::Config;
@@ -41,41 +42,83 @@ pub(crate) fn origin_allowed(allowed: &[String], origin: Option<&str>, host: Opt
     }
 }
 
-/// Whether a request with these credentials (the `Authorization` header
-/// and the `token` query parameter) may upgrade: always when neither
-/// `--auth-token` nor `--jwt-secret` is set; otherwise when either
-/// credential that is set is presented, as `Authorization: Bearer <token>`
-/// or as the query parameter.
+/// What a client's credentials let it do: which channels it may join and
+/// publish to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Grant {
+    /// `None`: every channel (no credentials needed, the shared token, or a
+    /// JWT without a `channels` claim). Otherwise the JWT's patterns.
+    channels: Option<Vec<Pattern>>,
+}
+
+impl Grant {
+    /// Whether channel `name` is allowed.
+    pub(crate) fn allows(&self, name: &str) -> bool {
+        self.channels
+            .as_deref()
+            .is_none_or(|patterns| protocol::channel::allowed(patterns, name))
+    }
+}
+
+/// The `Bearer` token of an `Authorization` header.
+pub(crate) fn bearer(authorization: Option<&str>) -> Option<&str> {
+    let (scheme, rest) = authorization?.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+/// What a request with these credentials (the `Authorization` header and
+/// the `token` query parameter) may do, or `None` if it may not upgrade:
+/// everything when neither `--auth-token` nor `--jwt-secret` is set;
+/// otherwise when either credential that is set is presented, as
+/// `Authorization: Bearer <token>` or as the query parameter (a JWT's
+/// `channels` claim then limits its channels).
 pub(crate) fn authorized(
     config: &Config,
     authorization: Option<&str>,
     query_token: Option<&str>,
-) -> bool {
+) -> Option<Grant> {
     if config.auth_token.is_none() && config.jwt_secret.is_none() {
-        return true;
+        return Some(Grant::default());
     }
-    let bearer = authorization.and_then(|h| {
-        let (scheme, rest) = h.trim().split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-    });
-    let mut presented = bearer.into_iter().chain(query_token);
-    presented.any(|t| {
-        config
+    let mut presented = bearer(authorization).into_iter().chain(query_token);
+    presented.find_map(|t| {
+        let shared = config
             .auth_token
             .as_deref()
-            .is_some_and(|expected| same(t.as_bytes(), expected.as_bytes()))
-            || config
-                .jwt_secret
-                .as_deref()
-                .is_some_and(|secret| jwt_ok(secret, t))
+            .is_some_and(|expected| same(t.as_bytes(), expected.as_bytes()));
+        if shared {
+            return Some(Grant::default());
+        }
+        config
+            .jwt_secret
+            .as_deref()
+            .and_then(|secret| jwt(secret, t))
     })
 }
 
-/// Whether `token` is a JWT signed with HS256 and `secret` (any other
-/// algorithm, `none` included, is refused), with an `exp` claim not yet
-/// past and an `nbf`, if any, already reached, both within
-/// [`JWT_LEEWAY_SECS`]. The signature check is constant-time (HMAC verify).
-fn jwt_ok(secret: &str, token: &str) -> bool {
+/// Whether an HTTP API request carries `--api-key` as its bearer token
+/// (compared in constant time).
+pub(crate) fn api_key_ok(config: &Config, authorization: Option<&str>) -> bool {
+    match (config.api_key.as_deref(), bearer(authorization)) {
+        (Some(key), Some(presented)) => same(presented.as_bytes(), key.as_bytes()),
+        _ => false,
+    }
+}
+
+/// The claims of ours in a JWT (the rest is checked by `jsonwebtoken`).
+#[derive(Debug, serde::Deserialize)]
+struct Claims {
+    /// Channel names, or prefixes ending in `*`, this token may use.
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+}
+
+/// The grant of `token` if it is a JWT signed with HS256 and `secret` (any
+/// other algorithm, `none` included, is refused), with an `exp` claim not
+/// yet past and an `nbf`, if any, already reached, both within
+/// [`JWT_LEEWAY_SECS`], and a well-formed `channels` claim if it has one.
+/// The signature check is constant-time (HMAC verify).
+fn jwt(secret: &str, token: &str) -> Option<Grant> {
     use jsonwebtoken::{Algorithm, DecodingKey, Validation};
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = JWT_LEEWAY_SECS;
@@ -83,13 +126,24 @@ fn jwt_ok(secret: &str, token: &str) -> bool {
     validation.validate_nbf = true;
     validation.set_required_spec_claims(&["exp"]);
     let key = DecodingKey::from_secret(secret.as_bytes());
-    match jsonwebtoken::decode::<serde::de::IgnoredAny>(token, &key, &validation) {
-        Ok(_) => true,
+    let claims = match jsonwebtoken::decode::<Claims>(token, &key, &validation) {
+        Ok(data) => data.claims,
         Err(e) => {
             tracing::trace!(cause = %e, "JWT refused");
-            false
+            return None;
         }
-    }
+    };
+    let channels = match claims.channels {
+        None => None,
+        Some(list) => match list.iter().map(|p| Pattern::parse(p)).collect() {
+            Ok(patterns) => Some(patterns),
+            Err(e) => {
+                tracing::debug!(cause = %e, "JWT refused: bad channels claim");
+                return None;
+            }
+        },
+    };
+    Some(Grant { channels })
 }
 
 /// Equality whose time does not depend on where the inputs differ (only
@@ -151,6 +205,10 @@ mod tests {
         ));
     }
 
+    fn ok(config: &Config, authorization: Option<&str>, query_token: Option<&str>) -> bool {
+        authorized(config, authorization, query_token).is_some()
+    }
+
     fn with(auth_token: Option<&str>, jwt_secret: Option<&str>) -> Config {
         Config {
             auth_token: auth_token.map(str::to_owned),
@@ -162,16 +220,16 @@ mod tests {
     #[test]
     fn tokens() {
         let c = with(Some("s3cret"), None);
-        assert!(authorized(&c, Some("Bearer s3cret"), None));
-        assert!(authorized(&c, Some("bearer  s3cret "), None));
-        assert!(authorized(&c, None, Some("s3cret")));
-        assert!(!authorized(&c, None, None));
-        assert!(!authorized(&c, Some("Bearer s3crex"), Some("nope")));
-        assert!(!authorized(&c, Some("Basic s3cret"), None));
-        assert!(!authorized(&c, None, Some("s3cre")));
-        assert!(!authorized(&c, None, Some("s3crets")));
-        assert!(!authorized(&c, None, Some("")));
-        assert!(authorized(&with(None, None), None, None));
+        assert!(ok(&c, Some("Bearer s3cret"), None));
+        assert!(ok(&c, Some("bearer  s3cret "), None));
+        assert!(ok(&c, None, Some("s3cret")));
+        assert!(!ok(&c, None, None));
+        assert!(!ok(&c, Some("Bearer s3crex"), Some("nope")));
+        assert!(!ok(&c, Some("Basic s3cret"), None));
+        assert!(!ok(&c, None, Some("s3cre")));
+        assert!(!ok(&c, None, Some("s3crets")));
+        assert!(!ok(&c, None, Some("")));
+        assert!(ok(&with(None, None), None, None));
     }
 
     fn jwt(secret: &str, claims: &str) -> String {
@@ -196,27 +254,60 @@ mod tests {
         let c = with(None, Some("k3y"));
         let t = now();
         let valid = jwt("k3y", &format!(r#"{{"sub":"a","exp":{}}}"#, t + 60));
-        assert!(authorized(&c, Some(&format!("Bearer {valid}")), None));
-        assert!(authorized(&c, None, Some(&valid)));
-        assert!(!authorized(&c, None, None));
+        assert!(ok(&c, Some(&format!("Bearer {valid}")), None));
+        assert!(ok(&c, None, Some(&valid)));
+        assert!(!ok(&c, None, None));
         // Within the leeway still passes; past it, refused.
         let just = jwt("k3y", &format!(r#"{{"exp":{}}}"#, t - 5));
-        assert!(authorized(&c, None, Some(&just)));
+        assert!(ok(&c, None, Some(&just)));
         let expired = jwt("k3y", &format!(r#"{{"exp":{}}}"#, t - 2 * JWT_LEEWAY_SECS));
-        assert!(!authorized(&c, None, Some(&expired)));
+        assert!(!ok(&c, None, Some(&expired)));
         let no_exp = jwt("k3y", r#"{"sub":"a"}"#);
-        assert!(!authorized(&c, None, Some(&no_exp)));
+        assert!(!ok(&c, None, Some(&no_exp)));
         let not_yet = jwt(
             "k3y",
             &format!(r#"{{"exp":{},"nbf":{}}}"#, t + 3600, t + 600),
         );
-        assert!(!authorized(&c, None, Some(&not_yet)));
+        assert!(!ok(&c, None, Some(&not_yet)));
         let other_key = jwt("other", &format!(r#"{{"exp":{}}}"#, t + 60));
-        assert!(!authorized(&c, None, Some(&other_key)));
+        assert!(!ok(&c, None, Some(&other_key)));
         // Both set: either credential works.
         let both = with(Some("s3cret"), Some("k3y"));
-        assert!(authorized(&both, None, Some("s3cret")));
-        assert!(authorized(&both, Some(&format!("Bearer {valid}")), None));
-        assert!(!authorized(&both, None, Some("k3y")));
+        assert!(ok(&both, None, Some("s3cret")));
+        assert!(ok(&both, Some(&format!("Bearer {valid}")), None));
+        assert!(!ok(&both, None, Some("k3y")));
+    }
+
+    #[test]
+    fn a_channels_claim_limits_the_channels() {
+        let c = with(Some("s3cret"), Some("k3y"));
+        let exp = now() + 60;
+        let grant = |claims: &str| authorized(&c, None, Some(&jwt("k3y", claims)));
+        let limited = grant(&format!(r#"{{"exp":{exp},"channels":["news","team/*"]}}"#)).unwrap();
+        assert!(limited.allows("news"));
+        assert!(limited.allows("team/a"));
+        assert!(!limited.allows("newsroom"));
+        assert!(!limited.allows("default"));
+        let all = grant(&format!(r#"{{"exp":{exp}}}"#)).unwrap();
+        assert!(all.allows("anything"));
+        let none = grant(&format!(r#"{{"exp":{exp},"channels":[]}}"#)).unwrap();
+        assert!(!none.allows("default"));
+        // A malformed claim refuses the token rather than guessing.
+        assert!(grant(&format!(r#"{{"exp":{exp},"channels":["bad name"]}}"#)).is_none());
+        assert!(grant(&format!(r#"{{"exp":{exp},"channels":"news"}}"#)).is_none());
+        // The shared token allows every channel.
+        assert!(authorized(&c, None, Some("s3cret")).unwrap().allows("x"));
+    }
+
+    #[test]
+    fn the_api_key_is_a_bearer_token() {
+        let c = Config {
+            api_key: Some("k".repeat(20)),
+            ..Config::default()
+        };
+        assert!(api_key_ok(&c, Some(&format!("Bearer {}", "k".repeat(20)))));
+        assert!(!api_key_ok(&c, Some(&format!("Bearer {}", "k".repeat(19)))));
+        assert!(!api_key_ok(&c, None));
+        assert!(!api_key_ok(&Config::default(), Some("Bearer ")));
     }
 }

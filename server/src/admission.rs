@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use crate::access::{self, Grant};
 use crate::config::{Config, TokenBucket};
 use crate::stats::Stats;
 
@@ -28,6 +29,8 @@ pub(crate) enum Refusal {
     Origin,
     /// Missing or wrong `--auth-token` / `--jwt-secret` credentials (401).
     Unauthorized,
+    /// The credentials do not allow the channel asked for (403).
+    Channel,
     /// Over `--max-new-connections-per-sec` (503).
     NewConnectionRate,
     /// Over `--max-connections` (503).
@@ -44,6 +47,8 @@ pub(crate) struct Request<'a> {
     pub(crate) host: Option<&'a str>,
     pub(crate) authorization: Option<&'a str>,
     pub(crate) query_token: Option<&'a str>,
+    /// The channel its URL names.
+    pub(crate) channel: &'a str,
     pub(crate) draining: bool,
 }
 
@@ -73,18 +78,20 @@ impl Admission {
         })
     }
 
-    /// The access checks (origin, credentials), first of all. A refusal is
-    /// counted under its reason.
-    pub(crate) fn authorize(&self, req: &Request<'_>) -> Result<(), Refusal> {
+    /// The access checks (origin, credentials, the URL's channel), first of
+    /// all; returns what the credentials allow. A refusal is counted under
+    /// its reason.
+    pub(crate) fn authorize(&self, req: &Request<'_>) -> Result<Grant, Refusal> {
         let config = &self.config;
-        let verdict =
-            if !crate::access::origin_allowed(&config.allowed_origins, req.origin, req.host) {
-                Err(Refusal::Origin)
-            } else if !crate::access::authorized(config, req.authorization, req.query_token) {
-                Err(Refusal::Unauthorized)
-            } else {
-                Ok(())
-            };
+        let verdict = if !access::origin_allowed(&config.allowed_origins, req.origin, req.host) {
+            Err(Refusal::Origin)
+        } else {
+            match access::authorized(config, req.authorization, req.query_token) {
+                None => Err(Refusal::Unauthorized),
+                Some(grant) if !grant.allows(req.channel) => Err(Refusal::Channel),
+                Some(grant) => Ok(grant),
+            }
+        };
         self.count(verdict)
     }
 
@@ -101,6 +108,7 @@ impl Admission {
                 Refusal::Draining => &s.refused_draining,
                 Refusal::Origin => &s.refused_origin,
                 Refusal::Unauthorized => &s.refused_auth,
+                Refusal::Channel => &s.refused_channel,
                 Refusal::NewConnectionRate => &s.refused_rate,
                 Refusal::MaxConnections => &s.refused,
                 Refusal::PerIp(_) => &s.refused_per_ip,
@@ -215,6 +223,7 @@ mod tests {
             host: None,
             authorization: None,
             query_token: None,
+            channel: protocol::channel::DEFAULT,
             draining: false,
         }
     }
@@ -264,7 +273,7 @@ mod tests {
         assert_eq!(adm.authorize(&r), Err(Refusal::Origin));
         assert_eq!(adm.stats.refused_origin.load(Ordering::Relaxed), 1);
         r.origin = Some("https://chat.example");
-        assert_eq!(adm.authorize(&r), Ok(()));
+        assert_eq!(adm.authorize(&r), Ok(Grant::default()));
     }
 
     #[test]

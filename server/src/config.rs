@@ -47,6 +47,9 @@ pub struct Config {
     /// When set, upgrades may (or, without `auth_token`, must) carry an
     /// HS256 JSON Web Token signed with this secret, passed like the token.
     pub jwt_secret: Option<String>,
+    /// When set, the HTTP API (`/api/...`) is served to requests carrying it
+    /// as `Authorization: Bearer KEY`; without it the API answers 404.
+    pub api_key: Option<String>,
     /// When set, `GET /metrics` is served on a listener of its own at this
     /// address (see `Server::bind_metrics`), and the main port answers 404.
     pub metrics_addr: Option<SocketAddr>,
@@ -99,6 +102,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             auth_token: None,
             jwt_secret: None,
+            api_key: None,
             metrics_addr: None,
             tls: None,
             cluster: None,

@@ -1,7 +1,10 @@
-//! Publishing a framed message to every shard.
+//! Publishing a framed message to the shards that have members of its
+//! channel.
 //!
 //! A message is framed once (server header + payload) into one [`Bytes`] by
-//! the shard that received it, then pushed to every shard's inbox. The set of
+//! the shard that received it, then pushed to the inbox of every shard with
+//! a member of its channel (`channels` counts them per shard); a shard with
+//! none is not sent it, and not woken. The set of
 //! inboxes is an `arc-swap` snapshot ([`Peers`]): publishing loads it without
 //! a lock or a reference-count write. Today the set is built once at start
 //! and never replaced (shards live as long as the server; the Redis relay
@@ -22,16 +25,9 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::channels::{Channel, ChannelId};
 use crate::flow::Credit;
 use crate::stats::ShardMetrics;
-
-/// Identifies a broadcast domain ("room"). Every connection is in
-/// [`LOBBY`] today; the registry and the messages already carry the channel
-/// so that per-channel fan-out needs no new plumbing.
-pub(crate) type ChannelId = u32;
-
-/// The channel every connection joins.
-pub(crate) const LOBBY: ChannelId = 0;
 
 /// A connection's id, unique in this process for its lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,6 +73,8 @@ pub(crate) enum ShardMsg {
     /// A freshly accepted TCP connection to serve on this shard, counted
     /// in its load for as long as the placement lives.
     Accept(std::net::TcpStream, SocketAddr, Placement),
+    /// Who is in a channel (the HTTP API): this shard's members of it.
+    Members(ChannelId, oneshot::Sender<Vec<protocol::v1::Peer>>),
     /// Stop publishing and accepting upgrades; answer when done.
     Quiesce(oneshot::Sender<()>),
     /// Deliver what is queued, close every connection with 1001, and stop.
@@ -99,9 +97,6 @@ pub(crate) struct ShardHandle {
     tx: mpsc::UnboundedSender<ShardMsg>,
     /// Open connections (HTTP and WebSocket) on this shard; used to place new ones.
     pub(crate) load: AtomicUsize,
-    /// WebSocket connections registered on this shard (the recipients a
-    /// message's fan-out cost is computed from).
-    pub(crate) members: AtomicUsize,
     /// This shard's fan-out budget (see `flow`).
     pub(crate) credit: Credit,
     /// Counters this shard keeps (written only by the shard itself).
@@ -113,7 +108,6 @@ impl ShardHandle {
         Self {
             tx,
             load: AtomicUsize::new(0),
-            members: AtomicUsize::new(0),
             credit: Credit::default(),
             metrics: ShardMetrics::default(),
         }
@@ -163,25 +157,30 @@ impl Fanout {
         }
     }
 
-    /// Reserves the fan-out credit a message of `frame_len` bytes needs on
-    /// every shard, waiting (first come, first served) while a shard's
-    /// budget is used up. `costs` receives what was taken per shard, to be
-    /// passed to [`Fanout::publish`] (or [`Fanout::give_back`]). Returns how
-    /// long it waited (zero on the fast path: one compare-and-swap per shard).
-    pub(crate) async fn reserve(&self, frame_len: usize, costs: &mut Vec<u32>) -> Duration {
+    /// Reserves the fan-out credit a message of `frame_len` bytes to
+    /// `channel` needs on every shard with members of it, waiting (first
+    /// come, first served) while a shard's budget is used up. `costs`
+    /// receives what was taken per shard (0: the shard has no member and is
+    /// skipped), to be passed to [`Fanout::publish`] (or
+    /// [`Fanout::give_back`]). Returns how long it waited (zero on the fast
+    /// path: one compare-and-swap per shard with members).
+    pub(crate) async fn reserve(
+        &self,
+        channel: &Channel,
+        frame_len: usize,
+        costs: &mut Vec<u32>,
+    ) -> Duration {
         let peers = self.peers.load();
         costs.clear();
-        costs.extend(
-            peers
-                .shards
-                .iter()
-                .map(|s| Credit::cost(frame_len, s.members.load(Ordering::Relaxed))),
-        );
+        costs.extend((0..peers.shards.len()).map(|i| match channel.on_shard(i) {
+            0 => 0,
+            members => Credit::cost(frame_len, members),
+        }));
         let Some(short) = peers
             .shards
             .iter()
             .zip(costs.iter())
-            .position(|(s, &cost)| !s.credit.try_take(cost))
+            .position(|(s, &cost)| cost > 0 && !s.credit.try_take(cost))
         else {
             return Duration::ZERO;
         };
@@ -190,7 +189,9 @@ impl Fanout {
         drop(peers);
         let started = Instant::now();
         for (shard, &cost) in shards.iter().zip(costs.iter()).skip(short) {
-            shard.credit.take(cost).await;
+            if cost > 0 {
+                shard.credit.take(cost).await;
+            }
         }
         started.elapsed()
     }
@@ -203,38 +204,44 @@ impl Fanout {
         }
     }
 
-    /// Pushes `msg` to every shard's inbox: one reference-count increment per
-    /// shard, no copy, no lock. `costs` is what [`Fanout::reserve`] took.
+    /// Pushes `msg` to the inbox of every shard `costs` (what
+    /// [`Fanout::reserve`] took) has a share for: one reference-count
+    /// increment per shard, no copy, no lock.
     pub(crate) fn publish(&self, msg: Broadcast, costs: &[u32]) {
         debug_assert_eq!(self.peers.load().shards.len(), costs.len());
-        self.send_all(msg, |i| costs.get(i).copied().unwrap_or(0));
+        self.send_all(msg, |i| costs.get(i).copied().filter(|&c| c > 0));
     }
 
     /// Publishes a message that holds no credit (presence updates: small,
-    /// and at most two a second).
-    pub(crate) fn publish_free(&self, msg: Broadcast) {
-        self.send_all(msg, |_| 0);
+    /// and at most two a second per channel) to the shards with members of
+    /// `channel`.
+    pub(crate) fn publish_free(&self, msg: Broadcast, channel: &Channel) {
+        self.send_all(msg, |i| (channel.on_shard(i) > 0).then_some(0));
     }
 
-    /// Sends a copy of `msg` holding `cost(i)` credit to shard `i`; the last
-    /// shard gets `msg` itself (one reference-count increment per other
-    /// shard). Credit of a copy a stopped shard refused is given back.
-    fn send_all(&self, mut msg: Broadcast, cost: impl Fn(usize) -> u32) {
+    /// Sends a copy of `msg` holding `cost(i)` credit to each shard `i` for
+    /// which it is `Some`; the last of them gets `msg` itself. Credit of a
+    /// copy a stopped shard refused is given back.
+    fn send_all(&self, mut msg: Broadcast, cost: impl Fn(usize) -> Option<u32>) {
         let peers = self.peers.load();
-        let Some((last, rest)) = peers.shards.split_last() else {
+        let Some(last) = (0..peers.shards.len()).rev().find(|&i| cost(i).is_some()) else {
             return;
         };
-        for (i, shard) in rest.iter().enumerate() {
-            let mut copy = msg.clone();
-            copy.cost = cost(i);
-            if !shard.send(ShardMsg::Broadcast(copy)) {
-                shard.credit.give_back(u64::from(cost(i)));
+        let send = |shard: &ShardHandle, msg: Broadcast| {
+            let cost = msg.cost;
+            if !shard.send(ShardMsg::Broadcast(msg)) {
+                shard.credit.give_back(u64::from(cost));
+            }
+        };
+        for (i, shard) in peers.shards[..last].iter().enumerate() {
+            if let Some(cost) = cost(i) {
+                let mut copy = msg.clone();
+                copy.cost = cost;
+                send(shard, copy);
             }
         }
-        msg.cost = cost(rest.len());
-        if !last.send(ShardMsg::Broadcast(msg)) {
-            last.credit.give_back(u64::from(cost(rest.len())));
-        }
+        msg.cost = cost(last).unwrap_or(0);
+        send(&peers.shards[last], msg);
     }
 
     /// The current set of shards (for `/metrics`).

@@ -25,6 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::admission::{self, Admission, Refusal, Ticket};
+use crate::channels::Channels;
 use crate::config::Config;
 use crate::conn::ConnCtx;
 use crate::fanout::{Fanout, Format};
@@ -38,6 +39,8 @@ pub(crate) struct HttpCtx {
     pub(crate) stats: Arc<Stats>,
     pub(crate) admission: Arc<Admission>,
     pub(crate) fanout: Fanout,
+    /// The channels with members on this node (for the API).
+    pub(crate) channels: Arc<Channels>,
     /// The shard's connection context (its publisher knows if it drains).
     pub(crate) conn: Rc<ConnCtx>,
 }
@@ -59,6 +62,8 @@ pub(crate) struct Upgraded {
     pub(crate) format: Format,
     /// The validated name the client asked for, if any.
     pub(crate) name: Option<String>,
+    /// The channel its URL named (`protocol::channel::DEFAULT` if none).
+    pub(crate) channel: String,
     pub(crate) ticket: Ticket,
 }
 
@@ -68,6 +73,7 @@ struct Pending {
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     format: Format,
     name: Option<String>,
+    channel: String,
     ticket: Ticket,
 }
 
@@ -117,7 +123,7 @@ where
     let (service_ctx, slot) = (ctx.clone(), pending.clone());
     let service = hyper::service::service_fn(move |req| {
         let (ctx, slot) = (service_ctx.clone(), slot.clone());
-        async move { Ok::<_, Infallible>(route(&ctx, &slot, req, peer)) }
+        async move { Ok::<_, Infallible>(route(&ctx, &slot, req, peer).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -140,6 +146,7 @@ async fn complete_upgrade(pending: Pending) -> Option<Upgraded> {
         upgrade,
         format,
         name,
+        channel,
         ticket,
     } = pending;
     let upgraded = match upgrade.await {
@@ -165,6 +172,7 @@ async fn complete_upgrade(pending: Pending) -> Option<Upgraded> {
             prefix,
             format,
             name,
+            channel,
             ticket,
         }),
         Err(_) => {
@@ -199,15 +207,25 @@ fn respond(
     res
 }
 
-fn route(
+async fn route(
     ctx: &HttpCtx,
     slot: &RefCell<Option<Pending>>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
     let path = req.uri().path();
-    if path == protocol::WS_PATH {
-        return upgrade(ctx, slot, req, peer);
+    if let Some(channel) = protocol::channel::from_request(path, req.uri().query()) {
+        return match channel {
+            Ok(channel) => upgrade(ctx, slot, req, peer, channel),
+            Err(e) => respond(
+                StatusCode::BAD_REQUEST,
+                "text/plain; charset=utf-8",
+                format!("{e}\n"),
+            ),
+        };
+    }
+    if path.starts_with(crate::api::PREFIX) {
+        return crate::api::handle(ctx, req).await;
     }
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     if path == protocol::HEALTH_PATH {
@@ -270,6 +288,11 @@ fn refused(refusal: Refusal) -> Response<Body> {
             );
             res
         }
+        Refusal::Channel => respond(
+            StatusCode::FORBIDDEN,
+            text,
+            "your token does not allow this channel\n",
+        ),
         Refusal::Draining => unavailable("server shutting down\n"),
         Refusal::NewConnectionRate => unavailable("too many new connections, retry later\n"),
         Refusal::MaxConnections => unavailable("too many connections\n"),
@@ -296,6 +319,7 @@ fn upgrade(
     slot: &RefCell<Option<Pending>>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
+    channel: String,
 ) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         let mut res = respond(
@@ -327,11 +351,13 @@ fn upgrade(
         host: text(hyper::header::HOST),
         authorization: text(hyper::header::AUTHORIZATION),
         query_token: query_token.as_deref(),
+        channel: &channel,
         draining: ctx.is_draining(),
     };
-    if let Err(refusal) = ctx.admission.authorize(&request) {
-        return refused(refusal);
-    }
+    let _grant = match ctx.admission.authorize(&request) {
+        Ok(grant) => grant,
+        Err(refusal) => return refused(refusal),
+    };
     let wanted_name = match req
         .uri()
         .query()
@@ -380,6 +406,7 @@ fn upgrade(
         upgrade,
         format,
         name: wanted_name,
+        channel,
         ticket,
     });
     let (mut parts, _empty) = response.into_parts();

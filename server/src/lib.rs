@@ -29,10 +29,13 @@
 
 mod access;
 mod admission;
+mod api;
 mod assets;
+mod channels;
 mod cluster;
 mod config;
 mod conn;
+mod dispatch;
 mod fanout;
 mod flow;
 mod frame;
@@ -147,17 +150,21 @@ impl Server {
         let fanout = Fanout::new(Peers {
             shards: handles.clone(),
         });
+        let channels = Arc::new(channels::Channels::new(config.workers, stats.clone()));
         let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
         let presence = tokio::spawn(presence::run(presence_rx, fanout.clone(), stats.clone()));
         let (cluster, relay) = match &config.cluster {
             Some(c) => {
-                let (cluster, relay) = cluster::start(c, fanout.clone(), stats.clone())?;
+                let (cluster, relay) =
+                    cluster::start(c, fanout.clone(), channels.clone(), stats.clone())?;
                 (Some(cluster), Some(relay))
             }
             None => (None, None),
         };
-        let hub =
-            Arc::new(shard::Hub::new(config.clone(), stats.clone(), presence_tx).with_relay(relay));
+        let hub = Arc::new(
+            shard::Hub::new(config.clone(), stats.clone(), presence_tx, channels.clone())
+                .with_relay(relay),
+        );
         let mut threads = Vec::with_capacity(config.workers);
         for (index, inbox) in inboxes.into_iter().enumerate() {
             threads.push(shard::spawn(

@@ -102,6 +102,9 @@ struct StartArgs {
     /// Accept HS256 JSON Web Tokens signed with this secret, passed like --auth-token; `exp` is required. With --auth-token, either is accepted.
     #[arg(long, value_name = "SECRET", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     jwt_secret: Option<String>,
+    /// Serve the HTTP API for backends (POST /api/publish, GET /api/channels) to requests with `Authorization: Bearer KEY`; without it the API answers 404.
+    #[arg(long, value_name = "KEY", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    api_key: Option<String>,
     /// Serve GET /metrics on this address only (e.g. 127.0.0.1:9100); the main port's /metrics then answers 404.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
@@ -157,6 +160,7 @@ impl StartArgs {
                 channel: self.redis_channel,
             }),
             jwt_secret: self.jwt_secret,
+            api_key: self.api_key,
             metrics_addr: self.metrics_addr,
             tls,
         })

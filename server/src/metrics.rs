@@ -106,6 +106,21 @@ impl Snapshot {
                     get(&stats.tls_failures),
                 ),
                 (
+                    "broadcast_api_requests",
+                    "HTTP API requests answered (--api-key)",
+                    get(&stats.api_requests),
+                ),
+                (
+                    "broadcast_api_errors",
+                    "HTTP API requests refused (bad key, bad request, too large)",
+                    get(&stats.api_errors),
+                ),
+                (
+                    "broadcast_api_messages",
+                    "Messages published through POST /api/publish (one per channel)",
+                    get(&stats.api_messages),
+                ),
+                (
                     "broadcast_cluster_relayed_out",
                     "Messages of local clients published to Redis (--redis)",
                     get(&stats.cluster.relayed_out),
@@ -131,6 +146,11 @@ impl Snapshot {
                     "broadcast_v1_connections_open",
                     "Open WebSocket connections speaking broadcast.v1",
                     stats.v1_connections.load(Ordering::Relaxed) as u64,
+                ),
+                (
+                    "broadcast_channels",
+                    "Channels with at least one member on this node",
+                    stats.channels.load(Ordering::Relaxed) as u64,
                 ),
                 (
                     "broadcast_cluster_link_up",
@@ -169,6 +189,7 @@ impl Snapshot {
                 ("shutting_down", get(&stats.refused_draining)),
                 ("origin", get(&stats.refused_origin)),
                 ("unauthorized", get(&stats.refused_auth)),
+                ("channel_forbidden", get(&stats.refused_channel)),
             ],
             shard_connections: shards
                 .iter()

@@ -1,12 +1,15 @@
-//! Presence for `broadcast.v1` clients: who joined and left, coalesced.
+//! Presence for `broadcast.v1` clients: who joined and left each channel,
+//! coalesced.
 //!
-//! Shards report joins and leaves on a channel; one task gathers them and,
-//! at most every [`PRESENCE_INTERVAL`], encodes a single presence event and
-//! publishes it like any message (framed once, fanned out to every shard).
+//! Shards report joins and leaves; one task gathers them and, at most every
+//! [`PRESENCE_INTERVAL`], encodes one presence event per channel that
+//! changed and publishes it like any message (framed once, sent to the
+//! shards with members of that channel).
 //! However fast connections churn, a client gets at most a few presence
 //! updates per second, and past [`PRESENCE_NAME_LIMIT`] changes they carry
 //! counts instead of names.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +17,8 @@ use std::time::Duration;
 use protocol::v1::{Peer, ServerEvent, PRESENCE_NAME_LIMIT};
 use tokio::sync::mpsc;
 
-use crate::fanout::{Broadcast, ConnId, Fanout, LOBBY};
+use crate::channels::{Channel, ChannelId};
+use crate::fanout::{Broadcast, ConnId, Fanout};
 use crate::stats::Stats;
 
 /// Shortest time between two presence updates.
@@ -23,8 +27,8 @@ pub(crate) const PRESENCE_INTERVAL: Duration = Duration::from_millis(500);
 /// A join or leave, as a shard reports it.
 #[derive(Debug)]
 pub(crate) enum Change {
-    Joined(Peer),
-    Left(Peer),
+    Joined(Peer, Arc<Channel>),
+    Left(Peer, Arc<Channel>),
 }
 
 /// The reporting end, one per process, cloned into every shard.
@@ -38,10 +42,10 @@ struct Pending {
 }
 
 impl Pending {
-    fn add(&mut self, change: Change) {
-        match change {
-            Change::Joined(peer) => self.joined.push(peer),
-            Change::Left(peer) => {
+    fn add(&mut self, joined: bool, peer: Peer) {
+        match joined {
+            true => self.joined.push(peer),
+            false => {
                 // Joined and left within one interval: nobody needs to know.
                 if let Some(i) = self.joined.iter().position(|p| p.id == peer.id) {
                     self.joined.swap_remove(i);
@@ -82,41 +86,65 @@ impl Pending {
     }
 }
 
+/// Changes per channel since the last update.
+#[derive(Debug, Default)]
+struct Gathered(HashMap<ChannelId, (Arc<Channel>, Pending)>);
+
+impl Gathered {
+    fn add(&mut self, change: Change) {
+        let (joined, peer, channel) = match change {
+            Change::Joined(peer, channel) => (true, peer, channel),
+            Change::Left(peer, channel) => (false, peer, channel),
+        };
+        let (_, pending) = self
+            .0
+            .entry(channel.id)
+            .or_insert_with(|| (channel, Pending::default()));
+        pending.add(joined, peer);
+    }
+}
+
 /// Gathers changes and publishes presence updates until the channel closes.
 pub(crate) async fn run(
     mut changes: mpsc::UnboundedReceiver<Change>,
     fanout: Fanout,
     stats: Arc<Stats>,
 ) {
-    let mut pending = Pending::default();
+    let mut gathered = Gathered::default();
     let mut batch = Vec::with_capacity(256);
     loop {
         if changes.recv_many(&mut batch, 256).await == 0 {
             return;
         }
         for change in batch.drain(..) {
-            pending.add(change);
+            gathered.add(change);
         }
-        // Let more changes gather, then send one update for all of them.
+        // Let more changes gather, then send one update per channel.
         tokio::time::sleep(PRESENCE_INTERVAL).await;
         while let Ok(change) = changes.try_recv() {
-            pending.add(change);
+            gathered.add(change);
         }
-        if pending.is_empty() || stats.v1_connections.load(Ordering::Relaxed) == 0 {
-            pending = Pending::default();
+        let all = std::mem::take(&mut gathered.0);
+        if stats.v1_connections.load(Ordering::Relaxed) == 0 {
             continue;
         }
-        let online = stats.connections.load(Ordering::Relaxed) as u64;
-        let event = pending.take_event(online).encode();
-        let frame = crate::frame::frame_text(event.as_bytes());
-        fanout.publish_free(Broadcast {
-            raw: None,
-            v1: Some(frame),
-            sender: ConnId(0),
-            channel: LOBBY,
-            framed_at: std::time::Instant::now(),
-            cost: 0,
-        });
+        for (_, (channel, mut pending)) in all {
+            if pending.is_empty() {
+                continue;
+            }
+            let online = channel.members() as u64;
+            let event = pending.take_event(online).encode();
+            let frame = crate::frame::frame_text(event.as_bytes());
+            let msg = Broadcast {
+                raw: None,
+                v1: Some(frame),
+                sender: ConnId(0),
+                channel: channel.id,
+                framed_at: std::time::Instant::now(),
+                cost: 0,
+            };
+            fanout.publish_free(msg, &channel);
+        }
     }
 }
 
@@ -134,10 +162,10 @@ mod tests {
     #[test]
     fn join_then_leave_cancels_out() {
         let mut p = Pending::default();
-        p.add(Change::Joined(peer(1)));
-        p.add(Change::Joined(peer(2)));
-        p.add(Change::Left(peer(1)));
-        p.add(Change::Left(peer(9)));
+        p.add(true, peer(1));
+        p.add(true, peer(2));
+        p.add(false, peer(1));
+        p.add(false, peer(9));
         let ServerEvent::Presence {
             joined,
             left,
@@ -155,9 +183,9 @@ mod tests {
     fn many_changes_become_counts() {
         let mut p = Pending::default();
         for id in 0..30 {
-            p.add(Change::Joined(peer(id)));
+            p.add(true, peer(id));
         }
-        p.add(Change::Left(peer(100)));
+        p.add(false, peer(100));
         let event = p.take_event(40);
         assert_eq!(
             event,

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::channels::Channel;
 use crate::cluster::Relay;
 use crate::fanout::{Broadcast, Fanout};
 use crate::stats::Stats;
@@ -48,10 +49,15 @@ impl Publisher {
         self.draining.get()
     }
 
-    /// Reserves the fan-out credit of a message of `frame_len` bytes (see
-    /// [`Fanout::reserve`]); returns how long it waited.
-    pub(crate) async fn reserve(&self, frame_len: usize, costs: &mut Vec<u32>) -> Duration {
-        self.fanout.reserve(frame_len, costs).await
+    /// Reserves the fan-out credit of a message of `frame_len` bytes to
+    /// `channel` (see [`Fanout::reserve`]); returns how long it waited.
+    pub(crate) async fn reserve(
+        &self,
+        channel: &Channel,
+        frame_len: usize,
+        costs: &mut Vec<u32>,
+    ) -> Duration {
+        self.fanout.reserve(channel, frame_len, costs).await
     }
 
     /// Returns credit reserved for a message that is not published after all.
@@ -59,18 +65,31 @@ impl Publisher {
         self.fanout.give_back(costs);
     }
 
-    /// Publishes a message (from the client named `name`) to every shard,
-    /// and to the other nodes with `--redis`; `costs` is the credit
-    /// reserved for it. While draining, the message is discarded.
-    pub(crate) fn publish(&self, msg: Broadcast, name: &str, costs: &[u32]) {
+    /// Publishes a message to `channel` (from the client named `name`) on
+    /// every shard with members of it, and to the other nodes with
+    /// `--redis`; `costs` is the credit reserved for it. While draining, the
+    /// message is discarded.
+    pub(crate) fn publish(&self, msg: Broadcast, channel: &Channel, name: &str, costs: &[u32]) {
         if self.draining.get() {
             self.fanout.give_back(costs);
             return;
         }
         self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
         if let Some(relay) = &self.relay {
-            relay.offer(&msg, name);
+            relay.offer(&msg, &channel.name, name);
         }
         self.fanout.publish(msg, costs);
+    }
+
+    /// A message to a channel with no member on this node: only the other
+    /// nodes may have some (`--redis`).
+    pub(crate) fn relay_only(&self, msg: &Broadcast, channel: &str, name: &str) {
+        if self.draining.get() {
+            return;
+        }
+        self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        if let Some(relay) = &self.relay {
+            relay.offer(msg, channel, name);
+        }
     }
 }

@@ -1,60 +1,110 @@
-//! A shard's connections, grouped by channel.
+//! A shard's connections, and its members of each channel.
 //!
-//! Each channel keeps a dense `Vec` of members so that fan-out is a linear
-//! walk over pointers; each connection remembers its slot so that leaving is
-//! O(1) (`swap_remove`). Today every connection is in the lobby; rooms only
-//! need connections to name another channel.
+//! Every connection is in the shard's list (for keepalive and shutdown);
+//! each channel with members on the shard keeps a dense `Vec` of them, so
+//! that delivering a batch to a channel is a linear walk over pointers and
+//! never visits a connection of another channel. Each connection remembers
+//! its slot in the list and, per subscription, in the channel's `Vec`, so
+//! leaving is O(1) (`swap_remove`).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
 
+use crate::channels::{Channel, ChannelId};
 use crate::conn::Conn;
-use crate::fanout::ChannelId;
+use crate::fanout::ConnId;
+
+/// One channel a connection is in.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    pub(crate) channel: Arc<Channel>,
+    /// Position in the registry's member list of the channel.
+    slot: Cell<usize>,
+    /// When it joined: presence events built before that are not sent to it
+    /// (its welcome or subscribe answer already counted everyone).
+    pub(crate) joined_at: Instant,
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
+    conns: Vec<Rc<Conn>>,
     channels: HashMap<ChannelId, Vec<Rc<Conn>>>,
-    len: usize,
 }
 
 impl Registry {
-    /// Adds `conn` to its channel.
+    /// Adds `conn` to the shard's list.
     pub(crate) fn insert(&mut self, conn: Rc<Conn>) {
-        let members = self.channels.entry(conn.channel).or_default();
-        conn.slot.set(members.len());
-        members.push(conn);
-        self.len += 1;
+        conn.slot.set(self.conns.len());
+        self.conns.push(conn);
     }
 
-    /// Removes `conn` from its channel; does nothing if it is not there.
-    pub(crate) fn remove(&mut self, conn: &Conn) {
-        let Some(members) = self.channels.get_mut(&conn.channel) else {
+    /// Removes `conn` from the list and from every channel it is in, and
+    /// returns those channels; does nothing if it is not here.
+    pub(crate) fn remove(&mut self, conn: &Conn) -> Vec<Arc<Channel>> {
+        let slot = conn.slot.get();
+        if !self.conns.get(slot).is_some_and(|c| c.id == conn.id) {
+            return Vec::new();
+        }
+        self.conns.swap_remove(slot);
+        if let Some(moved) = self.conns.get(slot) {
+            moved.slot.set(slot);
+        }
+        let subs = std::mem::take(&mut *conn.subs.borrow_mut());
+        subs.into_iter()
+            .map(|sub| {
+                self.take_member(conn.id, &sub);
+                sub.channel
+            })
+            .collect()
+    }
+
+    /// Adds `conn` to the members of `channel` (which it must not be in).
+    pub(crate) fn subscribe(&mut self, conn: &Rc<Conn>, channel: Arc<Channel>, now: Instant) {
+        let members = self.channels.entry(channel.id).or_default();
+        conn.subs.borrow_mut().push(Subscription {
+            channel,
+            slot: Cell::new(members.len()),
+            joined_at: now,
+        });
+        members.push(conn.clone());
+    }
+
+    /// Takes connection `conn` out of the member list of its subscription
+    /// `sub`.
+    fn take_member(&mut self, conn: ConnId, sub: &Subscription) {
+        let id = sub.channel.id;
+        let Some(members) = self.channels.get_mut(&id) else {
             return;
         };
-        let slot = conn.slot.get();
-        if members.get(slot).is_some_and(|m| m.id == conn.id) {
-            members.swap_remove(slot);
-            if let Some(moved) = members.get(slot) {
-                moved.slot.set(slot);
+        let slot = sub.slot.get();
+        if !members.get(slot).is_some_and(|m| m.id == conn) {
+            return;
+        }
+        members.swap_remove(slot);
+        if let Some(moved) = members.get(slot) {
+            if let Some(s) = moved.subs.borrow().iter().find(|s| s.channel.id == id) {
+                s.slot.set(slot);
             }
-            if members.is_empty() {
-                self.channels.remove(&conn.channel);
-            }
-            self.len -= 1;
+        }
+        if members.is_empty() {
+            self.channels.remove(&id);
         }
     }
 
-    /// Every channel with at least one member on this shard.
-    pub(crate) fn channels(&self) -> impl Iterator<Item = (ChannelId, &[Rc<Conn>])> {
-        self.channels.iter().map(|(c, m)| (*c, m.as_slice()))
+    /// This shard's members of channel `id`.
+    pub(crate) fn members(&self, id: ChannelId) -> &[Rc<Conn>] {
+        self.channels.get(&id).map_or(&[], Vec::as_slice)
     }
 
     /// Every connection on this shard.
     pub(crate) fn all(&self) -> impl Iterator<Item = &Rc<Conn>> {
-        self.channels.values().flatten()
+        self.conns.iter()
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.conns.len()
     }
 }

@@ -24,9 +24,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
 use crate::admission::Admission;
+use crate::channels::Channels;
 use crate::config::{Config, CLOSE_TIMEOUT};
 use crate::conn::{self, Conn, ConnCtx, Queued};
-use crate::fanout::{Broadcast, ConnId, Fanout, Format, Placement, ShardHandle, ShardMsg, LOBBY};
+use crate::dispatch::{self, Plan};
+use crate::fanout::{Broadcast, ConnId, Fanout, Format, Placement, ShardHandle, ShardMsg};
 use crate::flow::Audience;
 use crate::http::{self, HttpCtx, Upgraded};
 use crate::names::Names;
@@ -54,17 +56,25 @@ pub(crate) struct Hub {
     pub(crate) admission: Arc<Admission>,
     pub(crate) names: Names,
     pub(crate) presence: PresenceTx,
+    /// The channels with members on this node.
+    pub(crate) channels: Arc<Channels>,
     /// With `--redis`: where published messages go to reach other nodes.
     relay: Option<crate::cluster::Relay>,
 }
 
 impl Hub {
-    pub(crate) fn new(config: Arc<Config>, stats: Arc<Stats>, presence: PresenceTx) -> Self {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        stats: Arc<Stats>,
+        presence: PresenceTx,
+        channels: Arc<Channels>,
+    ) -> Self {
         Self {
             admission: Admission::new(config, stats.clone()),
             stats,
             names: Names::default(),
             presence,
+            channels,
             relay: None,
         }
     }
@@ -120,6 +130,7 @@ pub(crate) fn spawn(
                 stats: hub.stats.clone(),
                 admission: hub.admission.clone(),
                 fanout: fanout.clone(),
+                channels: hub.channels.clone(),
                 conn: ctx.clone(),
             });
             let shard = Rc::new(Shard {
@@ -149,6 +160,7 @@ impl Shard {
         // this shard's fan-out credit: each of them holds some.
         let mut pending: VecDeque<Broadcast> = VecDeque::new();
         let mut frames: Vec<Broadcast> = Vec::with_capacity(BATCH);
+        let mut plan = Plan::default();
         let mut stopping = false;
         loop {
             // Take what has arrived, without waiting.
@@ -169,7 +181,7 @@ impl Shard {
             if !pending.is_empty() && (stopping || !self.ctx.audience.congested()) {
                 let n = pending.len().min(BATCH);
                 frames.extend(pending.drain(..n));
-                self.deliver(&frames);
+                self.deliver(&frames, &mut plan);
                 frames.clear();
                 // Let the readers and flush tasks of this shard run too.
                 tokio::task::yield_now().await;
@@ -200,6 +212,16 @@ impl Shard {
         match msg {
             ShardMsg::Broadcast(b) => pending.push_back(b),
             ShardMsg::Accept(stream, peer, placement) => self.accept(stream, peer, placement),
+            ShardMsg::Members(channel, reply) => {
+                let members = self
+                    .registry
+                    .borrow()
+                    .members(channel)
+                    .iter()
+                    .map(|c| c.peer())
+                    .collect();
+                let _ = reply.send(members);
+            }
             ShardMsg::Quiesce(done) => {
                 self.ctx.publisher.drain();
                 let _ = done.send(());
@@ -218,8 +240,8 @@ impl Shard {
         }
     }
 
-    /// Writes a batch of frames to every member socket.
-    fn deliver(&self, frames: &[Broadcast]) {
+    /// Writes a batch of frames to the members of their channels.
+    fn deliver(&self, frames: &[Broadcast], plan: &mut Plan) {
         if frames.is_empty() {
             return;
         }
@@ -236,25 +258,17 @@ impl Shard {
         let mut overflowed = Vec::new();
         let mut deliveries = 0u64;
         let mut bytes_out = 0u64;
+        plan.group(frames);
         let registry = self.registry.borrow();
-        for (channel, members) in registry.channels() {
-            if !frames.iter().any(|f| f.channel == channel) {
-                continue;
-            }
-            for conn in members {
+        for (channel, run) in plan.runs(frames) {
+            for conn in registry.members(channel) {
                 if !conn.is_open() {
                     continue;
                 }
-                picked.clear();
-                picked.extend(
-                    frames
-                        .iter()
-                        .filter(|f| f.channel == channel && (echo || f.sender != conn.id))
-                        // A presence event (no raw frame) built before this
-                        // connection joined is older than its welcome.
-                        .filter(|f| f.raw.is_some() || f.framed_at >= conn.joined_at)
-                        .filter_map(|f| f.frame_for(conn.format)),
-                );
+                let Some(to) = conn.recipient(channel) else {
+                    continue;
+                };
+                dispatch::pick(frames, run, to, echo, &mut picked);
                 if picked.is_empty() {
                     continue;
                 }
@@ -323,6 +337,7 @@ impl Shard {
             prefix,
             format,
             name,
+            channel,
             ticket,
         } = upgraded;
         if let Err(e) = stream.set_nodelay(true) {
@@ -339,15 +354,8 @@ impl Shard {
         let id = ConnId(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
         let wanted = name.unwrap_or_else(|| protocol::v1::guest_name(id.0));
         let name = self.hub.names.claim(&wanted);
-        let conn = Rc::new(Conn::new(
-            id,
-            LOBBY,
-            format,
-            name,
-            (writer, tls),
-            self.ctx.clone(),
-        ));
-        self.handle.members.fetch_add(1, Ordering::Relaxed);
+        let conn = Rc::new(Conn::new(id, format, name, (writer, tls), self.ctx.clone()));
+        let channel = self.hub.channels.join(&channel, self.index);
         self.ctx.audience.joined();
         self.hub
             .stats
@@ -361,13 +369,19 @@ impl Shard {
             let welcome = protocol::v1::ServerEvent::Welcome {
                 id: id.0,
                 name: conn.name.to_string(),
-                online: self.hub.stats.connections.load(Ordering::Relaxed) as u64,
+                online: channel.members() as u64,
                 time: crate::frame::unix_millis(),
             };
             conn.send_own(crate::frame::frame_text(welcome.encode().as_bytes()));
         }
-        let _ = self.hub.presence.send(Change::Joined(conn.peer()));
-        self.registry.borrow_mut().insert(conn.clone());
+        let _ = self
+            .hub
+            .presence
+            .send(Change::Joined(conn.peer(), channel.clone()));
+        let mut registry = self.registry.borrow_mut();
+        registry.insert(conn.clone());
+        registry.subscribe(&conn, channel, Instant::now());
+        drop(registry);
         tracing::trace!(conn = id.0, shard = self.index, "connected");
         if self.is_draining() {
             self.hub
@@ -390,10 +404,13 @@ impl Shard {
 
     /// Forgets a connection whose task is ending.
     pub(crate) fn unregister(&self, conn: &Conn) {
-        self.registry.borrow_mut().remove(conn);
+        let left = self.registry.borrow_mut().remove(conn);
+        for channel in left {
+            self.hub.channels.leave(&channel, self.index);
+            let _ = self.hub.presence.send(Change::Left(conn.peer(), channel));
+        }
         conn.leave_audience();
         self.ctx.audience.left();
-        self.handle.members.fetch_sub(1, Ordering::Relaxed);
         if conn.format == Format::V1 {
             self.hub
                 .stats
@@ -401,7 +418,6 @@ impl Shard {
                 .fetch_sub(1, Ordering::Relaxed);
         }
         self.hub.names.release(&conn.name);
-        let _ = self.hub.presence.send(Change::Left(conn.peer()));
         tracing::trace!(conn = conn.id.0, "disconnected");
         self.departed.notify_waiters();
     }

@@ -49,6 +49,15 @@ pub(crate) struct Stats {
     pub(crate) refused_origin: AtomicU64,
     /// Upgrades refused with 401: missing or wrong credentials.
     pub(crate) refused_auth: AtomicU64,
+    /// Upgrades refused with 403: the credentials do not allow the channel.
+    pub(crate) refused_channel: AtomicU64,
+    /// HTTP API requests answered, and those refused (bad key or request).
+    pub(crate) api_requests: AtomicU64,
+    pub(crate) api_errors: AtomicU64,
+    /// Messages published through `POST /api/publish` (one per channel).
+    pub(crate) api_messages: AtomicU64,
+    /// Channels with members on this node.
+    pub(crate) channels: AtomicUsize,
     /// TLS handshakes that failed or timed out (with `--tls-cert`).
     pub(crate) tls_failures: AtomicU64,
     /// The Redis relay's link state and counters (`--redis`).
@@ -76,6 +85,11 @@ impl Stats {
             refused_draining: AtomicU64::new(0),
             refused_origin: AtomicU64::new(0),
             refused_auth: AtomicU64::new(0),
+            refused_channel: AtomicU64::new(0),
+            api_requests: AtomicU64::new(0),
+            api_errors: AtomicU64::new(0),
+            api_messages: AtomicU64::new(0),
+            channels: AtomicUsize::new(0),
             tls_failures: AtomicU64::new(0),
             cluster: ClusterStats::default(),
         }

@@ -5,17 +5,19 @@ use bytes::{BufMut, Bytes, BytesMut};
 use protocol::frame::OpCode;
 
 /// Envelope format version (first byte).
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// Bytes of an envelope before the sender's name.
-const HEAD: usize = 1 + 8 + 1 + 8 + 8 + 1;
+const HEAD: usize = 1 + 8 + 1 + 8 + 8 + 1 + 1;
 
 /// One relayed message as it travels through Redis (a compact binary
 /// record, not JSON: it is never parsed by anything but this module).
 ///
 /// ```text
-/// version u8 | node u64 | opcode u8 | sender u64 | time_ms u64 | name_len u8 | name | payload
+/// version u8 | node u64 | opcode u8 | sender u64 | time_ms u64
+///   | name_len u8 | channel_len u8 | name | channel | payload
 /// ```
-/// Integers are little-endian. `sender`, `name` and `time` are what the
+/// Integers are little-endian. `channel` is the channel's name (at most
+/// 128 bytes, `protocol::channel`). `sender`, `name` and `time` are what the
 /// `broadcast.v1` event shows (the sender's id and name on its node, the
 /// receive time there), so every node shows the same values.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,28 +27,42 @@ pub(super) struct Envelope<'a> {
     pub(super) sender: u64,
     pub(super) time: u64,
     pub(super) name: &'a str,
+    pub(super) channel: &'a str,
     pub(super) payload: &'a [u8],
 }
 
 impl<'a> Envelope<'a> {
     /// Packs an envelope for `raw`, a complete server frame of a text or
     /// binary message.
-    pub(super) fn encode(node: u64, raw: &[u8], sender: u64, name: &str, time: u64) -> Bytes {
+    pub(super) fn encode(
+        node: u64,
+        raw: &[u8],
+        channel: &str,
+        sender: u64,
+        name: &str,
+        time: u64,
+    ) -> Bytes {
         let payload = &raw[crate::frame::server_header_len(raw)..];
-        // Names are at most 32 characters (checked at upgrade); the cut is
-        // only a guard for the one-byte length.
-        let mut name_len = name.len().min(255);
-        while !name.is_char_boundary(name_len) {
-            name_len -= 1;
-        }
-        let mut out = BytesMut::with_capacity(HEAD + name_len + payload.len());
+        // Names are at most 32 characters (checked at upgrade), channel
+        // names 128 ASCII bytes; the cuts only guard the one-byte lengths.
+        let cut = |s: &str| {
+            let mut len = s.len().min(255);
+            while !s.is_char_boundary(len) {
+                len -= 1;
+            }
+            len
+        };
+        let (name_len, channel_len) = (cut(name), cut(channel));
+        let mut out = BytesMut::with_capacity(HEAD + name_len + channel_len + payload.len());
         out.put_u8(VERSION);
         out.put_u64_le(node);
         out.put_u8(raw[0] & 0x0f);
         out.put_u64_le(sender);
         out.put_u64_le(time);
         out.put_u8(name_len as u8);
+        out.put_u8(channel_len as u8);
         out.put_slice(&name.as_bytes()[..name_len]);
+        out.put_slice(&channel.as_bytes()[..channel_len]);
         out.put_slice(payload);
         out.freeze()
     }
@@ -63,9 +79,11 @@ impl<'a> Envelope<'a> {
             2 => OpCode::Binary,
             _ => return None,
         };
-        let name_len = usize::from(bytes[HEAD - 1]);
+        let name_len = usize::from(bytes[HEAD - 2]);
+        let channel_len = usize::from(bytes[HEAD - 1]);
         let name = bytes.get(HEAD..HEAD + name_len)?;
-        let payload = &bytes[HEAD + name_len..];
+        let channel = bytes.get(HEAD + name_len..HEAD + name_len + channel_len)?;
+        let payload = &bytes[HEAD + name_len + channel_len..];
         if opcode == OpCode::Text && std::str::from_utf8(payload).is_err() {
             return None;
         }
@@ -75,6 +93,7 @@ impl<'a> Envelope<'a> {
             sender: u64_at(10),
             time: u64_at(18),
             name: std::str::from_utf8(name).ok()?,
+            channel: std::str::from_utf8(channel).ok()?,
             payload,
         })
     }
@@ -93,8 +112,8 @@ mod tests {
             (OpCode::Text, Vec::new()),
         ] {
             let raw = crate::frame::frame_message(op, &payload);
-            let bytes = Envelope::encode(42, &raw, 7, "alice", 1_700_000_000_000);
-            assert_eq!(bytes.len(), HEAD + 5 + payload.len());
+            let bytes = Envelope::encode(42, &raw, "team/a", 7, "alice", 1_700_000_000_000);
+            assert_eq!(bytes.len(), HEAD + 5 + 6 + payload.len());
             assert_eq!(
                 Envelope::decode(&bytes),
                 Some(Envelope {
@@ -103,6 +122,7 @@ mod tests {
                     sender: 7,
                     time: 1_700_000_000_000,
                     name: "alice",
+                    channel: "team/a",
                     payload: &payload,
                 })
             );
@@ -112,13 +132,13 @@ mod tests {
     #[test]
     fn malformed_envelopes_are_rejected() {
         let raw = crate::frame::frame_message(OpCode::Text, b"hi");
-        let good = Envelope::encode(1, &raw, 2, "bob", 3);
+        let good = Envelope::encode(1, &raw, "c", 2, "bob", 3);
         assert!(Envelope::decode(&good).is_some());
-        for cut in 0..HEAD + 3 {
+        for cut in 0..HEAD + 4 {
             assert!(Envelope::decode(&good[..cut]).is_none(), "cut at {cut}");
         }
         let mut bad_version = good.to_vec();
-        bad_version[0] = 2;
+        bad_version[0] = VERSION + 1;
         assert!(Envelope::decode(&bad_version).is_none());
         let mut bad_op = good.to_vec();
         bad_op[9] = 9;

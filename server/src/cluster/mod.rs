@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::channels::Channels;
 use crate::config::ClusterConfig;
 use crate::fanout::Fanout;
 use crate::stats::Stats;
@@ -157,6 +158,7 @@ pub(crate) struct Cluster {
 pub(crate) fn start(
     config: &ClusterConfig,
     fanout: Fanout,
+    channels: Arc<Channels>,
     stats: Arc<Stats>,
 ) -> std::io::Result<(Cluster, Relay)> {
     let client = client(&config.url).map_err(std::io::Error::other)?;
@@ -177,7 +179,12 @@ pub(crate) fn start(
     let (tx, rx) = mpsc::unbounded_channel();
     let tasks = vec![
         tokio::spawn(relay::publish_loop(link.clone(), rx)),
-        tokio::spawn(subscribe::subscribe_loop(link.clone(), node, fanout)),
+        tokio::spawn(subscribe::subscribe_loop(
+            link.clone(),
+            node,
+            fanout,
+            channels,
+        )),
     ];
     tracing::debug!(node = format_args!("{node:016x}"), "cluster node id");
     let relay = Relay {

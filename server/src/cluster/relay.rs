@@ -26,7 +26,7 @@ pub(crate) struct Relay {
 impl Relay {
     /// Hands a message a local client sent to the publishing task, or
     /// counts it as not relayed. Never blocks, never waits for Redis.
-    pub(crate) fn offer(&self, msg: &Broadcast, name: &str) {
+    pub(crate) fn offer(&self, msg: &Broadcast, channel: &str, name: &str) {
         let Some(raw) = &msg.raw else { return };
         let stats = &self.link.stats.cluster;
         if !stats.out_up.load(Ordering::Relaxed) {
@@ -36,6 +36,7 @@ impl Relay {
         let envelope = Envelope::encode(
             self.node,
             raw,
+            channel,
             msg.sender.0,
             name,
             crate::frame::unix_millis(),

@@ -13,12 +13,18 @@ use protocol::backoff::Backoff;
 use super::envelope::Envelope;
 use super::link::{Link, Side};
 use super::{BACKOFF_CAP, BACKOFF_FIRST, IO_TIMEOUT, PING_EVERY};
-use crate::fanout::{Broadcast, ConnId, Fanout, LOBBY};
+use crate::channels::Channels;
+use crate::fanout::{Broadcast, ConnId, Fanout};
 use crate::stats::Stats;
 
 /// The subscribing side: receives envelopes and delivers other nodes'
 /// messages to the local shards.
-pub(super) async fn subscribe_loop(link: Arc<Link>, node: u64, fanout: Fanout) {
+pub(super) async fn subscribe_loop(
+    link: Arc<Link>,
+    node: u64,
+    fanout: Fanout,
+    channels: Arc<Channels>,
+) {
     let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_CAP);
     loop {
         let connected = async {
@@ -49,7 +55,7 @@ pub(super) async fn subscribe_loop(link: Arc<Link>, node: u64, fanout: Fanout) {
             tokio::select! {
                 msg = stream.next() => match msg {
                     Some(msg) => {
-                        deliver(&link.stats, &fanout, node, msg.get_payload_bytes(), &mut costs)
+                        deliver(&link.stats, &fanout, &channels, node, msg.get_payload_bytes(), &mut costs)
                             .await;
                     }
                     None => break "connection closed".into(),
@@ -72,7 +78,14 @@ pub(super) async fn subscribe_loop(link: Arc<Link>, node: u64, fanout: Fanout) {
 /// local shard, like a message from a local client: through the same fan-out
 /// credit, so a busy node stops reading its Redis subscription (Redis then
 /// buffers, up to its `client-output-buffer-limit` for pub/sub clients).
-async fn deliver(stats: &Stats, fanout: &Fanout, node: u64, bytes: &[u8], costs: &mut Vec<u32>) {
+async fn deliver(
+    stats: &Stats,
+    fanout: &Fanout,
+    channels: &Channels,
+    node: u64,
+    bytes: &[u8],
+    costs: &mut Vec<u32>,
+) {
     let Some(envelope) = Envelope::decode(bytes) else {
         tracing::debug!(len = bytes.len(), "cluster: ignoring a malformed message");
         return;
@@ -80,13 +93,16 @@ async fn deliver(stats: &Stats, fanout: &Fanout, node: u64, bytes: &[u8], costs:
     if envelope.node == node {
         return; // ours: already delivered locally when it was received
     }
+    stats.cluster.relayed_in.fetch_add(1, Ordering::Relaxed);
+    let Some(channel) = channels.get(envelope.channel) else {
+        return; // nobody here is in that channel
+    };
     let raw = crate::frame::frame_message(envelope.opcode, envelope.payload);
     let v1 = (stats.v1_connections.load(Ordering::Relaxed) > 0)
         .then(|| crate::frame::v1_message(&raw, envelope.sender, envelope.name, envelope.time));
-    stats.cluster.relayed_in.fetch_add(1, Ordering::Relaxed);
     let framed_at = Instant::now();
     let len = raw.len() + v1.as_ref().map_or(0, Bytes::len);
-    fanout.reserve(len, costs).await;
+    fanout.reserve(&channel, len, costs).await;
     fanout.publish(
         Broadcast {
             raw: Some(raw),
@@ -94,7 +110,7 @@ async fn deliver(stats: &Stats, fanout: &Fanout, node: u64, bytes: &[u8], costs:
             // Not a local connection (ids start at 1), so no local client is
             // skipped as its sender.
             sender: ConnId(0),
-            channel: LOBBY,
+            channel: channel.id,
             framed_at,
             cost: 0,
         },

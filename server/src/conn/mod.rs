@@ -41,14 +41,18 @@ use bytes::Bytes;
 use fastwebsockets::WebSocketError;
 use protocol::close::CloseReason;
 use protocol::frame::encode_server_frame;
+use smallvec::SmallVec;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
+use crate::channels::{Channel, ChannelId};
 use crate::config::{RateLimitAction, TokenBucket, CLOSE_TIMEOUT};
-use crate::fanout::{ChannelId, ConnId, Format, ShardHandle};
+use crate::dispatch::Recipient;
+use crate::fanout::{ConnId, Format, ShardHandle};
 use crate::flow::{Audience, Lag};
 use crate::frame;
 use crate::publish::Publisher;
+use crate::registry::Subscription;
 use crate::stats::Stats;
 
 mod fragments;
@@ -91,13 +95,15 @@ enum CloseState {
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub(crate) id: ConnId,
-    pub(crate) channel: ChannelId,
     /// Raw broadcast or `broadcast.v1` events.
     pub(crate) format: Format,
     /// Display name (unique on the server, see `names`).
     pub(crate) name: Box<str>,
-    /// Position in the shard registry's member list (maintained by the registry).
+    /// Position in the shard registry's list (maintained by the registry).
     pub(crate) slot: Cell<usize>,
+    /// The channels it is in (maintained by the registry). A plain or v1
+    /// client is in exactly one, the one its URL named, kept inline.
+    pub(crate) subs: RefCell<SmallVec<[Subscription; 1]>>,
     writer: OwnedWriteHalf,
     /// The TLS session, on a `--tls-cert` server (boxed: plain connections
     /// pay one pointer).
@@ -108,9 +114,6 @@ pub(crate) struct Conn {
     close_deadline: Cell<Option<Instant>>,
     /// Last time bytes arrived from the peer.
     last_seen: Cell<Instant>,
-    /// When the connection was registered: presence events built before it
-    /// are not sent to it (its welcome already counts everyone online).
-    pub(crate) joined_at: Instant,
     /// A keepalive ping was sent since the peer was last heard from.
     pinged: Cell<bool>,
     /// Wakes the connection's own task when the close state changes.
@@ -137,7 +140,6 @@ impl Conn {
     /// session when there is one.
     pub(crate) fn new(
         id: ConnId,
-        channel: ChannelId,
         format: Format,
         name: String,
         (writer, tls): (OwnedWriteHalf, Option<Box<rustls::ServerConnection>>),
@@ -151,17 +153,16 @@ impl Conn {
         });
         Self {
             id,
-            channel,
             format,
             name: name.into_boxed_str(),
             slot: Cell::new(usize::MAX),
+            subs: RefCell::default(),
             writer,
             tls,
             out: RefCell::new(Outbox::default()),
             close: Cell::new(CloseState::Open),
             close_deadline: Cell::new(None),
             last_seen: Cell::new(now),
-            joined_at: now,
             pinged: Cell::new(false),
             wake: Notify::new(),
             rate,
@@ -245,6 +246,24 @@ impl Conn {
     }
 
     /// This connection as presence updates name it.
+    /// How dispatch sees this connection as a member of `channel` (`None`:
+    /// it is not in it).
+    pub(crate) fn recipient(&self, channel: ChannelId) -> Option<Recipient> {
+        let subs = self.subs.borrow();
+        let sub = subs.iter().find(|s| s.channel.id == channel)?;
+        Some(Recipient {
+            id: self.id,
+            format: self.format,
+            joined_at: sub.joined_at,
+        })
+    }
+
+    /// The channel a plain or v1 client publishes to: the one its URL named
+    /// (`None` once it has left it, while closing).
+    pub(crate) fn home(&self) -> Option<Arc<Channel>> {
+        self.subs.borrow().first().map(|s| s.channel.clone())
+    }
+
     pub(crate) fn peer(&self) -> protocol::v1::Peer {
         protocol::v1::Peer {
             id: self.id.0,

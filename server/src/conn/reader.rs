@@ -263,12 +263,15 @@ pub(super) async fn admit(
         // Data after a close is discarded (RFC 6455 §5.5.1).
         return Ok(());
     }
+    let Some(channel) = conn.home() else {
+        return Ok(());
+    };
     let publisher = &conn.ctx.publisher;
     let v1 = publisher
         .has_v1_clients()
         .then(|| v1_message(&raw, conn.id.0, &conn.name, unix_millis()));
     let len = raw.len() + v1.as_ref().map_or(0, Bytes::len);
-    let waited = publisher.reserve(len, costs).await;
+    let waited = publisher.reserve(&channel, len, costs).await;
     if !waited.is_zero() {
         conn.held(HELD_FANOUT, waited);
         conn.adjust_bucket(Some(waited));
@@ -277,12 +280,12 @@ pub(super) async fn admit(
         raw: Some(raw),
         v1,
         sender: conn.id,
-        channel: conn.channel,
+        channel: channel.id,
         framed_at: read_at,
         cost: 0,
     };
     if conn.is_open() {
-        publisher.publish(msg, &conn.name, costs);
+        publisher.publish(msg, &channel, &conn.name, costs);
     } else {
         publisher.give_back(costs);
     }

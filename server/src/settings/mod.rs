@@ -45,7 +45,7 @@ pub(crate) const CONFIG_ENV: &str = "BROADCAST_CONFIG";
 /// what to do with them, rather than being settings themselves.
 const NOT_SETTINGS: [&str; 2] = ["config", "check_config"];
 /// Words in a flag name that mark its value as a secret, masked when shown.
-const SECRET_WORDS: [&str; 3] = ["token", "secret", "password"];
+const SECRET_WORDS: [&str; 4] = ["token", "secret", "password", "api-key"];
 /// How a secret is shown (its length is not revealed).
 const MASK: &str = "********";
 

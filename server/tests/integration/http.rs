@@ -55,14 +55,17 @@ async fn healthz_reports_ok_and_connection_count() {
 #[tokio::test]
 async fn ws_path_without_upgrade_is_426() {
     let server = Server::start(&[]).await;
-    let resp = server.http_get("/ws").await;
-    assert_eq!(resp.status, 426, "{resp:?}");
+    // Also for a channel's path (`/ws/NAME`).
+    for path in ["/ws", "/ws/extra"] {
+        let resp = server.http_get(path).await;
+        assert_eq!(resp.status, 426, "{path}: {resp:?}");
+    }
 }
 
 #[tokio::test]
 async fn unknown_path_is_404() {
     let server = Server::start(&[]).await;
-    for path in ["/nope", "/ws/extra", "/healthzz"] {
+    for path in ["/nope", "/wsx", "/healthzz"] {
         let resp = server.http_get(path).await;
         assert_eq!(resp.status, 404, "GET {path}: {resp:?}");
     }

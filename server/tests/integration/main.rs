@@ -3,6 +3,7 @@
 
 mod access;
 mod broadcast;
+mod channels;
 mod cluster;
 mod flow;
 mod hardening;

@@ -1,0 +1,324 @@
+//! The HTTP API for backends, served under `/api/` when `--api-key` is set
+//! (404 otherwise): publish to channels, list channels, and see who is in
+//! one. Every answer is JSON; an error is `{"error": "..."}` with a 4xx.
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `POST /api/publish` `{"channel": C, "text": T}` (or `"data"`: base64; or `"channels": [...]`; optional `"name"`) | `{"subscribers": N, "channels": [{"channel": C, "subscribers": n}]}` |
+//! | `GET /api/channels` | `{"channels": [{"channel": C, "subscribers": n}]}` |
+//! | `GET /api/channels/NAME` | `{"channel": C, "subscribers": n, "members": [{"id", "name"}]}` |
+//!
+//! A published message takes the path of a client's message: framed once,
+//! through the fan-out credit (the request waits while the shards are
+//! behind), to the local members of each channel and, with `--redis`, to
+//! the other nodes. Its sender id is 0 (no client), so every member gets it.
+
+use std::sync::atomic::Ordering;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::fanout::{Broadcast, ConnId, ShardMsg};
+use crate::http::HttpCtx;
+
+/// Where the API lives.
+pub(crate) const PREFIX: &str = "/api/";
+/// Most channels one publish request may name.
+pub(crate) const MAX_BATCH: usize = 100;
+/// The display name of API messages that give none.
+const DEFAULT_NAME: &str = "api";
+/// Room in a request body besides the payload (JSON keys, channel names;
+/// base64 makes binary payloads 4/3 larger).
+const BODY_OVERHEAD: usize = 64 * 1024;
+
+type Body = Full<Bytes>;
+
+/// An API failure: its status and reason.
+#[derive(Debug)]
+struct Failure(StatusCode, String);
+
+impl Failure {
+    fn bad(reason: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, reason.into())
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
+    let text = serde_json::to_vec(body).unwrap_or_default();
+    let mut res = Response::new(Full::new(Bytes::from(text)));
+    *res.status_mut() = status;
+    let headers = res.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+impl From<Failure> for Response<Body> {
+    fn from(Failure(status, reason): Failure) -> Self {
+        let mut res = json(status, &ErrorBody { error: &reason });
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+/// Answers a request whose path starts with [`PREFIX`].
+pub(crate) async fn handle(ctx: &HttpCtx, req: Request<Incoming>) -> Response<Body> {
+    let stats = &ctx.stats;
+    if ctx.config.api_key.is_none() {
+        return Failure(
+            StatusCode::NOT_FOUND,
+            "the HTTP API is off (--api-key)".into(),
+        )
+        .into();
+    }
+    let answer = route(ctx, req).await;
+    stats.api_requests.fetch_add(1, Ordering::Relaxed);
+    answer.unwrap_or_else(|failure| {
+        stats.api_errors.fetch_add(1, Ordering::Relaxed);
+        failure.into()
+    })
+}
+
+async fn route(ctx: &HttpCtx, req: Request<Incoming>) -> Result<Response<Body>, Failure> {
+    let authorization = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !crate::access::api_key_ok(&ctx.config, authorization) {
+        return Err(Failure(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API key (Authorization: Bearer KEY)".into(),
+        ));
+    }
+    let path = req.uri().path().to_owned();
+    let rest = &path[PREFIX.len()..];
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    match rest {
+        "publish" if req.method() == Method::POST => publish(ctx, req).await,
+        "channels" if get => Ok(json(StatusCode::OK, &list(ctx))),
+        "publish" | "channels" => Err(method_not_allowed()),
+        _ => match rest.strip_prefix("channels/") {
+            Some(name) if get => channel(ctx, name).await,
+            Some(_) => Err(method_not_allowed()),
+            None => Err(Failure(StatusCode::NOT_FOUND, format!("no API at {path}"))),
+        },
+    }
+}
+
+fn method_not_allowed() -> Failure {
+    Failure(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed: POST /api/publish, GET /api/channels[/NAME]".into(),
+    )
+}
+
+/// One channel's count, as lists show it.
+#[derive(Serialize)]
+struct Count<'a> {
+    channel: &'a str,
+    subscribers: usize,
+}
+
+#[derive(Serialize)]
+struct Channels<'a> {
+    channels: Vec<Count<'a>>,
+}
+
+fn list(ctx: &HttpCtx) -> serde_json::Value {
+    let all = ctx.channels.list();
+    let body = Channels {
+        channels: all
+            .iter()
+            .map(|c| Count {
+                channel: &c.name,
+                subscribers: c.members(),
+            })
+            .collect(),
+    };
+    serde_json::to_value(body).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct ChannelInfo<'a> {
+    channel: &'a str,
+    subscribers: usize,
+    /// The named members (`broadcast.v1` clients), by id.
+    members: Vec<protocol::v1::Peer>,
+}
+
+async fn channel(ctx: &HttpCtx, name: &str) -> Result<Response<Body>, Failure> {
+    protocol::channel::validate(name).map_err(|e| Failure::bad(e.to_string()))?;
+    let Some(channel) = ctx.channels.get(name) else {
+        let empty = ChannelInfo {
+            channel: name,
+            subscribers: 0,
+            members: Vec::new(),
+        };
+        return Ok(json(StatusCode::OK, &empty));
+    };
+    // Each shard lists its own members of the channel.
+    let mut replies = Vec::new();
+    for shard in ctx.fanout.shards() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if shard.send(ShardMsg::Members(channel.id, tx)) {
+            replies.push(rx);
+        }
+    }
+    let mut members = Vec::new();
+    for reply in replies {
+        members.extend(reply.await.unwrap_or_default());
+    }
+    members.sort_by_key(|p| p.id);
+    let info = ChannelInfo {
+        channel: name,
+        subscribers: channel.members(),
+        members,
+    };
+    Ok(json(StatusCode::OK, &info))
+}
+
+/// The body of `POST /api/publish`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    channel: Option<String>,
+    channels: Option<Vec<String>>,
+    text: Option<String>,
+    /// Base64 (standard alphabet, padded) of a binary message.
+    data: Option<String>,
+    /// The display name `broadcast.v1` clients see (default `api`).
+    name: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Published<'a> {
+    subscribers: usize,
+    channels: Vec<Count<'a>>,
+}
+
+/// Reads the body, at most `limit` bytes.
+async fn body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Failure> {
+    let too_large = || {
+        Failure(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request is larger than --max-message-size allows".into(),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(Failure::bad(format!("cannot read the body: {e}"))),
+    }
+}
+
+async fn publish(ctx: &HttpCtx, req: Request<Incoming>) -> Result<Response<Body>, Failure> {
+    let max = ctx.config.max_message_size;
+    let limit = max.saturating_mul(4) / 3 + BODY_OVERHEAD;
+    let bytes = body(req, limit).await?;
+    let request: PublishRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| Failure::bad(format!("invalid JSON body: {e}")))?;
+    let names = match (request.channel, request.channels) {
+        (Some(one), None) => vec![one],
+        (None, Some(many)) if !many.is_empty() && many.len() <= MAX_BATCH => many,
+        (None, Some(_)) => {
+            return Err(Failure::bad(format!(
+                "\"channels\" must name 1 to {MAX_BATCH} channels"
+            )))
+        }
+        _ => {
+            return Err(Failure::bad(
+                "give either \"channel\" or \"channels\", not both",
+            ))
+        }
+    };
+    for name in &names {
+        protocol::channel::validate(name)
+            .map_err(|e| Failure::bad(format!("channel {name:?}: {e}")))?;
+    }
+    let (opcode, payload) = match (request.text, request.data) {
+        (Some(text), None) => (protocol::frame::OpCode::Text, text.into_bytes()),
+        (None, Some(data)) => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(data.as_bytes())
+                .map_err(|e| Failure::bad(format!("\"data\" is not base64: {e}")))?;
+            (protocol::frame::OpCode::Binary, decoded)
+        }
+        _ => return Err(Failure::bad("give either \"text\" or \"data\", not both")),
+    };
+    if payload.len() > max {
+        return Err(Failure(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the message is {} bytes; --max-message-size is {max}",
+                payload.len()
+            ),
+        ));
+    }
+    let name = match request.name {
+        None => DEFAULT_NAME.to_owned(),
+        Some(wanted) => protocol::v1::validate_name(&wanted)
+            .map_err(|e| Failure::bad(format!("invalid name: {e}")))?,
+    };
+    let publisher = &ctx.conn.publisher;
+    let raw = crate::frame::frame_message(opcode, &payload);
+    let read_at = std::time::Instant::now();
+    let v1 = publisher
+        .has_v1_clients()
+        .then(|| crate::frame::v1_message(&raw, 0, &name, crate::frame::unix_millis()));
+    let len = raw.len() + v1.as_ref().map_or(0, Bytes::len);
+    let mut counts = Vec::with_capacity(names.len());
+    let mut costs = Vec::new();
+    for channel_name in &names {
+        let msg = |channel| Broadcast {
+            raw: Some(raw.clone()),
+            v1: v1.clone(),
+            // No client sent it: nobody is skipped as its sender.
+            sender: ConnId(0),
+            channel,
+            framed_at: read_at,
+            cost: 0,
+        };
+        let subscribers = match ctx.channels.get(channel_name) {
+            Some(channel) => {
+                publisher.reserve(&channel, len, &mut costs).await;
+                publisher.publish(msg(channel.id), &channel, &name, &costs);
+                channel.members()
+            }
+            None => {
+                publisher.relay_only(&msg(0), channel_name, &name);
+                0
+            }
+        };
+        ctx.stats.api_messages.fetch_add(1, Ordering::Relaxed);
+        counts.push(Count {
+            channel: channel_name,
+            subscribers,
+        });
+    }
+    let answer = Published {
+        subscribers: counts.iter().map(|c| c.subscribers).sum(),
+        channels: counts,
+    };
+    Ok(json(StatusCode::OK, &answer))
+}

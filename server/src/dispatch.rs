@@ -1,0 +1,181 @@
+//! Which frames of a batch each member of a shard gets. Pure: no sockets,
+//! no shard, so the rules are unit-tested here.
+//!
+//! A batch is what a shard takes from its inbox in one round. [`Plan`]
+//! groups its frames by channel (keeping their order), so that delivery
+//! walks only the members of the channels in the batch, and each member
+//! only its channel's frames: the cost of a batch is proportional to the
+//! members of the channels it touches, whatever the number of channels.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::channels::ChannelId;
+use crate::fanout::{Broadcast, ConnId, Format};
+
+/// A batch's frames, grouped by channel. Reused from batch to batch.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Indices into the batch, sorted by channel, in batch order within one.
+    order: Vec<usize>,
+}
+
+/// What the rules need to know of a recipient.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Recipient {
+    pub(crate) id: ConnId,
+    pub(crate) format: Format,
+    /// When it joined the channel being delivered.
+    pub(crate) joined_at: Instant,
+}
+
+impl Plan {
+    /// Groups `frames` by channel; then [`Plan::runs`] walks the groups.
+    pub(crate) fn group(&mut self, frames: &[Broadcast]) {
+        self.order.clear();
+        self.order.extend(0..frames.len());
+        // Stable: frames of one channel keep the order they were published in.
+        self.order.sort_by_key(|&i| frames[i].channel);
+    }
+
+    /// Each channel of the batch with the indices of its frames, in order.
+    pub(crate) fn runs<'a>(
+        &'a self,
+        frames: &'a [Broadcast],
+    ) -> impl Iterator<Item = (ChannelId, &'a [usize])> + 'a {
+        self.order
+            .chunk_by(move |&a, &b| frames[a].channel == frames[b].channel)
+            .map(move |run| (frames[run[0]].channel, run))
+    }
+}
+
+/// The frames of `run` (indices into `frames`, all of one channel) that
+/// `to` gets, into `out`: not its own messages (unless `echo`), only the
+/// encoding of its format, and no presence event older than its joining
+/// (what it was told on joining already counts those changes).
+pub(crate) fn pick<'a>(
+    frames: &'a [Broadcast],
+    run: &[usize],
+    to: Recipient,
+    echo: bool,
+    out: &mut Vec<&'a Bytes>,
+) {
+    out.clear();
+    out.extend(
+        run.iter()
+            .map(|&i| &frames[i])
+            .filter(|f| echo || f.sender != to.id)
+            .filter(|f| f.raw.is_some() || f.framed_at >= to.joined_at)
+            .filter_map(|f| f.frame_for(to.format)),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn frame(channel: ChannelId, sender: u64, tag: &'static str, at: Instant) -> Broadcast {
+        Broadcast {
+            raw: Some(Bytes::from_static(tag.as_bytes())),
+            v1: Some(Bytes::from(format!("v1:{tag}"))),
+            sender: ConnId(sender),
+            channel,
+            framed_at: at,
+            cost: 0,
+        }
+    }
+
+    fn presence(channel: ChannelId, tag: &'static str, at: Instant) -> Broadcast {
+        Broadcast {
+            raw: None,
+            v1: Some(Bytes::from_static(tag.as_bytes())),
+            sender: ConnId(0),
+            channel,
+            framed_at: at,
+            cost: 0,
+        }
+    }
+
+    fn texts(out: &[&Bytes]) -> Vec<String> {
+        out.iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn frames_are_grouped_by_channel_in_publish_order() {
+        let t = Instant::now();
+        let frames = [
+            frame(2, 1, "a1", t),
+            frame(1, 1, "b1", t),
+            frame(2, 3, "a2", t),
+            frame(1, 4, "b2", t),
+            frame(2, 1, "a3", t),
+        ];
+        let mut plan = Plan::default();
+        plan.group(&frames);
+        let runs: Vec<(ChannelId, Vec<usize>)> =
+            plan.runs(&frames).map(|(c, r)| (c, r.to_vec())).collect();
+        assert_eq!(runs, [(1, vec![1, 3]), (2, vec![0, 2, 4])]);
+        // An empty batch has no runs.
+        plan.group(&[]);
+        assert_eq!(plan.runs(&[]).count(), 0);
+    }
+
+    #[test]
+    fn a_member_gets_its_format_and_not_its_own_messages() {
+        let t = Instant::now();
+        let frames = [
+            frame(1, 7, "x", t),
+            frame(1, 8, "y", t),
+            frame(1, 7, "z", t),
+        ];
+        let run = [0, 1, 2];
+        let mut out = Vec::new();
+        let raw = Recipient {
+            id: ConnId(7),
+            format: Format::Raw,
+            joined_at: t,
+        };
+        pick(&frames, &run, raw, false, &mut out);
+        assert_eq!(texts(&out), ["y"]);
+        pick(&frames, &run, raw, true, &mut out);
+        assert_eq!(texts(&out), ["x", "y", "z"]);
+        let v1 = Recipient {
+            id: ConnId(8),
+            format: Format::V1,
+            ..raw
+        };
+        pick(&frames, &run, v1, false, &mut out);
+        assert_eq!(texts(&out), ["v1:x", "v1:z"]);
+    }
+
+    #[test]
+    fn presence_from_before_joining_is_skipped_but_messages_are_not() {
+        let t0 = Instant::now();
+        let joined = t0 + Duration::from_millis(10);
+        let frames = [
+            presence(1, "old presence", t0),
+            frame(1, 2, "old message", t0),
+            presence(1, "new presence", joined + Duration::from_millis(1)),
+        ];
+        let mut out = Vec::new();
+        let to = Recipient {
+            id: ConnId(9),
+            format: Format::V1,
+            joined_at: joined,
+        };
+        pick(&frames, &[0, 1, 2], to, false, &mut out);
+        assert_eq!(texts(&out), ["v1:old message", "new presence"]);
+        // Raw clients get no presence at all.
+        let raw = Recipient {
+            format: Format::Raw,
+            ..to
+        };
+        pick(&frames, &[0, 1, 2], raw, false, &mut out);
+        assert_eq!(texts(&out), ["old message"]);
+    }
+}
