@@ -27,8 +27,12 @@ impl HttpResponse {
 
 /// `GET path` with `Connection: close`, read to EOF and parsed.
 pub(crate) async fn http_get(addr: &str, path: &str) -> HttpResponse {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    http_raw(addr, req.as_bytes()).await
+    http_raw(addr, get_request(addr, path).as_bytes()).await
+}
+
+/// The bytes of `GET path` to `host` with `Connection: close`.
+pub(crate) fn get_request(host: &str, path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
 }
 
 /// Sends `request` as is and parses the response.

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::Connector;
 
-use super::{barrier, parse_http, HttpResponse, Server, Ws, EVENT_TIMEOUT};
+use super::{barrier, get_request, parse_http, HttpResponse, Server, Ws, EVENT_TIMEOUT};
 
 /// A private CA and a server certificate for `127.0.0.1`/`localhost`
 /// signed by it, as PEM files in a directory removed on drop.
@@ -104,10 +104,7 @@ impl Pki {
             let tcp = TcpStream::connect(server.addr()).await.unwrap();
             let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
             let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
-            let req = format!(
-                "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-                server.addr()
-            );
+            let req = get_request(&server.addr(), path);
             tls.write_all(req.as_bytes()).await.unwrap();
             let mut raw = Vec::new();
             // A peer may end TLS without close_notify after Connection: close.
