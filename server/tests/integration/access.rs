@@ -1,24 +1,13 @@
 //! Who may upgrade: the Origin check and the optional token.
 
-use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
-use crate::util::{metric, Server, EVENT_TIMEOUT};
+use crate::util::{metric, upgrade_with, Server};
 
 /// Tries an upgrade of `url` with extra headers; `Ok(())` when it succeeds,
 /// the refusal's HTTP status otherwise.
 async fn try_upgrade(url: &str, headers: &[(&'static str, &str)]) -> Result<(), u16> {
-    let mut req = url.into_client_request().unwrap();
-    for (k, v) in headers {
-        req.headers_mut()
-            .insert(*k, HeaderValue::from_str(v).unwrap());
-    }
-    match timeout(EVENT_TIMEOUT, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("upgrade timed out")
-    {
+    match upgrade_with(url, headers).await {
         Ok(_) => Ok(()),
         Err(WsError::Http(resp)) => Err(resp.status().as_u16()),
         Err(e) => panic!("upgrade of {url}: unexpected error {e}"),

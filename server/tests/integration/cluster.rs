@@ -8,99 +8,13 @@
 //! with a message saying so rather than pass without testing anything.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::process::{Child, Command};
-use tokio::time::{sleep, timeout, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::util::*;
-
-/// A `redis-server` of this test's own, killed when dropped.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Redis {
-    /// Starts `redis-server` on a free loopback port.
-    async fn start() -> Redis {
-        // The port is free when probed; another process could take it before
-        // redis binds it, so try a few.
-        for _ in 0..5 {
-            let mut redis = Redis {
-                child: None,
-                port: closed_port(),
-            };
-            if redis.spawn().await {
-                return redis;
-            }
-        }
-        panic!("redis-server did not start on any of 5 free ports");
-    }
-
-    /// Starts (or restarts) the server on `self.port`; false if it exited.
-    async fn spawn(&mut self) -> bool {
-        let port = self.port.to_string();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn();
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "redis-server is not installed (not on PATH): the cluster tests need a real \
-                 Redis; install it with `apt-get install redis-server` (.ci/test.sh does)"
-            ),
-            Err(e) => panic!("cannot run redis-server: {e}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return false;
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                self.child = Some(child);
-                return true;
-            }
-            sleep(Duration::from_millis(20)).await;
-        }
-        panic!(
-            "redis-server on port {} did not listen within 10 s",
-            self.port
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server (SIGKILL, like a crash) and waits for it to go.
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.expect("kill redis-server");
-        }
-    }
-}
 
 /// Starts `n` nodes on `redis`, rate limit off (the tests send fast), and
 /// waits until each reports its cluster link up.
@@ -111,36 +25,10 @@ async fn nodes(redis: &Redis, n: usize, extra: &[&str]) -> Vec<Server> {
     let mut nodes = Vec::with_capacity(n);
     for _ in 0..n {
         let node = Server::start(&args).await;
-        wait_cluster(&node, "up").await;
+        node.wait_health("cluster", "up").await;
         nodes.push(node);
     }
     nodes
-}
-
-/// The `cluster` value of `/healthz` (`"up"`, `"degraded"`, `"off"`).
-async fn cluster_state(node: &Server) -> String {
-    let resp = node.http_get("/healthz").await;
-    assert_eq!(resp.status, 200, "/healthz: {resp:?}");
-    json_value(&resp.body, "cluster")
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| panic!("no cluster string in /healthz: {}", resp.body))
-}
-
-/// Polls `/healthz` until the cluster field is `want` (bounded).
-async fn wait_cluster(node: &Server, want: &str) {
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    loop {
-        let got = cluster_state(node).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {} cluster stayed {got:?}, expected {want:?}",
-            node.port
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// One client on each node of `nodes` (in that order), all subscribed.
@@ -280,14 +168,10 @@ async fn v1_events_carry_the_senders_name_across_nodes() {
     let redis = Redis::start().await;
     let nodes = nodes(&redis, 2, &[]).await;
     let mut plain = nodes[0].connect().await;
-    let mut req = format!("{}?name=carol", nodes[1].ws_url())
-        .into_client_request()
+    let carol = format!("{}?name=carol", nodes[1].ws_url());
+    let (mut v1, _) = upgrade_with(&carol, &[("Sec-WebSocket-Protocol", "broadcast.v1")])
+        .await
         .unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static("broadcast.v1"),
-    );
-    let (mut v1, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     let welcome = recv(&mut v1).await;
     assert!(welcome.to_text().unwrap().contains("\"welcome\""));
     let mut named = connect(&format!("{}?name=alice", nodes[0].ws_url())).await;
@@ -335,8 +219,8 @@ async fn redis_restart_local_delivery_continues_and_relaying_resumes() {
     let mut a0 = clients.pop().unwrap();
 
     redis.kill().await;
-    wait_cluster(&nodes[0], "degraded").await;
-    wait_cluster(&nodes[1], "degraded").await;
+    nodes[0].wait_health("cluster", "degraded").await;
+    nodes[1].wait_health("cluster", "degraded").await;
     let health = nodes[0].http_get("/healthz").await;
     assert_eq!(health.status, 200, "a degraded node still answers 200");
     assert_eq!(json_value(&health.body, "status"), Some("degraded".into()));
@@ -349,7 +233,7 @@ async fn redis_restart_local_delivery_continues_and_relaying_resumes() {
     assert!(nodes[0].health_number("not_relayed").await >= 50);
     assert_quiet(&mut b, "client on the cut-off node").await;
 
-    redis.spawn().await;
+    redis.restart().await;
     // Probe until a message crosses again; node 0's own client must get
     // every probe meanwhile, in order.
     let deadline = Instant::now() + 2 * EVENT_TIMEOUT;
@@ -379,8 +263,8 @@ async fn redis_restart_local_delivery_continues_and_relaying_resumes() {
         assert!(k > last, "probe {k} after {last}");
         last = k;
     }
-    wait_cluster(&nodes[0], "up").await;
-    wait_cluster(&nodes[1], "up").await;
+    nodes[0].wait_health("cluster", "up").await;
+    nodes[1].wait_health("cluster", "up").await;
     // And the other way round (the two directions use different
     // connections, which reconnect independently).
     let deadline = Instant::now() + EVENT_TIMEOUT;
@@ -402,42 +286,8 @@ async fn redis_restart_local_delivery_continues_and_relaying_resumes() {
     );
 }
 
-/// A loopback port nothing listens on (just released by the kernel).
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Runs `broadcast-server ARGS` expecting it to exit by itself; returns the
-/// exit code and standard error.
-fn run_failing(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = std::process::Command::new(server_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn broadcast-server");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{args:?} still running after 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-#[test]
-fn bad_redis_url_exits_1_with_one_line() {
+#[tokio::test]
+async fn bad_redis_url_exits_1_with_one_line() {
     // Unreachable Redis counts as a bad URL at start: see the README.
     let unreachable = format!("redis://127.0.0.1:{}", closed_port());
     for (url, says) in [
@@ -446,15 +296,8 @@ fn bad_redis_url_exits_1_with_one_line() {
         ("rediss://127.0.0.1:6379", "tls"),
         (unreachable.as_str(), "cannot reach redis"),
     ] {
-        let (code, stderr) = run_failing(&[
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--redis",
-            url,
-        ]);
+        let run = run_start(&["--redis", url], &[]).await;
+        let (code, stderr) = (run.status.code(), run.stderr);
         assert_eq!(code, Some(1), "{url}: stderr {stderr:?}");
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{url}: expected one line, got {stderr:?}");
@@ -465,10 +308,11 @@ fn bad_redis_url_exits_1_with_one_line() {
     }
 }
 
-#[test]
-fn redis_password_is_not_printed() {
+#[tokio::test]
+async fn redis_password_is_not_printed() {
     let url = format!("redis://user:hunter2@127.0.0.1:{}", closed_port());
-    let (code, stderr) = run_failing(&["start", "--port", "0", "--redis", &url]);
+    let run = run_to_exit(&["start", "--port", "0", "--redis", &url], &[]).await;
+    let (code, stderr) = (run.status.code(), run.stderr);
     assert_eq!(code, Some(1));
     assert!(!stderr.contains("hunter2"), "{stderr:?}");
     assert!(stderr.contains("user:***@"), "{stderr:?}");

@@ -37,16 +37,7 @@ async fn flooding_client_is_closed_with_rate_limit_action_close() {
 
     // The flooder is closed with 1008 "rate limited" (skipping whatever
     // broadcasts reached it first).
-    let close = timeout(EVENT_TIMEOUT, async {
-        loop {
-            let f = flooder.read_frame().await;
-            if f.opcode == OP_CLOSE {
-                break f;
-            }
-        }
-    })
-    .await
-    .expect("flooder was never closed");
+    let close = flooder.read_until(OP_CLOSE).await;
     let (code, reason) = close.close_code().expect("close with a code");
     assert_eq!((code, reason.as_str()), (1008, "rate limited"));
 
@@ -94,13 +85,10 @@ async fn flooding_client_is_closed_with_rate_limit_action_close() {
 #[tokio::test]
 async fn v1_client_gets_a_notice_before_the_rate_limit_close() {
     let server = Server::start(&["--max-message-rate", "5", "--rate-limit-action", "close"]).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async({
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut req = server.ws_url().into_client_request().unwrap();
-        req.headers_mut()
-            .insert("Sec-WebSocket-Protocol", "broadcast.v1".parse().unwrap());
-        req
-    })
+    let (mut ws, _) = upgrade_with(
+        &server.ws_url(),
+        &[("Sec-WebSocket-Protocol", "broadcast.v1")],
+    )
     .await
     .expect("connect v1");
     for i in 0..50 {

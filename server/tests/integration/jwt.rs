@@ -2,12 +2,9 @@
 //! `--auth-token`.
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
-use crate::util::{Server, EVENT_TIMEOUT};
+use crate::util::{upgrade_with, Server};
 
 const SECRET: &str = "jwt-test-secret";
 
@@ -44,17 +41,12 @@ const ALG_NONE: &str =
 /// The upgrade's outcome: `Ok` or the refusal's status and
 /// `WWW-Authenticate` header.
 async fn upgrade(url: &str, bearer: Option<&str>) -> Result<(), (u16, Option<String>)> {
-    let mut req = url.into_client_request().unwrap();
-    if let Some(t) = bearer {
-        req.headers_mut().insert(
-            "Authorization",
-            HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
-        );
-    }
-    match timeout(EVENT_TIMEOUT, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("upgrade timed out")
-    {
+    let header = bearer.map(|t| format!("Bearer {t}"));
+    let headers: Vec<_> = header
+        .iter()
+        .map(|h| ("Authorization", h.as_str()))
+        .collect();
+    match upgrade_with(url, &headers).await {
         Ok(_) => Ok(()),
         Err(WsError::Http(resp)) => Err((
             resp.status().as_u16(),

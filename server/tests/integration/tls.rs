@@ -3,128 +3,16 @@
 //! 127.0.0.1), real rustls clients and the console client.
 
 use std::process::Stdio;
-use std::sync::Arc;
 
 use futures_util::SinkExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::Connector;
 
 use crate::util::{
-    barrier, metric, parse_metrics, recv, server_bin, HttpResponse, Server, Ws, EVENT_TIMEOUT,
+    barrier, metric, next_data, parse_metrics, recv, run_start, run_to_exit, server_bin, Pki,
+    Server, TempFile, EVENT_TIMEOUT,
 };
-
-/// A private CA and a server certificate for `127.0.0.1`/`localhost`
-/// signed by it, as PEM files in a directory removed on drop.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca_der: rustls::pki_types::CertificateDer<'static>,
-}
-
-impl Pki {
-    fn new(tag: &str) -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("bs-tls-{tag}-"))
-            .tempdir()
-            .unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "broadcast-server test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let leaf_key = KeyPair::generate().unwrap();
-        let leaf_params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
-        std::fs::write(dir.path().join("cert.pem"), leaf.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), leaf_key.serialize_pem()).unwrap();
-        Pki {
-            dir,
-            ca_der: ca_cert.der().clone(),
-        }
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.path().join(file).to_str().unwrap().to_owned()
-    }
-
-    /// `broadcast-server start ... --tls-cert --tls-key` plus `args`.
-    async fn server(&self, args: &[&str]) -> Server {
-        let cert = self.path("cert.pem");
-        let key = self.path("key.pem");
-        let mut all = vec!["--tls-cert", &cert, "--tls-key", &key];
-        all.extend_from_slice(args);
-        Server::start(&all).await
-    }
-
-    /// A rustls client trusting only the test CA.
-    fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca_der.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
-    }
-
-    async fn connect(&self, server: &Server) -> Ws {
-        let url = format!("wss://127.0.0.1:{}/ws", server.port);
-        let connecting = tokio_tungstenite::connect_async_tls_with_config(
-            url.as_str(),
-            None,
-            false,
-            Some(Connector::Rustls(self.client_config())),
-        );
-        match timeout(EVENT_TIMEOUT, connecting).await {
-            Ok(Ok((ws, _))) => ws,
-            Ok(Err(e)) => panic!("connect {url}: {e}"),
-            Err(_) => panic!("connect {url}: timed out"),
-        }
-    }
-
-    async fn connect_many(&self, server: &Server, n: usize) -> Vec<Ws> {
-        let mut clients = Vec::new();
-        for _ in 0..n {
-            clients.push(self.connect(server).await);
-        }
-        barrier(&mut clients, false).await;
-        clients
-    }
-
-    /// `GET path` over HTTPS (`Connection: close`), read to the end.
-    async fn https_get(&self, server: &Server, path: &str) -> HttpResponse {
-        let connector = tokio_rustls::TlsConnector::from(self.client_config());
-        let fetch = async {
-            let tcp = TcpStream::connect(server.addr()).await.unwrap();
-            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-            let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
-            let req = format!(
-                "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-                server.addr()
-            );
-            tls.write_all(req.as_bytes()).await.unwrap();
-            let mut raw = Vec::new();
-            // A peer may end TLS without close_notify after Connection: close.
-            let _ = tls.read_to_end(&mut raw).await;
-            raw
-        };
-        let raw = timeout(EVENT_TIMEOUT, fetch)
-            .await
-            .expect("HTTPS GET timed out");
-        crate::util::parse_http(&raw)
-    }
-}
 
 #[tokio::test]
 async fn wss_clients_exchange_text_binary_and_large_messages() {
@@ -175,7 +63,7 @@ async fn tls_reader_that_pauses_gets_every_message_in_order() {
     }
     sender.flush().await.unwrap();
     for i in 0..N {
-        let next = timeout(EVENT_TIMEOUT, crate::util::next_data(&mut reader)).await;
+        let next = timeout(EVENT_TIMEOUT, next_data(&mut reader)).await;
         let Ok(next) = next else {
             panic!("message {i} of {N} never arrived")
         };
@@ -263,13 +151,13 @@ async fn console_client_speaks_wss_with_a_private_ca() {
     assert!(status.success(), "console client exited with {status}");
 
     // Without the CA the certificate is not trusted: one line, exit 1.
-    let refused = tokio::process::Command::new(server_bin())
-        .args(["connect", "--url", &url, "--no-reconnect", "--listen"])
-        .stdin(Stdio::null())
-        .output();
-    let refused = timeout(EVENT_TIMEOUT, refused).await.unwrap().unwrap();
+    let refused = run_to_exit(
+        &["connect", "--url", &url, "--no-reconnect", "--listen"],
+        &[],
+    )
+    .await;
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
-    let err = String::from_utf8_lossy(&refused.stderr);
+    let err = &refused.stderr;
     assert!(
         err.to_lowercase().contains("certificate"),
         "stderr should name the certificate problem: {err:?}"
@@ -304,45 +192,27 @@ async fn console_client_speaks_wss_with_a_private_ca() {
 #[tokio::test]
 async fn bad_tls_files_fail_at_start_with_one_line() {
     let pki = Pki::new("bad");
-    let run = |args: Vec<String>| async move {
-        let out = tokio::process::Command::new(server_bin())
-            .args(["start", "--host", "127.0.0.1", "--port", "0"])
-            .args(&args)
-            .stdin(Stdio::null())
-            .output();
-        timeout(EVENT_TIMEOUT, out).await.unwrap().unwrap()
-    };
+    let (cert, key) = (pki.path("cert.pem"), pki.path("key.pem"));
     // The key file holds no certificate.
-    let out = run(vec![
-        "--tls-cert".into(),
-        pki.path("key.pem"),
-        "--tls-key".into(),
-        pki.path("key.pem"),
-    ])
-    .await;
+    let out = run_start(&["--tls-cert", &key, "--tls-key", &key], &[]).await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = &out.stderr;
     assert_eq!(err.lines().count(), 1, "one line expected: {err:?}");
     assert!(err.starts_with("error: --tls-cert "), "{err:?}");
 
-    let out = run(vec![
-        "--tls-cert".into(),
-        pki.path("cert.pem"),
-        "--tls-key".into(),
-        pki.path("missing.pem"),
-    ])
-    .await;
+    let missing = pki.path("missing.pem");
+    let out = run_start(&["--tls-cert", &cert, "--tls-key", &missing], &[]).await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = &out.stderr;
     assert!(
         err.starts_with("error: --tls-key ") && err.contains("missing.pem"),
         "{err:?}"
     );
 
     // A certificate without its key is a usage error.
-    let out = run(vec!["--tls-cert".into(), pki.path("cert.pem")]).await;
+    let out = run_start(&["--tls-cert", &cert], &[]).await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage:"));
+    assert!(out.stderr.contains("Usage:"));
 }
 
 #[tokio::test]
@@ -384,7 +254,7 @@ async fn tls_client_that_never_reads_is_closed_as_slow_while_others_get_everythi
 async fn tls_files_from_the_config_file_and_the_environment() {
     let pki = Pki::new("settings");
     let (cert, key) = (pki.path("cert.pem"), pki.path("key.pem"));
-    let file = crate::util::TempFile::new(
+    let file = TempFile::new(
         "tls.toml",
         &format!("tls-cert = \"{cert}\"\ntls-key = \"{key}\"\n"),
     );
@@ -398,17 +268,17 @@ async fn tls_files_from_the_config_file_and_the_environment() {
     .await;
     pki.connect(&server).await;
 
-    let ok = crate::util::run_start(&["--config", file.path(), "--check-config"], &[]).await;
+    let ok = run_start(&["--config", file.path(), "--check-config"], &[]).await;
     assert_eq!(ok.status.code(), Some(0), "{ok:?}");
     assert!(
         ok.stdout.contains(&format!("tls-cert = \"{cert}\"")),
         "{ok:?}"
     );
-    let missing = crate::util::TempFile::new(
+    let missing = TempFile::new(
         "tls-missing.toml",
         &format!("tls-key = \"{key}\"\ntls-cert = \"/nonexistent/cert.pem\"\n"),
     );
-    let bad = crate::util::run_start(&["--config", missing.path(), "--check-config"], &[]).await;
+    let bad = run_start(&["--config", missing.path(), "--check-config"], &[]).await;
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
     assert_eq!(
         bad.stderr.lines().collect::<Vec<_>>(),
@@ -418,11 +288,11 @@ async fn tls_files_from_the_config_file_and_the_environment() {
         )]
     );
     // A key that is not the certificate's: the check loads the pair.
-    let swapped = crate::util::TempFile::new(
+    let swapped = TempFile::new(
         "tls-swapped.toml",
         &format!("tls-cert = \"{key}\"\ntls-key = \"{key}\"\n"),
     );
-    let bad = crate::util::run_start(&["--config", swapped.path(), "--check-config"], &[]).await;
+    let bad = run_start(&["--config", swapped.path(), "--check-config"], &[]).await;
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
     assert_eq!(bad.stderr.lines().count(), 1, "{bad:?}");
 }

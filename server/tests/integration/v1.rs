@@ -5,12 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::SinkExt;
 use serde_json::Value;
-use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::util::{expect_ws_close, http_get, recv, Server, Ws, EVENT_TIMEOUT};
+use crate::util::{expect_ws_close, http_get, recv, upgrade_with, Server, Ws, EVENT_TIMEOUT};
 
 /// Connects offering `broadcast.v1`, with `?name=` when given (already
 /// percent-encoded), and checks the server chose the subprotocol.
@@ -25,14 +22,8 @@ async fn try_connect_v1(server: &Server, name: Option<&str>) -> Result<Ws, WsErr
         Some(n) => format!("{}?name={n}", server.ws_url()),
         None => server.ws_url(),
     };
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static("chat, broadcast.v1"),
-    );
-    let (ws, resp) = timeout(EVENT_TIMEOUT, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("v1 connect timed out")?;
+    let (ws, resp) =
+        upgrade_with(&url, &[("Sec-WebSocket-Protocol", "chat, broadcast.v1")]).await?;
     assert_eq!(
         resp.headers()
             .get("Sec-WebSocket-Protocol")

@@ -1,0 +1,102 @@
+//! A `redis-server` process of a test's own for the cluster tests: on a
+//! free loopback port, without persistence, killed (or crashed on purpose)
+//! and restarted on the same port.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::time::{sleep, Instant};
+
+use super::closed_port;
+
+/// A `redis-server` of this test's own, killed when dropped.
+pub(crate) struct Redis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Redis {
+    /// Starts `redis-server` on a free loopback port.
+    pub(crate) async fn start() -> Redis {
+        // The port is free when probed; another process could take it before
+        // redis binds it, so try a few.
+        for _ in 0..5 {
+            let mut redis = Redis {
+                child: None,
+                port: closed_port(),
+            };
+            if redis.spawn().await {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    /// Starts (or restarts) the server on `self.port`; false if it exited.
+    async fn spawn(&mut self) -> bool {
+        let port = self.port.to_string();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "redis-server is not installed (not on PATH): the cluster tests need a real \
+                 Redis; install it with `apt-get install redis-server` (.ci/test.sh does)"
+            ),
+            Err(e) => panic!("cannot run redis-server: {e}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                self.child = Some(child);
+                return true;
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "redis-server on port {} did not listen within 10 s",
+            self.port
+        );
+    }
+
+    /// Starts it again on the same port (after [`Redis::kill`]).
+    pub(crate) async fn restart(&mut self) {
+        assert!(
+            self.spawn().await,
+            "redis-server did not restart on port {}",
+            self.port
+        );
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL, like a crash) and waits for it to go.
+    pub(crate) async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill redis-server");
+        }
+    }
+}
