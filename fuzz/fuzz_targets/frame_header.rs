@@ -40,7 +40,10 @@ fn check_decode(data: &[u8]) {
         match decided {
             None if r == Ok(None) => {}
             None => {
-                assert_eq!(r, whole, "prefix {k} decides differently from the whole input");
+                assert_eq!(
+                    r, whole,
+                    "prefix {k} decides differently from the whole input"
+                );
                 decided = Some(k);
             }
             Some(_) => assert_eq!(r, whole, "prefix {k} changes the decision"),
@@ -49,13 +52,21 @@ fn check_decode(data: &[u8]) {
     match whole {
         Ok(None) => {
             assert!(decided.is_none());
-            assert!(data.len() < MAX_HEADER, "{} bytes are always enough", data.len());
+            assert!(
+                data.len() < MAX_HEADER,
+                "{} bytes are always enough",
+                data.len()
+            );
             if let Some(needed) = needed_len(data) {
                 assert!(data.len() < needed, "a complete header must be decoded");
             }
         }
         Ok(Some(h)) => {
-            assert_eq!(decided, Some(h.header_len), "decided after exactly the header");
+            assert_eq!(
+                decided,
+                Some(h.header_len),
+                "decided after exactly the header"
+            );
             assert!(h.header_len <= data.len() && h.header_len <= MAX_HEADER);
             check_fields(&data[..h.header_len], &h);
             assert_eq!(
@@ -117,7 +128,11 @@ fn check_error(head: &[u8], e: HeaderError) {
         HeaderError::ReservedOpcode(op) => {
             assert_eq!(op, bits);
             assert!(OpCode::from_u8(op).is_none());
-            assert_eq!(head.len(), 2, "a reserved opcode is known from the second byte on");
+            assert_eq!(
+                head.len(),
+                2,
+                "a reserved opcode is known from the second byte on"
+            );
         }
         HeaderError::FragmentedControl => assert!(control && !fin),
         HeaderError::ControlTooLong(n) => {
@@ -145,10 +160,7 @@ fn encode_in_form(h: &Header) -> Vec<u8> {
     let masked = h.mask.is_some();
     let len_bytes = h.header_len - 2 - if masked { 4 } else { 0 };
     let m = if masked { 0x80 } else { 0 };
-    let mut out = vec![
-        if h.fin { 0x80 } else { 0 } | h.rsv | h.opcode as u8,
-        0,
-    ];
+    let mut out = vec![if h.fin { 0x80 } else { 0 } | h.rsv | h.opcode as u8, 0];
     match len_bytes {
         0 => out[1] = m | u8::try_from(h.payload_len).unwrap(),
         2 => {
@@ -196,7 +208,10 @@ fn check_encode_decode(data: &[u8]) {
         126..=0xffff => 4,
         _ => 10,
     };
-    assert_eq!(written, minimal, "the server encoder uses the minimal length form");
+    assert_eq!(
+        written, minimal,
+        "the server encoder uses the minimal length form"
+    );
     let d = decode_header(&head[..written]);
     if opcode.is_control() && len > MAX_CONTROL_PAYLOAD {
         assert_eq!(d, Err(HeaderError::ControlTooLong(len as u64)));

@@ -58,7 +58,11 @@ fuzz_target!(|data: &[u8]| {
             "the prefix of {cut} bytes as a complete message"
         );
     }
-    assert_eq!(v.feed(msg, true).is_ok(), valid, "the whole message after the cuts");
+    assert_eq!(
+        v.feed(msg, true).is_ok(),
+        valid,
+        "the whole message after the cuts"
+    );
 });
 
 /// Whether some continuation of `prefix` is valid UTF-8.

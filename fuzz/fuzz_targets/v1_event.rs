@@ -63,7 +63,9 @@ fn check_decode(text: &str) {
             Some(Some(Value::String(kind))) => {
                 assert!(!KNOWN_TYPES.contains(&kind.as_str()), "{text:?}")
             }
-            _ => panic!("skipped as an unknown event but not an object with a string type: {text:?}"),
+            _ => {
+                panic!("skipped as an unknown event but not an object with a string type: {text:?}")
+            }
         },
         Err(_) => {
             if let Some(Some(Value::String(kind))) = &kind {
@@ -133,7 +135,11 @@ fn check_round_trip(event: &ServerEvent) {
         };
         let mut out = Vec::new();
         encode_message_into(&mut out, *from, name, *time, body);
-        assert_eq!(String::from_utf8(out).unwrap(), json, "the server's message encoder");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            json,
+            "the server's message encoder"
+        );
     }
 }
 

@@ -45,7 +45,11 @@ fuzz_target!(|data: &[u8]| {
 
     for value in query.split('&').flat_map(|pair| pair.split('=')) {
         let decoded = decode_query_value(value);
-        assert_eq!(decoded, reference_decode(value), "decode_query_value({value:?})");
+        assert_eq!(
+            decoded,
+            reference_decode(value),
+            "decode_query_value({value:?})"
+        );
         if let Some(d) = &decoded {
             check_name(d);
         }
@@ -80,10 +84,15 @@ fn check_encoding(s: &str) {
     while i < b.len() {
         if b[i] == b'%' {
             assert!(b.len() >= i + 3, "{e:?}");
-            assert!(b[i + 1..i + 3].iter().all(|c| matches!(c, b'0'..=b'9' | b'A'..=b'F')));
+            assert!(b[i + 1..i + 3]
+                .iter()
+                .all(|c| matches!(c, b'0'..=b'9' | b'A'..=b'F')));
             i += 3;
         } else {
-            assert!(b[i].is_ascii_alphanumeric() || b"-_.~".contains(&b[i]), "{e:?}");
+            assert!(
+                b[i].is_ascii_alphanumeric() || b"-_.~".contains(&b[i]),
+                "{e:?}"
+            );
             i += 1;
         }
     }
@@ -96,9 +105,16 @@ fn check_name(requested: &str) {
             assert!(!name.is_empty());
             assert!(name.chars().count() <= MAX_NAME_CHARS);
             assert!(!name.chars().any(char::is_control), "{name:?}");
-            assert_eq!(validate_name(&name).as_ref(), Ok(&name), "accepted names stay accepted");
+            assert_eq!(
+                validate_name(&name).as_ref(),
+                Ok(&name),
+                "accepted names stay accepted"
+            );
             for c in name.chars() {
-                assert_ne!(validate_name(&format!("a{c}b")), Err(NameError::NotPrintable));
+                assert_ne!(
+                    validate_name(&format!("a{c}b")),
+                    Err(NameError::NotPrintable)
+                );
             }
         }
         Err(NameError::Empty) => assert!(requested.trim().is_empty()),

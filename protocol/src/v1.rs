@@ -427,7 +427,7 @@ mod tests {
         assert!(ServerEvent::decode(r#"{"type":"message"}"#).is_err());
         assert!(ServerEvent::decode("not json").is_err());
         assert!(ServerEvent::decode("[]").is_err());
-        // Found by fuzz/fuzz_targets/v1_event.rs: an array of the fields in
+        // Caught by fuzz/fuzz_targets/v1_event.rs: an array of the fields in
         // order decoded as an event, and one of an unknown type was skipped.
         assert!(ServerEvent::decode(r#"["welcome",1,"a",1,1]"#).is_err());
         assert!(ServerEvent::decode(r#"["notice",1001,"bye"]"#).is_err());
@@ -465,7 +465,7 @@ mod tests {
         );
         assert_eq!(query_param("x=1", "name"), None);
         assert_eq!(query_param("name=%zz", "name"), Some(None));
-        // Found by fuzz/fuzz_targets/v1_query.rs: a sign was taken as part
+        // Caught by fuzz/fuzz_targets/v1_query.rs: a sign was taken as part
         // of an escape.
         assert_eq!(decode_query_value("%+A"), None);
         assert_eq!(decode_query_value("%-1"), None);
