@@ -59,6 +59,16 @@ pub(crate) fn decode_event<T: DeserializeOwned>(
     text: &str,
     known: &[&str],
 ) -> Result<Option<T>, String> {
+    // serde's derived structs and tagged enums also accept a JSON array of
+    // the values in field order (`["notice",1000,"bye"]`): that is not the
+    // wire format, so only an object is an event (or a skipped one).
+    // Leading whitespace is what serde_json skips too.
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Err("not a JSON object".into());
+    }
     match serde_json::from_str::<T>(text) {
         Ok(event) => Ok(Some(event)),
         Err(e) => {

@@ -245,9 +245,13 @@ pub fn decode_query_value(v: &str) -> Option<String> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let s = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(s, 16).ok()?);
+                // Two hex digits, nothing else: `u8::from_str_radix` alone
+                // would also take a sign (`%+A` decoded as a line feed).
+                let &[hi, lo] = bytes.get(i + 1..i + 3)? else {
+                    return None;
+                };
+                let digit = |b: u8| char::from(b).to_digit(16);
+                out.push((digit(hi)? * 16 + digit(lo)?) as u8);
                 i += 2;
             }
             b => out.push(b),
@@ -371,6 +375,16 @@ mod tests {
         assert!(ServerEvent::decode(r#"{"type":"message"}"#).is_err());
         assert!(ServerEvent::decode("not json").is_err());
         assert!(ServerEvent::decode("[]").is_err());
+        // Caught by fuzz/fuzz_targets/v1_event.rs: an array of the fields in
+        // order decoded as an event, and one of an unknown type was skipped.
+        assert!(ServerEvent::decode(r#"["welcome",1,"a",1,1]"#).is_err());
+        assert!(ServerEvent::decode(r#"["notice",1001,"bye"]"#).is_err());
+        assert!(ServerEvent::decode(r#" ["typing"]"#).is_err());
+        assert!(matches!(
+            ServerEvent::decode(" \r\n\t{\"type\":\"notice\",\"code\":1000,\"text\":\"\"}"),
+            Ok(Some(ServerEvent::Notice { code: 1000, .. }))
+        ));
+        assert_eq!(ServerEvent::decode(" {\"type\":\"typing\"} "), Ok(None));
         // Extra fields are ignored.
         assert!(matches!(
             ServerEvent::decode(r#"{"type":"notice","code":1001,"text":"bye","extra":1}"#),
@@ -399,6 +413,12 @@ mod tests {
         );
         assert_eq!(query_param("x=1", "name"), None);
         assert_eq!(query_param("name=%zz", "name"), Some(None));
+        // Caught by fuzz/fuzz_targets/v1_query.rs: a sign was taken as part
+        // of an escape.
+        assert_eq!(decode_query_value("%+A"), None);
+        assert_eq!(decode_query_value("%-1"), None);
+        assert_eq!(decode_query_value("%4"), None);
+        assert_eq!(decode_query_value("%4a%4A"), Some("JJ".into()));
         assert_eq!(
             decode_query_value(&encode_query_value("a b&c=d/é")),
             Some("a b&c=d/é".into())
