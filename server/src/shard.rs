@@ -213,11 +213,14 @@ impl Shard {
             ShardMsg::Broadcast(b) => pending.push_back(b),
             ShardMsg::Accept(stream, peer, placement) => self.accept(stream, peer, placement),
             ShardMsg::Members(channel, reply) => {
+                // Named members only: a plain client's guest name is shown
+                // to nobody.
                 let members = self
                     .registry
                     .borrow()
                     .members(channel)
                     .iter()
+                    .filter(|c| c.format != Format::Raw)
                     .map(|c| c.peer())
                     .collect();
                 let _ = reply.send(members);
