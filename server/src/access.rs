@@ -49,9 +49,25 @@ pub(crate) struct Grant {
     /// `None`: every channel (no credentials needed, the shared token, or a
     /// JWT without a `channels` claim). Otherwise the JWT's patterns.
     channels: Option<Vec<Pattern>>,
+    /// The client presented a credential (the server asks for one): it may
+    /// then publish to the channels it allows without subscribing.
+    explicit: bool,
 }
 
 impl Grant {
+    /// What a presented credential allows.
+    fn presented(channels: Option<Vec<Pattern>>) -> Self {
+        Self {
+            channels,
+            explicit: true,
+        }
+    }
+
+    /// Whether the client presented a credential.
+    pub(crate) fn is_explicit(&self) -> bool {
+        self.explicit
+    }
+
     /// Whether channel `name` is allowed.
     pub(crate) fn allows(&self, name: &str) -> bool {
         self.channels
@@ -87,7 +103,7 @@ pub(crate) fn authorized(
             .as_deref()
             .is_some_and(|expected| same(t.as_bytes(), expected.as_bytes()));
         if shared {
-            return Some(Grant::default());
+            return Some(Grant::presented(None));
         }
         config
             .jwt_secret
@@ -143,7 +159,7 @@ fn jwt(secret: &str, token: &str) -> Option<Grant> {
             }
         },
     };
-    Some(Grant { channels })
+    Some(Grant::presented(channels))
 }
 
 /// Equality whose time does not depend on where the inputs differ (only

@@ -47,8 +47,8 @@ pub(crate) struct Request<'a> {
     pub(crate) host: Option<&'a str>,
     pub(crate) authorization: Option<&'a str>,
     pub(crate) query_token: Option<&'a str>,
-    /// The channel its URL names.
-    pub(crate) channel: &'a str,
+    /// The channel its URL names, when the credentials must allow it.
+    pub(crate) channel: Option<&'a str>,
     pub(crate) draining: bool,
 }
 
@@ -88,7 +88,9 @@ impl Admission {
         } else {
             match access::authorized(config, req.authorization, req.query_token) {
                 None => Err(Refusal::Unauthorized),
-                Some(grant) if !grant.allows(req.channel) => Err(Refusal::Channel),
+                Some(grant) if req.channel.is_some_and(|c| !grant.allows(c)) => {
+                    Err(Refusal::Channel)
+                }
                 Some(grant) => Ok(grant),
             }
         };
@@ -223,7 +225,7 @@ mod tests {
             host: None,
             authorization: None,
             query_token: None,
-            channel: protocol::channel::DEFAULT,
+            channel: Some(protocol::channel::DEFAULT),
             draining: false,
         }
     }

@@ -283,22 +283,28 @@ async fn publish(ctx: &HttpCtx, req: Request<Incoming>) -> Result<Response<Body>
     let publisher = &ctx.conn.publisher;
     let raw = crate::frame::frame_message(opcode, &payload);
     let read_at = std::time::Instant::now();
-    let v1 = publisher
-        .has_v1_clients()
-        .then(|| crate::frame::v1_message(&raw, 0, &name, crate::frame::unix_millis()));
-    let len = raw.len() + v1.as_ref().map_or(0, Bytes::len);
+    let time = crate::frame::unix_millis();
+    let wanted = ctx.stats.wanted();
+    let v1 = wanted
+        .v1
+        .then(|| crate::frame::v1_message(&raw, 0, &name, time));
     let mut counts = Vec::with_capacity(names.len());
     let mut costs = Vec::new();
     for channel_name in &names {
+        let v2 = wanted
+            .v2
+            .then(|| crate::frame::v2_message(&raw, channel_name, 0, &name, time));
         let msg = |channel| Broadcast {
             raw: Some(raw.clone()),
             v1: v1.clone(),
+            v2: v2.clone(),
             // No client sent it: nobody is skipped as its sender.
             sender: ConnId(0),
             channel,
             framed_at: read_at,
             cost: 0,
         };
+        let len = raw.len() + v1.as_ref().map_or(0, Bytes::len) + v2.as_ref().map_or(0, Bytes::len);
         let subscribers = match ctx.channels.get(channel_name) {
             Some(channel) => {
                 publisher.reserve(&channel, len, &mut costs).await;

@@ -50,6 +50,8 @@ pub struct Config {
     /// When set, the HTTP API (`/api/...`) is served to requests carrying it
     /// as `Authorization: Bearer KEY`; without it the API answers 404.
     pub api_key: Option<String>,
+    /// Most channels one `broadcast.v2` connection may be in.
+    pub max_channels_per_connection: usize,
     /// When set, `GET /metrics` is served on a listener of its own at this
     /// address (see `Server::bind_metrics`), and the main port answers 404.
     pub metrics_addr: Option<SocketAddr>,
@@ -103,6 +105,7 @@ impl Default for Config {
             auth_token: None,
             jwt_secret: None,
             api_key: None,
+            max_channels_per_connection: DEFAULT_MAX_CHANNELS_PER_CONNECTION,
             metrics_addr: None,
             tls: None,
             cluster: None,
@@ -182,6 +185,9 @@ impl TokenBucket {
 /// How long the server waits for a peer to answer a close frame it sent
 /// (outside of shutdown, whose deadline is [`Config::shutdown_timeout`]).
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default of `--max-channels-per-connection`.
+pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 128;
 
 /// `url` with the password of its user part (`scheme://user:PASSWORD@host`)
 /// replaced by `mask`, for messages, logs and `--check-config`. A value that

@@ -81,6 +81,7 @@ mod tests {
         Broadcast {
             raw: Some(Bytes::from_static(tag.as_bytes())),
             v1: Some(Bytes::from(format!("v1:{tag}"))),
+            v2: Some(Bytes::from(format!("v2:{tag}"))),
             sender: ConnId(sender),
             channel,
             framed_at: at,
@@ -92,6 +93,7 @@ mod tests {
         Broadcast {
             raw: None,
             v1: Some(Bytes::from_static(tag.as_bytes())),
+            v2: None,
             sender: ConnId(0),
             channel,
             framed_at: at,

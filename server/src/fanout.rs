@@ -40,6 +40,8 @@ pub(crate) enum Format {
     Raw,
     /// A JSON `broadcast.v1` event (sender, name, time, payload).
     V1,
+    /// `broadcast.v2`: JSON events naming the channel, and commands.
+    V2,
 }
 
 /// One framed message on its way to every shard, encoded at most once per
@@ -52,6 +54,9 @@ pub(crate) struct Broadcast {
     /// The complete server frame for `broadcast.v1` clients (`None` when no
     /// such client was connected when the message was published).
     pub(crate) v1: Option<Bytes>,
+    /// The complete server frame for `broadcast.v2` clients (`None` when no
+    /// such client was connected when the message was published).
+    pub(crate) v2: Option<Bytes>,
     /// Who sent it, so that shards can skip the sender.
     pub(crate) sender: ConnId,
     /// Where it goes.
@@ -87,6 +92,7 @@ impl Broadcast {
         match format {
             Format::Raw => self.raw.as_ref(),
             Format::V1 => self.v1.as_ref(),
+            Format::V2 => self.v2.as_ref(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Framing, done once per message: the server frame of a message as its
-//! sender sent it (raw clients), the `broadcast.v1` event for it (v1
-//! clients), and the v1 events the server itself sends (welcome, notices).
+//! sender sent it (raw clients), the `broadcast.v1` and `broadcast.v2`
+//! events for it, and the events the server itself sends (welcome,
+//! notices).
 //! Every recipient of a format gets the same bytes.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -64,21 +65,67 @@ pub(crate) fn frame_message(opcode: protocol::frame::OpCode, payload: &[u8]) -> 
     frame.freeze()
 }
 
-/// The `broadcast.v1` message event for `raw` (a server frame of a text or
-/// binary message), framed: what every v1 client gets for it.
-pub(crate) fn v1_message(raw: &[u8], from: u64, name: &str, time: u64) -> Bytes {
+/// The body of `raw` (a server frame of a text or binary message).
+fn body_of(raw: &[u8]) -> BodyRef<'_> {
     let payload = &raw[server_header_len(raw)..];
-    let body = if raw[0] & 0x0f == protocol::frame::OpCode::Text as u8 {
+    if raw[0] & 0x0f == protocol::frame::OpCode::Text as u8 {
         // Validated as UTF-8 when it was read.
         BodyRef::Text(std::str::from_utf8(payload).unwrap_or_default())
     } else {
         BodyRef::Data(payload)
-    };
-    let mut json = BytesMut::with_capacity(MAX_SERVER_HEADER + payload.len() + 64);
+    }
+}
+
+/// Writes a JSON event with `write` after [`MAX_SERVER_HEADER`] spare bytes
+/// and frames it in place.
+fn frame_json(size_hint: usize, write: impl FnOnce(&mut bytes::buf::Writer<BytesMut>)) -> Bytes {
+    let mut json = BytesMut::with_capacity(MAX_SERVER_HEADER + size_hint + 96);
     json.put_bytes(0, MAX_SERVER_HEADER);
     let mut writer = json.writer();
-    protocol::v1::encode_message_json(&mut writer, from, name, time, body);
+    write(&mut writer);
     seal(writer.into_inner(), protocol::frame::OpCode::Text)
+}
+
+/// The `broadcast.v1` message event for `raw` (a server frame of a text or
+/// binary message), framed: what every v1 client gets for it.
+pub(crate) fn v1_message(raw: &[u8], from: u64, name: &str, time: u64) -> Bytes {
+    frame_json(raw.len(), |w| {
+        protocol::v1::encode_message_json(w, from, name, time, body_of(raw));
+    })
+}
+
+/// The `broadcast.v2` message event for `raw` published on `channel`,
+/// framed: what every v2 subscriber of the channel gets for it.
+pub(crate) fn v2_message(raw: &[u8], channel: &str, from: u64, name: &str, time: u64) -> Bytes {
+    frame_json(raw.len() + channel.len(), |w| {
+        protocol::v2::encode_message_json(w, channel, from, name, time, body_of(raw));
+    })
+}
+
+/// Which encodings a message needs besides the raw frame: those some
+/// connected client speaks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wanted {
+    pub(crate) v1: bool,
+    pub(crate) v2: bool,
+}
+
+/// Every encoding of one message that its recipients may need, each built
+/// once: the raw frame, and the v1 and v2 events while such clients are
+/// connected.
+pub(crate) fn encodings(
+    raw: Bytes,
+    channel: &str,
+    from: u64,
+    name: &str,
+    wanted: Wanted,
+) -> (Bytes, Option<Bytes>, Option<Bytes>) {
+    let time = unix_millis();
+    let v1 = wanted.v1.then(|| v1_message(&raw, from, name, time));
+    let v2 = wanted
+        .v2
+        .then(|| v2_message(&raw, channel, from, name, time));
+    (raw, v1, v2)
 }
 
 /// Writes the server header into the [`MAX_SERVER_HEADER`] spare bytes at

@@ -24,6 +24,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use crate::access::Grant;
 use crate::admission::{self, Admission, Refusal, Ticket};
 use crate::channels::Channels;
 use crate::config::Config;
@@ -64,6 +65,8 @@ pub(crate) struct Upgraded {
     pub(crate) name: Option<String>,
     /// The channel its URL named (`protocol::channel::DEFAULT` if none).
     pub(crate) channel: String,
+    /// What its credentials allow (v2 clients choose channels later).
+    pub(crate) grant: Grant,
     pub(crate) ticket: Ticket,
 }
 
@@ -74,17 +77,28 @@ struct Pending {
     format: Format,
     name: Option<String>,
     channel: String,
+    grant: Grant,
     ticket: Ticket,
 }
 
-/// Whether the client offers `broadcast.v1` among its subprotocols.
-fn offers_v1<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get_all(SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == protocol::v1::SUBPROTOCOL)
+/// The format a client's `Sec-WebSocket-Protocol` offer chooses:
+/// `broadcast.v2` if offered, else `broadcast.v1` if offered, else raw.
+fn offered_format<B>(req: &Request<B>) -> Format {
+    let offers = || {
+        req.headers()
+            .get_all(SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+    };
+    if offers().any(|p| p == protocol::v2::SUBPROTOCOL) {
+        Format::V2
+    } else if offers().any(|p| p == protocol::v1::SUBPROTOCOL) {
+        Format::V1
+    } else {
+        Format::Raw
+    }
 }
 
 /// Longest a plain HTTP connection may live (the upgrade is bounded by the
@@ -147,6 +161,7 @@ async fn complete_upgrade(pending: Pending) -> Option<Upgraded> {
         format,
         name,
         channel,
+        grant,
         ticket,
     } = pending;
     let upgraded = match upgrade.await {
@@ -173,6 +188,7 @@ async fn complete_upgrade(pending: Pending) -> Option<Upgraded> {
             format,
             name,
             channel,
+            grant,
             ticket,
         }),
         Err(_) => {
@@ -345,16 +361,18 @@ fn upgrade(
         .query()
         .and_then(|q| protocol::v1::query_param(q, "token"))
         .flatten();
+    let format = offered_format(&req);
     let request = admission::Request {
         peer: peer.ip().to_canonical(),
         origin: text(hyper::header::ORIGIN),
         host: text(hyper::header::HOST),
         authorization: text(hyper::header::AUTHORIZATION),
         query_token: query_token.as_deref(),
-        channel: &channel,
+        // A v2 client's channels are checked as it subscribes.
+        channel: (format != Format::V2).then_some(channel.as_str()),
         draining: ctx.is_draining(),
     };
-    let _grant = match ctx.admission.authorize(&request) {
+    let grant = match ctx.admission.authorize(&request) {
         Ok(grant) => grant,
         Err(refusal) => return refused(refusal),
     };
@@ -382,11 +400,6 @@ fn upgrade(
             }
         },
     };
-    let format = if offers_v1(&req) {
-        Format::V1
-    } else {
-        Format::Raw
-    };
     let ticket = match ctx.admission.admit(&request) {
         Ok(ticket) => ticket,
         Err(refusal) => return refused(refusal),
@@ -407,17 +420,22 @@ fn upgrade(
         format,
         name: wanted_name,
         channel,
+        grant,
         ticket,
     });
     let (mut parts, _empty) = response.into_parts();
     parts
         .headers
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if format == Format::V1 {
-        parts.headers.insert(
-            SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(protocol::v1::SUBPROTOCOL),
-        );
+    let subprotocol = match format {
+        Format::V1 => Some(protocol::v1::SUBPROTOCOL),
+        Format::V2 => Some(protocol::v2::SUBPROTOCOL),
+        Format::Raw => None,
+    };
+    if let Some(name) = subprotocol {
+        parts
+            .headers
+            .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(name));
     }
     Response::from_parts(parts, Full::new(Bytes::new()))
 }

@@ -40,6 +40,7 @@ mod fanout;
 mod flow;
 mod frame;
 mod http;
+mod membership;
 mod metrics;
 mod names;
 mod presence;
@@ -58,7 +59,8 @@ use std::time::Duration;
 pub use cluster::{check as check_cluster, ClusterError, DEFAULT_CHANNEL};
 pub use config::{
     mask_url_password, ClusterConfig, Config, RateLimitAction, CLOSE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_MESSAGE_RATE, DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
+    DEFAULT_MAX_CHANNELS_PER_CONNECTION, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_MESSAGE_RATE,
+    DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
 };
 use fanout::{Fanout, Peers, ShardHandle, ShardMsg};
 use stats::Stats;

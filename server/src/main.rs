@@ -20,6 +20,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of `StartArgs` costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (WebSocket endpoint at /ws, health at /healthz, Prometheus metrics at /metrics).
@@ -105,6 +107,9 @@ struct StartArgs {
     /// Serve the HTTP API for backends (POST /api/publish, GET /api/channels) to requests with `Authorization: Bearer KEY`; without it the API answers 404.
     #[arg(long, value_name = "KEY", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     api_key: Option<String>,
+    /// Most channels one broadcast.v2 connection may subscribe to at once.
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_CHANNELS_PER_CONNECTION, value_parser = clap::value_parser!(usize))]
+    max_channels_per_connection: usize,
     /// Serve GET /metrics on this address only (e.g. 127.0.0.1:9100); the main port's /metrics then answers 404.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
@@ -161,6 +166,7 @@ impl StartArgs {
             }),
             jwt_secret: self.jwt_secret,
             api_key: self.api_key,
+            max_channels_per_connection: self.max_channels_per_connection,
             metrics_addr: self.metrics_addr,
             tls,
         })

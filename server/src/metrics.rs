@@ -31,6 +31,7 @@ struct Snapshot {
     gauges: Vec<(&'static str, &'static str, u64)>,
     closes: Vec<(&'static str, u64)>,
     refused: Vec<(&'static str, u64)>,
+    v2_errors: Vec<(&'static str, u64)>,
     shard_connections: Vec<u64>,
     shard_deliveries: Vec<u64>,
     paused: Vec<(&'static str, f64)>,
@@ -148,6 +149,11 @@ impl Snapshot {
                     stats.v1_connections.load(Ordering::Relaxed) as u64,
                 ),
                 (
+                    "broadcast_v2_connections_open",
+                    "Open WebSocket connections speaking broadcast.v2",
+                    stats.v2_connections.load(Ordering::Relaxed) as u64,
+                ),
+                (
                     "broadcast_channels",
                     "Channels with at least one member on this node",
                     stats.channels.load(Ordering::Relaxed) as u64,
@@ -191,6 +197,11 @@ impl Snapshot {
                 ("unauthorized", get(&stats.refused_auth)),
                 ("channel_forbidden", get(&stats.refused_channel)),
             ],
+            v2_errors: protocol::v2::ErrorCode::ALL
+                .iter()
+                .zip(&stats.v2_errors)
+                .map(|(code, n)| (code.as_str(), get(n)))
+                .collect(),
             shard_connections: shards
                 .iter()
                 .map(|s| s.load.load(Ordering::Relaxed) as u64)
@@ -252,6 +263,17 @@ impl Collector for Snapshot {
         for &(reason, v) in &self.refused {
             refused
                 .encode_family(&[("reason", reason)])?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        let mut v2_errors = encoder.encode_descriptor(
+            "broadcast_v2_errors",
+            "error events sent to broadcast.v2 clients, by code (refused commands; limits such as too_many_channels)",
+            None,
+            MetricType::Counter,
+        )?;
+        for &(code, v) in &self.v2_errors {
+            v2_errors
+                .encode_family(&[("code", code)])?
                 .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         }
         let mut conns = encoder.encode_descriptor(

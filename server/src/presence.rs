@@ -10,7 +10,6 @@
 //! counts instead of names.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,28 +59,36 @@ impl Pending {
         self.joined.is_empty() && self.left.is_empty()
     }
 
-    /// The event for these changes, leaving `self` empty.
-    fn take_event(&mut self, online: u64) -> ServerEvent {
+    /// Who joined and left (names, or counts past the name limit), leaving
+    /// `self` empty.
+    #[allow(clippy::type_complexity)]
+    fn take(&mut self) -> (Vec<Peer>, Vec<Peer>, Option<u64>, Option<u64>) {
         let mut joined = std::mem::take(&mut self.joined);
         let mut left = std::mem::take(&mut self.left);
         if joined.len() + left.len() > PRESENCE_NAME_LIMIT {
-            ServerEvent::Presence {
-                online,
-                joined: Vec::new(),
-                left: Vec::new(),
-                joined_count: Some(joined.len() as u64),
-                left_count: Some(left.len() as u64),
-            }
+            (
+                Vec::new(),
+                Vec::new(),
+                Some(joined.len() as u64),
+                Some(left.len() as u64),
+            )
         } else {
             joined.sort_by_key(|p| p.id);
             left.sort_by_key(|p| p.id);
-            ServerEvent::Presence {
-                online,
-                joined,
-                left,
-                joined_count: None,
-                left_count: None,
-            }
+            (joined, left, None, None)
+        }
+    }
+
+    /// The v1 event for these changes, leaving `self` empty.
+    #[cfg(test)]
+    fn take_event(&mut self, online: u64) -> ServerEvent {
+        let (joined, left, joined_count, left_count) = self.take();
+        ServerEvent::Presence {
+            online,
+            joined,
+            left,
+            joined_count,
+            left_count,
         }
     }
 }
@@ -125,7 +132,8 @@ pub(crate) async fn run(
             gathered.add(change);
         }
         let all = std::mem::take(&mut gathered.0);
-        if stats.v1_connections.load(Ordering::Relaxed) == 0 {
+        let wanted = stats.wanted();
+        if !wanted.v1 && !wanted.v2 {
             continue;
         }
         for (_, (channel, mut pending)) in all {
@@ -133,11 +141,32 @@ pub(crate) async fn run(
                 continue;
             }
             let online = channel.members() as u64;
-            let event = pending.take_event(online).encode();
-            let frame = crate::frame::frame_text(event.as_bytes());
+            let (joined, left, joined_count, left_count) = pending.take();
+            let v2 = wanted.v2.then(|| {
+                let event = protocol::v2::Event::Presence {
+                    channel: channel.name.to_string(),
+                    online,
+                    joined: joined.clone(),
+                    left: left.clone(),
+                    joined_count,
+                    left_count,
+                };
+                crate::frame::frame_text(event.encode().as_bytes())
+            });
+            let v1 = wanted.v1.then(|| {
+                let event = ServerEvent::Presence {
+                    online,
+                    joined,
+                    left,
+                    joined_count,
+                    left_count,
+                };
+                crate::frame::frame_text(event.encode().as_bytes())
+            });
             let msg = Broadcast {
                 raw: None,
-                v1: Some(frame),
+                v1,
+                v2,
                 sender: ConnId(0),
                 channel: channel.id,
                 framed_at: std::time::Instant::now(),

@@ -35,11 +35,6 @@ impl Publisher {
         }
     }
 
-    /// Whether messages must also be encoded as `broadcast.v1` events.
-    pub(crate) fn has_v1_clients(&self) -> bool {
-        self.stats.v1_connections.load(Ordering::Relaxed) > 0
-    }
-
     /// Stops publishing (shutdown).
     pub(crate) fn drain(&self) {
         self.draining.set(true);

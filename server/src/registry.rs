@@ -72,6 +72,18 @@ impl Registry {
         members.push(conn.clone());
     }
 
+    /// Removes `conn` from the members of channel `id`; returns the channel
+    /// if it was in it.
+    pub(crate) fn unsubscribe(&mut self, conn: &Conn, id: ChannelId) -> Option<Arc<Channel>> {
+        let sub = {
+            let mut subs = conn.subs.borrow_mut();
+            let at = subs.iter().position(|s| s.channel.id == id)?;
+            subs.remove(at)
+        };
+        self.take_member(conn.id, &sub);
+        Some(sub.channel)
+    }
+
     /// Takes connection `conn` out of the member list of its subscription
     /// `sub`.
     fn take_member(&mut self, conn: ConnId, sub: &Subscription) {

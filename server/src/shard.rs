@@ -10,7 +10,6 @@
 //! which is what slows the publishers down. Everything a shard owns is `Rc`
 //! and `Cell`: no lock is taken on this thread.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::rc::Rc;
@@ -26,15 +25,15 @@ use tokio::sync::{mpsc, Notify};
 use crate::admission::Admission;
 use crate::channels::Channels;
 use crate::config::{Config, CLOSE_TIMEOUT};
-use crate::conn::{self, Conn, ConnCtx, Queued};
+use crate::conn::{self, Conn, ConnCtx, Queued, V2State};
 use crate::dispatch::{self, Plan};
 use crate::fanout::{Broadcast, ConnId, Fanout, Format, Placement, ShardHandle, ShardMsg};
 use crate::flow::Audience;
 use crate::http::{self, HttpCtx, Upgraded};
+use crate::membership::Membership;
 use crate::names::Names;
-use crate::presence::{Change, PresenceTx};
+use crate::presence::PresenceTx;
 use crate::publish::Publisher;
-use crate::registry::Registry;
 use crate::stats::Stats;
 
 /// Most inbox messages taken per dispatch round.
@@ -97,7 +96,6 @@ pub(crate) struct Shard {
     ctx: Rc<ConnCtx>,
     /// What its HTTP connections need.
     http: Rc<HttpCtx>,
-    registry: RefCell<Registry>,
     /// Signalled whenever a WebSocket connection ends.
     departed: Notify,
 }
@@ -124,6 +122,11 @@ pub(crate) fn spawn(
                 audience: Audience::default(),
                 handle: handle.clone(),
                 stats: hub.stats.clone(),
+                membership: Rc::new(Membership::new(
+                    index,
+                    hub.channels.clone(),
+                    hub.presence.clone(),
+                )),
             });
             let http = Rc::new(HttpCtx {
                 config: config.clone(),
@@ -140,7 +143,6 @@ pub(crate) fn spawn(
                 hub,
                 ctx,
                 http,
-                registry: RefCell::new(Registry::default()),
                 departed: Notify::new(),
             });
             runtime.block_on(shard.run(inbox));
@@ -216,8 +218,9 @@ impl Shard {
                 // Named members only: a plain client's guest name is shown
                 // to nobody.
                 let members = self
-                    .registry
-                    .borrow()
+                    .ctx
+                    .membership
+                    .registry()
                     .members(channel)
                     .iter()
                     .filter(|c| c.format != Format::Raw)
@@ -238,7 +241,7 @@ impl Shard {
     /// for [`crate::flow::STALL_AFTER`] stop holding it closed.
     fn check_stalls(&self) {
         let now = Instant::now();
-        for conn in self.registry.borrow().all() {
+        for conn in self.ctx.membership.registry().all() {
             conn.check_stall(now);
         }
     }
@@ -262,7 +265,7 @@ impl Shard {
         let mut deliveries = 0u64;
         let mut bytes_out = 0u64;
         plan.group(frames);
-        let registry = self.registry.borrow();
+        let registry = self.ctx.membership.registry();
         for (channel, run) in plan.runs(frames) {
             for conn in registry.members(channel) {
                 if !conn.is_open() {
@@ -341,6 +344,7 @@ impl Shard {
             format,
             name,
             channel,
+            grant,
             ticket,
         } = upgraded;
         if let Err(e) = stream.set_nodelay(true) {
@@ -357,34 +361,42 @@ impl Shard {
         let id = ConnId(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
         let wanted = name.unwrap_or_else(|| protocol::v1::guest_name(id.0));
         let name = self.hub.names.claim(&wanted);
-        let conn = Rc::new(Conn::new(id, format, name, (writer, tls), self.ctx.clone()));
-        let channel = self.hub.channels.join(&channel, self.index);
-        self.ctx.audience.joined();
-        self.hub
-            .stats
-            .connections_total
-            .fetch_add(1, Ordering::Relaxed);
-        if format == Format::V1 {
-            self.hub
-                .stats
-                .v1_connections
-                .fetch_add(1, Ordering::Relaxed);
-            let welcome = protocol::v1::ServerEvent::Welcome {
-                id: id.0,
-                name: conn.name.to_string(),
-                online: channel.members() as u64,
-                time: crate::frame::unix_millis(),
-            };
-            conn.send_own(crate::frame::frame_text(welcome.encode().as_bytes()));
+        let mut conn = Conn::new(id, format, name, (writer, tls), self.ctx.clone());
+        if format == Format::V2 {
+            conn.v2 = Some(Box::new(V2State::new(grant)));
         }
-        let _ = self
-            .hub
-            .presence
-            .send(Change::Joined(conn.peer(), channel.clone()));
-        let mut registry = self.registry.borrow_mut();
-        registry.insert(conn.clone());
-        registry.subscribe(&conn, channel, Instant::now());
-        drop(registry);
+        let conn = Rc::new(conn);
+        self.ctx.audience.joined();
+        let stats = &self.hub.stats;
+        stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        let membership = &self.ctx.membership;
+        membership.add(&conn);
+        let time = crate::frame::unix_millis();
+        match format {
+            // A v2 client subscribes with commands.
+            Format::V2 => {
+                stats.v2_connections.fetch_add(1, Ordering::Relaxed);
+                conn.send_event(&protocol::v2::Event::Welcome {
+                    client: id.0,
+                    name: conn.name.to_string(),
+                    time,
+                });
+            }
+            Format::V1 => {
+                stats.v1_connections.fetch_add(1, Ordering::Relaxed);
+                let channel = membership.join(&conn, &channel);
+                let welcome = protocol::v1::ServerEvent::Welcome {
+                    id: id.0,
+                    name: conn.name.to_string(),
+                    online: channel.members() as u64,
+                    time,
+                };
+                conn.send_own(crate::frame::frame_text(welcome.encode().as_bytes()));
+            }
+            Format::Raw => {
+                membership.join(&conn, &channel);
+            }
+        }
         tracing::trace!(conn = id.0, shard = self.index, "connected");
         if self.is_draining() {
             self.hub
@@ -407,19 +419,15 @@ impl Shard {
 
     /// Forgets a connection whose task is ending.
     pub(crate) fn unregister(&self, conn: &Conn) {
-        let left = self.registry.borrow_mut().remove(conn);
-        for channel in left {
-            self.hub.channels.leave(&channel, self.index);
-            let _ = self.hub.presence.send(Change::Left(conn.peer(), channel));
-        }
+        self.ctx.membership.remove(conn);
         conn.leave_audience();
         self.ctx.audience.left();
-        if conn.format == Format::V1 {
-            self.hub
-                .stats
-                .v1_connections
-                .fetch_sub(1, Ordering::Relaxed);
-        }
+        let stats = &self.hub.stats;
+        match conn.format {
+            Format::V1 => stats.v1_connections.fetch_sub(1, Ordering::Relaxed),
+            Format::V2 => stats.v2_connections.fetch_sub(1, Ordering::Relaxed),
+            Format::Raw => 0,
+        };
         self.hub.names.release(&conn.name);
         tracing::trace!(conn = conn.id.0, "disconnected");
         self.departed.notify_waiters();
@@ -439,7 +447,7 @@ impl Shard {
             tick.tick().await;
             let now = Instant::now();
             let mut expired = Vec::new();
-            let registry = self.registry.borrow();
+            let registry = self.ctx.membership.registry();
             for conn in registry.all() {
                 if !conn.is_open() {
                     continue;
@@ -464,7 +472,7 @@ impl Shard {
     /// closes, up to the shutdown timeout.
     async fn close_all(&self) {
         self.ctx.publisher.drain();
-        let conns: Vec<Rc<Conn>> = self.registry.borrow().all().cloned().collect();
+        let conns: Vec<Rc<Conn>> = self.ctx.membership.registry().all().cloned().collect();
         for conn in &conns {
             if conn.is_open() {
                 self.hub
@@ -483,7 +491,7 @@ impl Shard {
         let all_gone = async {
             loop {
                 let departed = self.departed.notified();
-                if self.registry.borrow().len() == 0 {
+                if self.ctx.membership.registry().len() == 0 {
                     return;
                 }
                 departed.await;
@@ -492,7 +500,7 @@ impl Shard {
         if tokio::time::timeout_at(deadline, all_gone).await.is_err() {
             tracing::warn!(
                 shard = self.index,
-                remaining = self.registry.borrow().len(),
+                remaining = self.ctx.membership.registry().len(),
                 "shutdown timeout: dropping connections that did not close"
             );
         }

@@ -19,6 +19,10 @@ pub(crate) struct Stats {
     /// Open connections speaking `broadcast.v1` (messages are encoded for
     /// them only while there are some).
     pub(crate) v1_connections: AtomicUsize,
+    /// Open connections speaking `broadcast.v2` (likewise).
+    pub(crate) v2_connections: AtomicUsize,
+    /// `error` events sent to v2 clients, by code (`protocol::v2::ErrorCode::ALL` order).
+    pub(crate) v2_errors: [AtomicU64; protocol::v2::ErrorCode::ALL.len()],
     /// WebSocket connections accepted since start.
     pub(crate) connections_total: AtomicU64,
     /// Messages received from clients and published.
@@ -70,6 +74,8 @@ impl Stats {
             started: Instant::now(),
             connections: AtomicUsize::new(0),
             v1_connections: AtomicUsize::new(0),
+            v2_connections: AtomicUsize::new(0),
+            v2_errors: Default::default(),
             connections_total: AtomicU64::new(0),
             messages_in: AtomicU64::new(0),
             slow_consumer_closes: AtomicU64::new(0),
@@ -92,6 +98,21 @@ impl Stats {
             channels: AtomicUsize::new(0),
             tls_failures: AtomicU64::new(0),
             cluster: ClusterStats::default(),
+        }
+    }
+
+    /// Which encodings a message needs now (see `frame::Wanted`).
+    pub(crate) fn wanted(&self) -> crate::frame::Wanted {
+        crate::frame::Wanted {
+            v1: self.v1_connections.load(Ordering::Relaxed) > 0,
+            v2: self.v2_connections.load(Ordering::Relaxed) > 0,
+        }
+    }
+
+    /// Counts an `error` event of `code` sent to a v2 client.
+    pub(crate) fn v2_error(&self, code: protocol::v2::ErrorCode) {
+        if let Some(i) = protocol::v2::ErrorCode::ALL.iter().position(|&c| c == code) {
+            self.v2_errors[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -98,15 +98,22 @@ async fn deliver(
         return; // nobody here is in that channel
     };
     let raw = crate::frame::frame_message(envelope.opcode, envelope.payload);
-    let v1 = (stats.v1_connections.load(Ordering::Relaxed) > 0)
-        .then(|| crate::frame::v1_message(&raw, envelope.sender, envelope.name, envelope.time));
+    let wanted = stats.wanted();
+    let (sender, name, time) = (envelope.sender, envelope.name, envelope.time);
+    let v1 = wanted
+        .v1
+        .then(|| crate::frame::v1_message(&raw, sender, name, time));
+    let v2 = wanted
+        .v2
+        .then(|| crate::frame::v2_message(&raw, envelope.channel, sender, name, time));
     let framed_at = Instant::now();
-    let len = raw.len() + v1.as_ref().map_or(0, Bytes::len);
+    let len = raw.len() + v1.as_ref().map_or(0, Bytes::len) + v2.as_ref().map_or(0, Bytes::len);
     fanout.reserve(&channel, len, costs).await;
     fanout.publish(
         Broadcast {
             raw: Some(raw),
             v1,
+            v2,
             // Not a local connection (ids start at 1), so no local client is
             // skipped as its sender.
             sender: ConnId(0),

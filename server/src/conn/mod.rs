@@ -51,6 +51,7 @@ use crate::dispatch::Recipient;
 use crate::fanout::{ConnId, Format, ShardHandle};
 use crate::flow::{Audience, Lag};
 use crate::frame;
+use crate::membership::Membership;
 use crate::publish::Publisher;
 use crate::registry::Subscription;
 use crate::stats::Stats;
@@ -59,10 +60,12 @@ mod fragments;
 mod outbox;
 mod reader;
 mod tls_io;
+mod v2;
 
 pub(crate) use outbox::Queued;
 use outbox::{Kind, Out, Outbox};
 use reader::{read_loop, readable};
+pub(crate) use v2::V2State;
 
 /// Everything a connection needs from the rest of the server, and nothing
 /// more: its limits, where it publishes, the flow-control view it shares
@@ -76,6 +79,8 @@ pub(crate) struct ConnCtx {
     /// The shard's fan-out credit and its own counters.
     pub(crate) handle: Arc<ShardHandle>,
     pub(crate) stats: Arc<Stats>,
+    /// Joining and leaving channels on this shard.
+    pub(crate) membership: Rc<Membership>,
 }
 
 /// Where a connection is in its closing handshake.
@@ -104,6 +109,8 @@ pub(crate) struct Conn {
     /// The channels it is in (maintained by the registry). A plain or v1
     /// client is in exactly one, the one its URL named, kept inline.
     pub(crate) subs: RefCell<SmallVec<[Subscription; 1]>>,
+    /// `broadcast.v2` state (commands), for v2 clients only.
+    pub(crate) v2: Option<Box<V2State>>,
     writer: OwnedWriteHalf,
     /// The TLS session, on a `--tls-cert` server (boxed: plain connections
     /// pay one pointer).
@@ -157,6 +164,7 @@ impl Conn {
             name: name.into_boxed_str(),
             slot: Cell::new(usize::MAX),
             subs: RefCell::default(),
+            v2: None,
             writer,
             tls,
             out: RefCell::new(Outbox::default()),
@@ -258,6 +266,14 @@ impl Conn {
         })
     }
 
+    /// The id of channel `name` if this connection is in it.
+    pub(crate) fn subscription(&self, name: &str) -> Option<ChannelId> {
+        let subs = self.subs.borrow();
+        subs.iter()
+            .find(|s| &*s.channel.name == name)
+            .map(|s| s.channel.id)
+    }
+
     /// The channel a plain or v1 client publishes to: the one its URL named
     /// (`None` once it has left it, while closing).
     pub(crate) fn home(&self) -> Option<Arc<Channel>> {
@@ -321,7 +337,7 @@ impl Conn {
         drop_data: bool,
         timeout: Duration,
     ) {
-        let notice = (self.format == Format::V1).then(|| frame::notice(reason));
+        let notice = (self.format != Format::Raw).then(|| frame::notice(reason));
         self.start_close(&reason.payload(), notice, drop_data, timeout);
     }
 

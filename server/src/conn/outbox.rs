@@ -238,6 +238,20 @@ impl Conn {
         self.kick();
     }
 
+    /// Sends an event that must precede a close the server is about to
+    /// start (queued like a notice: never dropped, not counted as backlog).
+    pub(crate) fn send_notice(self: &Rc<Self>, frame: Bytes) {
+        if !self.is_open() {
+            return;
+        }
+        self.out.borrow_mut().queue.push_back(Out {
+            kind: Kind::Notice,
+            bytes: frame,
+            at: Instant::now(),
+        });
+        self.kick();
+    }
+
     /// Queues a pong answering a ping with `payload`. Only the newest
     /// unanswered ping gets a pong (RFC 6455 §5.5.3), which bounds ping floods.
     pub(super) fn queue_pong(self: &Rc<Self>, payload: &[u8]) {

@@ -8,6 +8,7 @@ use std::io::{self};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
@@ -20,9 +21,11 @@ use tokio::net::tcp::OwnedReadHalf;
 use super::fragments::Assembly;
 use super::tls_io::poll_read_tls;
 use super::{Conn, End, HELD_FANOUT, HELD_RATE};
+use crate::channels::Channel;
 use crate::config::RateLimitAction;
 use crate::fanout::Broadcast;
-use crate::frame::{frame_message, unix_millis, v1_message};
+use crate::fanout::Format;
+use crate::frame::{encodings, frame_message};
 
 /// Waits until the socket is readable.
 ///
@@ -158,7 +161,12 @@ pub(super) async fn read_burst(
                 Step::Next => {}
                 Step::End(end) => return Some(end),
                 Step::Message(raw) => {
-                    if let Err(end) = admit(conn, raw, read_at, costs).await {
+                    let handled = if conn.format == Format::V2 {
+                        super::v2::command(conn, raw, read_at, costs).await
+                    } else {
+                        admit(conn, raw, read_at, costs).await
+                    };
+                    if let Err(end) = handled {
                         return Some(end);
                     }
                 }
@@ -242,54 +250,91 @@ pub(super) fn on_frame(
     Step::Next
 }
 
-/// Lets a message through the rate limit and the fan-out credit, waiting
-/// (without reading the socket) while either says "not yet", then
-/// publishes it.
+/// Lets a plain or v1 client's message through the rate limit and the
+/// fan-out credit, waiting (without reading the socket) while either says
+/// "not yet", then publishes it to the client's channel.
 pub(super) async fn admit(
     conn: &Rc<Conn>,
     raw: Bytes,
     read_at: Instant,
     costs: &mut Vec<u32>,
 ) -> Result<(), End> {
+    if !rate_limit(conn).await? {
+        return Ok(());
+    }
+    let Some(channel) = conn.home() else {
+        return Ok(());
+    };
+    publish(conn, Some(&channel), &channel.name, raw, read_at, costs).await;
+    Ok(())
+}
+
+/// Waits for a rate-limit token (`--max-message-rate`). With
+/// `--rate-limit-action close` a client over the limit is closed with 1008,
+/// except a v2 client, whose message is refused instead (`Ok(false)`).
+pub(super) async fn rate_limit(conn: &Rc<Conn>) -> Result<bool, End> {
     while let Err(wait) = conn.take_message_token() {
         if conn.rate_action == RateLimitAction::Close {
+            if conn.format == Format::V2 {
+                return Ok(false);
+            }
             return Err(End::Violation(CloseReason::RATE_LIMITED));
         }
         let started = Instant::now();
         tokio::time::sleep(wait).await;
         conn.held(HELD_RATE, started.elapsed());
     }
+    Ok(true)
+}
+
+/// Publishes `raw` to channel `name` (`channel`: its entry when this node
+/// has members of it) after taking its fan-out credit, waiting for it
+/// without reading the socket. Encoded once per format.
+pub(super) async fn publish(
+    conn: &Rc<Conn>,
+    channel: Option<&Arc<Channel>>,
+    name: &str,
+    raw: Bytes,
+    read_at: Instant,
+    costs: &mut Vec<u32>,
+) {
     if !conn.is_open() {
         // Data after a close is discarded (RFC 6455 §5.5.1).
-        return Ok(());
+        return;
     }
-    let Some(channel) = conn.home() else {
-        return Ok(());
-    };
     let publisher = &conn.ctx.publisher;
-    let v1 = publisher
-        .has_v1_clients()
-        .then(|| v1_message(&raw, conn.id.0, &conn.name, unix_millis()));
-    let len = raw.len() + v1.as_ref().map_or(0, Bytes::len);
-    let waited = publisher.reserve(&channel, len, costs).await;
+    let (raw, v1, v2) = encodings(raw, name, conn.id.0, &conn.name, conn.ctx.stats.wanted());
+    let mut msg = Broadcast {
+        raw: Some(raw),
+        v1,
+        v2,
+        sender: conn.id,
+        channel: 0,
+        framed_at: read_at,
+        cost: 0,
+    };
+    let Some(channel) = channel else {
+        publisher.relay_only(&msg, name, &conn.name);
+        return;
+    };
+    msg.channel = channel.id;
+    let len = msg
+        .raw
+        .iter()
+        .chain(&msg.v1)
+        .chain(&msg.v2)
+        .map(Bytes::len)
+        .sum();
+    let waited = publisher.reserve(channel, len, costs).await;
     if !waited.is_zero() {
         conn.held(HELD_FANOUT, waited);
         conn.adjust_bucket(Some(waited));
     }
-    let msg = Broadcast {
-        raw: Some(raw),
-        v1,
-        sender: conn.id,
-        channel: channel.id,
-        framed_at: read_at,
-        cost: 0,
-    };
     if conn.is_open() {
-        publisher.publish(msg, &channel, &conn.name, costs);
+        publisher.publish(msg, channel, &conn.name, costs);
     } else {
         publisher.give_back(costs);
     }
-    Ok(())
 }
 
 /// Checks a close frame from the peer (RFC 6455 §5.5.1, §7.4).

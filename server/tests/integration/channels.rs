@@ -366,13 +366,16 @@ async fn the_api_publishes_to_channels_and_lists_them() {
     assert_eq!(metric(&samples, "broadcast_api_requests_total", ""), 5.0);
 }
 
+/// Method, path, API key, body, and the status it must get.
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>, u16);
+
 #[tokio::test]
 async fn bad_api_requests_get_a_4xx_with_a_json_reason() {
     let server = Server::start(&["--api-key", KEY, "--max-message-size", "1000"]).await;
     let mut listener = join(&server, "/ws/x").await;
     let big = format!(r#"{{"channel":"x","text":"{}"}}"#, "y".repeat(1001));
     let huge = format!(r#"{{"channel":"x","text":"{}"}}"#, "y".repeat(200_000));
-    let cases: Vec<(&str, &str, Option<&str>, Option<&str>, u16)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "POST",
             "/api/publish",
