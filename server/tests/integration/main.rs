@@ -17,3 +17,4 @@ mod settings;
 mod tls;
 mod util;
 mod v1;
+mod v2;
