@@ -58,6 +58,9 @@ pub(crate) struct Channels {
     next_id: AtomicU64,
     shards: usize,
     stats: Arc<Stats>,
+    /// Signalled when a channel is created or removed (the cluster link
+    /// then changes its Redis subscriptions).
+    changed: tokio::sync::Notify,
 }
 
 impl Channels {
@@ -68,6 +71,7 @@ impl Channels {
             next_id: AtomicU64::new(1),
             shards,
             stats,
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -92,6 +96,7 @@ impl Channels {
                 });
                 table.insert(name, channel.clone());
                 self.stats.channels.store(table.len(), Ordering::Relaxed);
+                self.changed.notify_one();
                 channel
             }
         };
@@ -114,12 +119,24 @@ impl Channels {
         if same && channel.members() == 0 {
             table.remove(&*channel.name);
             self.stats.channels.store(table.len(), Ordering::Relaxed);
+            self.changed.notify_one();
         }
     }
 
     /// The channel named `name`, if it has members on this node.
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Channel>> {
         self.table().get(name).cloned()
+    }
+
+    /// The names of the channels with members on this node.
+    pub(crate) fn names(&self) -> Vec<Arc<str>> {
+        self.table().keys().cloned().collect()
+    }
+
+    /// Resolves once a channel was created or removed since the last call
+    /// (one waiter: the cluster's subscribing task).
+    pub(crate) async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// Every channel with members on this node, by name.

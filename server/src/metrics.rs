@@ -159,6 +159,11 @@ impl Snapshot {
                     stats.channels.load(Ordering::Relaxed) as u64,
                 ),
                 (
+                    "broadcast_cluster_subscriptions",
+                    "Redis channels this node subscribes to (one per channel with local members; --redis)",
+                    stats.cluster.subscriptions.load(Ordering::Relaxed) as u64,
+                ),
+                (
                     "broadcast_cluster_link_up",
                     "1 while both Redis connections are up (always 0 without --redis)",
                     u64::from(stats.cluster.link_up()),

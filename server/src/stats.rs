@@ -141,6 +141,9 @@ impl Stats {
             refused_per_ip: get(&self.refused_per_ip),
             refused_new_connection_rate: get(&self.refused_rate),
             cluster: c.state(),
+            channels: self.channels.load(Ordering::Relaxed),
+            v2_connections: self.v2_connections.load(Ordering::Relaxed),
+            cluster_subscriptions: c.subscriptions.load(Ordering::Relaxed),
             relayed_out: get(&c.relayed_out),
             relayed_in: get(&c.relayed_in),
             not_relayed: get(&c.not_relayed),
@@ -169,6 +172,9 @@ struct Health {
     refused_new_connection_rate: u64,
     /// `off`, `up` or `degraded`.
     cluster: &'static str,
+    channels: usize,
+    v2_connections: usize,
+    cluster_subscriptions: usize,
     relayed_out: u64,
     relayed_in: u64,
     not_relayed: u64,
@@ -192,6 +198,8 @@ pub(crate) struct ClusterStats {
     /// Messages of local clients that could not be published (link down,
     /// queue full, or a failed pipeline).
     pub(crate) not_relayed: AtomicU64,
+    /// Redis channels subscribed to: one per local channel.
+    pub(crate) subscriptions: AtomicUsize,
 }
 
 impl ClusterStats {

@@ -41,6 +41,12 @@ pub(super) enum Side {
 }
 
 impl Link {
+    /// The Redis channel of our channel `name`: `--redis-channel`, a colon,
+    /// the name.
+    pub(super) fn topic(&self, name: &str) -> String {
+        format!("{}:{name}", self.channel)
+    }
+
     fn flag(&self, side: Side) -> &AtomicBool {
         match side {
             Side::Out => &self.stats.cluster.out_up,

@@ -1,8 +1,11 @@
 //! Several nodes as one broadcast domain, through Redis pub/sub.
 //!
-//! With `--redis URL`, every node subscribes to one Redis channel
-//! (`--redis-channel`) and publishes there each message its own clients
-//! send. Redis is the engine; this module only relays:
+//! With `--redis URL`, each of our channels is a Redis channel named
+//! `PREFIX:NAME` (`PREFIX` is `--redis-channel`). A node publishes there
+//! each message its own clients (or its HTTP API) send to NAME, and is
+//! subscribed to it exactly while it has local members of NAME: a node
+//! with nobody in a channel receives none of its traffic. Redis is the
+//! engine; this module only relays:
 //!
 //! - **Out.** [`Relay::offer`] runs on the shard that received the message,
 //!   right where it is published locally. It packs an [`Envelope`] (one
@@ -14,7 +17,12 @@
 //!   [`MAX_PIPELINE`] messages, and sends it as one pipeline of `PUBLISH`
 //!   commands on one connection, so the link costs one round trip per batch,
 //!   not per message.
-//! - **In.** A second connection ([`subscribe::subscribe_loop`]) receives envelopes,
+//! - **In.** A second connection ([`subscribe::subscribe_loop`]) follows
+//!   the local channel table: when channels come or go it sends one
+//!   `SUBSCRIBE` for all the new ones and one `UNSUBSCRIBE` for all the gone
+//!   ones (and subscribes to all of them again after a reconnect). A
+//!   member who joins a channel no one else here is in hears other nodes'
+//!   messages once that `SUBSCRIBE` is done, a round trip later. It receives envelopes,
 //!   skips those carrying this node's id (the sender's node has already
 //!   delivered them locally: no duplicates, no loops), frames each message
 //!   once (the raw frame, and the `broadcast.v1` event while v1 clients are

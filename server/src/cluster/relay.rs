@@ -14,12 +14,15 @@ use super::link::{Link, Side};
 use super::{BACKOFF_CAP, BACKOFF_FIRST, IO_TIMEOUT, MAX_PIPELINE, PING_EVERY, QUEUE_BYTES};
 use crate::fanout::Broadcast;
 
+/// What waits for the publishing task: a Redis channel and an envelope.
+pub(super) type Queued = (String, Bytes);
+
 /// The shards' end of the relay: cloned into the shared hub, used once per
 /// published message.
 #[derive(Debug, Clone)]
 pub(crate) struct Relay {
     pub(super) node: u64,
-    pub(super) tx: mpsc::UnboundedSender<Bytes>,
+    pub(super) tx: mpsc::UnboundedSender<Queued>,
     pub(super) link: Arc<Link>,
 }
 
@@ -43,7 +46,7 @@ impl Relay {
         );
         let len = envelope.len();
         if self.link.queued.fetch_add(len, Ordering::Relaxed) + len > QUEUE_BYTES
-            || self.tx.send(envelope).is_err()
+            || self.tx.send((self.link.topic(channel), envelope)).is_err()
         {
             self.link.queued.fetch_sub(len, Ordering::Relaxed);
             stats.not_relayed.fetch_add(1, Ordering::Relaxed);
@@ -52,12 +55,12 @@ impl Relay {
 }
 
 /// The publishing side: one connection, one pipeline at a time.
-pub(super) async fn publish_loop(link: Arc<Link>, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+pub(super) async fn publish_loop(link: Arc<Link>, mut rx: mpsc::UnboundedReceiver<Queued>) {
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(IO_TIMEOUT))
         .set_response_timeout(Some(IO_TIMEOUT));
     let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_CAP);
-    let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_PIPELINE);
+    let mut batch: Vec<Queued> = Vec::with_capacity(MAX_PIPELINE);
     let stats = &link.stats.cluster;
     loop {
         let mut conn = match link
@@ -83,11 +86,11 @@ pub(super) async fn publish_loop(link: Arc<Link>, mut rx: mpsc::UnboundedReceive
                         return; // every sender is gone: the server stopped
                     }
                     let mut pipe = redis::pipe();
-                    for envelope in &batch {
-                        pipe.cmd("PUBLISH").arg(&link.channel).arg(&envelope[..]).ignore();
+                    for (topic, envelope) in &batch {
+                        pipe.cmd("PUBLISH").arg(topic).arg(&envelope[..]).ignore();
                     }
                     let result = pipe.exec_async(&mut conn).await;
-                    let bytes: usize = batch.iter().map(Bytes::len).sum();
+                    let bytes: usize = batch.iter().map(|(_, e)| e.len()).sum();
                     batch.clear();
                     link.queued.fetch_sub(bytes, Ordering::Relaxed);
                     match result {
@@ -118,7 +121,7 @@ pub(super) async fn publish_loop(link: Arc<Link>, mut rx: mpsc::UnboundedReceive
         // What was queued before the failure is stale by the time a new
         // connection is up: count it as not relayed rather than send it late.
         let mut dropped = 0u64;
-        while let Ok(envelope) = rx.try_recv() {
+        while let Ok((_, envelope)) = rx.try_recv() {
             link.queued.fetch_sub(envelope.len(), Ordering::Relaxed);
             dropped += 1;
         }

@@ -1,6 +1,7 @@
 //! In: one subscription to Redis; other nodes' messages are framed once and
 //! handed to the local shards like a local client's ([`subscribe_loop`]).
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,11 +28,7 @@ pub(super) async fn subscribe_loop(
 ) {
     let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_CAP);
     loop {
-        let connected = async {
-            let mut pubsub = link.client.get_async_pubsub().await?;
-            pubsub.subscribe(&link.channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
+        let connected = link.client.get_async_pubsub();
         let pubsub = match tokio::time::timeout(IO_TIMEOUT, connected).await {
             Ok(Ok(pubsub)) => pubsub,
             Ok(Err(e)) => {
@@ -51,8 +48,18 @@ pub(super) async fn subscribe_loop(
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut costs = Vec::new();
+        // A new connection has no subscriptions: take every local channel's.
+        let mut subscribed = HashSet::new();
+        link.stats.cluster.subscriptions.store(0, Ordering::Relaxed);
+        let mut resync = true;
         let failure: String = loop {
+            if std::mem::take(&mut resync) {
+                if let Err(e) = follow(&link, &channels, &mut sink, &mut subscribed).await {
+                    break e;
+                }
+            }
             tokio::select! {
+                () = channels.changed() => resync = true,
                 msg = stream.next() => match msg {
                     Some(msg) => {
                         deliver(&link.stats, &fanout, &channels, node, msg.get_payload_bytes(), &mut costs)
@@ -72,6 +79,46 @@ pub(super) async fn subscribe_loop(
         link.down(Side::In, &failure);
         tokio::time::sleep(backoff.next_delay()).await;
     }
+}
+
+/// Subscribes to the Redis channel of every local channel not yet
+/// subscribed to, and unsubscribes from those of channels gone: at most one
+/// `SUBSCRIBE` and one `UNSUBSCRIBE`, however many channels changed.
+async fn follow(
+    link: &Link,
+    channels: &Channels,
+    sink: &mut redis::aio::PubSubSink,
+    subscribed: &mut HashSet<Arc<str>>,
+) -> Result<(), String> {
+    let wanted: HashSet<Arc<str>> = channels.names().into_iter().collect();
+    let add: Vec<String> = wanted
+        .difference(subscribed)
+        .map(|name| link.topic(name))
+        .collect();
+    let drop: Vec<String> = subscribed
+        .difference(&wanted)
+        .map(|name| link.topic(name))
+        .collect();
+    let io = |e: redis::RedisError| e.to_string();
+    let timed_out = |_| "subscription change timed out".to_owned();
+    if !add.is_empty() {
+        tokio::time::timeout(IO_TIMEOUT, sink.subscribe(&add))
+            .await
+            .map_err(timed_out)?
+            .map_err(io)?;
+    }
+    if !drop.is_empty() {
+        tokio::time::timeout(IO_TIMEOUT, sink.unsubscribe(&drop))
+            .await
+            .map_err(timed_out)?
+            .map_err(io)?;
+    }
+    *subscribed = wanted;
+    link.stats
+        .cluster
+        .subscriptions
+        .store(subscribed.len(), Ordering::Relaxed);
+    Ok(())
 }
 
 /// Frames a message from another node once per format and hands it to every

@@ -317,3 +317,59 @@ async fn redis_password_is_not_printed() {
     assert!(!stderr.contains("hunter2"), "{stderr:?}");
     assert!(stderr.contains("user:***@"), "{stderr:?}");
 }
+
+/// `POST /api/publish` on `node` with the API key `key`; the status.
+async fn api_publish(node: &Server, key: &str, body: &str) -> u16 {
+    let req = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        node.addr(),
+        body.len()
+    );
+    http_raw(&node.addr(), req.as_bytes()).await.status
+}
+
+#[tokio::test]
+async fn channels_cross_nodes_and_a_node_hears_only_its_own_channels() {
+    const KEY: &str = "cluster-api-key-0123";
+    let redis = Redis::start().await;
+    let nodes = nodes(&redis, 2, &["--api-key", KEY]).await;
+    let url = |node: &Server, channel: &str| format!("ws://{}/ws/{channel}", node.addr());
+    let mut x = vec![
+        connect(&url(&nodes[0], "x")).await,
+        connect(&url(&nodes[1], "x")).await,
+    ];
+    let mut y1 = connect(&url(&nodes[1], "y")).await;
+    let mut y2 = connect(&url(&nodes[1], "y")).await;
+    // Node 0 follows only x, node 1 both.
+    nodes[0].wait_health("cluster_subscriptions", 1).await;
+    nodes[1].wait_health("cluster_subscriptions", 2).await;
+    barrier(&mut x, false).await;
+
+    // y's traffic stays off node 0: a marker on x sent after it (same
+    // publishing connection, so Redis delivers in that order) is all node 0
+    // receives from Redis meanwhile.
+    let before = nodes[0].health_number("relayed_in").await;
+    for i in 0..20 {
+        y1.send(Message::text(format!("y-{i}"))).await.unwrap();
+    }
+    for i in 0..20 {
+        assert_eq!(recv(&mut y2).await, Message::text(format!("y-{i}")));
+    }
+    x[1].send(Message::text("marker")).await.unwrap();
+    assert_eq!(recv(&mut x[0]).await, Message::text("marker"));
+    assert_eq!(nodes[0].health_number("relayed_in").await - before, 1);
+
+    // An API publish on node 0, which has nobody in y, reaches y on node 1.
+    assert_eq!(
+        api_publish(&nodes[0], KEY, r#"{"channel":"y","text":"via api"}"#).await,
+        200
+    );
+    assert_eq!(recv(&mut y1).await, Message::text("via api"));
+    assert_eq!(recv(&mut y2).await, Message::text("via api"));
+    assert_quiet(&mut x[0], "x on node 0").await;
+
+    // When y's last member on node 1 leaves, node 1 unsubscribes from it.
+    drop((y1, y2));
+    nodes[1].wait_health("cluster_subscriptions", 1).await;
+}
