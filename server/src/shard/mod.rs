@@ -9,6 +9,10 @@
 //! `flow`), it holds broadcast frames back, and with them their credit,
 //! which is what slows the publishers down. Everything a shard owns is `Rc`
 //! and `Cell`: no lock is taken on this thread.
+//!
+//! Files: this one (the thread, its runtime, the inbox loop, delivery),
+//! `lifecycle` (accepting, adopting and forgetting connections),
+//! `keepalive` (idle pings and closes, the shutdown closes).
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -19,17 +23,19 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protocol::CloseReason;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
+
+mod keepalive;
+mod lifecycle;
 
 use crate::admission::Admission;
 use crate::channels::Channels;
 use crate::config::{Config, CLOSE_TIMEOUT};
-use crate::conn::{self, Conn, ConnCtx, Queued, V2State};
+use crate::conn::{ConnCtx, Queued};
 use crate::dispatch::{self, Plan};
-use crate::fanout::{Broadcast, ConnId, Fanout, Format, Placement, ShardHandle, ShardMsg};
+use crate::fanout::{Broadcast, Fanout, Format, ShardHandle, ShardMsg};
 use crate::flow::Audience;
-use crate::http::{self, HttpCtx, Upgraded};
+use crate::http::HttpCtx;
 use crate::membership::Membership;
 use crate::names::Names;
 use crate::presence::PresenceTx;
@@ -307,202 +313,6 @@ impl Shard {
                 .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(conn = conn.id.0, "closing slow consumer");
             conn.close_with(CloseReason::SLOW_CONSUMER, true, CLOSE_TIMEOUT);
-        }
-    }
-
-    /// Serves HTTP on a connection the acceptor handed over, and adopts it
-    /// if it upgrades.
-    fn accept(
-        self: &Rc<Self>,
-        stream: std::net::TcpStream,
-        peer: std::net::SocketAddr,
-        placement: Placement,
-    ) {
-        let stream = match TcpStream::from_std(stream) {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!(cause = %e, "cannot register accepted connection");
-                return;
-            }
-        };
-        let shard = self.clone();
-        tokio::task::spawn_local(async move {
-            if let Some(upgraded) = http::serve(shard.http.clone(), stream, peer).await {
-                shard.adopt(upgraded, placement);
-            }
-        });
-    }
-
-    /// Takes over a connection that completed the WebSocket upgrade, with
-    /// its admission ticket and its place in this shard's load: both are
-    /// given back when its task ends.
-    fn adopt(self: &Rc<Self>, upgraded: Upgraded, placement: Placement) {
-        let Upgraded {
-            stream,
-            tls,
-            prefix,
-            format,
-            name,
-            channel,
-            grant,
-            ticket,
-        } = upgraded;
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(cause = %e, "set_nodelay failed");
-        }
-        // Keep a backlog in the outbox (measured, bounded, seen by the
-        // audience gate) instead of megabytes of kernel send buffer.
-        if let Err(e) =
-            socket2::SockRef::from(&stream).set_tcp_notsent_lowat(crate::flow::NOTSENT_LOWAT)
-        {
-            tracing::debug!(cause = %e, "TCP_NOTSENT_LOWAT failed");
-        }
-        let (reader, writer) = stream.into_split();
-        let id = ConnId(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
-        let wanted = name.unwrap_or_else(|| protocol::v1::guest_name(id.0));
-        let name = self.hub.names.claim(&wanted);
-        let mut conn = Conn::new(id, format, name, (writer, tls), self.ctx.clone());
-        if format == Format::V2 {
-            conn.v2 = Some(Box::new(V2State::new(grant)));
-        }
-        let conn = Rc::new(conn);
-        self.ctx.audience.joined();
-        let stats = &self.hub.stats;
-        stats.connections_total.fetch_add(1, Ordering::Relaxed);
-        let membership = &self.ctx.membership;
-        membership.add(&conn);
-        let time = crate::frame::unix_millis();
-        match format {
-            // A v2 client subscribes with commands.
-            Format::V2 => {
-                stats.v2_connections.fetch_add(1, Ordering::Relaxed);
-                conn.send_event(&protocol::v2::Event::Welcome {
-                    client: id.0,
-                    name: conn.name.to_string(),
-                    time,
-                });
-            }
-            Format::V1 => {
-                stats.v1_connections.fetch_add(1, Ordering::Relaxed);
-                let channel = membership.join(&conn, &channel);
-                let welcome = protocol::v1::ServerEvent::Welcome {
-                    id: id.0,
-                    name: conn.name.to_string(),
-                    online: channel.members() as u64,
-                    time,
-                };
-                conn.send_own(crate::frame::frame_text(welcome.encode().as_bytes()));
-            }
-            Format::Raw => {
-                membership.join(&conn, &channel);
-            }
-        }
-        tracing::trace!(conn = id.0, shard = self.index, "connected");
-        if self.is_draining() {
-            self.hub
-                .stats
-                .shutdown_closes
-                .fetch_add(1, Ordering::Relaxed);
-            conn.close_with(
-                CloseReason::SHUTTING_DOWN,
-                false,
-                self.config.shutdown_timeout,
-            );
-        }
-        let shard = self.clone();
-        tokio::task::spawn_local(async move {
-            conn::serve(conn.clone(), reader, prefix).await;
-            shard.unregister(&conn);
-            drop((ticket, placement));
-        });
-    }
-
-    /// Forgets a connection whose task is ending.
-    pub(crate) fn unregister(&self, conn: &Conn) {
-        self.ctx.membership.remove(conn);
-        conn.leave_audience();
-        self.ctx.audience.left();
-        let stats = &self.hub.stats;
-        match conn.format {
-            Format::V1 => stats.v1_connections.fetch_sub(1, Ordering::Relaxed),
-            Format::V2 => stats.v2_connections.fetch_sub(1, Ordering::Relaxed),
-            Format::Raw => 0,
-        };
-        self.hub.names.release(&conn.name);
-        tracing::trace!(conn = conn.id.0, "disconnected");
-        self.departed.notify_waiters();
-    }
-
-    /// Pings connections silent for half the idle timeout and closes those
-    /// silent for all of it.
-    async fn keepalive(self: Rc<Self>) {
-        let idle = self.config.idle_timeout;
-        if idle.is_zero() {
-            return;
-        }
-        let period = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let now = Instant::now();
-            let mut expired = Vec::new();
-            let registry = self.ctx.membership.registry();
-            for conn in registry.all() {
-                if !conn.is_open() {
-                    continue;
-                }
-                let (silent, pinged) = conn.silence(now);
-                if silent >= idle {
-                    expired.push(conn.clone());
-                } else if silent >= idle / 2 && !pinged {
-                    conn.queue_ping();
-                }
-            }
-            drop(registry);
-            for conn in expired {
-                self.hub.stats.idle_closes.fetch_add(1, Ordering::Relaxed);
-                conn.close_with(CloseReason::IDLE_TIMEOUT, false, CLOSE_TIMEOUT);
-            }
-        }
-    }
-
-    /// Shutdown: everything queued before it has been handed to the sockets;
-    /// now send 1001 to everyone after their queued data and wait for the
-    /// closes, up to the shutdown timeout.
-    async fn close_all(&self) {
-        self.ctx.publisher.drain();
-        let conns: Vec<Rc<Conn>> = self.ctx.membership.registry().all().cloned().collect();
-        for conn in &conns {
-            if conn.is_open() {
-                self.hub
-                    .stats
-                    .shutdown_closes
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            conn.close_with(
-                CloseReason::SHUTTING_DOWN,
-                false,
-                self.config.shutdown_timeout,
-            );
-        }
-        drop(conns);
-        let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout;
-        let all_gone = async {
-            loop {
-                let departed = self.departed.notified();
-                if self.ctx.membership.registry().len() == 0 {
-                    return;
-                }
-                departed.await;
-            }
-        };
-        if tokio::time::timeout_at(deadline, all_gone).await.is_err() {
-            tracing::warn!(
-                shard = self.index,
-                remaining = self.ctx.membership.registry().len(),
-                "shutdown timeout: dropping connections that did not close"
-            );
         }
     }
 }

@@ -1,0 +1,139 @@
+//! A connection's life on its shard: serving HTTP on an accepted socket,
+//! adopting it once it upgrades (its id, name, welcome and first channel),
+//! and forgetting it when it ends, with every count given back.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use protocol::CloseReason;
+use tokio::net::TcpStream;
+
+use super::{Shard, NEXT_CONN_ID};
+use crate::conn::{self, Conn, V2State};
+use crate::fanout::{ConnId, Format, Placement};
+use crate::http::{self, Upgraded};
+
+impl Shard {
+    /// Serves HTTP on a connection the acceptor handed over, and adopts it
+    /// if it upgrades.
+    pub(super) fn accept(
+        self: &Rc<Self>,
+        stream: std::net::TcpStream,
+        peer: std::net::SocketAddr,
+        placement: Placement,
+    ) {
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(cause = %e, "cannot register accepted connection");
+                return;
+            }
+        };
+        let shard = self.clone();
+        tokio::task::spawn_local(async move {
+            if let Some(upgraded) = http::serve(shard.http.clone(), stream, peer).await {
+                shard.adopt(upgraded, placement);
+            }
+        });
+    }
+
+    /// Takes over a connection that completed the WebSocket upgrade, with
+    /// its admission ticket and its place in this shard's load: both are
+    /// given back when its task ends.
+    pub(super) fn adopt(self: &Rc<Self>, upgraded: Upgraded, placement: Placement) {
+        let Upgraded {
+            stream,
+            tls,
+            prefix,
+            format,
+            name,
+            channel,
+            grant,
+            ticket,
+        } = upgraded;
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(cause = %e, "set_nodelay failed");
+        }
+        // Keep a backlog in the outbox (measured, bounded, seen by the
+        // audience gate) instead of megabytes of kernel send buffer.
+        if let Err(e) =
+            socket2::SockRef::from(&stream).set_tcp_notsent_lowat(crate::flow::NOTSENT_LOWAT)
+        {
+            tracing::debug!(cause = %e, "TCP_NOTSENT_LOWAT failed");
+        }
+        let (reader, writer) = stream.into_split();
+        let id = ConnId(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
+        let wanted = name.unwrap_or_else(|| protocol::v1::guest_name(id.0));
+        let name = self.hub.names.claim(&wanted);
+        let mut conn = Conn::new(id, format, name, (writer, tls), self.ctx.clone());
+        if format == Format::V2 {
+            conn.v2 = Some(Box::new(V2State::new(grant)));
+        }
+        let conn = Rc::new(conn);
+        self.ctx.audience.joined();
+        let stats = &self.hub.stats;
+        stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        let membership = &self.ctx.membership;
+        membership.add(&conn);
+        let time = crate::frame::unix_millis();
+        match format {
+            // A v2 client subscribes with commands.
+            Format::V2 => {
+                stats.v2_connections.fetch_add(1, Ordering::Relaxed);
+                conn.send_event(&protocol::v2::Event::Welcome {
+                    client: id.0,
+                    name: conn.name.to_string(),
+                    time,
+                });
+            }
+            Format::V1 => {
+                stats.v1_connections.fetch_add(1, Ordering::Relaxed);
+                let channel = membership.join(&conn, &channel);
+                let welcome = protocol::v1::ServerEvent::Welcome {
+                    id: id.0,
+                    name: conn.name.to_string(),
+                    online: channel.members() as u64,
+                    time,
+                };
+                conn.send_own(crate::frame::frame_text(welcome.encode().as_bytes()));
+            }
+            Format::Raw => {
+                membership.join(&conn, &channel);
+            }
+        }
+        tracing::trace!(conn = id.0, shard = self.index, "connected");
+        if self.is_draining() {
+            self.hub
+                .stats
+                .shutdown_closes
+                .fetch_add(1, Ordering::Relaxed);
+            conn.close_with(
+                CloseReason::SHUTTING_DOWN,
+                false,
+                self.config.shutdown_timeout,
+            );
+        }
+        let shard = self.clone();
+        tokio::task::spawn_local(async move {
+            conn::serve(conn.clone(), reader, prefix).await;
+            shard.unregister(&conn);
+            drop((ticket, placement));
+        });
+    }
+
+    /// Forgets a connection whose task is ending.
+    pub(crate) fn unregister(&self, conn: &Conn) {
+        self.ctx.membership.remove(conn);
+        conn.leave_audience();
+        self.ctx.audience.left();
+        let stats = &self.hub.stats;
+        match conn.format {
+            Format::V1 => stats.v1_connections.fetch_sub(1, Ordering::Relaxed),
+            Format::V2 => stats.v2_connections.fetch_sub(1, Ordering::Relaxed),
+            Format::Raw => 0,
+        };
+        self.hub.names.release(&conn.name);
+        tracing::trace!(conn = conn.id.0, "disconnected");
+        self.departed.notify_waiters();
+    }
+}
