@@ -29,6 +29,10 @@
 #   7  flood fairness: 200 subscribers, one publisher writing as fast as TCP
 #      takes (--flooders 1) and one at 50 msg/s, 64 B; DEFAULT flags: the
 #      50 msg/s publisher's own latency, and the server's (/metrics)
+#   8  many small rooms: 10,000 subscribers in 1,000 channels of 10
+#      (--channels 1000), 100 publishers (one per channel) at --max-rate,
+#      64 B; ours only (the baseline has no channels): server CPU per
+#      delivery against scenario 2a's (one room of 100) in the same run
 # Output: bench/results/<date>-<short git rev>.md (hardware, OS, toolchain,
 # the exact commands, one table per scenario: ours, baseline, ratio), and
 # next to it a directory of the same name with every run's JSON and, for the
@@ -97,7 +101,7 @@ stop_server() {
 }
 
 # Scenario definitions: id, title, load-test arguments.
-ALL_SCENARIOS=(s1 s2a s2b s3 s4 s5 s5r s6 s7)
+ALL_SCENARIOS=(s1 s2a s2b s3 s4 s5 s5r s6 s7 s8)
 read -r -a SCENARIOS <<<"${BENCH_SCENARIOS:-${ALL_SCENARIOS[*]}}"
 for sc in "${SCENARIOS[@]}"; do
   [[ " ${ALL_SCENARIOS[*]} " == *" $sc "* ]] || { echo "bench/run.sh: unknown scenario $sc (${ALL_SCENARIOS[*]})" >&2; exit 2; }
@@ -113,6 +117,7 @@ declare -A TITLE=(
   [s5r]="5r. Control for 5: the same load with no slow subscriber"
   [s6]="6. Overload: 1,000 subscribers, 30 publishers at 900 msg/s each (27,000 msg/s), 64 B, $DURATION, default server flags"
   [s7]="7. Flood fairness: 200 subscribers, 1 publisher as fast as TCP allows + 1 at 50 msg/s, 64 B, $DURATION, default server flags"
+  [s8]="8. Many small rooms: 10,000 subscribers in 1,000 channels of 10, 100 publishers at --max-rate (window 64 each), 64 B, $DURATION, ours only"
 )
 COMMON="--source-addrs 8 --no-progress"
 declare -A ARGS=(
@@ -125,7 +130,10 @@ declare -A ARGS=(
   [s5r]="--clients 1000 --publishers 1 --rate 50 --size 16384 --duration $DURATION --drain 5s"
   [s6]="--clients 1000 --publishers 30 --rate 27000 --size 64 --duration $DURATION --drain 120s --drain-quiet 5s --after-close 10s"
   [s7]="--clients 200 --publishers 1 --rate 50 --flooders 1 --size 64 --duration $DURATION --drain 120s --drain-quiet 5s --after-close 10s"
+  [s8]="--clients 10000 --channels 1000 --publishers 100 --max-rate --window 64 --size 64 --duration $DURATION --drain 10s"
 )
+# Scenarios the baseline cannot run (it has no channels).
+declare -A OURS_ONLY=([s8]=1)
 # Ours serves /metrics on its main port: the server-side latency histogram
 # and the flow-control counters (the baseline has none).
 declare -A WITH_METRICS=([s6]=1 [s7]=1)
@@ -135,6 +143,7 @@ T_START=$(date +%s)
 for sc in "${SCENARIOS[@]}"; do
   for i in $(seq "$RUNS"); do
     for kind in ours baseline; do
+      [ "$kind" = baseline ] && [ -n "${OURS_ONLY[$sc]:-}" ] && continue
       base="$OUT/$sc-$kind-$i"
       start_server "$kind" "$sc" "$base.server"
       report=()
@@ -416,6 +425,21 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   echo
   fi
 
+  if ran s8; then
+  echo "### ${TITLE[s8]}"
+  echo
+  echo "| metric | ours |"
+  echo "| --- | ---: |"
+  echo "| **deliveries/s** | $(fmt "$(val s8 ours .deliveries_per_s)" 0) |"
+  echo "| messages published/s | $(fmt "$(val s8 ours .published_per_s)" 0) |"
+  echo "| latency p50 / p99 (ms) | $(fmt "$(val s8 ours .latency.p50_ms)" 3) / $(fmt "$(val s8 ours .latency.p99_ms)" 3) |"
+  echo "| loss ratio (worst run) | $(fmt "$(worst s8 ours .loss_ratio)" 6) |"
+  echo "| **server CPU per delivery (µs)** | $(fmt "$(val s8 ours '.server.cpu_run_s * 1e6 / .delivered')" 3) |"
+  echo "| server CPU (% of one core) | $(fmt "$(val s8 ours .server.cpu_run_pct)" 0) |"
+  echo "| server RSS peak (MiB) | $(fmt "$(val s8 ours '.server.rss_peak_kib / 1024')" 1) |"
+  echo
+  fi
+
   # Targets (ours only, as the issue states them).
   echo "## Targets"
   echo
@@ -461,6 +485,12 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
     echo "| 7: RSS high-water ≤ 64 MiB (worst run) | $(fmt "$h7" 1) MiB | $(yesno "$(jq -n "$h7 != null and $h7 <= 64")") |"
     echo "| 7: 50 msg/s publisher's e2e p99 ≤ 500 ms | $(fmt "$p7" 1) ms | $(yesno "$(jq -n "$p7 != null and $p7 <= 500")") |"
     echo "| 7: server-added p99 (/metrics) ≤ 50 ms | $(fmt "$q7" 1) ms (null: above the largest bucket; $(fmt "$n7" 0) observations) | $(yesno "$(jq -n "$q7 != null and $q7 <= 50")") |"
+  fi
+  if ran s8 && ran s2a; then
+    c8=$(val s8 ours '.server.cpu_run_s * 1e6 / .delivered')
+    c2=$(val s2a ours '.server.cpu_run_s * 1e6 / .delivered')
+    l8=$(worst s8 ours .lost)
+    echo "| 8: CPU per delivery ≤ 1.5 × one room's (2a), zero loss | $(fmt "$c8" 3) µs vs 1.5 × $(fmt "$c2" 3) µs; lost $l8 | $(yesno "$(jq -n "$c8 != null and $c2 != null and $c8 <= 1.5 * $c2 and $l8 == 0")") |"
   fi
   echo
   echo "## Files"
