@@ -265,3 +265,133 @@ impl Fanout {
             .cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channels::Channels;
+    use crate::flow::Credit;
+    use crate::stats::Stats;
+
+    /// A fan-out over `n` shards whose inboxes the test reads.
+    fn hub(n: usize) -> (Fanout, Vec<mpsc::UnboundedReceiver<ShardMsg>>) {
+        let mut shards = Vec::new();
+        let mut inboxes = Vec::new();
+        for _ in 0..n {
+            let (tx, rx) = mpsc::unbounded_channel();
+            shards.push(Arc::new(ShardHandle::new(tx)));
+            inboxes.push(rx);
+        }
+        (Fanout::new(Peers { shards }), inboxes)
+    }
+
+    fn message(channel: ChannelId) -> Broadcast {
+        Broadcast {
+            raw: Some(Bytes::from_static(b"\x81\x02hi")),
+            v1: None,
+            v2: None,
+            sender: ConnId(1),
+            channel,
+            framed_at: Instant::now(),
+            cost: 0,
+        }
+    }
+
+    /// What each inbox holds now: the credit of each broadcast.
+    fn drain(inboxes: &mut [mpsc::UnboundedReceiver<ShardMsg>]) -> Vec<Vec<u32>> {
+        inboxes
+            .iter_mut()
+            .map(|rx| {
+                std::iter::from_fn(|| rx.try_recv().ok())
+                    .map(|m| match m {
+                        ShardMsg::Broadcast(b) => b.cost,
+                        other => panic!("unexpected {other:?}"),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_message_reaches_only_the_shards_with_members_of_its_channel() {
+        let (fanout, mut inboxes) = hub(3);
+        let channels = Channels::new(3, Arc::new(Stats::new()));
+        // Channel a: 2 members on shard 0, 1 on shard 2; none on shard 1.
+        let a = channels.join("a", 0);
+        channels.join("a", 0);
+        channels.join("a", 2);
+        let mut costs = Vec::new();
+        let waited = fanout.reserve(&a, 100, &mut costs).await;
+        assert_eq!(waited, Duration::ZERO);
+        assert_eq!(
+            costs,
+            [Credit::cost(100, 2), 0, Credit::cost(100, 1)],
+            "credit from each shard's members of the channel"
+        );
+        fanout.publish(message(a.id), &costs);
+        let got = drain(&mut inboxes);
+        assert_eq!(got, [vec![costs[0]], vec![], vec![costs[2]]]);
+        // The shards hold that credit until they give it back.
+        let shards = fanout.shards();
+        assert!(shards[0].credit.in_use_bytes() > 0);
+        assert_eq!(shards[1].credit.in_use_bytes(), 0);
+
+        // Presence is free and follows the same members.
+        fanout.publish_free(message(a.id), &a);
+        assert_eq!(drain(&mut inboxes), [vec![0], vec![], vec![0]]);
+
+        // A channel with nobody here costs nothing and goes nowhere.
+        let b = channels.join("b", 1);
+        channels.leave(&b, 1);
+        fanout.reserve(&b, 100, &mut costs).await;
+        assert_eq!(costs, [0, 0, 0]);
+        fanout.publish(message(b.id), &costs);
+        assert_eq!(drain(&mut inboxes), [Vec::<u32>::new(), vec![], vec![]]);
+    }
+
+    #[tokio::test]
+    async fn credit_of_a_stopped_shard_is_given_back() {
+        let (fanout, mut inboxes) = hub(2);
+        let channels = Channels::new(2, Arc::new(Stats::new()));
+        let a = channels.join("a", 0);
+        channels.join("a", 1);
+        drop(inboxes.remove(1)); // shard 1 has stopped
+        let mut costs = Vec::new();
+        fanout.reserve(&a, 1000, &mut costs).await;
+        fanout.publish(message(a.id), &costs);
+        let shards = fanout.shards();
+        assert_eq!(
+            shards[1].credit.in_use_bytes(),
+            0,
+            "refused copy's credit returned"
+        );
+        assert!(shards[0].credit.in_use_bytes() > 0);
+        assert_eq!(drain(&mut inboxes), [vec![costs[0]]]);
+    }
+
+    #[tokio::test]
+    async fn a_publisher_waits_while_a_shard_is_over_its_budget() {
+        let (fanout, mut inboxes) = hub(1);
+        let channels = Channels::new(1, Arc::new(Stats::new()));
+        let a = channels.join("a", 0);
+        let mut costs = Vec::new();
+        // One huge message takes the whole budget (its cost is capped at it).
+        fanout.reserve(&a, usize::MAX / 2, &mut costs).await;
+        fanout.publish(message(a.id), &costs);
+        let mut next = Vec::new();
+        let waiting = fanout.reserve(&a, 10, &mut next);
+        tokio::pin!(waiting);
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(waiting.as_mut(), cx))
+        })
+        .await;
+        assert!(
+            first.is_pending(),
+            "no credit left: the publisher must wait"
+        );
+        // The shard writes the first message and gives its credit back.
+        let held = drain(&mut inboxes)[0][0];
+        fanout.shards()[0].credit.give_back(u64::from(held));
+        assert!(waiting.await > Duration::ZERO);
+    }
+}
