@@ -46,6 +46,22 @@ impl Shard {
         }
     }
 
+    /// Closes `conn` with 1001 after its queued data (counted if it was
+    /// open), giving it the shutdown timeout to answer.
+    pub(super) fn close_for_shutdown(&self, conn: &Rc<Conn>) {
+        if conn.is_open() {
+            self.hub
+                .stats
+                .shutdown_closes
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        conn.close_with(
+            CloseReason::SHUTTING_DOWN,
+            false,
+            self.config.shutdown_timeout,
+        );
+    }
+
     /// Shutdown: everything queued before it has been handed to the sockets;
     /// now send 1001 to everyone after their queued data and wait for the
     /// closes, up to the shutdown timeout.
@@ -53,17 +69,7 @@ impl Shard {
         self.ctx.publisher.drain();
         let conns: Vec<Rc<Conn>> = self.ctx.membership.registry().all().cloned().collect();
         for conn in &conns {
-            if conn.is_open() {
-                self.hub
-                    .stats
-                    .shutdown_closes
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            conn.close_with(
-                CloseReason::SHUTTING_DOWN,
-                false,
-                self.config.shutdown_timeout,
-            );
+            self.close_for_shutdown(conn);
         }
         drop(conns);
         let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout;

@@ -5,7 +5,6 @@
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
-use protocol::CloseReason;
 use tokio::net::TcpStream;
 
 use super::{Shard, NEXT_CONN_ID};
@@ -103,15 +102,7 @@ impl Shard {
         }
         tracing::trace!(conn = id.0, shard = self.index, "connected");
         if self.is_draining() {
-            self.hub
-                .stats
-                .shutdown_closes
-                .fetch_add(1, Ordering::Relaxed);
-            conn.close_with(
-                CloseReason::SHUTTING_DOWN,
-                false,
-                self.config.shutdown_timeout,
-            );
+            self.close_for_shutdown(&conn);
         }
         let shard = self.clone();
         tokio::task::spawn_local(async move {
