@@ -129,7 +129,10 @@ fn check_patterns(pieces: &[&str]) {
     let mut parsed = Vec::new();
     for &text in pieces {
         let expected_prefix = match text.strip_suffix('*') {
-            Some(p) if p.len() <= MAX_LEN && (p.is_empty() || is_name(p.strip_suffix('/').unwrap_or(p))) => {
+            Some(p)
+                if p.len() <= MAX_LEN
+                    && (p.is_empty() || is_name(p.strip_suffix('/').unwrap_or(p))) =>
+            {
                 Some(Some(p))
             }
             Some(_) => None,
@@ -146,7 +149,10 @@ fn check_patterns(pieces: &[&str]) {
         assert_eq!(pattern.as_str(), text);
         assert_eq!(pattern.to_string(), text);
         let json = serde_json::to_string(&pattern).unwrap();
-        assert_eq!(serde_json::from_str::<Pattern>(&json).as_ref().ok(), Some(&pattern));
+        assert_eq!(
+            serde_json::from_str::<Pattern>(&json).as_ref().ok(),
+            Some(&pattern)
+        );
 
         let mut names: Vec<String> = pieces.iter().map(|p| p.to_string()).collect();
         if let Some(prefix) = prefix {
@@ -155,7 +161,9 @@ fn check_patterns(pieces: &[&str]) {
         }
         for name in names.iter().filter(|n| is_name(n)) {
             let expected = match prefix {
-                Some(p) => name.len() >= p.len() && p.bytes().zip(name.bytes()).all(|(a, b)| a == b),
+                Some(p) => {
+                    name.len() >= p.len() && p.bytes().zip(name.bytes()).all(|(a, b)| a == b)
+                }
                 None => name.len() == text.len() && name.bytes().eq(text.bytes()),
             };
             assert_eq!(pattern.matches(name), expected, "{text:?} on {name:?}");

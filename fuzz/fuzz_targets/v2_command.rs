@@ -89,7 +89,9 @@ fn check_decode(text: &str) {
             assert_ne!(e.code, ErrorCode::BadJson);
             if let Some(id) = &e.id {
                 assert!(
-                    fields.all("id").any(|raw| id_of(raw) == Ok(Some(id.clone()))),
+                    fields
+                        .all("id")
+                        .any(|raw| id_of(raw) == Ok(Some(id.clone()))),
                     "{id:?} is none of the ids of {text:?}"
                 );
             }
@@ -99,7 +101,12 @@ fn check_decode(text: &str) {
     match (expected(&fields), decoded) {
         (Ok(want), Ok(got)) => assert_eq!(got, want, "{text:?}"),
         (Err(want), Err(got)) => {
-            assert_eq!((got.code, &got.id), (want.0, &want.1), "{text:?}: {}", got.text);
+            assert_eq!(
+                (got.code, &got.id),
+                (want.0, &want.1),
+                "{text:?}: {}",
+                got.text
+            );
             if let Some(says) = fields.all("id").next().and_then(bad_id_says) {
                 assert!(got.text.contains(says), "{:?} lacks {says:?}", got.text);
             }

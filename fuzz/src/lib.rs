@@ -38,7 +38,7 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
         }))
     }
     let b = s.as_bytes();
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(b.len() / 4 * 3);
@@ -134,7 +134,9 @@ mod tests {
         assert_eq!(base64_decode("/w=="), Some(vec![0xff]));
         assert_eq!(base64_decode("AAEC/w=="), Some(vec![0, 1, 2, 255]));
         assert_eq!(base64_decode("AAE="), Some(vec![0, 1]));
-        for bad in ["AA", "/x==", "AAF=", "A===", "====", "AA=A", "AA==AAAA", "A A="] {
+        for bad in [
+            "AA", "/x==", "AAF=", "A===", "====", "AA=A", "AA==AAAA", "A A=",
+        ] {
             assert_eq!(base64_decode(bad), None, "{bad}");
         }
     }
