@@ -9,7 +9,10 @@
 #                 target/release/broadcast-server)
 #   5. test     : cargo test --workspace --no-fail-fast (every test binary
 #                 runs, so one run shows all failures; still exits non-zero)
-#   6. autobahn : .ci/autobahn.sh (Autobahn|Testsuite cases against our server)
+#   6. fuzz     : fuzz/run.sh 10 (every protocol fuzz target for 10 s; installs
+#                 cargo-fuzz when missing; a crash fails the run)
+#   7. browser  : client-web/e2e/run.sh (headless Chromium against the server)
+#   8. autobahn : .ci/autobahn.sh (Autobahn|Testsuite cases against our server)
 #
 # Any failure stops the run with a non-zero exit. Works as root in a fresh
 # clone with no stdin (CI=true) as well as on a developer machine.
@@ -89,12 +92,13 @@ setup() {
     fi
 
     # Debian packages: the image has most of these (coreutils' timeout for the
-    # conformance job, gcc for crates that build C, python3, git); redis-server
+    # conformance job, gcc for crates that build C, g++ for libFuzzer in the
+    # fuzz phase, python3, git); redis-server
     # is for the cluster tests, which start their own on a free loopback port
     # (none on 6379 is needed or used). Install whatever is missing (apt-get
     # update first: the image has no lists).
     local missing=() cmd pkg
-    for cmd in timeout:coreutils cc:gcc python3:python3 git:git redis-server:redis-server; do
+    for cmd in timeout:coreutils cc:gcc c++:g++ python3:python3 git:git redis-server:redis-server; do
         command -v "${cmd%%:*}" >/dev/null 2>&1 || missing+=("${cmd#*:}")
     done
     if [[ ${#missing[@]} -gt 0 ]]; then
@@ -130,6 +134,11 @@ run_phase build    cargo build "${LOCKED[@]}" --workspace --release
 # Tests run on the release build: it is already compiled (CI time), and the
 # load and timing-sensitive tests see the code as it ships.
 run_phase test     cargo test "${LOCKED[@]}" --workspace --release --no-fail-fast
+# A short coverage-guided pass over the protocol decoders: from the committed
+# corpus, it catches a regression on inputs that reached new code before
+# (longer runs are for developers: fuzz/README.md). It grows fuzz/corpus/ in
+# this checkout, which CI throws away.
+run_phase fuzz     bash fuzz/run.sh 10
 run_phase browser  env BROADCAST_SERVER="$PWD/target/release/broadcast-server" bash client-web/e2e/run.sh
 # The conformance job uses the binary built above instead of building again.
 run_phase autobahn env AUTOBAHN_SERVER_BIN="$PWD/target/release/broadcast-server" bash .ci/autobahn.sh

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # fuzz/run.sh [SECONDS] [TARGET...] - run the protocol fuzz targets.
 #
-# Installs cargo-fuzz when missing (cargo install --locked), builds every
-# target once (stable Rust acting as nightly through RUSTC_BOOTSTRAP=1, since
-# cargo-fuzz passes -Z flags; AddressSanitizer on), then runs each target
-# for SECONDS (default 60) with libFuzzer's -max_total_time, starting from
-# and growing fuzz/corpus/<target>/. A crash, panic, leak or timeout stops
-# the run with a non-zero exit; its input stays in fuzz/artifacts/<target>/
-# (reproduce with `cargo fuzz run <target> <file>`, same environment).
+# Installs cargo-fuzz when missing (cargo install --locked, a pinned version),
+# builds every target once (stable Rust acting as nightly through
+# RUSTC_BOOTSTRAP=1, since cargo-fuzz passes -Z flags; AddressSanitizer on),
+# then runs each target for SECONDS (default 60) with libFuzzer's
+# -max_total_time, starting from and growing fuzz/corpus/<target>/. A crash,
+# panic, leak or timeout stops the run with a non-zero exit; its input stays
+# in fuzz/artifacts/<target>/ (reproduce with `cargo fuzz run <target>
+# <file>`, same environment).
 set -euo pipefail
 
 cd "$(dirname "$0")"
@@ -24,10 +25,19 @@ if ! [[ $SECONDS_PER_TARGET =~ ^[0-9]+$ ]] || [[ $SECONDS_PER_TARGET -eq 0 ]]; t
     exit 2
 fi
 
+# The cargo-fuzz that a machine without one gets (CI: every run), pinned so
+# that runs are reproducible. One already installed is used as it is.
+CARGO_FUZZ_VERSION=0.13.2
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "installing cargo-fuzz"
-    cargo install --locked cargo-fuzz
+    echo "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+    cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi
+installed=$(cargo fuzz --version)
+if [[ $installed != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
+    echo "note: using the installed $installed (CI installs $CARGO_FUZZ_VERSION)"
+fi
+# The fuzz crate's Cargo.lock is committed: build exactly what it says.
+cargo fetch --locked
 
 if [[ $# -gt 0 ]]; then
     TARGETS=("$@")

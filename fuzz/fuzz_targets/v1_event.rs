@@ -20,7 +20,7 @@
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use protocol::v1::{encode_message_into, Body, BodyRef, Peer, ServerEvent};
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use protocol_fuzz::Fields;
 use serde_json::Value;
 
 const KNOWN_TYPES: [&str; 4] = ["welcome", "message", "presence", "notice"];
@@ -39,7 +39,7 @@ fn check_decode(text: &str) {
     // its type twice is ambiguous: any answer but a panic will do.
     let kind = match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(_)) => {
-            let TypeFields(types) = serde_json::from_str(text).expect("an object is a map");
+            let types = Fields::of(text).expect("an object").values("type");
             if types.len() > 1 {
                 if let Ok(Some(event)) = &decoded {
                     assert!(types.contains(&Value::from(type_name(event))), "{text:?}");
@@ -75,36 +75,6 @@ fn check_decode(text: &str) {
                 );
             }
         }
-    }
-}
-
-/// The values of every top-level `type` key of a JSON object, in order.
-/// serde_json's own `Value` keeps only the last of duplicate keys.
-struct TypeFields(Vec<Value>);
-
-impl<'de> Deserialize<'de> for TypeFields {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct Fields;
-        impl<'de> Visitor<'de> for Fields {
-            type Value = TypeFields;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<TypeFields, A::Error> {
-                let mut types = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    let value: Value = map.next_value()?;
-                    if key == "type" {
-                        types.push(value);
-                    }
-                }
-                Ok(TypeFields(types))
-            }
-        }
-        d.deserialize_map(Fields)
     }
 }
 

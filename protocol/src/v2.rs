@@ -177,7 +177,9 @@ impl Id {
             Value::String(s) => Id::try_from(s),
             Value::Number(n) => match n.as_u64() {
                 Some(n) => Ok(Id::Num(n)),
-                None if n.is_i64() => Err(IdError::WrongType {
+                // serde_json reads `-0` and `-1.5` as floats: they are
+                // negative numbers too, not (only) ones with a fraction.
+                None if n.as_f64().is_some_and(f64::is_sign_negative) => Err(IdError::WrongType {
                     found: "a negative number",
                 }),
                 None => Err(IdError::WrongType {
@@ -927,6 +929,9 @@ mod tests {
         // A bad id cannot be echoed, whatever else is wrong.
         let bad_ids = [
             ("-1", "a negative number"),
+            ("-0", "a negative number"),
+            ("-1.5", "a negative number"),
+            ("-1e3", "a negative number"),
             ("1.5", "fraction"),
             ("1e3", "exponent"),
             ("18446744073709551616", "2^64-1"),
