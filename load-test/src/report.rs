@@ -859,7 +859,7 @@ mod tests {
             row(2, 3, 30, 92, 2),
         ];
         r.delivered = 160 + 85 + 90;
-        r.lost = 5 + 0 + 0;
+        r.lost = 5;
         r.misrouted = 2;
         r.channels = Some(ChannelsReport::new(table));
         r.finish();

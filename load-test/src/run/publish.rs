@@ -35,8 +35,8 @@ const MAX_BATCH: u64 = 256;
 /// A publisher's connection: WebSocket, or `--api` (and the channel it
 /// posts to).
 enum Link {
-    Ws(Ws),
-    Api { conn: ApiConn, channel: String },
+    Ws(Box<Ws>),
+    Api { conn: Box<ApiConn>, channel: String },
 }
 
 /// The publishers once connected (phase 2 before the start).
@@ -66,12 +66,12 @@ pub(super) async fn connect(
                 // The channel its WebSocket URL names (validated with the flags).
                 Some(api) => Ok(Link::Api {
                     channel: target.channel()?,
-                    conn: api.connect(n, timeout).await?,
+                    conn: Box::new(api.connect(n, timeout).await?),
                 }),
                 None => target
                     .connect(n, pub_cfg, timeout, None)
                     .await
-                    .map(Link::Ws),
+                    .map(|ws| Link::Ws(Box::new(ws))),
             }
         }));
     }
@@ -265,7 +265,7 @@ async fn publisher(
     let (done_tx, done_rx) = watch::channel(false);
     let (mut out, reader) = match link {
         Link::Ws(ws) => {
-            let (sink, stream) = ws.split();
+            let (sink, stream) = (*ws).split();
             let reader = readers.spawn(read_broadcasts(stream, done_rx, shared.v1));
             (Out::Ws(sink), Some(reader))
         }
@@ -409,7 +409,7 @@ async fn publisher(
 /// Where a publisher writes: its WebSocket's sending half, or the API.
 enum Out {
     Ws(SplitSink<Ws, Message>),
-    Api { conn: ApiConn, channel: String },
+    Api { conn: Box<ApiConn>, channel: String },
 }
 
 /// Why [`Out::send_all`] stopped before the end of its batch.
