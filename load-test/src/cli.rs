@@ -106,6 +106,29 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) v1: bool,
 
+    /// Spread subscribers and publishers over N channels `lt-0` ..
+    /// `lt-{N-1}`: subscriber i joins `lt-{i mod N}`, publisher p (paced,
+    /// then flooders) publishes to `lt-{p mod N}`. Each `--url`'s path is
+    /// replaced by `/ws/lt-K` (its query is kept, and must not name a
+    /// channel). Loss is counted per channel; the summary adds a
+    /// per-channel breakdown (the full table in --json). 1: every
+    /// connection uses `--url` as given (one channel, no rewriting).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CHANNELS)))]
+    pub(crate) channels: u32,
+
+    /// Publish through the server's HTTP API instead of WebSocket
+    /// connections: `POST URL/api/publish` with the payload base64 in
+    /// `"data"`, one keep-alive HTTP/1.1 connection per publisher (paced
+    /// and flooders), one request in flight on each. A publisher stops at
+    /// its first answer other than 200 (counted as a publish error, by
+    /// status). e.g. http://127.0.0.1:8080 (https:// with --ca as for wss).
+    #[arg(long, value_name = "URL", requires = "api_key")]
+    pub(crate) api: Option<String>,
+
+    /// The server's `--api-key`, sent as `Authorization: Bearer KEY` (with --api).
+    #[arg(long, value_name = "KEY", requires = "api")]
+    pub(crate) api_key: Option<String>,
+
     /// Subscribers end by dropping the TCP connection instead of a close handshake.
     #[arg(long)]
     pub(crate) abrupt_close: bool,
@@ -185,6 +208,14 @@ pub(crate) struct Args {
     pub(crate) no_progress: bool,
 }
 
+/// Most channels `--channels` spreads the connections over.
+pub(crate) const MAX_CHANNELS: u32 = 100_000;
+
+/// The name of channel `k` of `--channels`.
+pub(crate) fn channel_name(k: usize) -> String {
+    format!("lt-{k}")
+}
+
 fn parse_positive_f64(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
@@ -240,16 +271,48 @@ impl Args {
         if let Some(url) = &self.metrics {
             crate::scrape::check_url(url).map_err(|e| e.to_string())?;
         }
-        if self.max_rate
-            && self.publisher_count() > 0
-            && slow_count(self.clients as usize, self.slow_fraction) >= self.clients as usize
-        {
-            return Err(
-                "--max-rate needs at least one subscriber that is not slow (lower --slow-fraction)"
-                    .into(),
-            );
+        for url in &self.urls {
+            let checked = if self.channels > 1 {
+                crate::conn::channel_url(url, &channel_name(0)).map(drop)
+            } else if self.api.is_some() {
+                // The API publishers publish to the channel the URL names.
+                crate::conn::url_channel(url).map(drop)
+            } else {
+                Ok(())
+            };
+            checked.map_err(|e| format!("--url {url}: {e:#}"))?;
+        }
+        if let Some(url) = &self.api {
+            crate::api::check_url(url).map_err(|e| format!("--api {url}: {e:#}"))?;
+        }
+        if self.max_rate && self.publisher_count() > 0 {
+            if let Some(k) = self.channel_without_reader() {
+                return Err(if self.channels == 1 {
+                    "--max-rate needs at least one subscriber that is not slow (lower --slow-fraction)"
+                        .into()
+                } else {
+                    format!(
+                        "--max-rate needs a subscriber that is not slow in every channel with a \
+                         publisher; lt-{k} has none (more --clients, fewer --channels or a lower \
+                         --slow-fraction)"
+                    )
+                });
+            }
         }
         Ok(())
+    }
+
+    /// The first channel with a paced publisher but no reading (not slow)
+    /// subscriber: the `--max-rate` windows of its publishers could never
+    /// be acknowledged.
+    fn channel_without_reader(&self) -> Option<usize> {
+        let (clients, n) = (self.clients as usize, self.channels as usize);
+        let slow = slow_count(clients, self.slow_fraction);
+        let mut has_reader = vec![false; n];
+        for i in (0..clients).filter(|&i| !is_slow(i, clients, slow)) {
+            has_reader[i % n] = true;
+        }
+        (0..self.publisher_count().min(n)).find(|&k| !has_reader[k])
     }
 }
 
@@ -369,6 +432,67 @@ mod tests {
         assert!(ok(&["--max-rate", "--slow-fraction", "0.5", "--clients", "4"]).is_ok());
         assert!(ok(&["--metrics", "http://127.0.0.1:9/metrics"]).is_ok());
         assert!(ok(&["--metrics", "https://127.0.0.1:9/metrics"]).is_err());
+    }
+
+    #[test]
+    fn channels_and_api_flags() {
+        let parse = |extra: &[&str]| {
+            let mut v = vec!["load-test"];
+            v.extend_from_slice(extra);
+            Args::try_parse_from(v)
+        };
+        let a = parse(&[]).unwrap();
+        assert_eq!((a.channels, a.api.as_deref()), (1, None));
+        assert_eq!(parse(&["--channels", "3"]).unwrap().channels, 3);
+        assert!(parse(&["--channels", "0"]).is_err());
+        assert!(parse(&["--channels", "100001"]).is_err());
+        // --api and --api-key go together.
+        assert!(parse(&["--api", "http://h:1"]).is_err());
+        assert!(parse(&["--api-key", "k"]).is_err());
+        let a = parse(&["--api", "http://h:1", "--api-key", "k"]).unwrap();
+        assert!(a.validate().is_ok());
+        let invalid = |extra: &[&str]| parse(extra).unwrap().validate().unwrap_err();
+        let e = invalid(&["--api", "ws://h:1", "--api-key", "k"]);
+        assert!(e.contains("--api ws://h:1"), "{e}");
+        // --channels rewrites the path; a channel in the query would clash.
+        let e = invalid(&["--channels", "2", "--url", "ws://h/ws?channel=x"]);
+        assert!(e.contains("names a channel"), "{e}");
+        assert!(parse(&["--channels", "2", "--url", "ws://h/other?t=1"])
+            .unwrap()
+            .validate()
+            .is_ok());
+        // Without --channels, API publishers post to the URL's channel.
+        let e = invalid(&["--url", "ws://h/x", "--api", "http://h", "--api-key", "k"]);
+        assert!(e.contains("channel is unknown"), "{e}");
+        // --max-rate: every channel with a publisher needs a reader.
+        let max_rate = ["--max-rate", "--clients", "4", "--publishers", "3"];
+        assert!(parse(&[&max_rate[..], &["--channels", "3"]].concat())
+            .unwrap()
+            .validate()
+            .is_ok());
+        let e = invalid(&[
+            "--max-rate",
+            "--clients",
+            "2",
+            "--publishers",
+            "3",
+            "--channels",
+            "3",
+        ]);
+        assert!(e.contains("lt-2 has none"), "{e}");
+        // Channels beyond the publishers' need no reader.
+        assert!(parse(&[
+            "--max-rate",
+            "--clients",
+            "2",
+            "--publishers",
+            "2",
+            "--channels",
+            "6"
+        ])
+        .unwrap()
+        .validate()
+        .is_ok());
     }
 
     #[test]

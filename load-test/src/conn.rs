@@ -10,7 +10,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -112,6 +112,22 @@ impl Target {
         })
     }
 
+    /// The same server, channel `name`: the URL's path becomes `/ws/NAME`
+    /// (see [`channel_url`]).
+    pub(crate) fn with_channel(&self, name: &str) -> Result<Self> {
+        let (origin, path) = channel_parts(&self.url, name)?;
+        Ok(Self {
+            url: origin + &path,
+            path,
+            ..self.clone()
+        })
+    }
+
+    /// The channel this target's subscribers join (see [`url_channel`]).
+    pub(crate) fn channel(&self) -> Result<String> {
+        path_channel(&self.path)
+    }
+
     /// Every connection offers `subprotocol` and fails unless the server selects it.
     pub(crate) fn with_subprotocol(mut self, subprotocol: Option<&'static str>) -> Self {
         self.subprotocol = subprotocol;
@@ -195,7 +211,7 @@ impl Target {
     }
 
     /// Connection number `n`: TCP, then TLS for `wss://`.
-    async fn stream(&self, n: usize, rcvbuf: Option<u32>) -> Result<Stream> {
+    pub(crate) async fn stream(&self, n: usize, rcvbuf: Option<u32>) -> Result<Stream> {
         let tcp = self.tcp(n, rcvbuf).await?;
         match &self.tls {
             None => Ok(Stream::Plain(tcp)),
@@ -233,6 +249,65 @@ impl Target {
             .with_context(|| format!("TCP connect to {}", self.addr))?;
         stream.set_nodelay(true).context("TCP_NODELAY")?;
         Ok(stream)
+    }
+}
+
+/// `url` with its path replaced by `/ws/NAME` (`--channels`): the
+/// scheme, authority and query stay; a query that already names a channel
+/// (`channel=`) is refused, since the server would see two names.
+///
+/// # Errors
+/// `url` does not parse, has no authority or names a channel in its query.
+pub(crate) fn channel_url(url: &str, name: &str) -> Result<String> {
+    channel_parts(url, name).map(|(origin, path)| origin + &path)
+}
+
+/// [`channel_url`] in two parts: `scheme://authority` and the path with the query.
+fn channel_parts(url: &str, name: &str) -> Result<(String, String)> {
+    let uri: Uri = url
+        .parse()
+        .with_context(|| format!("invalid URL `{url}`"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        bail!("`{url}` is not an absolute URL");
+    };
+    let query = match uri.query() {
+        Some(q) if protocol::v1::query_param(q, protocol::channel::PARAM).is_some() => {
+            bail!("the query names a channel; --channels chooses them (lt-0, lt-1, ...)")
+        }
+        Some(q) => format!("?{q}"),
+        None => String::new(),
+    };
+    Ok((
+        format!("{scheme}://{authority}"),
+        format!("{}/{name}{query}", protocol::WS_PATH),
+    ))
+}
+
+/// The channel a client of `url` joins, as the server reads it
+/// (`/ws`: `default`, `/ws/NAME`, `?channel=NAME`).
+///
+/// # Errors
+/// `url` does not parse, is not a `/ws` URL, or names an invalid channel.
+pub(crate) fn url_channel(url: &str) -> Result<String> {
+    let uri: Uri = url
+        .parse()
+        .with_context(|| format!("invalid URL `{url}`"))?;
+    path_channel(uri.path_and_query().map_or("/", |p| p.as_str()))
+}
+
+/// The channel of a request path with its query (see [`url_channel`]).
+fn path_channel(path_and_query: &str) -> Result<String> {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    match protocol::channel::from_request(path, query) {
+        Some(Ok(name)) => Ok(name),
+        Some(Err(e)) => bail!("{e:?}"),
+        None => bail!(
+            "the path `{path}` is not {} or below it, so its channel is unknown",
+            protocol::WS_PATH
+        ),
     }
 }
 
@@ -307,6 +382,39 @@ mod tests {
             (t.host_port.as_str(), t.path.as_str()),
             ("localhost:9", "/a/b?x=1")
         );
+    }
+
+    #[test]
+    fn channel_urls_replace_the_path_and_keep_the_query() {
+        let at = |url: &str| channel_url(url, "lt-3").unwrap();
+        assert_eq!(at("ws://h:1/ws"), "ws://h:1/ws/lt-3");
+        assert_eq!(at("ws://h:1/ws/other"), "ws://h:1/ws/lt-3");
+        assert_eq!(at("wss://h/ws?token=abc"), "wss://h/ws/lt-3?token=abc");
+        assert_eq!(at("ws://h:1/"), "ws://h:1/ws/lt-3");
+        assert_eq!(at("ws://[::1]:9/proxy/ws"), "ws://[::1]:9/ws/lt-3");
+        assert_eq!(at("wss://ws/ws/x"), "wss://ws/ws/lt-3");
+        assert!(channel_url("ws://h/ws?channel=x", "lt-0").is_err());
+        assert!(channel_url("ws://h/ws?a=1&channel=x", "lt-0").is_err());
+        assert!(channel_url("/ws", "lt-0").is_err());
+        assert_eq!(url_channel("ws://h/ws").unwrap(), "default");
+        assert_eq!(url_channel("ws://h/ws/a/b").unwrap(), "a/b");
+        assert_eq!(url_channel("ws://h/ws?x=1&channel=a%3Ab").unwrap(), "a:b");
+        assert!(url_channel("ws://h/metrics").is_err());
+        assert!(url_channel("ws://h/ws/a//b").is_err());
+        assert!(url_channel("ws://h/ws/a?channel=b").is_err());
+    }
+
+    #[tokio::test]
+    async fn channel_targets_rewrite_url_and_path() {
+        let t = Target::resolve("ws://127.0.0.1:9/ws?k=v", 1, &TlsOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(t.channel().unwrap(), "default");
+        let c = t.with_channel("lt-7").unwrap();
+        assert_eq!(c.url, "ws://127.0.0.1:9/ws/lt-7?k=v");
+        assert_eq!(c.path, "/ws/lt-7?k=v");
+        assert_eq!((c.addr, c.host_port.as_str()), (t.addr, "127.0.0.1:9"));
+        assert_eq!(c.channel().unwrap(), "lt-7");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! every subscriber accounts latency, loss, duplicates and reordering. See
 //! `load-test --help` and `run.rs` for how latency is measured.
 
+mod api;
 mod cli;
 mod conn;
 mod payload;

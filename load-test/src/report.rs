@@ -119,9 +119,12 @@ pub(crate) struct ClassReport {
 }
 
 impl ClassReport {
-    /// Fills in the class's expected deliveries and loss ratio.
-    fn finish(&mut self, readers: u64) {
-        self.expected_deliveries = self.published * readers;
+    /// Fills in the class's expected deliveries (`readers` of every message;
+    /// None: already counted, by channel) and loss ratio.
+    fn finish(&mut self, readers: Option<u64>) {
+        if let Some(readers) = readers {
+            self.expected_deliveries = self.published * readers;
+        }
         self.loss_ratio = if self.expected_deliveries == 0 {
             0.0
         } else {
@@ -130,10 +133,130 @@ impl ClassReport {
     }
 }
 
+/// The smallest and the largest value of a figure over the channels.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub(crate) struct MinMax<T> {
+    pub(crate) min: T,
+    pub(crate) max: T,
+}
+
+impl<T: Copy + PartialOrd> MinMax<T> {
+    /// Over `values` (None when there are none).
+    fn of(mut values: impl Iterator<Item = T>) -> Option<Self> {
+        let first = values.next()?;
+        Some(values.fold(
+            Self {
+                min: first,
+                max: first,
+            },
+            |m, v| Self {
+                min: if v < m.min { v } else { m.min },
+                max: if v > m.max { v } else { m.max },
+            },
+        ))
+    }
+}
+
+impl<T: std::fmt::Display + PartialEq> std::fmt::Display for MinMax<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", self.min)
+        } else {
+            write!(f, "{}..{}", self.min, self.max)
+        }
+    }
+}
+
+/// One channel of `--channels`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub(crate) struct ChannelRow {
+    /// `lt-K`.
+    pub(crate) channel: String,
+    /// Reading subscribers (connected, not slow).
+    pub(crate) subscribers: u64,
+    /// Publishers that connected.
+    pub(crate) publishers: u64,
+    /// Messages its publishers published.
+    pub(crate) published: u64,
+    /// `published` times `subscribers`.
+    pub(crate) expected: u64,
+    /// Distinct messages its subscribers received, from any channel: equal
+    /// to `expected` in a clean run (`expected - lost + misrouted`).
+    pub(crate) received: u64,
+    pub(crate) lost: u64,
+    /// Received from publishers of other channels (a server bug).
+    pub(crate) misrouted: u64,
+    pub(crate) loss_ratio: f64,
+}
+
+/// `--channels` > 1: the figures by channel, summarized as min..max over
+/// the channels, with the whole table (JSON only).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub(crate) struct ChannelsReport {
+    pub(crate) count: u64,
+    pub(crate) subscribers: MinMax<u64>,
+    pub(crate) publishers: MinMax<u64>,
+    pub(crate) expected: MinMax<u64>,
+    pub(crate) received: MinMax<u64>,
+    pub(crate) loss_ratio: MinMax<f64>,
+    /// Channels that lost at least one delivery.
+    pub(crate) with_loss: u64,
+    /// Deliveries from another channel's publishers, over all channels.
+    pub(crate) misrouted: u64,
+    /// The channel with the highest loss ratio, when one lost anything.
+    pub(crate) worst: Option<String>,
+    /// Every channel, by index.
+    pub(crate) table: Vec<ChannelRow>,
+}
+
+impl ChannelsReport {
+    /// Summarizes `table` (each row's counts filled in; its loss ratio is
+    /// derived here).
+    pub(crate) fn new(mut table: Vec<ChannelRow>) -> Self {
+        for r in &mut table {
+            r.loss_ratio = ratio(r.lost, r.expected);
+        }
+        let worst = table
+            .iter()
+            .filter(|r| r.lost > 0)
+            .max_by(|a, b| a.loss_ratio.total_cmp(&b.loss_ratio))
+            .map(|r| r.channel.clone());
+        let span = |f: fn(&ChannelRow) -> u64| MinMax::of(table.iter().map(f)).unwrap_or_default();
+        Self {
+            count: table.len() as u64,
+            subscribers: span(|r| r.subscribers),
+            publishers: span(|r| r.publishers),
+            expected: span(|r| r.expected),
+            received: span(|r| r.received),
+            loss_ratio: MinMax::of(table.iter().map(|r| r.loss_ratio)).unwrap_or_default(),
+            with_loss: table.iter().filter(|r| r.lost > 0).count() as u64,
+            misrouted: table.iter().map(|r| r.misrouted).sum(),
+            worst,
+            table,
+        }
+    }
+
+    /// Expected deliveries over every channel.
+    fn expected_total(&self) -> u64 {
+        self.table.iter().map(|r| r.expected).sum()
+    }
+}
+
+/// `part / whole`, 0 when `whole` is.
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
 /// Everything the run measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Report {
     pub(crate) url: String,
+    /// `--api`: the publishers posted to this base URL instead.
+    pub(crate) api: Option<String>,
     /// `rate`, `max-rate` or `idle`.
     pub(crate) mode: &'static str,
     /// What the connections speak: `raw`, or `broadcast.v1` (`--v1`).
@@ -189,6 +312,17 @@ pub(crate) struct Report {
     /// The same figures by kind of publisher, `paced` and `flood` (only the
     /// kinds the run had).
     pub(crate) classes: BTreeMap<&'static str, ClassReport>,
+    /// `--channels` > 1: the figures by channel (then `expected_deliveries`
+    /// is their sum: each subscriber expects its own channel's messages).
+    pub(crate) channels: Option<ChannelsReport>,
+    /// Deliveries from a publisher of another channel than the
+    /// subscriber's (an error; not in `delivered`).
+    pub(crate) misrouted: u64,
+    /// `--api`: answers other than 200, by status (each stopped its
+    /// publisher and counts in `send_errors`).
+    pub(crate) api_errors: BTreeMap<u16, u64>,
+    /// `--api`: the first request that got no answer, and why.
+    pub(crate) first_send_error: Option<String>,
 
     /// `--v1`: welcome events received (one per connection that got through
     /// the upgrade, subscribers and publishers).
@@ -227,7 +361,17 @@ impl Report {
     pub(crate) fn finish(&mut self) {
         let slow_connected = self.slow.as_ref().map_or(0, |s| s.connected);
         let readers = self.clients_connected.saturating_sub(slow_connected);
-        self.expected_deliveries = self.published * readers;
+        // By channel, subscribers expect only their channel's messages.
+        let readers = match &self.channels {
+            None => {
+                self.expected_deliveries = self.published * readers;
+                Some(readers)
+            }
+            Some(ch) => {
+                self.expected_deliveries = ch.expected_total();
+                None
+            }
+        };
         for c in self.classes.values_mut() {
             c.finish(readers);
         }
@@ -250,7 +394,8 @@ impl Report {
             + self.publishers_failed
             + self.server_closes.values().sum::<u64>()
             + self.send_errors
-            + self.malformed;
+            + self.malformed
+            + self.misrouted;
         self.failures.clear();
         if self.loss_ratio > self.max_loss {
             self.failures.push(format!(
@@ -294,10 +439,13 @@ impl Report {
         } else {
             mode
         };
+        let url = match &self.api {
+            Some(api) => format!("{} (publishing via {api}/api/publish)", self.url),
+            None => self.url.clone(),
+        };
         let _ = writeln!(
             s,
-            "load-test summary: {} | {} | {mode} | {} B | {:.1} s + drain {:.1} s",
-            self.url,
+            "load-test summary: {url} | {} | {mode} | {} B | {:.1} s + drain {:.1} s",
             self.protocol_name(),
             self.size,
             self.duration_s,
@@ -368,6 +516,36 @@ impl Report {
         row("duplicates", self.duplicates.to_string());
         row("reordered", self.reordered.to_string());
         row("malformed", self.malformed.to_string());
+        if let Some(ch) = &self.channels {
+            let (first, last) = (
+                ch.table.first().map_or("", |r| r.channel.as_str()),
+                ch.table.last().map_or("", |r| r.channel.as_str()),
+            );
+            row(
+                "channels",
+                format!(
+                    "{} ({first} .. {last}); per channel: {} subscribers, {} publishers",
+                    ch.count, ch.subscribers, ch.publishers
+                ),
+            );
+            let worst = ch
+                .worst
+                .as_ref()
+                .map(|w| format!(", worst {w}"))
+                .unwrap_or_default();
+            row(
+                "  per channel",
+                format!(
+                    "expected {}, received {}, loss {:.4}%..{:.4}%; {} lost some{worst}; misrouted {}",
+                    ch.expected,
+                    ch.received,
+                    ch.loss_ratio.min * 100.0,
+                    ch.loss_ratio.max * 100.0,
+                    ch.with_loss,
+                    ch.misrouted
+                ),
+            );
+        }
         row("drain took", format!("{:.2} s", self.drain_used_s));
         row(
             "deliveries/s",
@@ -441,7 +619,19 @@ impl Report {
                 ),
             );
         }
-        row("send errors", self.send_errors.to_string());
+        let api_errors = if self.api_errors.is_empty() {
+            String::new()
+        } else {
+            let by = self
+                .api_errors
+                .iter()
+                .map(|(c, n)| format!("HTTP {c}: {n}"));
+            format!(" ({})", join_or(by, ""))
+        };
+        row("send errors", format!("{}{api_errors}", self.send_errors));
+        if let Some(e) = &self.first_send_error {
+            row("first send error", e.clone());
+        }
         row("errors", self.errors.to_string());
         if let Some(sv) = &self.server {
             let mib = |k: u64| k as f64 / 1024.0;
@@ -643,6 +833,80 @@ mod tests {
         assert_eq!(json["protocol"], "broadcast.v1");
         assert_eq!(json["presence_events"], 30);
         assert_eq!(json["notices"]["1001"], 2);
+    }
+
+    #[test]
+    fn channels_give_expected_totals_and_a_summary() {
+        let row = |k: u64, subscribers: u64, published: u64, received: u64, misrouted: u64| {
+            let expected = published * subscribers;
+            ChannelRow {
+                channel: format!("lt-{k}"),
+                subscribers,
+                publishers: 1,
+                published,
+                expected,
+                received,
+                lost: expected + misrouted - received,
+                misrouted,
+                ..ChannelRow::default()
+            }
+        };
+        let mut r = base();
+        // 10 subscribers over 3 channels (4, 3, 3), 100 messages over them.
+        let table = vec![
+            row(0, 4, 40, 160, 0),
+            row(1, 3, 30, 85, 0),
+            row(2, 3, 30, 92, 2),
+        ];
+        r.delivered = 160 + 85 + 90;
+        r.lost = 5;
+        r.misrouted = 2;
+        r.channels = Some(ChannelsReport::new(table));
+        r.finish();
+        assert_eq!(r.expected_deliveries, 160 + 90 + 90);
+        assert_eq!(r.errors, 2, "misrouted deliveries are errors");
+        let ch = r.channels.as_ref().unwrap();
+        assert_eq!(ch.count, 3);
+        assert_eq!(ch.subscribers, MinMax { min: 3, max: 4 });
+        assert_eq!(ch.expected, MinMax { min: 90, max: 160 });
+        assert_eq!(ch.received, MinMax { min: 85, max: 160 });
+        assert_eq!((ch.with_loss, ch.misrouted), (1, 2));
+        assert_eq!(ch.worst.as_deref(), Some("lt-1"));
+        let t = r.table();
+        assert!(
+            t.contains("3 (lt-0 .. lt-2); per channel: 3..4 subscribers, 1 publishers"),
+            "{t}"
+        );
+        assert!(
+            t.contains("expected 90..160, received 85..160, loss 0.0000%..5.5556%"),
+            "{t}"
+        );
+        assert!(t.contains("1 lost some, worst lt-1; misrouted 2"), "{t}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["channels"]["table"][1]["lost"], 5);
+        assert_eq!(json["channels"]["expected"]["max"], 160);
+        // One channel: no breakdown.
+        let mut r = base();
+        r.finish();
+        assert!(!r.table().contains("per channel"));
+        assert_eq!(
+            serde_json::to_value(&r).unwrap()["channels"],
+            serde_json::Value::Null
+        );
+    }
+
+    #[test]
+    fn api_errors_are_send_errors_by_status() {
+        let mut r = base();
+        r.api = Some("http://h:1".into());
+        r.send_errors = 2;
+        r.api_errors = BTreeMap::from([(401, 2)]);
+        r.finish();
+        assert_eq!(r.errors, 2);
+        assert!(!r.passed);
+        let t = r.table();
+        assert!(t.contains("(publishing via http://h:1/api/publish)"), "{t}");
+        assert!(t.contains(" 2 (HTTP 401: 2)\n"), "{t}");
     }
 
     #[test]

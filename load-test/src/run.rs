@@ -27,6 +27,14 @@
 //! publisher against what it flushed into its socket; a write still blocked
 //! by push-back at the end of `--duration` gets `--drain` to finish.
 //!
+//! With `--channels N`, subscriber `i` and publisher `p` use channels
+//! `lt-{i mod N}` and `lt-{p mod N}` (the URL's path rewritten to
+//! `/ws/lt-K`): the drain waits for each subscriber's own channel's
+//! messages, `--max-rate` windows wait for the channel's readers, and the
+//! report counts loss per channel. With `--api`, publishers post to the
+//! HTTP API (`api`) instead of writing to a WebSocket; the payload, and so
+//! the measurement, is the same.
+//!
 //! With `--server-pid`, the server is sampled before the first connection,
 //! when all subscribers are connected (after `--settle`), when publishing and
 //! draining are over (or, idle, after `--duration`), and `--after-close` after
@@ -41,7 +49,8 @@ use anyhow::{bail, Result};
 use tokio::runtime::Handle;
 use tokio::time::{sleep, sleep_until, Instant};
 
-use crate::cli::Args;
+use crate::api::ApiTarget;
+use crate::cli::{channel_name, Args};
 use crate::conn::{Target, TlsOptions};
 use crate::procstat;
 use crate::progress::{Phase, Progress};
@@ -99,7 +108,7 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle, flooders_rt: Handle) 
 
     // 3. Drain.
     shared.set_phase(Phase::Drain);
-    drain(&args, &shared, sent.total(), publish_end).await;
+    drain(&args, &shared, &sent.by, publish_end).await;
     let drain_used_s = publish_end.elapsed().as_secs_f64();
     observer.done().await;
 
@@ -141,34 +150,51 @@ fn ensure_fd_limit(connections: u64) -> Result<u64> {
     Ok(limit)
 }
 
-/// Resolves every `--url` (with `--v1`, each connection offers the subprotocol).
+/// Resolves every `--url` (with `--v1`, each connection offers the
+/// subprotocol), once per channel with `--channels`, and `--api`.
 async fn resolve(args: &Args) -> Result<Targets> {
     let tls = TlsOptions {
         ca: args.ca.clone(),
     };
     let mut targets = Vec::with_capacity(args.urls.len());
     for url in &args.urls {
-        targets.push(Arc::new(
-            Target::resolve(url, args.source_addrs, &tls)
-                .await?
-                .with_subprotocol(args.v1.then_some(protocol::v1::SUBPROTOCOL)),
-        ));
+        let target = Target::resolve(url, args.source_addrs, &tls)
+            .await?
+            .with_subprotocol(args.v1.then_some(protocol::v1::SUBPROTOCOL));
+        let by_channel = if args.channels == 1 {
+            vec![Arc::new(target)]
+        } else {
+            (0..args.channels as usize)
+                .map(|k| target.with_channel(&channel_name(k)).map(Arc::new))
+                .collect::<Result<_>>()?
+        };
+        targets.push(by_channel);
     }
-    Ok(Targets::new(targets))
+    let api = match (&args.api, &args.api_key) {
+        (Some(url), Some(key)) => Some(Arc::new(
+            ApiTarget::resolve(url, key, args.source_addrs, &tls).await?,
+        )),
+        _ => None,
+    };
+    Ok(Targets::new(targets, api))
 }
 
-/// Phase 3: waits until every live subscriber has all `published` messages,
-/// or `--drain` passed since `publish_end`; with `--drain-quiet`, also
-/// stops once nothing has arrived for that long (a server that lost
-/// messages would otherwise hold the whole `--drain`).
-async fn drain(args: &Args, shared: &Shared, published: u64, publish_end: Instant) {
+/// Phase 3: waits until every live subscriber has all the messages
+/// published to its channel (`sent_by` publisher), or `--drain` passed
+/// since `publish_end`; with `--drain-quiet`, also stops once nothing has
+/// arrived for that long (a server that lost messages would otherwise hold
+/// the whole `--drain`).
+async fn drain(args: &Args, shared: &Shared, sent_by: &[u64], publish_end: Instant) {
+    let mut published = vec![0u64; shared.channels];
+    for (p, n) in sent_by.iter().enumerate() {
+        published[shared.channel_of(p)] += n;
+    }
     let deadline = publish_end + args.drain;
     let (mut last_total, mut last_progress) = (u64::MAX, Instant::now());
     loop {
-        let done = shared
-            .subs
-            .iter()
-            .all(|l| l.ended.load(Relaxed) || l.unique.load(Relaxed) >= published);
+        let done = shared.subs.iter().enumerate().all(|(i, l)| {
+            l.ended.load(Relaxed) || l.unique.load(Relaxed) >= published[shared.channel_of(i)]
+        });
         let now = Instant::now();
         if done || now >= deadline {
             break;

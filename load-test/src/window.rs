@@ -1,6 +1,6 @@
 //! `--max-rate` flow control: each publisher may have `--window` messages in
 //! flight, and a message stops being in flight when *every* reading
-//! subscriber has received it. Publishing therefore runs exactly as fast as
+//! subscriber of its channel (`--channels`) has received it. Publishing therefore runs exactly as fast as
 //! the slowest reader keeps up (the server's lossless throughput), instead of
 //! as fast as one lucky subscriber, with the others falling behind until the
 //! server closes them.
@@ -10,7 +10,7 @@
 //! and a subscriber receives one publisher's messages in order, so a slot is
 //! free again when it is reused). The subscriber whose count completes a slot
 //! returns the permit. When a subscriber leaves early (the server closed it)
-//! the number needed drops, and a publisher that waited [`SWEEP_AFTER`] for a
+//! the number its channel needs drops, and a publisher that waited [`SWEEP_AFTER`] for a
 //! permit sweeps the ring for slots that are complete under the new number.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::AcqRel, Ordering::Acquire};
@@ -29,18 +29,21 @@ struct PubWindow {
 /// The windows of all publishers.
 pub(crate) struct Windows {
     size: u32,
-    /// Reading subscribers that must receive a message before its permit returns.
-    need: AtomicU32,
+    /// By channel: reading subscribers that must receive a message before
+    /// its permit returns. Publisher `p` publishes to channel `p % len`.
+    need: Box<[AtomicU32]>,
     pubs: Vec<PubWindow>,
     /// Permits returned by sweeps (a subscriber left with messages in flight).
     swept: AtomicU64,
 }
 
 impl Windows {
-    pub(crate) fn new(publishers: usize, size: u32) -> Self {
+    /// Windows of `size` for `publishers` spread over `channels` (publisher
+    /// `p` in channel `p % channels`, as `--channels` places them).
+    pub(crate) fn new(publishers: usize, size: u32, channels: usize) -> Self {
         Self {
             size,
-            need: AtomicU32::new(0),
+            need: (0..channels.max(1)).map(|_| AtomicU32::new(0)).collect(),
             pubs: (0..publishers)
                 .map(|_| PubWindow {
                     permits: Semaphore::new(size as usize),
@@ -51,23 +54,29 @@ impl Windows {
         }
     }
 
-    /// A reading subscriber joins (before publishing starts).
-    pub(crate) fn join(&self) {
-        self.need.fetch_add(1, AcqRel);
+    /// The reading subscribers publisher `p`'s messages must reach.
+    fn need_of(&self, p: usize) -> &AtomicU32 {
+        &self.need[p % self.need.len()]
     }
 
-    /// A reading subscriber ended before the run stopped.
-    pub(crate) fn leave(&self) {
-        self.need.fetch_sub(1, AcqRel);
+    /// A reading subscriber of `channel` joins (before publishing starts).
+    pub(crate) fn join(&self, channel: usize) {
+        self.need[channel].fetch_add(1, AcqRel);
     }
 
-    /// A subscriber received message `seq` of publisher `p` (first time).
+    /// A reading subscriber of `channel` ended before the run stopped.
+    pub(crate) fn leave(&self, channel: usize) {
+        self.need[channel].fetch_sub(1, AcqRel);
+    }
+
+    /// A subscriber of `p`'s channel received message `seq` of publisher
+    /// `p` (first time).
     #[inline]
     pub(crate) fn ack(&self, p: usize, seq: u64) {
         let w = &self.pubs[p];
         let slot = &w.slots[(seq % u64::from(self.size)) as usize];
         let count = slot.fetch_add(1, AcqRel) + 1;
-        let need = self.need.load(Acquire);
+        let need = self.need_of(p).load(Acquire);
         if count == need {
             slot.fetch_sub(need, AcqRel);
             w.permits.add_permits(1);
@@ -96,7 +105,7 @@ impl Windows {
     /// nobody left to read, returns one permit so that publishing goes on.
     fn sweep(&self, p: usize) -> u32 {
         let w = &self.pubs[p];
-        let need = self.need.load(Acquire);
+        let need = self.need_of(p).load(Acquire);
         let mut released = 0;
         if need == 0 {
             released = 1;
@@ -138,9 +147,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_permit_returns_when_every_subscriber_has_the_message() {
-        let w = Windows::new(2, 4);
+        let w = Windows::new(2, 4, 1);
         for _ in 0..3 {
-            w.join();
+            w.join(0);
         }
         assert_eq!(w.acquire(0, 10).await, Some(4)); // the whole window
         assert_eq!(w.available(0), 0);
@@ -166,20 +175,39 @@ mod tests {
 
     #[tokio::test]
     async fn a_subscriber_leaving_does_not_stall_the_window() {
-        let w = Windows::new(1, 2);
-        w.join();
-        w.join();
+        let w = Windows::new(1, 2, 1);
+        w.join(0);
+        w.join(0);
         assert_eq!(w.acquire(0, 2).await, Some(2));
         // Subscriber A got both messages, then B left without them.
         w.ack(0, 0);
         w.ack(0, 1);
-        w.leave();
+        w.leave(0);
         assert_eq!(w.available(0), 0);
         // The publisher's wait sweeps: both slots are complete for need = 1.
         assert_eq!(w.acquire(0, 2).await, Some(2));
         assert_eq!(w.swept(), 2);
         // Nobody left: permits keep coming, one per sweep.
-        w.leave();
+        w.leave(0);
         assert_eq!(w.acquire(0, 2).await, Some(1));
+    }
+
+    #[tokio::test]
+    async fn each_channel_needs_its_own_subscribers() {
+        // Publishers 0 and 2 in channel 0 (two readers), 1 in channel 1 (one).
+        let w = Windows::new(3, 1, 2);
+        w.join(0);
+        w.join(0);
+        w.join(1);
+        for p in 0..3 {
+            assert_eq!(w.acquire(p, 1).await, Some(1));
+        }
+        w.ack(1, 0);
+        assert_eq!(w.available(1), 1);
+        w.ack(0, 0);
+        assert_eq!(w.available(0), 0);
+        w.ack(0, 0);
+        assert_eq!(w.available(0), 1);
+        assert_eq!(w.available(2), 0);
     }
 }

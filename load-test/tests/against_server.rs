@@ -618,3 +618,190 @@ fn failed_metrics_scrape_is_reported_not_fatal() {
     let e = r["metrics_error"].as_str().expect("metrics_error set");
     assert!(e.contains("127.0.0.1:9"), "{e}");
 }
+
+/// The channel rows of a `--channels` report, checked for a clean run:
+/// every subscriber received exactly its channel's messages. Returns them.
+fn clean_channel_rows(r: &serde_json::Value, channels: u64) -> Vec<serde_json::Value> {
+    let ch = &r["channels"];
+    assert_eq!(u(ch, "count"), channels, "{r}");
+    let rows = ch["table"].as_array().expect("channels.table").clone();
+    assert_eq!(rows.len() as u64, channels, "{r}");
+    for (k, row) in rows.iter().enumerate() {
+        assert_eq!(row["channel"], format!("lt-{k}"), "{r}");
+        let expected = u(row, "published") * u(row, "subscribers");
+        assert_eq!(u(row, "expected"), expected, "{row}");
+        // A message leaked from another channel would make this larger.
+        assert_eq!(u(row, "received"), expected, "{row}");
+        assert_eq!(u(row, "lost"), 0, "{row}");
+        assert_eq!(u(row, "misrouted"), 0, "{row}");
+    }
+    let sum = |key: &str| rows.iter().map(|row| u(row, key)).sum::<u64>();
+    assert_eq!(sum("published"), u(r, "published"), "{r}");
+    assert_eq!(sum("expected"), u(r, "expected_deliveries"), "{r}");
+    assert_eq!(u(r, "delivered"), u(r, "expected_deliveries"), "{r}");
+    assert_eq!(u(r, "misrouted"), 0, "{r}");
+    assert_eq!(u(r, "lost"), 0, "{r}");
+    assert_eq!(u(r, "errors"), 0, "{r}");
+    rows
+}
+
+#[test]
+fn channels_keep_their_messages_apart() {
+    // Default server flags: channels need none.
+    let server = spawn_server(Command::new(server_binary()).arg("start"));
+    // 7 subscribers over 3 channels: 3, 2 and 2, one publisher each; a
+    // message leaked between channels would show in `received`.
+    let (out, r) = run_json(
+        &[
+            "--url",
+            &server.url,
+            "--channels",
+            "3",
+            "--clients",
+            "7",
+            "--publishers",
+            "3",
+            "--rate",
+            "150",
+            "--size",
+            "64",
+            "--duration",
+            "2s",
+            "--drain",
+            "10s",
+            "--ramp",
+            "1000",
+        ],
+        "channels",
+    );
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    assert_eq!(u(&r, "clients_connected"), 7, "{r}");
+    let rows = clean_channel_rows(&r, 3);
+    let subscribers: Vec<u64> = rows.iter().map(|row| u(row, "subscribers")).collect();
+    assert_eq!(subscribers, [3, 2, 2], "{r}");
+    for row in &rows {
+        assert_eq!(u(row, "publishers"), 1, "{row}");
+        assert!(u(row, "published") > 0, "{row}");
+    }
+    // Not every subscriber got everything: each got a third.
+    assert!(u(&r, "expected_deliveries") < u(&r, "published") * 7, "{r}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("3 (lt-0 .. lt-2)"), "{stdout}");
+    assert!(stdout.contains("misrouted 0"), "{stdout}");
+}
+
+/// The server with its HTTP API on, and the API's base URL.
+fn start_api_server(key: &str) -> (Server, String) {
+    let server = spawn_server(Command::new(server_binary()).args(["start", "--api-key", key]));
+    let base = server
+        .url
+        .replace("ws://", "http://")
+        .trim_end_matches("/ws")
+        .to_string();
+    (server, base)
+}
+
+#[test]
+fn api_publishers_lose_nothing() {
+    let key = "load-test-api-key-0123456789";
+    let (server, api) = start_api_server(key);
+    let (out, r) = run_json(
+        &[
+            "--url",
+            &server.url,
+            "--api",
+            &api,
+            "--api-key",
+            key,
+            "--clients",
+            "50",
+            "--publishers",
+            "2",
+            "--rate",
+            "200",
+            "--size",
+            "64",
+            "--duration",
+            "2s",
+            "--drain",
+            "10s",
+            "--ramp",
+            "1000",
+        ],
+        "api",
+    );
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    assert_eq!(r["api"], api.as_str(), "{r}");
+    assert_eq!(u(&r, "publishers_connected"), 2, "{r}");
+    let published = u(&r, "published");
+    assert!(published > 0, "{r}");
+    assert_eq!(u(&r, "expected_deliveries"), published * 50, "{r}");
+    assert_eq!(u(&r, "delivered"), published * 50, "{r}");
+    assert_eq!(u(&r["latency"], "samples"), published * 50, "{r}");
+    assert_eq!(u(&r, "lost"), 0, "{r}");
+    assert_eq!(u(&r, "duplicates"), 0, "{r}");
+    assert_eq!(u(&r, "malformed"), 0, "{r}");
+    assert_eq!(u(&r, "errors"), 0, "{r}");
+    assert_eq!(r["api_errors"], serde_json::json!({}), "{r}");
+
+    // Through the API into channels.
+    let (out, r) = run_json(
+        &[
+            "--url",
+            &server.url,
+            "--api",
+            &api,
+            "--api-key",
+            key,
+            "--channels",
+            "2",
+            "--clients",
+            "10",
+            "--publishers",
+            "4",
+            "--rate",
+            "200",
+            "--size",
+            "64",
+            "--duration",
+            "1s",
+            "--drain",
+            "10s",
+        ],
+        "api-channels",
+    );
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    for row in clean_channel_rows(&r, 2) {
+        assert_eq!(
+            (u(&row, "subscribers"), u(&row, "publishers")),
+            (5, 2),
+            "{row}"
+        );
+    }
+
+    // A wrong key: every publisher stops at its first answer, a 401.
+    let (out, r) = run_json(
+        &[
+            "--url",
+            &server.url,
+            "--api",
+            &api,
+            "--api-key",
+            "wrong",
+            "--clients",
+            "3",
+            "--publishers",
+            "2",
+            "--duration",
+            "500ms",
+            "--drain",
+            "500ms",
+        ],
+        "api-401",
+    );
+    assert_eq!(out.status.code(), Some(1), "{r}");
+    assert_eq!(u(&r, "published"), 0, "{r}");
+    assert_eq!(r["api_errors"], serde_json::json!({"401": 2}), "{r}");
+    assert_eq!(u(&r, "send_errors"), 2, "{r}");
+    assert_eq!(u(&r, "errors"), 2, "{r}");
+}

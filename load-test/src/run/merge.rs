@@ -1,5 +1,11 @@
 //! The last phase: merging what every subscriber and publisher measured
-//! into one [`Report`] (totals, per-class figures, latency, time series).
+//! into one [`Report`] (totals, per-class and per-channel figures, latency,
+//! time series).
+//!
+//! A subscriber expects every message published to its channel and
+//! nothing else (publishers are separate connections, so no subscriber is
+//! a sender the server skips); what it receives from a publisher of
+//! another channel is counted as misrouted, an error.
 
 use std::collections::BTreeMap;
 
@@ -10,8 +16,11 @@ use tokio::time::Instant;
 use super::publish::Sent;
 use super::shared::{Ending, Shared};
 use super::subscribe::{SubResult, SubStats, Subscribers};
+use crate::cli::channel_name;
 use crate::cli::Args;
-use crate::report::{percentile_curve, ClassReport, Latency, Report, SlowReport};
+use crate::report::{
+    percentile_curve, ChannelRow, ChannelsReport, ClassReport, Latency, Report, SlowReport,
+};
 use crate::series::Series;
 use crate::v1::V1Counts;
 use crate::window::Windows;
@@ -42,6 +51,8 @@ struct Totals {
     server_closes: BTreeMap<u16, u64>,
     v1: V1Counts,
     last_delivery_ns: u64,
+    /// By channel (one without `--channels`).
+    channels: Vec<ChannelRow>,
 }
 
 /// Waits for every subscriber's result and builds the report, all but the
@@ -58,6 +69,7 @@ pub(super) async fn report(args: &Args, shared: &Shared, f: Finished) -> Result<
         server_closes: BTreeMap::new(),
         v1: V1Counts::default(),
         last_delivery_ns: 0,
+        channels: vec![ChannelRow::default(); shared.channels],
     };
     for e in &f.publisher_endings {
         t.add_ending(e);
@@ -66,7 +78,7 @@ pub(super) async fn report(args: &Args, shared: &Shared, f: Finished) -> Result<
         clients: f.subscribers.slow as u64,
         ..SlowReport::default()
     });
-    for task in f.subscribers.tasks {
+    for (i, task) in f.subscribers.tasks.into_iter().enumerate() {
         match task.await? {
             SubResult::Failed(e) => {
                 report.clients_failed += 1;
@@ -87,7 +99,7 @@ pub(super) async fn report(args: &Args, shared: &Shared, f: Finished) -> Result<
             }
             SubResult::Done(s) => {
                 report.clients_connected += 1;
-                t.add_subscriber(&s, shared, &f.sent.by, &mut report);
+                t.add_subscriber(i, &s, shared, &f.sent.by, &mut report);
             }
         }
     }
@@ -95,6 +107,15 @@ pub(super) async fn report(args: &Args, shared: &Shared, f: Finished) -> Result<
         report.first_connect_error.get_or_insert(e);
     }
     report.slow = slow;
+    if shared.channels > 1 {
+        report.misrouted = t.channels.iter().map(|c| c.misrouted).sum();
+        report.channels = Some(channels_report(
+            &mut t,
+            shared,
+            &f.sent.by,
+            &f.failed_publishers,
+        ));
+    }
     let publish_s = (f.publish_end - f.start).as_secs_f64().max(1e-9);
     add_classes(
         &mut report,
@@ -104,6 +125,8 @@ pub(super) async fn report(args: &Args, shared: &Shared, f: Finished) -> Result<
         &t,
         publish_s,
     );
+    report.api_errors = f.sent.api_errors.clone();
+    report.first_send_error = f.sent.first_error.clone();
     report.server_closes = t.server_closes;
     report.welcomes = t.v1.welcomes;
     report.presence_events = t.v1.presence;
@@ -130,6 +153,7 @@ fn settings_and_counts(args: &Args, shared: &Shared, f: &Finished) -> Report {
     let published = f.sent.total();
     Report {
         url: args.urls.join(" "),
+        api: args.api.clone(),
         mode: if args.is_idle() {
             "idle"
         } else if shared.paced == 0 {
@@ -174,9 +198,20 @@ impl Totals {
         self.v1.add(&e.v1);
     }
 
-    /// Adds one subscriber's histograms, series and counts (loss is
-    /// counted against what each publisher flushed, `sent_by`).
-    fn add_subscriber(&mut self, s: &SubStats, shared: &Shared, sent_by: &[u64], r: &mut Report) {
+    /// Adds subscriber `i`'s histograms, series and counts (loss is
+    /// counted against what each publisher of its channel flushed,
+    /// `sent_by`; from the others it should get nothing).
+    fn add_subscriber(
+        &mut self,
+        i: usize,
+        s: &SubStats,
+        shared: &Shared,
+        sent_by: &[u64],
+        r: &mut Report,
+    ) {
+        let channel = shared.channel_of(i);
+        let row = &mut self.channels[channel];
+        row.subscribers += 1;
         for (c, h) in s.hist.iter().enumerate() {
             merge(&mut self.hist, h);
             merge(&mut self.class_hist[c], h);
@@ -186,7 +221,13 @@ impl Totals {
             self.series.merge(ss);
         }
         for (p, tr) in s.trackers.iter().enumerate() {
+            row.received += tr.unique();
+            if shared.channel_of(p) != channel {
+                row.misrouted += tr.unique();
+                continue;
+            }
             let lost = tr.lost(sent_by[p]);
+            row.lost += lost;
             r.delivered += tr.unique();
             r.duplicates += tr.duplicates();
             r.reordered += tr.reordered();
@@ -199,6 +240,31 @@ impl Totals {
         self.last_delivery_ns = self.last_delivery_ns.max(s.last_delivery_ns);
         self.add_ending(&s.ending);
     }
+}
+
+/// `--channels`: each channel's publishers, expected deliveries and loss
+/// (the subscriber counts were added by [`Totals::add_subscriber`]); each
+/// class's expected deliveries, which depend on the channels' audiences.
+fn channels_report(
+    t: &mut Totals,
+    shared: &Shared,
+    sent_by: &[u64],
+    failed: &[usize],
+) -> ChannelsReport {
+    let rows = &mut t.channels;
+    for (k, row) in rows.iter_mut().enumerate() {
+        row.channel = channel_name(k);
+    }
+    for (p, &sent) in sent_by.iter().enumerate() {
+        let row = &mut rows[shared.channel_of(p)];
+        if !failed.contains(&p) {
+            row.publishers += 1;
+        }
+        row.published += sent;
+        row.expected += sent * row.subscribers;
+        t.classes[shared.class_of(p)].expected_deliveries += sent * row.subscribers;
+    }
+    ChannelsReport::new(std::mem::take(rows))
 }
 
 /// Per-class figures: paced publishers, and flooders when there are any.

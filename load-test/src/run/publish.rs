@@ -1,7 +1,10 @@
 //! Phase 2: connecting the publishers, starting them together, and each
 //! publisher's send loop (a rate schedule, `--max-rate` windows, or a flood)
-//! with the side task that reads what the server broadcasts to it.
+//! with the side task that reads what the server broadcasts to it. With
+//! `--api` a publisher posts each message to the HTTP API instead (one
+//! request at a time, stamped when it is written) and has nothing to read.
 
+use std::collections::BTreeMap;
 use std::pin::pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -9,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bytes::{Bytes, BytesMut};
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
@@ -19,6 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::shared::{Ending, Runtimes, Shared, Targets};
+use crate::api::{ApiConn, PublishError};
 use crate::cli::Args;
 use crate::conn::{publisher_config, Ws};
 use crate::payload::{self, Header};
@@ -27,10 +32,17 @@ use crate::v1::{self as v1, V1Counts};
 /// Most messages a publisher writes before one flush.
 const MAX_BATCH: u64 = 256;
 
+/// A publisher's connection: WebSocket, or `--api` (and the channel it
+/// posts to).
+enum Link {
+    Ws(Box<Ws>),
+    Api { conn: Box<ApiConn>, channel: String },
+}
+
 /// The publishers once connected (phase 2 before the start).
 pub(super) struct Publishers {
     /// By publisher index; None: it failed to connect.
-    ws: Vec<Option<Ws>>,
+    links: Vec<Option<Link>>,
     failed: Vec<usize>,
     first_connect_error: Option<String>,
 }
@@ -45,27 +57,37 @@ pub(super) async fn connect(
 ) -> Result<Publishers> {
     let clients = args.clients as usize;
     let pub_cfg = publisher_config(args.size as usize);
-    let pending: Vec<_> = (0..shared.publishers)
-        .map(|p| {
-            let target = targets.of(p);
-            let timeout = args.connect_timeout;
-            rts.of_publisher(p, shared.paced)
-                .spawn(async move { target.connect(clients + p, pub_cfg, timeout, None).await })
-        })
-        .collect();
+    let mut pending = Vec::with_capacity(shared.publishers);
+    for p in 0..shared.publishers {
+        let target = targets.of(p);
+        let (api, timeout, n) = (targets.api.clone(), args.connect_timeout, clients + p);
+        pending.push(rts.of_publisher(p, shared.paced).spawn(async move {
+            match api {
+                // The channel its WebSocket URL names (validated with the flags).
+                Some(api) => Ok(Link::Api {
+                    channel: target.channel()?,
+                    conn: Box::new(api.connect(n, timeout).await?),
+                }),
+                None => target
+                    .connect(n, pub_cfg, timeout, None)
+                    .await
+                    .map(|ws| Link::Ws(Box::new(ws))),
+            }
+        }));
+    }
     let mut out = Publishers {
-        ws: Vec::with_capacity(shared.publishers),
+        links: Vec::with_capacity(shared.publishers),
         failed: Vec::new(),
         first_connect_error: None,
     };
     for (p, c) in pending.into_iter().enumerate() {
         match c.await? {
-            Ok(ws) => out.ws.push(Some(ws)),
+            Ok(link) => out.links.push(Some(link)),
             Err(e) => {
                 out.failed.push(p);
                 out.first_connect_error
                     .get_or_insert_with(|| format!("publisher: {e:#}"));
-                out.ws.push(None);
+                out.links.push(None);
             }
         }
     }
@@ -78,8 +100,13 @@ pub(super) struct Sent {
     pub(super) by: Vec<u64>,
     /// Rate mode: messages the schedules owed.
     pub(super) scheduled: u64,
-    /// Publishers that stopped on a send error (or a write blocked past `--drain`).
+    /// Publishers that stopped on a send error (or a write blocked past
+    /// `--drain`, or, with `--api`, an answer other than 200).
     pub(super) send_errors: u64,
+    /// `--api`: the statuses other than 200 that stopped publishers.
+    pub(super) api_errors: BTreeMap<u16, u64>,
+    /// `--api`: the first failed request's error, when it had no answer.
+    pub(super) first_error: Option<String>,
 }
 
 impl Sent {
@@ -115,10 +142,10 @@ impl Publishers {
             deadline,
             give_up: deadline + args.drain,
         };
-        let mut tasks = Vec::with_capacity(self.ws.len());
-        let mut counts = Vec::with_capacity(self.ws.len());
-        for (p, ws) in self.ws.into_iter().enumerate() {
-            let Some(ws) = ws else { continue };
+        let mut tasks = Vec::with_capacity(self.links.len());
+        let mut counts = Vec::with_capacity(self.links.len());
+        for (p, link) in self.links.into_iter().enumerate() {
+            let Some(link) = link else { continue };
             let plan = if p >= paced {
                 Plan::Flood
             } else if args.max_rate {
@@ -132,7 +159,7 @@ impl Publishers {
             let (tx, rx) = oneshot::channel();
             let size = args.size as usize;
             let task = publisher(
-                ws,
+                link,
                 p,
                 shared.clone(),
                 plan,
@@ -162,12 +189,20 @@ impl Publishing {
             by: vec![0; publishers],
             scheduled: 0,
             send_errors: 0,
+            api_errors: BTreeMap::new(),
+            first_error: None,
         };
         for (p, rx) in self.counts.drain(..) {
             let st = rx.await?;
             sent.by[p] = st.sent;
             sent.scheduled += st.scheduled;
             sent.send_errors += u64::from(st.send_error);
+            if let Some(status) = st.status {
+                *sent.api_errors.entry(status).or_default() += 1;
+            }
+            if sent.first_error.is_none() {
+                sent.first_error = st.error;
+            }
         }
         Ok(sent)
     }
@@ -188,6 +223,10 @@ struct PubStats {
     sent: u64,
     scheduled: u64,
     send_error: bool,
+    /// `--api`: the status other than 200 that stopped it.
+    status: Option<u16>,
+    /// `--api`: why a request got no answer.
+    error: Option<String>,
 }
 
 enum Plan {
@@ -210,11 +249,11 @@ struct Times {
 
 /// One publisher: sends on its plan until `times.deadline`, while a side
 /// task on `readers` drains what the server broadcasts to it (other
-/// publishers' messages). Reports its counts on `counts` when it stops
-/// sending, then closes once the run stops.
+/// publishers' messages; `--api`: nothing to read). Reports its counts on
+/// `counts` when it stops sending, then closes once the run stops.
 #[allow(clippy::too_many_arguments)]
 async fn publisher(
-    ws: Ws,
+    link: Link,
     id: usize,
     shared: Arc<Shared>,
     plan: Plan,
@@ -223,15 +262,31 @@ async fn publisher(
     readers: Handle,
     counts: oneshot::Sender<PubStats>,
 ) -> Ending {
-    let (mut sink, stream) = ws.split();
     let (done_tx, done_rx) = watch::channel(false);
-    let reader = readers.spawn(read_broadcasts(stream, done_rx, shared.v1));
+    let (mut out, reader) = match link {
+        Link::Ws(ws) => {
+            let (sink, stream) = (*ws).split();
+            let reader = readers.spawn(read_broadcasts(stream, done_rx, shared.v1));
+            (Out::Ws(sink), Some(reader))
+        }
+        Link::Api { conn, channel } => (Out::Api { conn, channel }, None),
+    };
+    // One request at a time: each message is stamped when it is written,
+    // not once per batch (a batch of requests takes many round trips).
+    let per_message = matches!(out, Out::Api { .. });
+    let write_ns = |batch_ns: u64| {
+        if per_message {
+            shared.ns(Instant::now())
+        } else {
+            batch_ns
+        }
+    };
     let mut framer = Framer::new(id, size);
     let mut next_msg = |seq: u64, sent_ns: u64, delay_us: u32| framer.next(seq, sent_ns, delay_us);
     let live = &shared.published[id];
     let mut seq = 0u64;
     let mut scheduled = 0u64;
-    let mut send_error = false;
+    let mut stopped: Option<Stop> = None;
     let Times {
         start,
         deadline,
@@ -269,15 +324,16 @@ async fn publisher(
                     }
                 }
                 let end = due.min(seq + MAX_BATCH);
-                let now_ns = shared.ns(Instant::now());
+                let batch_ns = shared.ns(Instant::now());
                 let batch = (seq..end).map(|s| {
                     let stamp = shared.ns(due_at(s));
-                    let delay =
-                        u32::try_from(now_ns.saturating_sub(stamp) / 1000).unwrap_or(u32::MAX);
+                    let delay = u32::try_from(write_ns(batch_ns).saturating_sub(stamp) / 1000)
+                        .unwrap_or(u32::MAX);
                     next_msg(s, stamp, delay)
                 });
-                if send_all(&mut sink, batch, give_up).await.is_err() {
-                    send_error = true;
+                if let Err(stop) = out.send_all(batch, give_up).await {
+                    seq += stop.published;
+                    stopped = Some(stop);
                     break;
                 }
                 seq = end;
@@ -297,8 +353,9 @@ async fn publisher(
                     },
                 };
                 let batch = (seq..seq + n).map(|s| next_msg(s, shared.ns(Instant::now()), 0));
-                if send_all(&mut sink, batch, give_up).await.is_err() {
-                    send_error = true;
+                if let Err(stop) = out.send_all(batch, give_up).await {
+                    seq += stop.published;
+                    stopped = Some(stop);
                     break;
                 }
                 seq += n;
@@ -309,33 +366,101 @@ async fn publisher(
             sleep_until(start).await;
             // No select on the deadline: a batch blocked by push-back is
             // finished (or abandoned at `give_up`), never half-counted.
+            // API requests go one by one, so that the last ends near the deadline.
+            let batch_len = if per_message { 1 } else { MAX_BATCH };
             while Instant::now() < deadline {
-                let now_ns = shared.ns(Instant::now());
-                let batch = (seq..seq + MAX_BATCH).map(|s| next_msg(s, now_ns, 0));
-                if send_all(&mut sink, batch, give_up).await.is_err() {
-                    send_error = true;
+                let batch_ns = shared.ns(Instant::now());
+                let batch = (seq..seq + batch_len).map(|s| next_msg(s, write_ns(batch_ns), 0));
+                if let Err(stop) = out.send_all(batch, give_up).await {
+                    seq += stop.published;
+                    stopped = Some(stop);
                     break;
                 }
-                seq += MAX_BATCH;
+                seq += batch_len;
                 live.unique.store(seq, Relaxed);
             }
         }
     }
-    // Messages written but not flushed on error are not counted: `seq` only
-    // advances after a successful flush.
+    live.unique.store(seq, Relaxed);
+    // WebSocket: messages written but not flushed on error are not counted
+    // (`seq` only advances after a successful flush). API: those answered
+    // 200 before the failure are.
     let _ = counts.send(PubStats {
         sent: seq,
         scheduled,
-        send_error,
+        send_error: stopped.is_some(),
+        status: stopped.as_ref().and_then(|s| s.status),
+        error: stopped.and_then(|s| s.error),
     });
 
     // Close once the subscribers are told to stop.
     shared.stopped().await;
+    let (Out::Ws(mut sink), Some(reader)) = (out, reader) else {
+        // An API connection just closes.
+        return Ending::default();
+    };
     if !reader.is_finished() {
         let _ = sink.send(normal_close()).await;
         let _ = done_tx.send(true);
     }
     reader.await.unwrap_or_default()
+}
+
+/// Where a publisher writes: its WebSocket's sending half, or the API.
+enum Out {
+    Ws(SplitSink<Ws, Message>),
+    Api { conn: Box<ApiConn>, channel: String },
+}
+
+/// Why [`Out::send_all`] stopped before the end of its batch.
+struct Stop {
+    /// Messages of the batch that were published all the same (API: the
+    /// ones answered 200 before the failure; WebSocket: none is counted).
+    published: u64,
+    /// `--api`: the status other than 200 that stopped it.
+    status: Option<u16>,
+    /// `--api`: why a request got no answer.
+    error: Option<String>,
+}
+
+impl Out {
+    /// Sends every payload of `batch`, failing when that is not done by
+    /// `give_up` (the server stopped reading) or the server refuses one.
+    async fn send_all(
+        &mut self,
+        batch: impl Iterator<Item = Bytes>,
+        give_up: Instant,
+    ) -> Result<(), Stop> {
+        match self {
+            Out::Ws(sink) => send_all(sink, batch, give_up).await.map_err(|()| Stop {
+                published: 0,
+                status: None,
+                error: None,
+            }),
+            Out::Api { conn, channel } => {
+                let mut published = 0;
+                for payload in batch {
+                    let stop = |status, error| Stop {
+                        published,
+                        status,
+                        error,
+                    };
+                    match tokio::time::timeout_at(give_up, conn.publish(channel, &payload)).await {
+                        Ok(Ok(())) => published += 1,
+                        Ok(Err(PublishError::Status(code))) => return Err(stop(Some(code), None)),
+                        Ok(Err(PublishError::Io(e))) => {
+                            return Err(stop(None, Some(format!("publisher: {e:#}"))))
+                        }
+                        Err(_) => {
+                            let e = "publisher: no answer before the end of --drain";
+                            return Err(stop(None, Some(e.into())));
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// A publisher's reader: drains what the server broadcasts to it until the

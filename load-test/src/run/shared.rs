@@ -8,6 +8,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::api::ApiTarget;
 use crate::cli::Args;
 use crate::conn::Target;
 use crate::progress::{Phase, Snapshot};
@@ -48,6 +49,9 @@ pub(super) struct Shared {
     pub(super) rate_mode: bool,
     /// `--v1`: the server sends JSON events in text frames.
     pub(super) v1: bool,
+    /// `--channels`: subscriber `i` and publisher `p` are in channels
+    /// `i % channels` and `p % channels` (see [`Shared::channel_of`]).
+    pub(super) channels: usize,
 }
 
 impl Shared {
@@ -62,7 +66,8 @@ impl Shared {
             stop: watch::channel(false).0,
             connected: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
-            window: (args.max_rate && paced > 0).then(|| Windows::new(paced, args.window)),
+            window: (args.max_rate && paced > 0)
+                .then(|| Windows::new(paced, args.window, args.channels as usize)),
             subs: (0..clients).map(|_| Live::default()).collect(),
             published: (0..publishers).map(|_| Live::default()).collect(),
             phase: AtomicU8::new(Phase::Connect as u8),
@@ -70,7 +75,14 @@ impl Shared {
             abrupt_close: args.abrupt_close,
             rate_mode: !args.max_rate && paced > 0,
             v1: args.v1,
+            channels: args.channels as usize,
         }
+    }
+
+    /// The channel (0-based, `lt-K` with `--channels`) of subscriber `i`,
+    /// or of publisher `i`.
+    pub(super) fn channel_of(&self, i: usize) -> usize {
+        i % self.channels
     }
 
     /// `t` in ns since `origin` (the clock payload stamps use).
@@ -125,17 +137,27 @@ impl Shared {
 }
 
 /// The servers to connect to (several URLs: the nodes of a cluster);
-/// connections round-robin over them.
-pub(super) struct Targets(Vec<Arc<Target>>);
+/// connections round-robin over them, and over the channels.
+pub(super) struct Targets {
+    /// By URL, then by channel (one, the URL as given, without `--channels`).
+    by_url: Vec<Vec<Arc<Target>>>,
+    /// `--api`: where API publishers post.
+    pub(super) api: Option<Arc<ApiTarget>>,
+}
 
 impl Targets {
-    pub(super) fn new(targets: Vec<Arc<Target>>) -> Self {
-        Self(targets)
+    /// `by_url[u][k]`: URL `u` rewritten for channel `k`; every URL has
+    /// the same number of channels.
+    pub(super) fn new(by_url: Vec<Vec<Arc<Target>>>, api: Option<Arc<ApiTarget>>) -> Self {
+        debug_assert!(by_url.iter().all(|c| c.len() == by_url[0].len()));
+        Self { by_url, api }
     }
 
-    /// Where connection `i` goes.
+    /// Where connection `i` (subscriber `i`, or publisher `i`) goes: URL
+    /// `i mod URLs`, channel `i mod channels`.
     pub(super) fn of(&self, i: usize) -> Arc<Target> {
-        self.0[i % self.0.len()].clone()
+        let channels = &self.by_url[i % self.by_url.len()];
+        channels[i % channels.len()].clone()
     }
 }
 

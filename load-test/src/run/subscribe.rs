@@ -138,9 +138,10 @@ pub(super) async fn connect(args: &Args, targets: &Targets, shared: &Arc<Shared>
 /// read returned. The stop signal is checked between reads.
 async fn subscriber(mut ws: SubWs, idx: usize, size: usize, shared: &Shared) -> SubStats {
     let live = &shared.subs[idx];
+    let channel = shared.channel_of(idx);
     let acks = shared.window.as_ref();
     if let Some(w) = acks {
-        w.join();
+        w.join(channel);
     }
     let mut st = SubStats {
         hist: (0..shared.classes())
@@ -211,8 +212,12 @@ async fn subscriber(mut ws: SubWs, idx: usize, size: usize, shared: &Shared) -> 
                         .record(now, us);
                     st.last_delivery_ns = now;
                     unique += 1;
+                    // A message from another channel (a server bug, counted
+                    // as misrouted by `merge`) must not free a window slot.
                     if let (Some(w), true) = (acks, p < shared.paced) {
-                        w.ack(p, h.seq);
+                        if shared.channel_of(p) == channel {
+                            w.ack(p, h.seq);
+                        }
                     }
                 }
                 _ => st.malformed += 1,
@@ -232,7 +237,7 @@ async fn subscriber(mut ws: SubWs, idx: usize, size: usize, shared: &Shared) -> 
     };
     live.ended.store(true, Relaxed);
     if let (Some(w), false) = (acks, stopped_by_us) {
-        w.leave();
+        w.leave(channel);
     }
     let how = if stopped_by_us {
         Close::Ours
