@@ -1244,4 +1244,366 @@ mod tests {
         assert_eq!(texts(&lines), ["<binary 1 byte>"]);
         assert_eq!(m.online(), None);
     }
+
+    // ------------------------------------------------------------ broadcast.v2
+
+    fn ev(m: &mut Model, event: Event) -> Vec<Line> {
+        m.text_frame(T, &event.encode())
+    }
+
+    fn subscribe_cmd(channel: &str, id: u64) -> String {
+        Command::Subscribe {
+            channel: channel.into(),
+            id: Some(Id::Num(id)),
+        }
+        .encode()
+    }
+
+    fn v2_message(channel: &str, name: &str, text: &str) -> Event {
+        Event::Message {
+            channel: channel.into(),
+            from: 8,
+            name: name.into(),
+            time: T as u64,
+            body: Body::Text(text.into()),
+        }
+    }
+
+    /// A page started at `/#red`, joined as alice on a v2 server, in `red`
+    /// with `online` subscribers.
+    fn v2_in_red(online: u64) -> Model {
+        let mut m = Model::new("http:", "h", SEED);
+        m.open_channel("red").unwrap();
+        assert_eq!(m.join("alice").as_deref(), Ok("ws://h/ws/red?name=alice"));
+        assert!(m.opened(T, v2::SUBPROTOCOL).is_empty());
+        assert_eq!(m.take_outgoing(), [subscribe_cmd("red", 1)]);
+        assert!(m.take_outgoing().is_empty(), "taken once");
+        assert_eq!(m.channels().current().state(), &ChannelState::Joining);
+        let welcome = Event::Welcome {
+            client: 7,
+            name: "alice".into(),
+            time: T as u64,
+        };
+        assert_eq!(texts(&ev(&mut m, welcome)), ["connected as alice"]);
+        let subscribed = Event::Subscribed {
+            id: Some(Id::Num(1)),
+            channel: "red".into(),
+            online,
+        };
+        assert_eq!(
+            texts(&ev(&mut m, subscribed)),
+            [format!("you joined #red ({online} online)")]
+        );
+        m
+    }
+
+    fn history(m: &Model, channel: &str) -> Vec<String> {
+        m.channels()
+            .get(channel)
+            .unwrap()
+            .history()
+            .map(|l| l.text.clone())
+            .collect()
+    }
+
+    #[test]
+    fn v2_carries_every_channel_over_one_connection() {
+        let mut m = v2_in_red(2);
+        assert_eq!(m.mode(), Some(Mode::V2));
+        assert!(!m.single_channel());
+        assert_eq!(m.online(), Some(2));
+        assert_eq!(m.members_text(), "alice (you) and 1 more");
+        assert_eq!(m.channels().current().state(), &ChannelState::Joined);
+
+        // Joining a second channel subscribes at once and shows it.
+        assert_eq!(m.open_channel(" #blue "), Ok(()));
+        assert_eq!(m.current_channel(), "blue");
+        assert_eq!(m.take_outgoing(), [subscribe_cmd("blue", 2)]);
+        assert_eq!(m.online(), None, "not known before the answer");
+        let subscribed = Event::Subscribed {
+            id: Some(Id::Num(2)),
+            channel: "blue".into(),
+            online: 1,
+        };
+        assert_eq!(texts(&ev(&mut m, subscribed)), ["you joined #blue (1 online)"]);
+
+        // A message in the channel not shown is kept and counted, not shown.
+        assert!(ev(&mut m, v2_message("red", "bob", "in red")).is_empty());
+        let lines = ev(&mut m, v2_message("blue", "carol", "in blue"));
+        assert_eq!(texts(&lines), ["in blue"]);
+        assert_eq!(lines[0].who.as_deref(), Some("carol"));
+        let red = m.channels().get("red").unwrap();
+        assert_eq!(red.unread(), 1);
+        assert_eq!(m.channels().get("blue").unwrap().unread(), 0);
+        let unread: Vec<_> = m
+            .channels()
+            .unread()
+            .map(|u| format!("{} {}: {}", u.tag(), u.line.who.as_deref().unwrap(), u.line.text))
+            .collect();
+        assert_eq!(unread, ["[#red] bob: in red"]);
+
+        // Showing it reads it; its history has everything.
+        assert!(m.show_channel("red"));
+        assert_eq!(m.channels().get("red").unwrap().unread(), 0);
+        assert_eq!(m.channels().unread().count(), 0);
+        assert_eq!(
+            history(&m, "red"),
+            ["connected as alice", "you joined #red (2 online)", "in red"]
+        );
+        assert!(!m.show_channel("green"), "not joined");
+
+        // Sending goes to the channel shown, with an id; the line is kept there.
+        let frame = m.publish("hi red").unwrap();
+        assert_eq!(
+            Command::decode(&frame),
+            Ok(Command::Publish {
+                channel: "red".into(),
+                id: Some(Id::Num(3)),
+                body: Body::Text("hi red".into()),
+            })
+        );
+        let mine = m.sent(T, "hi red");
+        assert_eq!((mine.kind, mine.who.as_deref()), (LineKind::Mine, Some("alice")));
+        assert_eq!(history(&m, "red").last().unwrap(), "hi red");
+        assert!(ev(
+            &mut m,
+            Event::Published {
+                id: Some(Id::Num(3)),
+                channel: "red".into()
+            }
+        )
+        .is_empty());
+        // A refusal names its channel, wherever it is shown.
+        m.publish("again").unwrap();
+        m.show_channel("blue");
+        let refused = Event::Error {
+            id: Some(Id::Num(4)),
+            code: ErrorCode::RateLimited,
+            text: "too fast".into(),
+        };
+        assert!(ev(&mut m, refused).is_empty());
+        assert_eq!(history(&m, "red").last().unwrap(), "not sent to #red: too fast");
+        let anonymous = Event::Error {
+            id: None,
+            code: ErrorCode::BadRequest,
+            text: "what?".into(),
+        };
+        assert_eq!(texts(&ev(&mut m, anonymous)), ["refused: what?"]);
+
+        // Presence per channel: counts, names, lines.
+        let presence = Event::Presence {
+            channel: "blue".into(),
+            online: 3,
+            joined: vec![
+                Peer {
+                    id: 7,
+                    name: "alice".into(),
+                },
+                Peer {
+                    id: 9,
+                    name: "dave".into(),
+                },
+            ],
+            left: vec![],
+            joined_count: None,
+            left_count: None,
+        };
+        assert_eq!(texts(&ev(&mut m, presence)), ["dave joined"]);
+        assert_eq!(m.online(), Some(3));
+        assert_eq!(m.members_text(), "alice (you), dave and 1 more");
+        assert_eq!(m.channels().get("red").unwrap().online(), Some(2));
+
+        // Leaving: an unsubscribe, the neighbour shown, later events dropped.
+        assert!(m.leave_channel("blue"));
+        assert_eq!(
+            m.take_outgoing(),
+            [Command::Unsubscribe {
+                channel: "blue".into(),
+                id: None
+            }
+            .encode()]
+        );
+        assert_eq!(m.current_channel(), "red");
+        assert!(ev(&mut m, v2_message("blue", "dave", "late")).is_empty());
+        assert!(m.channels().get("blue").is_none());
+        assert_eq!(m.channels().unread().count(), 0);
+        assert!(!m.leave_channel("red"), "the last channel stays");
+        assert!(m.take_outgoing().is_empty());
+        // Joining it again starts afresh.
+        m.open_channel("blue").unwrap();
+        assert_eq!(m.take_outgoing(), [subscribe_cmd("blue", 5)]);
+        assert!(history(&m, "blue").is_empty());
+    }
+
+    #[test]
+    fn a_reconnection_subscribes_every_channel_again() {
+        let mut m = v2_in_red(1);
+        m.open_channel("blue").unwrap();
+        m.take_outgoing();
+        let lines = m.closed(T + 60_000.0, 1006, "");
+        assert_eq!(
+            texts(&lines),
+            ["connection lost: the connection broke; reconnecting…"]
+        );
+        assert_eq!(history(&m, "red").last(), lines.last().map(|l| &l.text), "told everywhere");
+        for c in m.channels().iter() {
+            assert_eq!(c.state(), &ChannelState::Waiting);
+            assert_eq!(c.online(), None);
+        }
+        assert_eq!(m.members_text(), "");
+        // A channel joined while disconnected waits for the connection.
+        m.open_channel("green").unwrap();
+        assert!(m.take_outgoing().is_empty());
+        assert_eq!(m.publish("x"), Err(SendError::NotConnected));
+
+        // The URL names the channel shown (for a server that answers v1).
+        assert_eq!(m.retry_now().as_deref(), Some("ws://h/ws/green?name=alice"));
+        m.opened(T + 61_000.0, v2::SUBPROTOCOL);
+        assert_eq!(
+            m.take_outgoing(),
+            [
+                subscribe_cmd("red", 3),
+                subscribe_cmd("blue", 4),
+                subscribe_cmd("green", 5)
+            ]
+        );
+        let welcome = Event::Welcome {
+            client: 11,
+            name: "alice".into(),
+            time: T as u64,
+        };
+        assert_eq!(texts(&ev(&mut m, welcome)), ["reconnected as alice"]);
+        m.show_channel("red");
+        let again = Event::Subscribed {
+            id: Some(Id::Num(3)),
+            channel: "red".into(),
+            online: 2,
+        };
+        assert_eq!(texts(&ev(&mut m, again)), ["rejoined #red (2 online)"]);
+        assert_eq!(m.members_text(), "alice (you) and 1 more");
+        // Answers to the old connection's commands mean nothing now.
+        let stale = Event::Error {
+            id: Some(Id::Num(2)),
+            code: ErrorCode::Forbidden,
+            text: "no".into(),
+        };
+        assert_eq!(texts(&ev(&mut m, stale)), ["refused: no"]);
+        assert_eq!(m.channels().get("blue").unwrap().state(), &ChannelState::Joining);
+    }
+
+    #[test]
+    fn a_refused_channel_says_why_and_is_not_retried() {
+        let mut m = v2_in_red(1);
+        m.open_channel("secret").unwrap();
+        m.take_outgoing();
+        let forbidden = Event::Error {
+            id: Some(Id::Num(2)),
+            code: ErrorCode::Forbidden,
+            text: "your token does not allow this channel".into(),
+        };
+        assert_eq!(
+            texts(&ev(&mut m, forbidden)),
+            ["cannot join #secret: your token does not allow this channel"]
+        );
+        assert_eq!(
+            m.channels().current().state(),
+            &ChannelState::Refused("your token does not allow this channel".into())
+        );
+        assert_eq!(m.publish("x"), Err(SendError::Refused("secret".into())));
+        assert_eq!(
+            SendError::Refused("secret".into()).to_string(),
+            "you are not in #secret"
+        );
+
+        m.closed(T, 1006, "");
+        m.retry_now().unwrap();
+        m.opened(T, v2::SUBPROTOCOL);
+        assert_eq!(m.take_outgoing(), [subscribe_cmd("red", 3)], "not secret");
+        // Leaving it sends nothing: it was never subscribed.
+        assert!(m.leave_channel("secret"));
+        assert!(m.take_outgoing().is_empty());
+
+        // "Already subscribed" is as good as subscribed.
+        m.open_channel("blue").unwrap();
+        ev(
+            &mut m,
+            Event::Error {
+                id: Some(Id::Num(4)),
+                code: ErrorCode::AlreadySubscribed,
+                text: "already".into(),
+            },
+        );
+        assert_eq!(m.channels().current().state(), &ChannelState::Joined);
+    }
+
+    #[test]
+    fn channel_names_are_checked_in_the_page() {
+        let mut m = v2_in_red(1);
+        assert_eq!(
+            m.open_channel("a b"),
+            Err(OpenError::Name(ChannelError::BadByte { ch: ' ', at: 1 }))
+        );
+        assert_eq!(m.open_channel(""), Err(OpenError::Name(ChannelError::Empty)));
+        let long = "x".repeat(channel::MAX_LEN + 1);
+        assert_eq!(
+            m.open_channel(&long),
+            Err(OpenError::Name(ChannelError::TooLong { len: long.len() }))
+        );
+        assert_eq!(m.channels().iter().count(), 1);
+        assert!(m.take_outgoing().is_empty());
+        // The one already joined is only shown.
+        m.open_channel("blue").unwrap();
+        m.take_outgoing();
+        m.open_channel("#red").unwrap();
+        assert_eq!(m.current_channel(), "red");
+        assert!(m.take_outgoing().is_empty());
+    }
+
+    #[test]
+    fn a_v1_server_gets_the_single_channel_of_the_url() {
+        let mut m = Model::new("http:", "h", SEED);
+        m.open_channel("red").unwrap();
+        m.open_channel("blue").unwrap();
+        assert_eq!(
+            m.channels().iter().map(|c| c.name()).collect::<Vec<_>>(),
+            ["blue"],
+            "before the first join the start channel is replaced"
+        );
+        assert_eq!(m.join("alice").as_deref(), Ok("ws://h/ws/blue?name=alice"));
+        assert!(m.opened(T, v1::SUBPROTOCOL).is_empty());
+        assert!(m.take_outgoing().is_empty());
+        assert!(m.single_channel());
+        assert_eq!(
+            texts(&welcome(&mut m, 3, "alice", 2)),
+            ["you joined as alice (2 online)"]
+        );
+        assert_eq!(m.online(), Some(2));
+        assert_eq!(m.members_text(), "alice (you) and 1 more");
+        assert_eq!(m.open_channel("green"), Err(OpenError::OneChannelOnly));
+        assert_eq!(
+            OpenError::OneChannelOnly.to_string(),
+            "this server speaks broadcast.v1, one channel per connection"
+        );
+        assert!(!m.leave_channel("blue"));
+        assert_eq!(m.publish("hi").as_deref(), Ok("hi"));
+        let msg = ServerEvent::Message {
+            from: 8,
+            name: "bob".into(),
+            time: T as u64,
+            body: Body::Text("hello blue".into()),
+        };
+        assert_eq!(texts(&m.text_frame(T, &msg.encode())), ["hello blue"]);
+        assert_eq!(history(&m, "blue").last().unwrap(), "hello blue");
+    }
+
+    #[test]
+    fn the_url_names_the_channel_shown_when_connecting() {
+        let mut m = Model::new("https:", "h", SEED);
+        m.open_channel("?channel=x").unwrap_err();
+        assert_eq!(m.join("al").as_deref(), Ok("wss://h/ws?name=al"));
+        assert_eq!(m.status_text(T), "connecting…");
+        m.open_channel("team/chat").unwrap();
+        m.closed(T, 1006, "");
+        assert_eq!(m.retry_now().as_deref(), Some("wss://h/ws/team/chat?name=al"));
+    }
 }
