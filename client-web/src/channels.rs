@@ -457,7 +457,11 @@ mod tests {
         c.add("d");
         c.switch("b");
         assert!(c.remove("b").is_some());
-        assert_eq!(c.current().name(), "d", "the first one's neighbour is after it");
+        assert_eq!(
+            c.current().name(),
+            "d",
+            "the first one's neighbour is after it"
+        );
         c.restart("e");
         assert_eq!(names(&c), ["e"]);
     }

@@ -620,7 +620,10 @@ fn on_hash(shared: &Shared, _: &Event) {
             open_channel(&mut app, &name);
         }
         Err(e) => {
-            set_text(channel_error(&app).0, &format!("Cannot open that channel: {e}."));
+            set_text(
+                channel_error(&app).0,
+                &format!("Cannot open that channel: {e}."),
+            );
             app.render();
         }
     }

@@ -140,7 +140,12 @@ mod tests {
             "ws://h:1/ws/team-7/chat?name=al"
         );
         let url = ws_url("http:", "h:1", "user:42@eu", "al");
-        let path = url.strip_prefix("ws://h:1").unwrap().split('?').next().unwrap();
+        let path = url
+            .strip_prefix("ws://h:1")
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap();
         let query = url.split_once('?').unwrap().1;
         assert_eq!(
             protocol::channel::from_request(path, Some(query)),
@@ -200,7 +205,10 @@ mod tests {
         assert_eq!(channel_input("team/chat"), Ok("team/chat".into()));
         assert_eq!(channel_input(" "), Err(ChannelError::Empty));
         assert_eq!(channel_input("#"), Err(ChannelError::Empty));
-        assert_eq!(channel_input("##red"), Err(ChannelError::BadByte { ch: '#', at: 0 }));
+        assert_eq!(
+            channel_input("##red"),
+            Err(ChannelError::BadByte { ch: '#', at: 0 })
+        );
         assert_eq!(channel_input("a//b"), Err(ChannelError::EmptySegment));
     }
 }

@@ -436,12 +436,8 @@ impl Model {
                 Err(e) => self.in_current(Line::problem(now, format!("ignored: {e}")), &mut out),
             },
             Some(Mode::Plain) | None => {
-                let line = Line::message(
-                    LineKind::Theirs,
-                    now,
-                    UNNAMED,
-                    &Body::Text(text.to_owned()),
-                );
+                let line =
+                    Line::message(LineKind::Theirs, now, UNNAMED, &Body::Text(text.to_owned()));
                 let conn = self.conn_channel.clone();
                 self.in_channel(&conn, line, &mut out);
             }
@@ -639,13 +635,10 @@ impl Model {
                     .map(|p| Line::event(now, format!("{} left", p.name))),
             )
             .collect();
-        let counts: Vec<String> = [
-            (change.joined_count, "joined"),
-            (change.left_count, "left"),
-        ]
-        .into_iter()
-        .filter_map(|(n, what)| n.filter(|&n| n > 0).map(|n| format!("{n} {what}")))
-        .collect();
+        let counts: Vec<String> = [(change.joined_count, "joined"), (change.left_count, "left")]
+            .into_iter()
+            .filter_map(|(n, what)| n.filter(|&n| n > 0).map(|n| format!("{n} {what}")))
+            .collect();
         if !counts.is_empty() {
             lines.push(Line::event(now, counts.join(", ")));
         }
@@ -1325,7 +1318,10 @@ mod tests {
             channel: "blue".into(),
             online: 1,
         };
-        assert_eq!(texts(&ev(&mut m, subscribed)), ["you joined #blue (1 online)"]);
+        assert_eq!(
+            texts(&ev(&mut m, subscribed)),
+            ["you joined #blue (1 online)"]
+        );
 
         // A message in the channel not shown is kept and counted, not shown.
         assert!(ev(&mut m, v2_message("red", "bob", "in red")).is_empty());
@@ -1338,7 +1334,14 @@ mod tests {
         let unread: Vec<_> = m
             .channels()
             .unread()
-            .map(|u| format!("{} {}: {}", u.tag(), u.line.who.as_deref().unwrap(), u.line.text))
+            .map(|u| {
+                format!(
+                    "{} {}: {}",
+                    u.tag(),
+                    u.line.who.as_deref().unwrap(),
+                    u.line.text
+                )
+            })
             .collect();
         assert_eq!(unread, ["[#red] bob: in red"]);
 
@@ -1363,7 +1366,10 @@ mod tests {
             })
         );
         let mine = m.sent(T, "hi red");
-        assert_eq!((mine.kind, mine.who.as_deref()), (LineKind::Mine, Some("alice")));
+        assert_eq!(
+            (mine.kind, mine.who.as_deref()),
+            (LineKind::Mine, Some("alice"))
+        );
         assert_eq!(history(&m, "red").last().unwrap(), "hi red");
         assert!(ev(
             &mut m,
@@ -1382,7 +1388,10 @@ mod tests {
             text: "too fast".into(),
         };
         assert!(ev(&mut m, refused).is_empty());
-        assert_eq!(history(&m, "red").last().unwrap(), "not sent to #red: too fast");
+        assert_eq!(
+            history(&m, "red").last().unwrap(),
+            "not sent to #red: too fast"
+        );
         let anonymous = Event::Error {
             id: None,
             code: ErrorCode::BadRequest,
@@ -1445,7 +1454,11 @@ mod tests {
             texts(&lines),
             ["connection lost: the connection broke; reconnecting…"]
         );
-        assert_eq!(history(&m, "red").last(), lines.last().map(|l| &l.text), "told everywhere");
+        assert_eq!(
+            history(&m, "red").last(),
+            lines.last().map(|l| &l.text),
+            "told everywhere"
+        );
         for c in m.channels().iter() {
             assert_eq!(c.state(), &ChannelState::Waiting);
             assert_eq!(c.online(), None);
@@ -1488,7 +1501,10 @@ mod tests {
             text: "no".into(),
         };
         assert_eq!(texts(&ev(&mut m, stale)), ["refused: no"]);
-        assert_eq!(m.channels().get("blue").unwrap().state(), &ChannelState::Joining);
+        assert_eq!(
+            m.channels().get("blue").unwrap().state(),
+            &ChannelState::Joining
+        );
     }
 
     #[test]
@@ -1543,7 +1559,10 @@ mod tests {
             m.open_channel("a b"),
             Err(OpenError::Name(ChannelError::BadByte { ch: ' ', at: 1 }))
         );
-        assert_eq!(m.open_channel(""), Err(OpenError::Name(ChannelError::Empty)));
+        assert_eq!(
+            m.open_channel(""),
+            Err(OpenError::Name(ChannelError::Empty))
+        );
         let long = "x".repeat(channel::MAX_LEN + 1);
         assert_eq!(
             m.open_channel(&long),
@@ -1604,6 +1623,9 @@ mod tests {
         assert_eq!(m.status_text(T), "connecting…");
         m.open_channel("team/chat").unwrap();
         m.closed(T, 1006, "");
-        assert_eq!(m.retry_now().as_deref(), Some("wss://h/ws/team/chat?name=al"));
+        assert_eq!(
+            m.retry_now().as_deref(),
+            Some("wss://h/ws/team/chat?name=al")
+        );
     }
 }
