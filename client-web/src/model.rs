@@ -200,6 +200,10 @@ pub const UNNAMED: &str = "someone";
 enum Pending {
     Subscribe(String),
     Publish(String),
+    /// A `subscribe` to a channel left before the answer: the answer is
+    /// dropped (the channel may have been joined again meanwhile, with a
+    /// `subscribe` of its own).
+    Abandoned,
 }
 
 /// Who joined and left a channel, as v1 and v2 presence events say.
@@ -533,7 +537,9 @@ impl Model {
                 channel,
                 online,
             } => {
-                self.answered(id.as_ref());
+                if self.answered(id.as_ref()) == Some(Pending::Abandoned) {
+                    return;
+                }
                 let me = self.me.clone();
                 // A channel left meanwhile is not brought back.
                 let Some(c) = self.channels.get_mut(&channel) else {
@@ -596,6 +602,7 @@ impl Model {
                     let line = Line::problem(now, format!("not sent to #{channel}: {text}"));
                     self.in_channel(&channel, line, out);
                 }
+                Some(Pending::Abandoned) => {}
                 None => self.in_current(Line::problem(now, format!("refused: {text}")), out),
             },
             Event::Notice { code, text } => self.notice(now, code, text, out),
@@ -720,6 +727,14 @@ impl Model {
             return Ok(());
         }
         if self.channels.switch(&name) {
+            // Joining a refused channel again asks again.
+            if matches!(self.channels.current().state(), ChannelState::Refused(_)) {
+                if self.status == Status::Connected && self.mode == Some(Mode::V2) {
+                    self.subscribe(&name);
+                } else if let Some(c) = self.channels.get_mut(&name) {
+                    c.set_state(ChannelState::Waiting);
+                }
+            }
             return Ok(());
         }
         if self.single_channel() {
@@ -749,6 +764,11 @@ impl Model {
         let Some(channel) = self.channels.remove(name) else {
             return false;
         };
+        for pending in self.pending.values_mut() {
+            if *pending == Pending::Subscribe(name.to_owned()) {
+                *pending = Pending::Abandoned;
+            }
+        }
         if channel.is_subscribed() && self.status == Status::Connected {
             self.outbox.push(
                 Command::Unsubscribe {
@@ -1535,6 +1555,19 @@ mod tests {
         m.retry_now().unwrap();
         m.opened(T, v2::SUBPROTOCOL);
         assert_eq!(m.take_outgoing(), [subscribe_cmd("red", 3)], "not secret");
+        // Joining it again asks again (say the token changed).
+        m.show_channel("red");
+        m.open_channel("secret").unwrap();
+        assert_eq!(m.take_outgoing(), [subscribe_cmd("secret", 4)]);
+        assert_eq!(m.channels().current().state(), &ChannelState::Joining);
+        ev(
+            &mut m,
+            Event::Error {
+                id: Some(Id::Num(4)),
+                code: ErrorCode::Forbidden,
+                text: "still no".into(),
+            },
+        );
         // Leaving it sends nothing: it was never subscribed.
         assert!(m.leave_channel("secret"));
         assert!(m.take_outgoing().is_empty());
@@ -1544,11 +1577,54 @@ mod tests {
         ev(
             &mut m,
             Event::Error {
-                id: Some(Id::Num(4)),
+                id: Some(Id::Num(5)),
                 code: ErrorCode::AlreadySubscribed,
                 text: "already".into(),
             },
         );
+        assert_eq!(m.channels().current().state(), &ChannelState::Joined);
+    }
+
+    #[test]
+    fn answers_for_a_channel_left_are_dropped() {
+        let mut m = v2_in_red(1);
+        m.open_channel("blue").unwrap();
+        assert!(m.leave_channel("blue"));
+        m.open_channel("blue").unwrap();
+        assert_eq!(
+            m.take_outgoing(),
+            [
+                subscribe_cmd("blue", 2),
+                Command::Unsubscribe {
+                    channel: "blue".into(),
+                    id: None
+                }
+                .encode(),
+                subscribe_cmd("blue", 3),
+            ]
+        );
+        // The server answers all three in order; only the last counts.
+        let old = Event::Subscribed {
+            id: Some(Id::Num(2)),
+            channel: "blue".into(),
+            online: 1,
+        };
+        assert!(ev(&mut m, old).is_empty());
+        assert_eq!(m.channels().current().state(), &ChannelState::Joining);
+        ev(
+            &mut m,
+            Event::Unsubscribed {
+                id: None,
+                channel: "blue".into(),
+                online: 0,
+            },
+        );
+        let new = Event::Subscribed {
+            id: Some(Id::Num(3)),
+            channel: "blue".into(),
+            online: 1,
+        };
+        assert_eq!(texts(&ev(&mut m, new)), ["you joined #blue (1 online)"]);
         assert_eq!(m.channels().current().state(), &ChannelState::Joined);
     }
 
