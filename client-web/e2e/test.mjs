@@ -2,9 +2,9 @@
 //
 //   node test.mjs [path/to/broadcast-server]     (run.sh builds it and calls this)
 //
-// Headless Debian Chromium driven by playwright-core, two pages with their own
-// browser contexts (storage), plain WebSocket clients from the `ws` package,
-// and a server restart. Loopback only; every wait is a bounded poll of a
+// Headless Debian Chromium driven by playwright-core, pages with their own
+// browser contexts (storage) in one channel and in several (broadcast.v2),
+// plain WebSocket clients from the `ws` package, and a server restart. Loopback only; every wait is a bounded poll of a
 // condition, never a fixed sleep. Screenshots go to ./artifacts/.
 // E2E_DEBUG=1 prints every WebSocket frame the pages receive.
 
@@ -21,7 +21,7 @@ const SERVER = path.resolve(process.argv[2] || process.env.BROADCAST_SERVER || p
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const ARTIFACTS = path.join(here, "artifacts");
 const WAIT_MS = 10_000; // any single condition
-const TOTAL_MS = 110_000; // the whole run
+const TOTAL_MS = 150_000; // the whole run
 
 const t0 = Date.now();
 const log = (...args) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s]`, ...args);
@@ -118,11 +118,11 @@ function stopServer(proc, signal = "SIGTERM") {
 
 // ---------------------------------------------------------------- plain WebSocket clients
 
-/** A plain (raw, no subprotocol) client that records what it receives. */
-function plainClient(port, scheme = "ws") {
+/** A plain (raw, no subprotocol) client that records what it receives; `path` picks the channel. */
+function plainClient(port, scheme = "ws", path = "/ws") {
   return new Promise((resolve, reject) => {
     // The TLS test's certificate is self-signed: not verified here.
-    const ws = new WebSocket(`${scheme}://127.0.0.1:${port}/ws`, { rejectUnauthorized: false });
+    const ws = new WebSocket(`${scheme}://127.0.0.1:${port}${path}`, { rejectUnauthorized: false });
     const received = [];
     ws.on("message", (data, isBinary) => received.push(isBinary ? data : data.toString()));
     ws.once("open", () => resolve({ ws, received }));
@@ -195,8 +195,44 @@ async function waitLine(page, want, what) {
   }
 }
 
+/** The channel list as { name, current, unread, state }. */
+const channelList = (page) =>
+  page.evaluate(() =>
+    [...document.querySelectorAll("#channel-list > li")].map((li) => ({
+      name: li.dataset.channel,
+      current: li.querySelector(".switch")?.getAttribute("aria-current") === "true",
+      unread: Number(li.querySelector(".badge")?.firstChild?.textContent ?? 0),
+      state: li.dataset.state,
+    })),
+  );
+
+/** Waits until the channel list is `want` (name, current, unread of each, in order; all joined). */
+async function waitChannels(page, want, what) {
+  const shape = (list) => JSON.stringify(list.map(({ name, current, unread, state }) => ({ name, current, unread, state })));
+  const expected = shape(want.map((c) => ({ ...c, state: "joined" })));
+  let seen;
+  try {
+    await until(async () => (seen = shape(await channelList(page))) === expected, what);
+  } catch (e) {
+    throw new Error(`${e.message}; channel list: ${seen}, wanted ${expected}`);
+  }
+}
+
+/** The unread list as { tag, who, text }. */
+const unreadList = (page) =>
+  page.evaluate(() =>
+    [...document.querySelectorAll("#unread-list button")].map((b) => ({
+      tag: b.querySelector(".tag")?.textContent ?? null,
+      who: b.querySelector(".who")?.textContent ?? null,
+      text: b.querySelector(".text")?.textContent ?? null,
+    })),
+  );
+
+const hash = (page) => page.evaluate(() => location.hash);
+
 async function join(page, name) {
-  await waitText(page, "#status", "disconnected");
+  // "not connected" before the first join, "disconnected" after leaving.
+  await waitText(page, "#status", /^(not connected|disconnected)$/);
   // Keyboard only: the name field has the focus; Enter joins.
   check((await page.evaluate(() => document.activeElement?.id)) === "name", "the name field has the focus on load");
   await page.keyboard.press("ControlOrMeta+A");
@@ -265,7 +301,10 @@ async function main() {
 
   // Name checks happen in the page: a refused name would only be a failed connection.
   const alice = await newPage(browser, base + "/", "alice");
-  await waitText(alice, "#status", "disconnected");
+  // Before anything was tried the state is neutral, not "disconnected".
+  await waitText(alice, "#status", "not connected");
+  check((await alice.getAttribute("#status", "data-state")) === "idle", "the status is idle on load");
+  await waitText(alice, "#start-channel", "#default");
   await alice.keyboard.type("   ");
   await alice.keyboard.press("Enter");
   await waitText(alice, "#name-error", "Choose another name: the name is empty.");
@@ -273,13 +312,16 @@ async function main() {
   await alice.fill("#name", "x".repeat(33));
   await alice.press("#name", "Enter");
   await waitText(alice, "#name-error", "Choose another name: the name is longer than 32 characters.");
-  check((await text(alice, "#status")) === "disconnected", "no connection for a bad name");
+  check((await text(alice, "#status")) === "not connected", "no connection for a bad name");
+  check(alice.sockets.length === 0, "no socket opened for a bad name");
   await alice.screenshot({ path: path.join(ARTIFACTS, "join.png") });
   log("name validation ok");
 
   await join(alice, "alice");
   await waitText(alice, "#online", "1 online");
-  await waitLine(alice, { kind: "event", text: "you joined as alice (1 online)" }, "alice's welcome");
+  await waitLine(alice, { kind: "event", text: "connected as alice" }, "alice's welcome");
+  await waitLine(alice, { kind: "event", text: "you joined #default (1 online)" }, "alice subscribed to the default channel");
+  check(alice.sockets.every((u) => u === `ws://127.0.0.1:${port}/ws?name=alice`), `the default channel's URL: ${alice.sockets}`);
 
   const bob = await newPage(browser, base + "/", "bob");
   await join(bob, "bob");
@@ -370,10 +412,93 @@ async function main() {
   await waitText(alice, "#online", "2 online");
   log("leaving works; presence and online count follow");
 
+  // Channels (broadcast.v2): pages in different channels do not see each other.
+  const rita = await newPage(browser, base + "/#red", "rita");
+  await waitText(rita, "#start-channel", "#red");
+  await join(rita, "rita");
+  await waitLine(rita, { kind: "event", text: "you joined #red (1 online)" }, "rita subscribed to red");
+  await waitText(rita, "#online", "1 online");
+  check(rita.sockets[0] === `ws://127.0.0.1:${port}/ws/red?name=rita`, `the socket's URL names the channel: ${rita.sockets}`);
+  const bert = await newPage(browser, base + "/?channel=blue", "bert");
+  await join(bert, "bert");
+  await waitLine(bert, { kind: "event", text: "you joined #blue (1 online)" }, "bert subscribed to blue");
+  const plainRed = await plainClient(port, "ws", "/ws/red");
+  const plainBlue = await plainClient(port, "ws", "/ws/blue");
+  cleanups.push(() => plainRed.ws.terminate(), () => plainBlue.ws.terminate());
+  await waitText(rita, "#online", "2 online");
+  await waitText(bert, "#online", "2 online");
+  await say(rita, "only for red");
+  await say(bert, "only for blue");
+  await until(() => plainRed.received.includes("only for red"), "the plain red client gets rita's message");
+  await until(() => plainBlue.received.includes("only for blue"), "the plain blue client gets bert's message");
+  // Markers sent once those were delivered: when a page has its own
+  // channel's marker, a message leaked from the other would be there too.
+  plainRed.ws.send("red marker");
+  plainBlue.ws.send("blue marker");
+  await waitLine(rita, { kind: "theirs", text: "red marker" }, "rita gets the red marker");
+  await waitLine(bert, { kind: "theirs", text: "blue marker" }, "bert gets the blue marker");
+  const has = async (page, texts) => (await lines(page)).some((l) => texts.includes(l.text));
+  check(!(await has(rita, ["only for blue", "blue marker"])), "rita sees nothing from blue");
+  check(!(await has(bert, ["only for red", "red marker"])), "bert sees nothing from red");
+  check(!plainRed.received.includes("only for blue") && !plainBlue.received.includes("only for red"), "each plain client gets its channel only");
+  check(!(await has(alice, ["only for red", "only for blue", "red marker", "blue marker"])), "the default channel sees neither");
+  log("pages in #red and #blue do not see each other's messages");
+
+  // One page in two channels: rita joins #blue from the page (a bad name first).
+  await rita.fill("#channel", "a b");
+  await rita.press("#channel", "Enter");
+  await waitText(rita, "#channel-error", /^Cannot open that channel: channel name has ' ' at byte 1, outside /);
+  check((await rita.getAttribute("#channel", "aria-invalid")) === "true", "the channel field is marked invalid");
+  check((await channelList(rita)).length === 1, "no channel added for a bad name");
+  await rita.fill("#channel", "blue");
+  check((await text(rita, "#channel-error")) === "", "typing clears the error");
+  await rita.press("#channel", "Enter");
+  await waitLine(rita, { kind: "event", text: "you joined #blue (3 online)" }, "rita subscribed to blue from the page");
+  check(rita.sockets.length === 1, "one connection for both channels");
+  check((await hash(rita)) === "#blue", "the hash follows the current channel");
+  check(!(await has(rita, ["only for red", "red marker"])), "the view shows blue's lines only");
+  await waitChannels(rita, [{ name: "red", current: false, unread: 0 }, { name: "blue", current: true, unread: 0 }], "rita's two channels");
+  await waitText(rita, "#members", "Here: rita (you) and 2 more");
+  await waitLine(bert, { kind: "event", text: "rita joined" }, "bert sees rita join blue");
+  await waitText(bert, "#online", "3 online");
+  await waitText(bert, "#members", /^Here: bert \(you\), (rita, guest-\d+|guest-\d+, rita)$/);
+  await say(bert, "blue to rita");
+  await waitLine(rita, { kind: "theirs", who: "bert", text: "blue to rita" }, "rita gets blue's messages");
+  plainRed.ws.send("red while away");
+  await waitChannels(rita, [{ name: "red", current: false, unread: 1 }, { name: "blue", current: true, unread: 0 }], "red's unread count");
+  const unread = await unreadList(rita);
+  check(unread.length === 1 && unread[0].tag === "[#red]" && /^guest-\d+$/.test(unread[0].who) && unread[0].text === "red while away", `the unread list names the channel: ${JSON.stringify(unread)}`);
+  check(!(await has(rita, ["red while away"])), "the red message is not in the blue view");
+  await rita.screenshot({ path: path.join(ARTIFACTS, "channels.png") });
+  // Switching shows red's history, and reads it.
+  await rita.click('#channel-list li[data-channel="red"] .switch');
+  await waitLine(rita, { kind: "theirs", text: "red while away" }, "red's history is shown");
+  check((await lines(rita)).some((l) => l.text === "only for red" && l.kind === "mine"), "with rita's own message");
+  check(!(await has(rita, ["blue to rita"])), "and without blue's");
+  await waitChannels(rita, [{ name: "red", current: true, unread: 0 }, { name: "blue", current: false, unread: 0 }], "red read");
+  check((await unreadList(rita)).length === 0 && !(await rita.isVisible("#unread-list")), "the unread list is empty once read");
+  check((await hash(rita)) === "#red", "the hash follows the switch");
+  await waitText(rita, "#online", "2 online");
+  // Leaving with the ×, coming back through the URL's hash.
+  await rita.click('#channel-list li[data-channel="blue"] .part');
+  await waitLine(bert, { kind: "event", text: "rita left" }, "bert sees rita leave blue");
+  await waitText(bert, "#online", "2 online");
+  await waitChannels(rita, [{ name: "red", current: true, unread: 0 }], "blue left");
+  check((await rita.locator("#channel-list .part").count()) === 0, "the last channel has no ×");
+  await rita.evaluate(() => {
+    location.hash = "#blue";
+  });
+  await waitLine(rita, { kind: "event", text: "you joined #blue (3 online)" }, "the hash joins a channel");
+  await waitChannels(rita, [{ name: "red", current: false, unread: 0 }, { name: "blue", current: true, unread: 0 }], "blue again");
+  check(rita.dialogs.length === 0 && bert.dialogs.length === 0, "no dialogs on the channel pages");
+  plainRed.ws.terminate();
+  plainBlue.ws.terminate();
+  log("one page in two channels: both received, unread counted, switch, leave, hash");
+
   // Server restart: the pages say they are reconnecting, then recover.
   const stopped = await stopServer(server.proc, "SIGTERM");
   log(`server stopped (exit ${stopped})`);
-  for (const page of [alice, bob]) {
+  for (const page of [alice, bob, rita, bert]) {
     await waitText(page, "#status", /^reconnecting( in \d+ s)?…$/);
     await waitLine(page, { kind: "problem", text: /^connection lost: .*; reconnecting…$/ }, "the drop is reported");
   }
@@ -381,14 +506,22 @@ async function main() {
   await alice.screenshot({ path: path.join(ARTIFACTS, "reconnecting.png") });
   server = await startServer(port);
   log("server restarted on the same port");
-  for (const page of [alice, bob]) {
+  for (const page of [alice, bob, rita, bert]) {
     await waitText(page, "#status", "connected", 20_000);
   }
-  await waitLine(alice, { kind: "event", text: /^reconnected as alice \(\d online\)$/ }, "alice reconnected");
+  await waitLine(alice, { kind: "event", text: "reconnected as alice" }, "alice reconnected");
+  await waitLine(alice, { kind: "event", text: /^rejoined #default \(\d online\)$/ }, "alice subscribed again");
   await waitText(alice, "#online", "2 online");
   await say(alice, "after the restart");
   await waitLine(bob, { kind: "theirs", who: "alice", text: "after the restart" }, "messages flow after the restart");
-  log("both pages recovered after the restart");
+  // Every channel is subscribed again: the one shown and the other.
+  await waitLine(rita, { kind: "event", text: /^rejoined #blue \(\d online\)$/ }, "rita back in blue");
+  await rita.click('#channel-list li[data-channel="red"] .switch');
+  await waitLine(rita, { kind: "event", text: "rejoined #red (1 online)" }, "rita back in red");
+  await waitText(bert, "#online", "2 online");
+  await say(bert, "blue after the restart");
+  await waitChannels(rita, [{ name: "red", current: true, unread: 0 }, { name: "blue", current: false, unread: 1 }], "blue's message after the restart");
+  log("the pages recovered after the restart, every channel subscribed again");
 
   // A server that wants a token: the page passes on its own ?token=.
   const guarded = await startServer(0, ["--auth-token", "s3cret"]);
@@ -416,7 +549,7 @@ async function main() {
   );
   log("over https the page connects with wss:// and messages flow");
 
-  const problems = [...alice.problems, ...bob.problems, ...phone.problems, ...tlsPage.problems];
+  const problems = [...alice.problems, ...bob.problems, ...phone.problems, ...rita.problems, ...bert.problems, ...tlsPage.problems];
   check(problems.length === 0, `no console errors or failed requests:\n  ${problems.join("\n  ")}`);
   check(alice.dialogs.length === 0 && bob.dialogs.length === 0, "no dialogs at all");
 
