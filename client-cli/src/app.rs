@@ -499,8 +499,10 @@ impl Client {
             )),
             Slash::Join(name) => {
                 if let Err(e) = protocol::channel::validate(name) {
-                    self.out
-                        .error(&format!("bad channel name {:?}: {e}", render::sanitize(name)));
+                    self.out.error(&format!(
+                        "bad channel name {:?}: {e}",
+                        render::sanitize(name)
+                    ));
                 } else if self.channels.switch(name) {
                     self.out
                         .status(&format!("already in #{name}: writing there now"));
@@ -529,7 +531,8 @@ impl Client {
             },
             Slash::Switch(name) => {
                 if !self.channels.switch(name) {
-                    self.out.error(&format!("not in #{name}: /join {name} first"));
+                    self.out
+                        .error(&format!("not in #{name}: /join {name} first"));
                 }
             }
             Slash::Who(name) => match name.or(self.channels.current()) {
@@ -569,9 +572,10 @@ impl Client {
         match (msg, self.format) {
             (Message::Text(text), Format::V1) => self.show_v1(&text, again, notice),
             (Message::Text(text), Format::V2) => return self.show_v2(&text, out, again, notice),
-            (Message::Text(text), Format::Raw) => self
-                .out
-                .chat(r.message(now_ms(), None, BodyView::Text(&text))),
+            (Message::Text(text), Format::Raw) => {
+                self.out
+                    .chat(r.message(now_ms(), None, BodyView::Text(&text)))
+            }
             (Message::Binary(data), _) => {
                 self.out
                     .chat(r.message(now_ms(), None, BodyView::Binary(data.len())));
@@ -649,10 +653,13 @@ impl Client {
                     self.start_input();
                 }
             }
-            Event::Subscribed { id, channel, online } => {
+            Event::Subscribed {
+                id,
+                channel,
+                online,
+            } => {
                 let rejoined = self.channels.subscribed(id.as_ref(), &channel, online);
-                self.out
-                    .status(&render::joined(&channel, online, rejoined));
+                self.out.status(&render::joined(&channel, online, rejoined));
                 self.start_input();
             }
             Event::Unsubscribed { id, channel, .. } => {

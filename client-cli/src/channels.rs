@@ -29,7 +29,10 @@ struct Channel {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Sent {
     /// `rejoin`: sent again on a new connection (not for a `/join`).
-    Subscribe { channel: String, rejoin: bool },
+    Subscribe {
+        channel: String,
+        rejoin: bool,
+    },
     Unsubscribe(String),
 }
 
@@ -368,7 +371,9 @@ mod tests {
         );
         ch.presence("a", 3, &[peer(7, "erin"), peer(8, "Bob")], &[], None);
         ch.presence("a", 4, &[peer(9, "carol")], &[], None);
-        assert!(ch.who("a").starts_with("#a: 4 online: Bob, carol, erin (you), and 1 more"));
+        assert!(ch
+            .who("a")
+            .starts_with("#a: 4 online: Bob, carol, erin (you), and 1 more"));
         ch.presence("a", 3, &[], &[peer(8, "Bob")], None);
         ch.presence("a", 2, &[], &[], Some(1));
         assert_eq!(

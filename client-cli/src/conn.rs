@@ -102,8 +102,16 @@ pub fn tls_client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>,
 /// speaks. A server that answers with no subprotocol makes tungstenite fail
 /// the handshake (as RFC 6455 says a client must), so the client then
 /// connects again without offering any: raw mode.
-pub(crate) async fn connect(url: &str, tls: &Connector, v2: bool) -> Result<Connected, ConnectError> {
-    let offer = if v2 { OFFER_V2 } else { protocol::v1::SUBPROTOCOL };
+pub(crate) async fn connect(
+    url: &str,
+    tls: &Connector,
+    v2: bool,
+) -> Result<Connected, ConnectError> {
+    let offer = if v2 {
+        OFFER_V2
+    } else {
+        protocol::v1::SUBPROTOCOL
+    };
     match attempt(url, tls, Some(offer)).await {
         Ok((ws, answer)) => {
             let format = if answer.as_deref() == Some(protocol::v2::SUBPROTOCOL) {

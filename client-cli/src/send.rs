@@ -175,10 +175,8 @@ impl Outgoing {
         cx: &mut Context<'_>,
         line: &mut Option<Line>,
     ) -> Poll<Result<Step, WsError>> {
-        let close_now = self.close_wanted
-            && !self.close_queued
-            && line.is_none()
-            && self.commands.is_empty();
+        let close_now =
+            self.close_wanted && !self.close_queued && line.is_none() && self.commands.is_empty();
         if self.ping_due || !self.commands.is_empty() || line.is_some() || close_now {
             ready!(self.sink.poll_ready_unpin(cx))?;
             let frame = if self.ping_due {

@@ -203,7 +203,9 @@ mod tests {
 
     #[test]
     fn channel_urls() {
-        let t = build("h", 1, None, Some("al")).unwrap().in_channel("team/a");
+        let t = build("h", 1, None, Some("al"))
+            .unwrap()
+            .in_channel("team/a");
         assert_eq!(t.display, "ws://h:1/ws/team/a");
         assert_eq!(t.request, "ws://h:1/ws/team/a?name=al");
         let u = |url: &str| url_in_channel(url, "a");

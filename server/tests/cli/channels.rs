@@ -59,7 +59,10 @@ async fn piped_lines_go_to_the_first_channel_only() {
         "{rest:?}"
     );
     // The client had read and published everything before its exit 0.
-    assert_eq!(until_marker(&mut in_b, &mut other_b).await, Vec::<String>::new());
+    assert_eq!(
+        until_marker(&mut in_b, &mut other_b).await,
+        Vec::<String>::new()
+    );
 }
 
 #[tokio::test]
@@ -67,7 +70,10 @@ async fn lines_from_two_channels_are_tagged_and_from_one_are_not() {
     let server = Server::start().await;
     let port = server.port.to_string();
     let mut two = Cli::spawn(
-        &connect_args(&port, &["-l", "--name", "tess", "--channel", "a", "--channel", "b"]),
+        &connect_args(
+            &port,
+            &["-l", "--name", "tess", "--channel", "a", "--channel", "b"],
+        ),
         false,
     );
     two.expect_contains(Pipe::Stderr, "as tess").await;
@@ -185,7 +191,10 @@ async fn refused_publishes_make_the_exit_status_1() {
 
 #[tokio::test]
 async fn a_bad_channel_name_is_a_usage_error() {
-    let mut cli = Cli::spawn(&["--port", "1", "--channel", "a", "--channel", "a//b"], false);
+    let mut cli = Cli::spawn(
+        &["--port", "1", "--channel", "a", "--channel", "a//b"],
+        false,
+    );
     let (st, lines) = cli.wait().await;
     assert_eq!(st.code(), Some(2), "{lines:?}");
     assert!(
@@ -206,6 +215,7 @@ async fn v1_only_server() -> (u16, mpsc::UnboundedReceiver<String>) {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let path_tx = tx.clone();
+                #[allow(clippy::result_large_err, reason = "tungstenite's callback type")]
                 let answer = |req: &Request, mut resp: Response| {
                     let _ = path_tx.send(format!("path {}", req.uri()));
                     let offers_v1 = req
@@ -244,7 +254,16 @@ async fn without_v2_the_client_joins_the_first_channel_by_its_url() {
     let (port, mut got) = v1_only_server().await;
     let url = format!("ws://127.0.0.1:{port}");
     let mut cli = Cli::spawn(
-        &["--url", &url, "--name", "erin", "--channel", "a", "--channel", "b"],
+        &[
+            "--url",
+            &url,
+            "--name",
+            "erin",
+            "--channel",
+            "a",
+            "--channel",
+            "b",
+        ],
         true,
     );
     cli.expect(Pipe::Stderr, "the fallback", |l| {

@@ -289,7 +289,14 @@ async fn slash_commands_move_between_channels() {
     server.wait_connections(4).await;
     let port = server.port.to_string();
     let mut term = Term::spawn(&[
-        "--host", "127.0.0.1", "--port", &port, "--name", "erin", "--channel", "a",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--name",
+        "erin",
+        "--channel",
+        "a",
     ]);
     term.wait_for("joining #a", |rows, _| {
         rows.iter().any(|r| r == "joined #a (3 online)")
@@ -334,9 +341,8 @@ async fn slash_commands_move_between_channels() {
     term.wait_prompt("erin #a> ").await;
     term.type_keys("/who\r");
     term.wait_for("the members of #a", |rows, _| {
-        rows.iter().any(|r| {
-            r.starts_with("#a: 4 online: carol, erin (you), and 2 more only counted")
-        })
+        rows.iter()
+            .any(|r| r.starts_with("#a: 4 online: carol, erin (you), and 2 more only counted"))
     })
     .await;
     term.type_keys("back in a\r");
@@ -364,9 +370,8 @@ async fn slash_commands_move_between_channels() {
 
     term.type_keys("/frob\r");
     term.wait_for("the hint", |rows, _| {
-        rows.iter().any(|r| {
-            r == "error: unknown command /frob: /help lists them; //text sends /text"
-        })
+        rows.iter()
+            .any(|r| r == "error: unknown command /frob: /help lists them; //text sends /text")
     })
     .await;
     term.type_keys("/quit\r");
