@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt as _;
 use protocol::v1::{Peer, ServerEvent};
-use protocol::v2::Event;
+use protocol::v2::{Command, Event, Id};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout_at, Instant};
@@ -31,6 +31,9 @@ use crate::send::{Line, Outgoing, Step};
 use crate::slash::{self, Slash};
 use crate::target::Target;
 
+/// The id of the `broadcast.v2` `ping` sent at the end of piped input (the
+/// subscribes use ids from 1 up: this one cannot be theirs).
+const LAST_PING: u64 = u64::MAX;
 /// How long leaving waits for the server's close reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// At the end of piped input, how long to wait for the server's close reply
@@ -120,6 +123,8 @@ struct Client {
     my_name: Option<String>,
     /// What the current (or last) connection speaks.
     format: Format,
+    /// The answer to the `ping` sent at the end of piped input came.
+    last_pong: bool,
     /// Lines may go out on this connection: on a `broadcast.v2` one, only
     /// after its welcome (which queues the subscribes ahead of them).
     welcomed: bool,
@@ -161,6 +166,7 @@ pub(crate) async fn run(opts: Options, out: Out, tls: Connector) -> ExitCode {
         my_name: None,
         format: Format::Raw,
         welcomed: false,
+        last_pong: false,
         channels,
         pending: None,
         last_session: (0, 0),
@@ -510,9 +516,9 @@ impl Client {
                     let subscribe = self.channels.join(name);
                     match out {
                         Some(out) => out.command(&subscribe),
-                        None => self
-                            .out
-                            .status(&format!("not connected: joining #{name} on reconnecting")),
+                        None => self.out.status(&format!(
+                            "not connected: will join #{name} once reconnected"
+                        )),
                     }
                 }
             }
@@ -707,6 +713,9 @@ impl Client {
                 }
             }
             Event::Notice { text, .. } => *notice = Some(text),
+            Event::Pong {
+                id: Some(Id::Num(LAST_PING)),
+            } => self.last_pong = true,
             Event::Published { .. } | Event::Pong { .. } => {}
         }
         None
@@ -742,7 +751,18 @@ impl Client {
         stream: &mut Incoming,
         wait: CloseWait,
     ) -> Result<(), String> {
-        out.want_close();
+        // The server drops what it has not started to send when it answers
+        // a close, so on a v2 connection the `error`s for the last lines
+        // could be lost: at the end of piped input a last `ping` first,
+        // whose `pong` follows every earlier answer, and then the close.
+        self.last_pong = false;
+        if wait == CloseWait::Confirming && self.format == Format::V2 {
+            out.command(&Command::Ping {
+                id: Some(Id::Num(LAST_PING)),
+            });
+        } else {
+            out.want_close();
+        }
         let mut notice = None;
         let mut deadline = Instant::now() + wait.bound();
         let mut close_written = false;
@@ -774,6 +794,9 @@ impl Client {
                     Some(Ok(msg)) => {
                         // Leaving anyway: a refusal changes nothing.
                         let _ = self.show(msg, out, true, &mut notice);
+                        if std::mem::take(&mut self.last_pong) {
+                            out.want_close();
+                        }
                     }
                     Some(Err(e)) => return Err(render::lost(&e.to_string(), notice.as_deref())),
                     None => {

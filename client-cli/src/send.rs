@@ -13,7 +13,10 @@
 //! On a `broadcast.v2` connection a line goes out as a `publish` command and
 //! the same holds: the server handles each command before reading the next
 //! frame, so the WebSocket pings still count lines read. (A `publish` the
-//! server refuses gets an `error` event, which the session counts.) The
+//! server refuses gets an `error` event, which the session counts; since
+//! the server drops unsent events when it answers a close, the session
+//! sends a v2 `ping` at the end of the input and closes after its `pong`,
+//! which comes after every earlier answer.) The
 //! session's own commands (`subscribe`, `unsubscribe`) go out ahead of the
 //! next line and are not counted as lines.
 
