@@ -1,5 +1,8 @@
 //! The client's life: connect, run a session, and after an unexpected end
-//! reconnect with backoff until the user leaves.
+//! reconnect with backoff until the user leaves. With `--channel` a session
+//! speaks `broadcast.v2` (subscribing to every joined channel again on each
+//! connection), or falls back to the first channel's URL with `broadcast.v1`
+//! or raw mode when the server does not offer v2.
 
 use std::future::pending;
 use std::process::ExitCode;
@@ -8,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt as _;
-use protocol::v1::ServerEvent;
+use protocol::v1::{Peer, ServerEvent};
+use protocol::v2::{Command, Event, Id};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout_at, Instant};
@@ -18,13 +22,18 @@ use tokio_tungstenite::Connector;
 
 use protocol::backoff::Backoff;
 
-use crate::conn::{connect, Connected, Ws};
+use crate::channels::{Channels, Sent};
+use crate::conn::{connect, Connected, Format, Ws};
 use crate::input::{self, Input};
 use crate::output::Out;
 use crate::render::{self, BodyView};
-use crate::send::{Outgoing, Step};
+use crate::send::{Line, Outgoing, Step};
+use crate::slash::{self, Slash};
 use crate::target::Target;
 
+/// The id of the `broadcast.v2` `ping` sent at the end of piped input (the
+/// subscribes use ids from 1 up: this one cannot be theirs).
+const LAST_PING: u64 = u64::MAX;
 /// How long leaving waits for the server's close reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// At the end of piped input, how long to wait for the server's close reply
@@ -50,6 +59,8 @@ pub(crate) struct Options {
     /// Do not read stdin at all.
     pub(crate) listen: bool,
     pub(crate) reconnect: bool,
+    /// `--channel` names (valid, distinct, in order): speak `broadcast.v2`.
+    pub(crate) channels: Vec<String>,
 }
 
 /// How a session ended.
@@ -61,6 +72,9 @@ enum End {
     /// Pipe mode: stdin has ended but the server did not answer our close,
     /// so lines may be lost: why.
     Unconfirmed(String),
+    /// Without a terminal, the server refused to let us join a channel
+    /// asked for: why (the client stops rather than run without it).
+    Refused(String),
 }
 
 /// The reading half of a connection.
@@ -92,6 +106,9 @@ struct Client {
     opts: Options,
     out: Out,
     tls: Connector,
+    /// Where to connect: the URL, or with `--channel` the first channel's
+    /// (which a server without `broadcast.v2` puts us in).
+    connect_to: Target,
     signals: Signals,
     /// Lines from the user, once the reader runs (never in `--listen` mode).
     input: Option<mpsc::Receiver<Input>>,
@@ -100,25 +117,45 @@ struct Client {
     editor_running: bool,
     prompt: Arc<Mutex<String>>,
     backoff: Backoff,
-    /// This connection's id, from the v1 welcome.
+    /// This connection's id, from the welcome.
     my_id: Option<u64>,
+    /// The name the server gave us (for the prompt).
+    my_name: Option<String>,
+    /// What the current (or last) connection speaks.
+    format: Format,
+    /// The answer to the `ping` sent at the end of piped input came.
+    last_pong: bool,
+    /// Lines may go out on this connection: on a `broadcast.v2` one, only
+    /// after its welcome (which queues the subscribes ahead of them).
+    welcomed: bool,
+    /// The joined channels (`broadcast.v2`).
+    channels: Channels,
     /// A line read from the user that no connection has taken yet (it goes
     /// out on the next one after a drop).
-    pending: Option<String>,
+    pending: Option<Line>,
     /// Pipe mode: lines sent on the last connection, and how many of them
     /// the server did not confirm.
     last_session: (u64, u64),
     /// Pipe mode: lines sent that the server never confirmed, over all
     /// connections (they may have been lost).
     unconfirmed: u64,
+    /// Pipe mode: lines the server read but refused (v2 `error` events for
+    /// publishes, e.g. over its rate limit): not delivered.
+    refused: u64,
 }
 
 /// Runs the client; returns the process exit code.
 pub(crate) async fn run(opts: Options, out: Out, tls: Connector) -> ExitCode {
+    let connect_to = match opts.channels.first() {
+        Some(first) => opts.target.in_channel(first),
+        None => opts.target.clone(),
+    };
+    let channels = Channels::new(&opts.channels);
     let mut client = Client {
         opts,
         out,
         tls,
+        connect_to,
         signals: Signals::new(),
         input: None,
         input_started: false,
@@ -126,9 +163,15 @@ pub(crate) async fn run(opts: Options, out: Out, tls: Connector) -> ExitCode {
         prompt: Arc::new(Mutex::new("> ".to_owned())),
         backoff: Backoff::new(BACKOFF_FIRST, BACKOFF_CAP),
         my_id: None,
+        my_name: None,
+        format: Format::Raw,
+        welcomed: false,
+        last_pong: false,
+        channels,
         pending: None,
         last_session: (0, 0),
         unconfirmed: 0,
+        refused: 0,
     };
     client.main_loop().await
 }
@@ -138,13 +181,13 @@ impl Client {
         // The first attempt: failing it ends the client (the URL is likely
         // wrong or the server not started; looping would hide that).
         let first = tokio::select! {
-            r = connect(&self.opts.target.request, &self.tls) => r,
+            r = connect(&self.connect_to.request, &self.tls, self.offer_v2()) => r,
             () = self.signals.recv() => return self.exit(ExitCode::SUCCESS, None),
         };
         let mut conn = match first {
             Ok(c) => c,
             Err(e) => {
-                let msg = format!("cannot connect to {}: {e}", self.opts.target.display);
+                let msg = format!("cannot connect to {}: {e}", self.connect_to.display);
                 return self.exit(ExitCode::from(1), Some(&msg));
             }
         };
@@ -158,7 +201,7 @@ impl Client {
             let loss = self.count_loss();
             match end {
                 End::Quit => return self.leave(),
-                End::Unconfirmed(why) => {
+                End::Unconfirmed(why) | End::Refused(why) => {
                     self.out.error(&why);
                     return self.exit(ExitCode::from(1), loss.as_deref());
                 }
@@ -200,14 +243,27 @@ impl Client {
     }
 
     /// The user left or the input ended: 0, unless lines may have been lost
-    /// on a connection that dropped.
+    /// on a connection that dropped, or the server refused some.
     fn leave(&self) -> ExitCode {
-        if self.unconfirmed == 0 {
+        let mut lost = Vec::new();
+        if self.unconfirmed > 0 {
+            let n = self.unconfirmed;
+            lost.push(format!("{n} lines sent may not have been delivered"));
+        }
+        if self.refused > 0 {
+            let n = self.refused;
+            lost.push(format!("{n} lines sent were refused by the server"));
+        }
+        if lost.is_empty() {
             return self.exit(ExitCode::SUCCESS, None);
         }
-        let n = self.unconfirmed;
-        let line = format!("exit status 1: {n} lines sent may not have been delivered");
+        let line = format!("exit status 1: {}", lost.join("; "));
         self.exit(ExitCode::from(1), Some(&line))
+    }
+
+    /// Connections offer `broadcast.v2` (`--channel`).
+    fn offer_v2(&self) -> bool {
+        !self.opts.channels.is_empty()
     }
 
     fn exit(&self, code: ExitCode, last: Option<&str>) -> ExitCode {
@@ -258,6 +314,11 @@ impl Client {
                     input = next_input(&mut self.input), if self.opts.interactive => match input {
                         Some(Input::Line(l)) if l.trim().is_empty() => {}
                         Some(Input::Line(_)) => self.out.error("not connected: message not sent"),
+                        Some(Input::Command(line, _handled)) => {
+                            if self.command(&line, None) == Flow::Quit {
+                                return None;
+                            }
+                        }
                         Some(Input::Quit) | None => {
                             self.editor_running = false;
                             return None;
@@ -266,14 +327,14 @@ impl Client {
                 }
             }
             let attempt = tokio::select! {
-                r = connect(&self.opts.target.request, &self.tls) => r,
+                r = connect(&self.connect_to.request, &self.tls, self.offer_v2()) => r,
                 () = self.signals.recv() => return None,
             };
             match attempt {
                 Ok(c) => return Some(c),
                 Err(e) => self.out.status(&format!(
                     "cannot connect to {}: {e}",
-                    self.opts.target.display
+                    self.connect_to.display
                 )),
             }
         }
@@ -286,16 +347,34 @@ impl Client {
     }
 
     async fn session(&mut self, conn: Connected, again: bool) -> End {
-        let Connected { ws, v1 } = conn;
+        let Connected { ws, format } = conn;
+        self.format = format;
         let (sink, mut stream) = ws.split();
         let mut out = Outgoing::new(sink, self.pipe());
-        if !v1 {
+        if let (Some(first), true) = (self.opts.channels.first(), format != Format::V2) {
+            let others = self.opts.channels.len() - 1;
+            self.out.status(&render::without_v2(first, others));
+        }
+        if format == Format::Raw {
             self.out
-                .status(&render::raw_connected(&self.opts.target.display, again));
+                .status(&render::raw_connected(&self.connect_to.display, again));
             self.start_input();
         }
+        // A line typed for another kind of connection: publish it on the
+        // current channel (v2), or send it as it is.
+        if let Some(line) = &mut self.pending {
+            line.channel = match format {
+                Format::V2 => line
+                    .channel
+                    .take()
+                    .or_else(|| self.channels.current().map(str::to_owned)),
+                Format::V1 | Format::Raw => None,
+            };
+        }
         self.my_id = None;
-        let end = self.converse(&mut out, &mut stream, v1, again).await;
+        // A v2 line must follow the subscribes, which the welcome sends.
+        self.welcomed = format != Format::V2;
+        let end = self.converse(&mut out, &mut stream, again).await;
         if self.pipe() {
             self.last_session = (out.sent, out.unconfirmed());
         }
@@ -303,14 +382,10 @@ impl Client {
     }
 
     /// Reads the server and sends the user's lines until one of them ends.
-    async fn converse(
-        &mut self,
-        out: &mut Outgoing,
-        stream: &mut Incoming,
-        v1: bool,
-        again: bool,
-    ) -> End {
+    async fn converse(&mut self, out: &mut Outgoing, stream: &mut Incoming, again: bool) -> End {
         let mut notice: Option<String> = None;
+        // Stands in for `pending` until lines may go out.
+        let mut held = None;
         loop {
             // Biased: what the server sends is read first (it must not pile
             // up while we send), and the next line is taken before a flush,
@@ -318,11 +393,11 @@ impl Client {
             tokio::select! {
                 biased;
                 () = self.signals.recv() => {
-                    let _ = self.close(out, stream, v1, CloseWait::Leaving).await;
+                    let _ = self.close(out, stream, CloseWait::Leaving).await;
                     return End::Quit;
                 }
                 () = self.out.stdout_gone.notified() => {
-                    let _ = self.close(out, stream, v1, CloseWait::Leaving).await;
+                    let _ = self.close(out, stream, CloseWait::Leaving).await;
                     return End::Quit;
                 }
                 msg = stream.next() => match msg {
@@ -334,30 +409,38 @@ impl Client {
                         return End::Dropped(render::closed_by_server(code, &reason, notice.as_deref()));
                     }
                     Some(Ok(Message::Pong(payload))) => out.on_pong(&payload),
-                    Some(Ok(msg)) => self.show(msg, v1, again, &mut notice),
+                    Some(Ok(msg)) => {
+                        if let Some(why) = self.show(msg, out, again, &mut notice) {
+                            let _ = self.close(out, stream, CloseWait::Leaving).await;
+                            return End::Refused(why);
+                        }
+                    }
                     Some(Err(e)) => return End::Dropped(render::lost(&e.to_string(), notice.as_deref())),
                     None => return End::Dropped(render::lost("the connection ended", notice.as_deref())),
                 },
                 input = next_input(&mut self.input), if self.pending.is_none() => match input {
-                    Some(Input::Line(line)) => {
-                        if !line.trim().is_empty() {
-                            self.pending = Some(line);
+                    Some(Input::Line(line)) => self.take_line(line),
+                    Some(Input::Command(line, _handled)) => {
+                        if self.command(&line, Some(out)) == Flow::Quit {
+                            let _ = self.close(out, stream, CloseWait::Leaving).await;
+                            return End::Quit;
                         }
                     }
                     Some(Input::Quit) | None => {
                         self.editor_running = false;
                         self.input = None;
                         if !self.pipe() {
-                            let _ = self.close(out, stream, v1, CloseWait::Leaving).await;
+                            let _ = self.close(out, stream, CloseWait::Leaving).await;
                             return End::Quit;
                         }
-                        return match self.close(out, stream, v1, CloseWait::Confirming).await {
+                        return match self.close(out, stream, CloseWait::Confirming).await {
                             Ok(()) => End::Quit,
                             Err(why) => End::Unconfirmed(why),
                         };
                     }
                 },
-                r = out.step(&mut self.pending), if self.pending.is_some() || out.busy() => {
+                r = out.step(if self.welcomed { &mut self.pending } else { &mut held }),
+                    if (self.welcomed && self.pending.is_some()) || out.busy() => {
                     if let Err(e) = r {
                         return End::Dropped(render::lost(&e.to_string(), notice.as_deref()));
                     }
@@ -366,57 +449,296 @@ impl Client {
         }
     }
 
-    /// Prints one data frame (or v1 event).
-    fn show(&mut self, msg: Message, v1: bool, again: bool, notice: &mut Option<String>) {
-        let r = &self.out.render;
-        match msg {
-            Message::Text(text) if v1 => match ServerEvent::decode(&text) {
-                Ok(Some(ServerEvent::Welcome {
-                    id, name, online, ..
-                })) => {
-                    self.my_id = Some(id);
-                    let line = render::welcome(&self.opts.target.display, &name, online, again);
-                    if let Ok(mut p) = self.prompt.lock() {
-                        *p = format!("{}> ", render::sanitize(&name));
+    /// A line from the user to send (not a command): it waits in `pending`
+    /// for the connection. In interactive mode `//text` sends `/text`.
+    fn take_line(&mut self, line: String) {
+        if line.trim().is_empty() {
+            return;
+        }
+        let text = if self.opts.interactive {
+            slash::unescape(&line).to_owned()
+        } else {
+            line
+        };
+        let channel = match (self.format, self.channels.current()) {
+            (Format::V2, Some(c)) => Some(c.to_owned()),
+            (Format::V2, None) => {
+                self.out
+                    .error("not in any channel: /join NAME first (message not sent)");
+                return;
+            }
+            (Format::V1 | Format::Raw, _) => None,
+        };
+        self.pending = Some(Line { text, channel });
+    }
+
+    /// Runs a slash command typed in interactive mode; `out`: the
+    /// connection, if there is one (a `/join` while disconnected takes
+    /// effect on the next connection, which subscribes to every channel).
+    fn command(&mut self, line: &str, out: Option<&mut Outgoing>) -> Flow {
+        let command = slash::parse(line);
+        let channel_command = matches!(
+            command,
+            Slash::Join(_) | Slash::Leave(_) | Slash::Who(_) | Slash::Switch(_)
+        );
+        // In step with the editor: `Input::Command` only for commands.
+        debug_assert!(slash::is_command(line));
+        if channel_command && self.format != Format::V2 {
+            match self.opts.channels.first() {
+                None => self.out.error("start with --channel to use channels"),
+                Some(first) => self.out.error(&render::without_v2(first, 0)),
+            }
+            return Flow::Continue;
+        }
+        match command {
+            // Not a command after all (the editor decides the same way).
+            Slash::Send(_) => {}
+            Slash::Quit => return Flow::Quit,
+            Slash::Help => {
+                for line in slash::HELP {
+                    self.out.status(line);
+                }
+            }
+            Slash::Usage(usage) => self.out.error(&format!("usage: {usage}")),
+            Slash::Unknown(word) => self.out.error(&format!(
+                "unknown command {word}: /help lists them; //text sends /text"
+            )),
+            Slash::Join(name) => {
+                if let Err(e) = protocol::channel::validate(name) {
+                    self.out.error(&format!(
+                        "bad channel name {:?}: {e}",
+                        render::sanitize(name)
+                    ));
+                } else if self.channels.switch(name) {
+                    self.out
+                        .status(&format!("already in #{name}: writing there now"));
+                } else {
+                    let subscribe = self.channels.join(name);
+                    match out {
+                        Some(out) => out.command(&subscribe),
+                        None => self.out.status(&format!(
+                            "not connected: will join #{name} once reconnected"
+                        )),
                     }
-                    self.out.status(&line);
-                    self.start_input();
                 }
-                Ok(Some(ServerEvent::Message {
-                    name, time, body, ..
-                })) => {
-                    self.out.chat(r.message(time, Some(&name), (&body).into()));
-                    self.start_input();
+            }
+            Slash::Leave(name) => match name.or(self.channels.current()).map(str::to_owned) {
+                None => self.out.error("not in any channel"),
+                Some(name) if !self.channels.is_joined(&name) => {
+                    self.out.error(&format!("not in #{name}"));
                 }
-                Ok(Some(ServerEvent::Presence {
-                    online,
-                    mut joined,
-                    left,
-                    joined_count,
-                    left_count,
-                })) => {
-                    // Our own arrival was already shown by the welcome line.
-                    let had_names = !joined.is_empty() || !left.is_empty();
-                    joined.retain(|p| Some(p.id) != self.my_id);
-                    let counts = joined_count.is_some() || left_count.is_some();
-                    if !had_names || !joined.is_empty() || !left.is_empty() || counts {
-                        self.out
-                            .chat(r.presence(online, &joined, &left, joined_count, left_count));
+                Some(name) => {
+                    let unsubscribe = self.channels.leave(&name);
+                    match out {
+                        Some(out) => out.command(&unsubscribe),
+                        None => self.out.status(&format!("left #{name}")),
                     }
-                    self.start_input();
                 }
-                Ok(Some(ServerEvent::Notice { text, .. })) => *notice = Some(text),
-                Ok(None) => {}
-                Err(e) => self.out.error(&e.to_string()),
             },
-            Message::Text(text) => self
-                .out
-                .chat(r.message(now_ms(), None, BodyView::Text(&text))),
-            Message::Binary(data) => {
+            Slash::Switch(name) => {
+                if !self.channels.switch(name) {
+                    self.out
+                        .error(&format!("not in #{name}: /join {name} first"));
+                }
+            }
+            Slash::Who(name) => match name.or(self.channels.current()) {
+                None => self.out.error("not in any channel"),
+                Some(name) => self.out.status(&self.channels.who(name)),
+            },
+        }
+        self.update_prompt();
+        Flow::Continue
+    }
+
+    /// `erin> `, or `erin #news> ` on a `broadcast.v2` connection.
+    fn update_prompt(&self) {
+        let Some(name) = &self.my_name else {
+            return;
+        };
+        let name = render::sanitize(name);
+        let prompt = match (self.format, self.channels.current()) {
+            (Format::V2, Some(channel)) => format!("{name} #{channel}> "),
+            _ => format!("{name}> "),
+        };
+        if let Ok(mut p) = self.prompt.lock() {
+            *p = prompt;
+        }
+    }
+
+    /// Prints one data frame (or event). `Some`: why the client stops (see
+    /// [`End::Refused`]).
+    fn show(
+        &mut self,
+        msg: Message,
+        out: &mut Outgoing,
+        again: bool,
+        notice: &mut Option<String>,
+    ) -> Option<String> {
+        let r = &self.out.render;
+        match (msg, self.format) {
+            (Message::Text(text), Format::V1) => self.show_v1(&text, again, notice),
+            (Message::Text(text), Format::V2) => return self.show_v2(&text, out, again, notice),
+            (Message::Text(text), Format::Raw) => {
+                self.out
+                    .chat(r.message(now_ms(), None, BodyView::Text(&text)))
+            }
+            (Message::Binary(data), _) => {
                 self.out
                     .chat(r.message(now_ms(), None, BodyView::Binary(data.len())));
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
+            (Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_), _) => {}
+        }
+        None
+    }
+
+    /// A `broadcast.v1` event.
+    fn show_v1(&mut self, text: &str, again: bool, notice: &mut Option<String>) {
+        match ServerEvent::decode(text) {
+            Ok(Some(ServerEvent::Welcome {
+                id, name, online, ..
+            })) => {
+                self.my_id = Some(id);
+                let line = render::welcome(&self.connect_to.display, &name, online, again);
+                self.my_name = Some(name);
+                self.update_prompt();
+                self.out.status(&line);
+                self.start_input();
+            }
+            Ok(Some(ServerEvent::Message {
+                name, time, body, ..
+            })) => {
+                let r = &self.out.render;
+                self.out.chat(r.message(time, Some(&name), (&body).into()));
+                self.start_input();
+            }
+            Ok(Some(ServerEvent::Presence {
+                online,
+                joined,
+                left,
+                joined_count,
+                left_count,
+            })) => {
+                self.show_presence(None, online, joined, &left, joined_count, left_count);
+                self.start_input();
+            }
+            Ok(Some(ServerEvent::Notice { text, .. })) => *notice = Some(text),
+            Ok(None) => {}
+            Err(e) => self.out.error(&e.to_string()),
+        }
+    }
+
+    /// A `broadcast.v2` event. `Some`: why the client stops.
+    fn show_v2(
+        &mut self,
+        text: &str,
+        out: &mut Outgoing,
+        again: bool,
+        notice: &mut Option<String>,
+    ) -> Option<String> {
+        let event = match Event::decode(text) {
+            Ok(Some(event)) => event,
+            Ok(None) => return None,
+            Err(e) => {
+                self.out.error(&e.to_string());
+                return None;
+            }
+        };
+        match event {
+            Event::Welcome { client, name, .. } => {
+                self.my_id = Some(client);
+                self.welcomed = true;
+                let line = render::welcome_v2(&self.opts.target.display, &name, again);
+                self.out.status(&line);
+                for subscribe in self.channels.connected((client, name.clone()), again) {
+                    out.command(&subscribe);
+                }
+                self.my_name = Some(name);
+                self.update_prompt();
+                // Pipe mode waits for the first `subscribed` instead.
+                if self.opts.interactive {
+                    self.start_input();
+                }
+            }
+            Event::Subscribed {
+                id,
+                channel,
+                online,
+            } => {
+                let rejoined = self.channels.subscribed(id.as_ref(), &channel, online);
+                self.out.status(&render::joined(&channel, online, rejoined));
+                self.start_input();
+            }
+            Event::Unsubscribed { id, channel, .. } => {
+                self.channels.unsubscribed(id.as_ref());
+                self.out.status(&format!("left #{channel}"));
+            }
+            Event::Message {
+                channel,
+                name,
+                time,
+                body,
+                ..
+            } => {
+                let r = &self.out.render;
+                let tag = self.channels.tag(&channel);
+                self.out
+                    .chat(r.message_in(tag, time, Some(&name), (&body).into()));
+            }
+            Event::Presence {
+                channel,
+                online,
+                joined,
+                left,
+                joined_count,
+                left_count,
+            } => {
+                self.channels
+                    .presence(&channel, online, &joined, &left, left_count);
+                let tag = self.channels.tag(&channel);
+                self.show_presence(tag, online, joined, &left, joined_count, left_count);
+            }
+            Event::Error { id, code, text } => {
+                self.out.refusal(code.as_str(), &text);
+                match self.channels.refused(id.as_ref()) {
+                    Some(Sent::Subscribe { channel, .. }) => {
+                        self.update_prompt();
+                        if !self.opts.interactive {
+                            return Some(format!("cannot join #{channel} ({code})"));
+                        }
+                    }
+                    Some(Sent::Unsubscribe(_)) => {}
+                    // Our publishes carry no id: one was refused.
+                    None if self.pipe() => self.refused += 1,
+                    None => {}
+                }
+            }
+            Event::Notice { text, .. } => *notice = Some(text),
+            Event::Pong {
+                id: Some(Id::Num(LAST_PING)),
+            } => self.last_pong = true,
+            Event::Published { .. } | Event::Pong { .. } => {}
+        }
+        None
+    }
+
+    /// `* bob joined (3 online)`, unless it only says we arrived (the
+    /// welcome or `joined` line did).
+    fn show_presence(
+        &self,
+        tag: Option<&str>,
+        online: u64,
+        mut joined: Vec<Peer>,
+        left: &[Peer],
+        joined_count: Option<u64>,
+        left_count: Option<u64>,
+    ) {
+        let had_names = !joined.is_empty() || !left.is_empty();
+        joined.retain(|p| Some(p.id) != self.my_id);
+        let counts = joined_count.is_some() || left_count.is_some();
+        if !had_names || !joined.is_empty() || !left.is_empty() || counts {
+            let r = &self.out.render;
+            let line = r.presence(online, &joined, left, joined_count, left_count);
+            self.out.chat(r.presence_in(tag, line));
         }
     }
 
@@ -427,10 +749,20 @@ impl Client {
         &mut self,
         out: &mut Outgoing,
         stream: &mut Incoming,
-        v1: bool,
         wait: CloseWait,
     ) -> Result<(), String> {
-        out.want_close();
+        // The server drops what it has not started to send when it answers
+        // a close, so on a v2 connection the `error`s for the last lines
+        // could be lost: at the end of piped input a last `ping` first,
+        // whose `pong` follows every earlier answer, and then the close.
+        self.last_pong = false;
+        if wait == CloseWait::Confirming && self.format == Format::V2 {
+            out.command(&Command::Ping {
+                id: Some(Id::Num(LAST_PING)),
+            });
+        } else {
+            out.want_close();
+        }
         let mut notice = None;
         let mut deadline = Instant::now() + wait.bound();
         let mut close_written = false;
@@ -459,7 +791,13 @@ impl Client {
                             deadline = Instant::now() + wait.bound();
                         }
                     }
-                    Some(Ok(msg)) => self.show(msg, v1, true, &mut notice),
+                    Some(Ok(msg)) => {
+                        // Leaving anyway: a refusal changes nothing.
+                        let _ = self.show(msg, out, true, &mut notice);
+                        if std::mem::take(&mut self.last_pong) {
+                            out.want_close();
+                        }
+                    }
                     Some(Err(e)) => return Err(render::lost(&e.to_string(), notice.as_deref())),
                     None => {
                         let why = "the connection ended before the server answered our close";
@@ -480,6 +818,13 @@ impl Client {
             }
         }
     }
+}
+
+/// Whether the client goes on after a slash command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Quit,
 }
 
 /// How long [`Client::close`] waits for the server's close reply.

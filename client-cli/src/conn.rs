@@ -1,5 +1,6 @@
-//! Opening a connection: the WebSocket handshake (offering `broadcast.v1`),
-//! TLS for `wss://`, and turning failures into one readable cause.
+//! Opening a connection: the WebSocket handshake (offering `broadcast.v1`,
+//! or `broadcast.v2` then `broadcast.v1` with `--channel`), TLS for
+//! `wss://`, and turning failures into one readable cause.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,11 +23,21 @@ pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Bound on one attempt: TCP connect, TLS and the upgrade together.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What the server speaks on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// No subprotocol: frames are the messages themselves.
+    Raw,
+    /// `broadcast.v1`: every frame the server sends is a JSON event.
+    V1,
+    /// `broadcast.v2`: JSON commands and events, channels chosen by command.
+    V2,
+}
+
 /// An open connection.
 pub(crate) struct Connected {
     pub(crate) ws: Ws,
-    /// The server accepted `broadcast.v1`: every frame it sends is a JSON event.
-    pub(crate) v1: bool,
+    pub(crate) format: Format,
 }
 
 /// Why a connection attempt failed, in words.
@@ -86,35 +97,69 @@ pub fn tls_client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>,
     Ok(Arc::new(config))
 }
 
-/// Connects to `url`, offering `broadcast.v1`. A server that does not
-/// answer with the subprotocol makes tungstenite fail the handshake (as RFC
-/// 6455 says a client must), so the client then connects again without
-/// offering it: raw mode.
-pub(crate) async fn connect(url: &str, tls: &Connector) -> Result<Connected, ConnectError> {
-    match attempt(url, tls, true).await {
-        Ok(ws) => Ok(Connected { ws, v1: true }),
+/// Connects to `url`, offering `broadcast.v2` then `broadcast.v1` when
+/// `v2`, else `broadcast.v1` alone; the server's answer says which it
+/// speaks. A server that answers with no subprotocol makes tungstenite fail
+/// the handshake (as RFC 6455 says a client must), so the client then
+/// connects again without offering any: raw mode.
+pub(crate) async fn connect(
+    url: &str,
+    tls: &Connector,
+    v2: bool,
+) -> Result<Connected, ConnectError> {
+    let offer = if v2 {
+        OFFER_V2
+    } else {
+        protocol::v1::SUBPROTOCOL
+    };
+    match attempt(url, tls, Some(offer)).await {
+        Ok((ws, answer)) => {
+            let format = if answer.as_deref() == Some(protocol::v2::SUBPROTOCOL) {
+                Format::V2
+            } else {
+                Format::V1
+            };
+            Ok(Connected { ws, format })
+        }
         Err(WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(
             SubProtocolError::NoSubProtocol,
-        ))) => match attempt(url, tls, false).await {
-            Ok(ws) => Ok(Connected { ws, v1: false }),
+        ))) => match attempt(url, tls, None).await {
+            Ok((ws, _)) => Ok(Connected {
+                ws,
+                format: Format::Raw,
+            }),
             Err(e) => Err(describe(e)),
         },
         Err(e) => Err(describe(e)),
     }
 }
 
-async fn attempt(url: &str, tls: &Connector, offer_v1: bool) -> Result<Ws, WsError> {
+/// What a client with channels offers: v2, and v1 for older servers.
+const OFFER_V2: &str = "broadcast.v2, broadcast.v1";
+
+/// One handshake offering `offer`; the subprotocol the server answered.
+async fn attempt(
+    url: &str,
+    tls: &Connector,
+    offer: Option<&'static str>,
+) -> Result<(Ws, Option<String>), WsError> {
     let mut request = url.into_client_request()?;
-    if offer_v1 {
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(protocol::v1::SUBPROTOCOL),
-        );
+    if let Some(offer) = offer {
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(offer));
     }
     let connecting =
         tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(tls.clone()));
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(result) => result.map(|(ws, _response)| ws),
+        Ok(result) => result.map(|(ws, response)| {
+            let answer = response
+                .headers()
+                .get("Sec-WebSocket-Protocol")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_owned());
+            (ws, answer)
+        }),
         Err(_) => Err(WsError::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),

@@ -5,6 +5,7 @@
 
 use std::io::BufRead as _;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rustyline::error::ReadlineError;
 use tokio::sync::mpsc;
@@ -12,13 +13,26 @@ use tokio::sync::mpsc;
 use crate::output::Printer;
 
 /// What the user did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Input {
     /// A line to send.
     Line(String),
+    /// A slash command typed in the line editor (see `slash::is_command`).
+    Command(String, Handled),
     /// Ctrl+C, Ctrl+D, or the end of stdin: leave.
     Quit,
 }
+
+/// Dropped once a [`Input::Command`] is handled: the line editor waits for
+/// that before it reads the prompt again, since the command may change it
+/// (`/switch`).
+#[derive(Debug)]
+pub(crate) struct Handled {
+    _done: std::sync::mpsc::Sender<()>,
+}
+
+/// How long the line editor waits for a command to be handled.
+const COMMAND_WAIT: Duration = Duration::from_secs(2);
 
 /// Lines queued between the reader thread and the connection.
 pub(crate) const QUEUE: usize = 64;
@@ -95,6 +109,14 @@ pub(crate) fn spawn_editor(
             loop {
                 let p = prompt.lock().map(|p| p.clone()).unwrap_or_default();
                 match editor.readline(&p) {
+                    Ok(line) if crate::slash::is_command(&line) => {
+                        let (done, handled) = std::sync::mpsc::channel();
+                        let command = Input::Command(line, Handled { _done: done });
+                        if tx.blocking_send(command).is_err() {
+                            return;
+                        }
+                        let _ = handled.recv_timeout(COMMAND_WAIT);
+                    }
                     Ok(line) => {
                         if tx.blocking_send(Input::Line(line)).is_err() {
                             return;

@@ -10,16 +10,21 @@
 //!
 //! The client offers the `broadcast.v1` subprotocol (names, presence,
 //! server time) and falls back to raw mode with a plain broadcast server.
+//! With `--channel` it offers `broadcast.v2` first and subscribes to each
+//! channel over one connection; interactive mode then has slash commands
+//! (`/join`, `/leave`, `/switch`, `/who`; see `slash`).
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 mod app;
+mod channels;
 mod conn;
 mod input;
 mod output;
 mod render;
 mod send;
+mod slash;
 mod target;
 
 pub use conn::tls_client_config;
@@ -56,6 +61,10 @@ pub struct ConnectArgs {
     /// Only receive: do not read stdin; run until Ctrl+C, SIGINT or SIGTERM.
     #[arg(long, short = 'l')]
     pub listen: bool,
+    /// Join channel NAME (repeatable; speaks broadcast.v2). Typed or piped
+    /// lines go to the first one; `/switch` changes that interactively.
+    #[arg(long = "channel", value_name = "NAME")]
+    pub channels: Vec<String>,
 }
 
 /// Runs the console client until the user leaves. Exit codes:
@@ -68,7 +77,21 @@ pub struct ConnectArgs {
 ///   connection ended first, or the server read nothing for 60 s after the
 ///   end of stdin), so they may be lost: stderr says how many.
 /// * 2: a bad flag value.
+///
+/// With `--channel`, a channel the server refuses to let us join ends a
+/// client without a terminal with exit status 1, and so does a piped line
+/// the server refused (a `broadcast.v2` `error` event).
 pub fn run(args: ConnectArgs) -> ExitCode {
+    let mut channels: Vec<String> = Vec::new();
+    for name in &args.channels {
+        if let Err(e) = protocol::channel::validate(name) {
+            eprintln!("error: invalid --channel {name:?}: {e}");
+            return ExitCode::from(2);
+        }
+        if !channels.contains(name) {
+            channels.push(name.clone());
+        }
+    }
     let mut target = match target::build(
         &args.host,
         args.port,
@@ -125,6 +148,7 @@ pub fn run(args: ConnectArgs) -> ExitCode {
         interactive,
         listen: args.listen,
         reconnect: !args.no_reconnect,
+        channels,
     };
     let out = output::Out::new(interactive, colour);
     let code = runtime.block_on(app::run(opts, out, tls));

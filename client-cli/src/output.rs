@@ -121,6 +121,16 @@ impl Out {
         }
     }
 
+    /// A command the server refused (a `broadcast.v2` `error`): where errors go.
+    pub(crate) fn refusal(&self, code: &str, text: &str) {
+        let line = self.render.refusal(code, text);
+        if self.interactive {
+            self.chat(line);
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
     /// Called right before the process exits: lets queued lines out, puts the
     /// terminal back as it was if the line editor may still be reading, and
     /// prints `last` (an error) on stderr.

@@ -71,8 +71,23 @@ where
 
     /// `[HH:MM:SS] name: text` (no `name: ` in raw mode).
     pub(crate) fn message(&self, time_ms: u64, name: Option<&str>, body: BodyView<'_>) -> String {
+        self.message_in(None, time_ms, name, body)
+    }
+
+    /// [`message`](Self::message) with `[#channel] ` after the time when
+    /// `tag` names a channel.
+    pub(crate) fn message_in(
+        &self,
+        tag: Option<&str>,
+        time_ms: u64,
+        name: Option<&str>,
+        body: BodyView<'_>,
+    ) -> String {
         let mut line = self.paint(TIME, &format!("[{}]", self.clock(time_ms)));
         line.push(' ');
+        if let Some(channel) = tag {
+            let _ = write!(line, "[#{channel}] ");
+        }
         if let Some(name) = name {
             let name = sanitize(name);
             let style = Style::new()
@@ -125,6 +140,15 @@ where
         self.paint(PRESENCE, &text)
     }
 
+    /// [`presence`](Self::presence) led by `[#channel] ` when `tag` names
+    /// a channel.
+    pub(crate) fn presence_in(&self, tag: Option<&str>, presence: String) -> String {
+        match tag {
+            Some(channel) => format!("[#{channel}] {presence}"),
+            None => presence,
+        }
+    }
+
     /// A status line (connected, closed, reconnecting).
     pub(crate) fn status(&self, text: &str) -> String {
         self.paint(STATUS, text)
@@ -134,12 +158,43 @@ where
     pub(crate) fn error(&self, text: &str) -> String {
         self.paint(ERROR, &format!("error: {text}"))
     }
+
+    /// A `broadcast.v2` `error` event, `! code: text`.
+    pub(crate) fn refusal(&self, code: &str, text: &str) -> String {
+        self.paint(ERROR, &format!("! {code}: {}", sanitize(text)))
+    }
 }
 
 /// `connected to URL as alice (3 online)`.
 pub(crate) fn welcome(url: &str, name: &str, online: u64, again: bool) -> String {
     let verb = if again { "reconnected" } else { "connected" };
     format!("{verb} to {url} as {} ({online} online)", sanitize(name))
+}
+
+/// `connected to URL as alice`: a `broadcast.v2` welcome (its channels'
+/// counts follow as they are joined).
+pub(crate) fn welcome_v2(url: &str, name: &str, again: bool) -> String {
+    let verb = if again { "reconnected" } else { "connected" };
+    format!("{verb} to {url} as {}", sanitize(name))
+}
+
+/// `joined #news (3 online)`.
+pub(crate) fn joined(channel: &str, online: u64, again: bool) -> String {
+    let verb = if again { "rejoined" } else { "joined" };
+    format!("{verb} #{channel} ({online} online)")
+}
+
+/// The server answered without `broadcast.v2`: the client is in the first
+/// channel only, through its URL.
+pub(crate) fn without_v2(channel: &str, others: usize) -> String {
+    let mut line = format!(
+        "the server does not speak {}: in #{channel} only",
+        protocol::v2::SUBPROTOCOL
+    );
+    if others > 0 {
+        let _ = write!(line, " (not joined: {others} more --channel)");
+    }
+    line
 }
 
 /// `connected to URL (raw mode ...)`: the server did not accept broadcast.v1.
@@ -258,6 +313,14 @@ mod tests {
             "[00:13:20] <binary 0 bytes>"
         );
         assert_eq!(r.clock(u64::MAX), "--:--:--");
+        assert_eq!(
+            r.message_in(Some("team/a"), T, Some("bob"), BodyView::Text("hi")),
+            "[00:13:20] [#team/a] bob: hi"
+        );
+        assert_eq!(
+            r.presence_in(Some("a"), r.presence(2, &[peer(1, "bob")], &[], None, None)),
+            "[#a] * bob joined (2 online)"
+        );
         let body = Body::Data(vec![1, 2, 3]);
         assert_eq!(
             r.message(0, Some("x"), (&body).into()),
@@ -357,5 +420,23 @@ mod tests {
             "connection lost: connection reset: bye"
         );
         assert_eq!(plain().error("x"), "error: x");
+        assert_eq!(
+            plain().refusal("forbidden", "no\nway"),
+            "! forbidden: no\\nway"
+        );
+        assert_eq!(
+            welcome_v2("ws://h/ws", "erin", true),
+            "reconnected to ws://h/ws as erin"
+        );
+        assert_eq!(joined("a/b", 2, false), "joined #a/b (2 online)");
+        assert_eq!(joined("a", 1, true), "rejoined #a (1 online)");
+        assert_eq!(
+            without_v2("a", 0),
+            "the server does not speak broadcast.v2: in #a only"
+        );
+        assert_eq!(
+            without_v2("a", 2),
+            "the server does not speak broadcast.v2: in #a only (not joined: 2 more --channel)"
+        );
     }
 }

@@ -9,7 +9,18 @@
 //! lines 1..=N, and its close reply to our close frame means it has read
 //! every line. What is not confirmed either way when a connection ends may
 //! have been lost.
+//!
+//! On a `broadcast.v2` connection a line goes out as a `publish` command and
+//! the same holds: the server handles each command before reading the next
+//! frame, so the WebSocket pings still count lines read. (A `publish` the
+//! server refuses gets an `error` event, which the session counts; since
+//! the server drops unsent events when it answers a close, the session
+//! sends a v2 `ping` at the end of the input and closes after its `pong`,
+//! which comes after every earlier answer.) The
+//! session's own commands (`subscribe`, `unsubscribe`) go out ahead of the
+//! next line and are not counted as lines.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -21,7 +32,34 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use protocol::v2::{Body, Command};
+
 use crate::conn::Ws;
+
+/// A line to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Line {
+    pub(crate) text: String,
+    /// On a `broadcast.v2` connection: the channel to publish it to (`None`
+    /// on other connections, where it goes out as the frame's text).
+    pub(crate) channel: Option<String>,
+}
+
+impl Line {
+    fn into_frame(self) -> Message {
+        match self.channel {
+            None => Message::text(self.text),
+            Some(channel) => Message::text(
+                Command::Publish {
+                    channel,
+                    id: None,
+                    body: Body::Text(self.text),
+                }
+                .encode(),
+            ),
+        }
+    }
+}
 
 /// A ping after this many lines...
 const PING_EVERY_LINES: u64 = 100;
@@ -43,6 +81,8 @@ pub(crate) struct Outgoing {
     sink: SplitSink<Ws, Message>,
     /// Number the lines with pings (pipe mode).
     confirm: bool,
+    /// Commands of the session's own, to go out before the next line.
+    commands: VecDeque<String>,
     /// Lines handed to this connection.
     pub(crate) sent: u64,
     /// Lines the server has read: the highest count a pong echoed, or all of
@@ -64,6 +104,7 @@ impl Outgoing {
         Self {
             sink,
             confirm,
+            commands: VecDeque::new(),
             sent: 0,
             confirmed: 0,
             pinged: 0,
@@ -90,9 +131,18 @@ impl Outgoing {
         self.close_queued
     }
 
+    /// Queues a command (a v2 `subscribe` or `unsubscribe`) ahead of the
+    /// next line.
+    pub(crate) fn command(&mut self, command: &Command) {
+        self.commands.push_back(command.encode());
+    }
+
     /// Something for [`step`](Self::step) to do, besides sending `line`.
     pub(crate) fn busy(&self) -> bool {
-        self.ping_due || (self.close_wanted && !self.close_queued) || self.unflushed
+        self.ping_due
+            || !self.commands.is_empty()
+            || (self.close_wanted && !self.close_queued)
+            || self.unflushed
     }
 
     /// A pong from the server: the lines up to the count in its payload
@@ -111,36 +161,40 @@ impl Outgoing {
         self.confirmed = self.sent;
     }
 
-    /// Does the next piece of work: a due ping first, then `line` (taken
+    /// Does the next piece of work: a due ping first, then a queued
+    /// command, then `line` (taken
     /// only once the connection accepts it), then the close frame if it is
     /// wanted and no line waits, else a flush. Cancel safe: each call either
     /// completes one piece or changes nothing, so it can sit in a `select!`.
     ///
     /// # Errors
     /// The connection failed; `line`, if taken, counts as sent.
-    pub(crate) async fn step(&mut self, line: &mut Option<String>) -> Result<Step, WsError> {
+    pub(crate) async fn step(&mut self, line: &mut Option<Line>) -> Result<Step, WsError> {
         poll_fn(|cx| self.poll_step(cx, line)).await
     }
 
     fn poll_step(
         &mut self,
         cx: &mut Context<'_>,
-        line: &mut Option<String>,
+        line: &mut Option<Line>,
     ) -> Poll<Result<Step, WsError>> {
-        let close_now = self.close_wanted && !self.close_queued && line.is_none();
-        if self.ping_due || line.is_some() || close_now {
+        let close_now =
+            self.close_wanted && !self.close_queued && line.is_none() && self.commands.is_empty();
+        if self.ping_due || !self.commands.is_empty() || line.is_some() || close_now {
             ready!(self.sink.poll_ready_unpin(cx))?;
             let frame = if self.ping_due {
                 self.ping_due = false;
                 self.pinged = self.sent;
                 self.last_ping = Instant::now();
                 Message::Ping(self.sent.to_be_bytes().to_vec().into())
-            } else if let Some(text) = line.take() {
+            } else if let Some(command) = self.commands.pop_front() {
+                Message::text(command)
+            } else if let Some(line) = line.take() {
                 self.sent += 1;
                 let since = self.sent - self.pinged;
                 self.ping_due = self.confirm
                     && (since >= PING_EVERY_LINES || self.last_ping.elapsed() >= PING_EVERY);
-                Message::text(text)
+                line.into_frame()
             } else {
                 self.close_queued = true;
                 Message::Close(Some(CloseFrame {

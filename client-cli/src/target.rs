@@ -64,6 +64,37 @@ pub(crate) fn build(
     })
 }
 
+impl Target {
+    /// The target of channel `channel` (a valid name) for a server without
+    /// `broadcast.v2`: `/ws` becomes `/ws/NAME`; another path (a proxy's,
+    /// or one that names a channel already) gets `channel=NAME` in its
+    /// query. Names need no escaping in either place.
+    pub(crate) fn in_channel(&self, channel: &str) -> Target {
+        Target {
+            display: url_in_channel(&self.display, channel),
+            request: url_in_channel(&self.request, channel),
+            name: self.name.clone(),
+        }
+    }
+}
+
+fn url_in_channel(url: &str, channel: &str) -> String {
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (url, None),
+    };
+    let after_scheme = path.find("://").map_or(0, |i| i + 3);
+    let has_ws_path = path[after_scheme..]
+        .find('/')
+        .is_some_and(|i| &path[after_scheme + i..] == protocol::WS_PATH);
+    match (has_ws_path, query) {
+        (true, None) => format!("{path}/{channel}"),
+        (true, Some(q)) => format!("{path}/{channel}?{q}"),
+        (false, None) => format!("{path}?{}={channel}", protocol::channel::PARAM),
+        (false, Some(q)) => format!("{path}?{q}&{}={channel}", protocol::channel::PARAM),
+    }
+}
+
 fn host_port_url(host: &str, port: u16) -> Result<String, TargetError> {
     let bad = host.is_empty()
         || host.contains(['/', '?', '#', '@', ' '])
@@ -168,6 +199,21 @@ mod tests {
             Ok("ws://example.com/chat".into())
         );
         assert_eq!(u("ws://h?x=1"), Ok("ws://h/ws?x=1".into()));
+    }
+
+    #[test]
+    fn channel_urls() {
+        let t = build("h", 1, None, Some("al"))
+            .unwrap()
+            .in_channel("team/a");
+        assert_eq!(t.display, "ws://h:1/ws/team/a");
+        assert_eq!(t.request, "ws://h:1/ws/team/a?name=al");
+        let u = |url: &str| url_in_channel(url, "a");
+        assert_eq!(u("wss://h/ws?token=x"), "wss://h/ws/a?token=x");
+        assert_eq!(u("ws://h/chat"), "ws://h/chat?channel=a");
+        assert_eq!(u("ws://h/"), "ws://h/?channel=a");
+        assert_eq!(u("ws://h/ws/b?x=1"), "ws://h/ws/b?x=1&channel=a");
+        assert_eq!(u("ws://ws/x"), "ws://ws/x?channel=a");
     }
 
     #[test]

@@ -148,6 +148,21 @@ impl Drop for Term {
     }
 }
 
+/// A client offering `broadcast.v1` (its frames are JSON events).
+async fn v1_client(url: &str) -> crate::util::Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "broadcast.v1".parse().unwrap());
+    let connecting = tokio_tungstenite::connect_async(request);
+    let (ws, _) = tokio::time::timeout(EVENT_TIMEOUT, connecting)
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    ws
+}
+
 #[tokio::test]
 async fn typed_text_survives_incoming_messages() {
     let server = Server::start().await;
@@ -250,4 +265,140 @@ async fn drop_without_reconnect_restores_the_terminal() {
     })
     .await;
     term.assert_termios_restored();
+}
+
+/// Slash commands with `--channel`: `/join`, `/switch`, `/who`, `/leave`,
+/// `//text`, and a hint for an unknown command; the prompt names the
+/// channel typed lines go to.
+#[tokio::test]
+async fn slash_commands_move_between_channels() {
+    let server = Server::start().await;
+    // ann is in #a before erin, and so is this v1 client, which waits until
+    // the server has reported ann's arrival: later subscribers of #a only
+    // get a count for her.
+    let mut watcher = v1_client(&format!("{}/a", server.url())).await;
+    let mut ann = raw_client(&format!("{}/a?name=ann", server.url())).await;
+    loop {
+        let event = next_text(&mut watcher).await;
+        if event.contains(r#""type":"presence""#) && event.contains(r#""name":"ann""#) {
+            break;
+        }
+    }
+    let mut ben = raw_client(&format!("{}/b?name=ben", server.url())).await;
+    let mut bea = raw_client(&format!("{}/b?name=bea", server.url())).await;
+    server.wait_connections(4).await;
+    let port = server.port.to_string();
+    let mut term = Term::spawn(&[
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--name",
+        "erin",
+        "--channel",
+        "a",
+    ]);
+    term.wait_for("joining #a", |rows, _| {
+        rows.iter().any(|r| r == "joined #a (3 online)")
+    })
+    .await;
+    term.wait_prompt("erin #a> ").await;
+    term.type_keys("to a\r");
+    assert_eq!(next_text(&mut ann).await, "to a");
+
+    // One channel: no tag.
+    ann.send(Message::text("hi erin")).await.unwrap();
+    term.wait_for("the untagged message", |rows, _| {
+        rows.iter()
+            .any(|r| r.ends_with("] ann: hi erin") && !r.contains("[#a]"))
+    })
+    .await;
+
+    term.type_keys("/join b\r");
+    term.wait_for("joining #b", |rows, _| {
+        rows.iter().any(|r| r == "joined #b (3 online)")
+    })
+    .await;
+    term.wait_prompt("erin #b> ").await;
+    term.type_keys("//slash for b\r");
+    assert_eq!(next_text(&mut ben).await, "/slash for b");
+    assert_eq!(next_text(&mut bea).await, "/slash for b");
+
+    // Two channels: tagged.
+    ann.send(Message::text("tagged now")).await.unwrap();
+    term.wait_for("the tagged message", |rows, _| {
+        rows.iter().any(|r| r.ends_with("] [#a] ann: tagged now"))
+    })
+    .await;
+
+    // Whoever joins after erin is named; those before are only counted.
+    let _carol = raw_client(&format!("{}/a?name=carol", server.url())).await;
+    term.wait_for("carol's arrival", |rows, _| {
+        rows.iter().any(|r| r == "[#a] * carol joined (4 online)")
+    })
+    .await;
+    term.type_keys("/switch a\r");
+    term.wait_prompt("erin #a> ").await;
+    term.type_keys("/who\r");
+    term.wait_for("the members of #a", |rows, _| {
+        rows.iter()
+            .any(|r| r.starts_with("#a: 4 online: carol, erin (you), and 2 more only counted"))
+    })
+    .await;
+    term.type_keys("back in a\r");
+    assert_eq!(next_text(&mut ann).await, "back in a");
+
+    term.type_keys("/leave b\r");
+    term.wait_for("leaving #b", |rows, _| rows.iter().any(|r| r == "left #b"))
+        .await;
+    term.wait_prompt("erin #a> ").await;
+    // What #b gets now does not reach erin: bea sees ben's message, and
+    // ann's, published after it, reaches erin untagged.
+    ben.send(Message::text("not for erin")).await.unwrap();
+    assert_eq!(next_text(&mut bea).await, "not for erin");
+    ann.send(Message::text("after leaving")).await.unwrap();
+    let rows = term
+        .wait_for("the message after /leave", |rows, _| {
+            rows.iter()
+                .any(|r| r.ends_with("] ann: after leaving") && !r.contains("[#a]"))
+        })
+        .await;
+    assert!(
+        !rows.iter().any(|r| r.contains("not for erin")),
+        "{rows:#?}"
+    );
+
+    term.type_keys("/frob\r");
+    term.wait_for("the hint", |rows, _| {
+        rows.iter()
+            .any(|r| r == "error: unknown command /frob: /help lists them; //text sends /text")
+    })
+    .await;
+    term.type_keys("/quit\r");
+    let st = term.wait_exit().await;
+    assert!(st.success(), "/quit exit status {st:?}");
+    term.assert_termios_restored();
+}
+
+/// Without `--channel`, channel commands say how to get them and send
+/// nothing; `//text` still sends `/text`.
+#[tokio::test]
+async fn channel_commands_need_channel() {
+    let server = Server::start().await;
+    let mut peer = raw_client(&server.url()).await;
+    server.wait_connections(1).await;
+    let port = server.port.to_string();
+    let mut term = Term::spawn(&["--host", "127.0.0.1", "--port", &port, "--name", "gus"]);
+    term.wait_prompt("gus> ").await;
+    term.type_keys("/join a\r");
+    term.wait_for("the hint", |rows, _| {
+        rows.iter()
+            .any(|r| r == "error: start with --channel to use channels")
+    })
+    .await;
+    term.type_keys("//hi\r");
+    assert_eq!(next_text(&mut peer).await, "/hi");
+    term.type_keys("\x04");
+    let st = term.wait_exit().await;
+    assert!(st.success(), "Ctrl+D exit status {st:?}");
 }

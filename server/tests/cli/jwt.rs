@@ -43,3 +43,38 @@ async fn connect_token_carries_a_jwt() {
         "{lines:?}"
     );
 }
+
+/// A token whose `channels` claim leaves out one of the `--channel`s: the
+/// server refuses that subscribe, and without a terminal the client stops.
+#[tokio::test]
+async fn a_channel_the_token_does_not_grant_ends_a_listener_with_exit_1() {
+    let server = Server::start_with(0, &["--jwt-secret", "console-secret"]).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "console", "exp": now + 3600, "channels": ["a"]}),
+        &jsonwebtoken::EncodingKey::from_secret(b"console-secret"),
+    )
+    .unwrap();
+    let url = server.url();
+    let args = ["--url", &url, "--token", &token, "-l"];
+    let mut cli = Cli::spawn(
+        &[&args[..], &["--channel", "a", "--channel", "b"]].concat(),
+        false,
+    );
+    cli.expect_contains(Pipe::Stderr, "joined #a (1 online)")
+        .await;
+    cli.expect(Pipe::Stderr, "the refusal", |l| {
+        l == r#"! forbidden: your token does not allow channel "b""#
+    })
+    .await;
+    let (st, rest) = cli.wait().await;
+    assert_eq!(st.code(), Some(1), "{rest:?}");
+    assert_eq!(
+        rest.last(),
+        Some(&(Pipe::Stderr, "error: cannot join #b (forbidden)".to_owned()))
+    );
+}

@@ -2,6 +2,7 @@
 //! `broadcast-server` binary runs both the server (`start`) and the clients
 //! (`connect`), on loopback ports chosen by the kernel.
 
+mod channels;
 mod interactive;
 mod jwt;
 mod pipe;

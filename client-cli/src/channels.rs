@@ -1,0 +1,400 @@
+//! The channels a `broadcast.v2` session is in: which ones the user joined
+//! (kept across reconnects, so a new connection subscribes to each again),
+//! the current one (where typed lines go), the commands in flight, and what
+//! presence said about each channel's members.
+//!
+//! The server never lists a channel's members: `subscribed` gives a count,
+//! and later `presence` events name who joined and left (or only count them
+//! when many changed at once). So the member list holds who is known to be
+//! there, and [`Channels::who`] says how many others are only counted.
+
+use std::collections::{BTreeMap, HashMap};
+
+use protocol::v2::{Command, Id, Peer};
+
+use crate::render::sanitize;
+
+/// One joined channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Channel {
+    name: String,
+    /// Its subscribers, from the last `subscribed` or `presence` (`None`
+    /// until this connection's subscription is confirmed).
+    online: Option<u64>,
+    /// Members known by name: id → name (this connection included).
+    named: BTreeMap<u64, String>,
+}
+
+/// A command sent with an id, waiting for its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// `rejoin`: sent again on a new connection (not for a `/join`).
+    Subscribe {
+        channel: String,
+        rejoin: bool,
+    },
+    Unsubscribe(String),
+}
+
+/// The session's channels.
+#[derive(Debug, Default)]
+pub(crate) struct Channels {
+    /// In the order joined.
+    joined: Vec<Channel>,
+    current: Option<String>,
+    /// Commands sent on this connection whose answer has not come.
+    in_flight: HashMap<u64, Sent>,
+    next_id: u64,
+    /// This connection's id and name, from the welcome.
+    me: Option<(u64, String)>,
+}
+
+impl Channels {
+    /// `names` (valid, distinct), the first one current.
+    pub(crate) fn new(names: &[String]) -> Self {
+        Self {
+            joined: names.iter().map(|n| Channel::new(n)).collect(),
+            current: names.first().cloned(),
+            ..Self::default()
+        }
+    }
+
+    /// Where typed lines go.
+    pub(crate) fn current(&self) -> Option<&str> {
+        self.current.as_deref()
+    }
+
+    /// The joined channels' names, in the order joined.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.joined.iter().map(|c| c.name.as_str())
+    }
+
+    /// Lines from `channel` carry a `[#channel]` tag unless it is the only
+    /// channel joined.
+    pub(crate) fn tag<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        match &self.joined[..] {
+            [only] if only.name == channel => None,
+            _ => Some(channel),
+        }
+    }
+
+    fn find(&mut self, name: &str) -> Option<&mut Channel> {
+        self.joined.iter_mut().find(|c| c.name == name)
+    }
+
+    pub(crate) fn is_joined(&self, name: &str) -> bool {
+        self.joined.iter().any(|c| c.name == name)
+    }
+
+    fn command(&mut self, sent: Sent) -> Command {
+        self.next_id += 1;
+        let id = Some(Id::Num(self.next_id));
+        let command = match &sent {
+            Sent::Subscribe { channel, .. } => Command::Subscribe {
+                channel: channel.clone(),
+                id,
+            },
+            Sent::Unsubscribe(channel) => Command::Unsubscribe {
+                channel: channel.clone(),
+                id,
+            },
+        };
+        self.in_flight.insert(self.next_id, sent);
+        command
+    }
+
+    /// A new connection, welcomed as `me`: nothing is in flight or known
+    /// any more; the subscribes to send, one per joined channel (`again`:
+    /// not the first connection, so these join again).
+    pub(crate) fn connected(&mut self, me: (u64, String), again: bool) -> Vec<Command> {
+        self.in_flight.clear();
+        self.me = Some(me);
+        let names: Vec<String> = self.names().map(str::to_owned).collect();
+        for c in &mut self.joined {
+            *c = Channel::new(&c.name);
+        }
+        names
+            .into_iter()
+            .map(|channel| {
+                self.command(Sent::Subscribe {
+                    channel,
+                    rejoin: again,
+                })
+            })
+            .collect()
+    }
+
+    /// `/join NAME` (a valid name not joined yet): it becomes current; the
+    /// subscribe to send.
+    pub(crate) fn join(&mut self, name: &str) -> Command {
+        self.joined.push(Channel::new(name));
+        self.current = Some(name.to_owned());
+        self.command(Sent::Subscribe {
+            channel: name.to_owned(),
+            rejoin: false,
+        })
+    }
+
+    /// `/leave NAME` (a joined channel): if it was current, the first
+    /// channel left becomes current; the unsubscribe to send.
+    pub(crate) fn leave(&mut self, name: &str) -> Command {
+        self.forget(name);
+        self.command(Sent::Unsubscribe(name.to_owned()))
+    }
+
+    /// Drops `name` from the joined channels.
+    fn forget(&mut self, name: &str) {
+        self.joined.retain(|c| c.name != name);
+        if self.current.as_deref() == Some(name) {
+            self.current = self.joined.first().map(|c| c.name.clone());
+        }
+    }
+
+    /// `/switch NAME` to a joined channel; `false` if it is not joined.
+    pub(crate) fn switch(&mut self, name: &str) -> bool {
+        let joined = self.is_joined(name);
+        if joined {
+            self.current = Some(name.to_owned());
+        }
+        joined
+    }
+
+    /// `subscribed`: the channel has `online` subscribers, us included.
+    /// `true` if this joins it again after a reconnect.
+    pub(crate) fn subscribed(&mut self, id: Option<&Id>, channel: &str, online: u64) -> bool {
+        let rejoined = match id {
+            Some(Id::Num(n)) => matches!(
+                self.in_flight.remove(n),
+                Some(Sent::Subscribe { rejoin: true, .. })
+            ),
+            _ => false,
+        };
+        let me = self.me.clone();
+        if let Some(c) = self.find(channel) {
+            c.online = Some(online);
+            c.named.clear();
+            if let Some((id, name)) = me {
+                c.named.insert(id, name);
+            }
+        }
+        rejoined
+    }
+
+    /// `unsubscribed`: the answer to a `/leave`.
+    pub(crate) fn unsubscribed(&mut self, id: Option<&Id>) {
+        if let Some(Id::Num(n)) = id {
+            self.in_flight.remove(n);
+        }
+    }
+
+    /// `presence` on a channel: who joined and left (or how many).
+    pub(crate) fn presence(
+        &mut self,
+        channel: &str,
+        online: u64,
+        joined: &[Peer],
+        left: &[Peer],
+        left_count: Option<u64>,
+    ) {
+        let me = self.me.as_ref().map(|(id, _)| *id);
+        let Some(c) = self.find(channel) else {
+            return;
+        };
+        c.online = Some(online);
+        for p in joined {
+            c.named.insert(p.id, p.name.clone());
+        }
+        for p in left {
+            c.named.remove(&p.id);
+        }
+        if left_count.is_some_and(|n| n > 0) {
+            // Some left, unnamed: any name but ours may be stale.
+            c.named.retain(|id, _| Some(*id) == me);
+        }
+    }
+
+    /// An `error` that answers the command with `id`: which it was. A
+    /// refused subscribe also drops the channel from the joined ones.
+    pub(crate) fn refused(&mut self, id: Option<&Id>) -> Option<Sent> {
+        let Some(Id::Num(n)) = id else {
+            return None;
+        };
+        let sent = self.in_flight.remove(n)?;
+        if let Sent::Subscribe { channel, .. } = &sent {
+            let channel = channel.clone();
+            self.forget(&channel);
+        }
+        Some(sent)
+    }
+
+    /// `/who` for `name`: `#a: 3 online: bob, carol, erin (you)`, or with
+    /// only counts for some of them, says so.
+    pub(crate) fn who(&self, name: &str) -> String {
+        let Some(c) = self.joined.iter().find(|c| c.name == name) else {
+            return format!("not in #{name}");
+        };
+        let Some(online) = c.online else {
+            return format!("#{name}: not joined yet (waiting for the server)");
+        };
+        let me = self.me.as_ref().map(|(id, _)| *id);
+        let mut names: Vec<String> = c
+            .named
+            .iter()
+            .map(|(id, n)| {
+                let n = sanitize(n);
+                if Some(*id) == me {
+                    format!("{n} (you)")
+                } else {
+                    n.into_owned()
+                }
+            })
+            .collect();
+        names.sort_by_key(|n| n.to_lowercase());
+        let unnamed = online.saturating_sub(names.len() as u64);
+        let list = names.join(", ");
+        match unnamed {
+            0 => format!("#{name}: {online} online: {list}"),
+            n if n == online => format!(
+                "#{name}: {online} online (only counted: the server names those who join after you)"
+            ),
+            n => format!(
+                "#{name}: {online} online: {list}, and {n} more only counted (there before you joined, or in a batch too large to name)"
+            ),
+        }
+    }
+}
+
+impl Channel {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            online: None,
+            named: BTreeMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: u64, name: &str) -> Peer {
+        Peer {
+            id,
+            name: name.into(),
+        }
+    }
+
+    fn welcomed(names: &[&str]) -> (Channels, Vec<Command>) {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut ch = Channels::new(&names);
+        let subs = ch.connected((7, "erin".into()), false);
+        (ch, subs)
+    }
+
+    #[test]
+    fn a_connection_subscribes_to_every_joined_channel_with_ids() {
+        let (mut ch, subs) = welcomed(&["a", "b"]);
+        assert_eq!(
+            subs,
+            [
+                Command::Subscribe {
+                    channel: "a".into(),
+                    id: Some(Id::Num(1))
+                },
+                Command::Subscribe {
+                    channel: "b".into(),
+                    id: Some(Id::Num(2))
+                },
+            ]
+        );
+        assert_eq!(ch.current(), Some("a"));
+        // A reconnect subscribes again, with fresh ids.
+        let again = ch.connected((9, "erin".into()), true);
+        assert_eq!(again.len(), 2);
+        assert_eq!(again[0].id(), Some(&Id::Num(3)));
+        assert!(ch.subscribed(again[0].id(), "a", 1), "joined again");
+        let join = ch.join("c");
+        assert!(!ch.subscribed(join.id(), "c", 1), "a /join is a first join");
+    }
+
+    #[test]
+    fn tags_only_when_more_than_one_channel() {
+        let (mut ch, _) = welcomed(&["a"]);
+        assert_eq!(ch.tag("a"), None);
+        assert_eq!(ch.tag("b"), Some("b"));
+        ch.join("b");
+        assert_eq!(ch.tag("a"), Some("a"));
+        assert_eq!(ch.current(), Some("b"));
+    }
+
+    #[test]
+    fn leaving_the_current_channel_moves_to_the_first_left() {
+        let (mut ch, _) = welcomed(&["a", "b", "c"]);
+        assert!(ch.switch("c"));
+        assert!(!ch.switch("x"));
+        let cmd = ch.leave("c");
+        assert!(matches!(cmd, Command::Unsubscribe { channel, .. } if channel == "c"));
+        assert_eq!(ch.current(), Some("a"));
+        ch.leave("a");
+        ch.leave("b");
+        assert_eq!(ch.current(), None);
+        assert_eq!(ch.names().count(), 0);
+    }
+
+    #[test]
+    fn a_refused_subscribe_drops_the_channel() {
+        let (mut ch, _) = welcomed(&["a"]);
+        let cmd = ch.join("secret");
+        assert_eq!(ch.current(), Some("secret"));
+        assert_eq!(
+            ch.refused(cmd.id()),
+            Some(Sent::Subscribe {
+                channel: "secret".into(),
+                rejoin: false
+            })
+        );
+        assert_eq!(ch.current(), Some("a"));
+        assert!(!ch.is_joined("secret"));
+        assert_eq!(ch.refused(cmd.id()), None, "answered once");
+        assert_eq!(ch.refused(None), None);
+    }
+
+    #[test]
+    fn who_lists_named_members_and_says_what_is_only_counted() {
+        let (mut ch, subs) = welcomed(&["a"]);
+        assert_eq!(ch.who("a"), "#a: not joined yet (waiting for the server)");
+        ch.subscribed(subs[0].id(), "a", 2);
+        assert_eq!(
+            ch.who("a"),
+            "#a: 2 online: erin (you), and 1 more only counted (there before you joined, or in a batch too large to name)"
+        );
+        ch.presence("a", 3, &[peer(7, "erin"), peer(8, "Bob")], &[], None);
+        ch.presence("a", 4, &[peer(9, "carol")], &[], None);
+        assert!(ch
+            .who("a")
+            .starts_with("#a: 4 online: Bob, carol, erin (you), and 1 more"));
+        ch.presence("a", 3, &[], &[peer(8, "Bob")], None);
+        ch.presence("a", 2, &[], &[], Some(1));
+        assert_eq!(
+            ch.who("a"),
+            "#a: 2 online: erin (you), and 1 more only counted (there before you joined, or in a batch too large to name)"
+        );
+        ch.presence("a", 2, &[peer(10, "dan")], &[], None);
+        assert_eq!(ch.who("a"), "#a: 2 online: dan, erin (you)");
+        assert_eq!(ch.who("zz"), "not in #zz");
+    }
+
+    #[test]
+    fn who_with_only_counts() {
+        let (mut ch, subs) = welcomed(&["a"]);
+        ch.subscribed(subs[0].id(), "a", 1);
+        assert_eq!(ch.who("a"), "#a: 1 online: erin (you)");
+        ch.me = None;
+        ch.subscribed(None, "a", 5);
+        assert_eq!(
+            ch.who("a"),
+            "#a: 5 online (only counted: the server names those who join after you)"
+        );
+    }
+}
