@@ -23,8 +23,22 @@ use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WW
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::fanout::{Broadcast, ConnId, ShardMsg};
-use crate::http::HttpCtx;
+use crate::channels::Channels;
+use crate::config::Config;
+use crate::fanout::{Broadcast, ConnId, Fanout, ShardMsg};
+use crate::publish::Publisher;
+use crate::stats::Stats;
+
+/// What the API needs: the settings, the counters, the channel table, the
+/// shards (to ask for members) and the shard's publisher.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ApiCtx<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) stats: &'a Stats,
+    pub(crate) channels: &'a Channels,
+    pub(crate) fanout: &'a Fanout,
+    pub(crate) publisher: &'a Publisher,
+}
 
 /// Where the API lives.
 pub(crate) const PREFIX: &str = "/api/";
@@ -75,8 +89,8 @@ impl From<Failure> for Response<Body> {
 }
 
 /// Answers a request whose path starts with [`PREFIX`].
-pub(crate) async fn handle(ctx: &HttpCtx, req: Request<Incoming>) -> Response<Body> {
-    let stats = &ctx.stats;
+pub(crate) async fn handle(ctx: ApiCtx<'_>, req: Request<Incoming>) -> Response<Body> {
+    let stats = ctx.stats;
     if ctx.config.api_key.is_none() {
         return Failure(
             StatusCode::NOT_FOUND,
@@ -92,12 +106,12 @@ pub(crate) async fn handle(ctx: &HttpCtx, req: Request<Incoming>) -> Response<Bo
     })
 }
 
-async fn route(ctx: &HttpCtx, req: Request<Incoming>) -> Result<Response<Body>, Failure> {
+async fn route(ctx: ApiCtx<'_>, req: Request<Incoming>) -> Result<Response<Body>, Failure> {
     let authorization = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if !crate::access::api_key_ok(&ctx.config, authorization) {
+    if !crate::access::api_key_ok(ctx.config, authorization) {
         return Err(Failure(
             StatusCode::UNAUTHORIZED,
             "missing or wrong API key (Authorization: Bearer KEY)".into(),
@@ -133,13 +147,13 @@ struct Count<'a> {
 }
 
 #[derive(Serialize)]
-struct Channels<'a> {
+struct ChannelList<'a> {
     channels: Vec<Count<'a>>,
 }
 
-fn list(ctx: &HttpCtx) -> serde_json::Value {
+fn list(ctx: ApiCtx<'_>) -> serde_json::Value {
     let all = ctx.channels.list();
-    let body = Channels {
+    let body = ChannelList {
         channels: all
             .iter()
             .map(|c| Count {
@@ -159,7 +173,7 @@ struct ChannelInfo<'a> {
     members: Vec<protocol::v1::Peer>,
 }
 
-async fn channel(ctx: &HttpCtx, name: &str) -> Result<Response<Body>, Failure> {
+async fn channel(ctx: ApiCtx<'_>, name: &str) -> Result<Response<Body>, Failure> {
     protocol::channel::validate(name).map_err(|e| Failure::bad(e.to_string()))?;
     let Some(channel) = ctx.channels.get(name) else {
         let empty = ChannelInfo {
@@ -232,7 +246,7 @@ async fn body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Failure> {
     }
 }
 
-async fn publish(ctx: &HttpCtx, req: Request<Incoming>) -> Result<Response<Body>, Failure> {
+async fn publish(ctx: ApiCtx<'_>, req: Request<Incoming>) -> Result<Response<Body>, Failure> {
     let max = ctx.config.max_message_size;
     let limit = max.saturating_mul(4) / 3 + BODY_OVERHEAD;
     let bytes = body(req, limit).await?;
@@ -280,7 +294,7 @@ async fn publish(ctx: &HttpCtx, req: Request<Incoming>) -> Result<Response<Body>
         Some(wanted) => protocol::v1::validate_name(&wanted)
             .map_err(|e| Failure::bad(format!("invalid name: {e}")))?,
     };
-    let publisher = &ctx.conn.publisher;
+    let publisher = ctx.publisher;
     let raw = crate::frame::frame_message(opcode, &payload);
     let read_at = std::time::Instant::now();
     let time = crate::frame::unix_millis();

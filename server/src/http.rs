@@ -241,7 +241,14 @@ async fn route(
         };
     }
     if path.starts_with(crate::api::PREFIX) {
-        return crate::api::handle(ctx, req).await;
+        let api = crate::api::ApiCtx {
+            config: &ctx.config,
+            stats: &ctx.stats,
+            channels: &ctx.channels,
+            fanout: &ctx.fanout,
+            publisher: &ctx.conn.publisher,
+        };
+        return crate::api::handle(api, req).await;
     }
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     if path == protocol::HEALTH_PATH {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::channels::{Channel, Channels};
-use crate::conn::Conn;
+use crate::conn::{Conn, Subscriptions};
 use crate::presence::{Change, PresenceTx};
 use crate::registry::Registry;
 
@@ -46,32 +46,6 @@ impl Membership {
         self.registry.borrow_mut().insert(conn.clone());
     }
 
-    /// Puts `conn` in channel `name` (a valid name it is not in yet) and
-    /// reports the join; returns the channel.
-    pub(crate) fn join(&self, conn: &Rc<Conn>, name: &str) -> Arc<Channel> {
-        let channel = self.channels.join(name, self.shard);
-        self.registry
-            .borrow_mut()
-            .subscribe(conn, channel.clone(), Instant::now());
-        let _ = self
-            .presence
-            .send(Change::Joined(conn.peer(), channel.clone()));
-        channel
-    }
-
-    /// Takes `conn` out of channel `name`; returns the channel if it was in.
-    pub(crate) fn leave(&self, conn: &Conn, name: &str) -> Option<Arc<Channel>> {
-        let id = conn.subscription(name)?;
-        let channel = self.registry.borrow_mut().unsubscribe(conn, id)?;
-        self.left(conn, channel.clone());
-        Some(channel)
-    }
-
-    /// Channel `name`, if this node has members of it.
-    pub(crate) fn lookup(&self, name: &str) -> Option<Arc<Channel>> {
-        self.channels.get(name)
-    }
-
     /// Forgets a connection that ended, leaving every channel it was in.
     pub(crate) fn remove(&self, conn: &Conn) {
         let channels = self.registry.borrow_mut().remove(conn);
@@ -83,5 +57,33 @@ impl Membership {
     fn left(&self, conn: &Conn, channel: Arc<Channel>) {
         self.channels.leave(&channel, self.shard);
         let _ = self.presence.send(Change::Left(conn.peer(), channel));
+    }
+}
+
+impl Subscriptions for Membership {
+    /// Puts `conn` in channel `name` (a valid name it is not in yet) and
+    /// reports the join; returns the channel.
+    fn join(&self, conn: &Rc<Conn>, name: &str) -> Arc<Channel> {
+        let channel = self.channels.join(name, self.shard);
+        self.registry
+            .borrow_mut()
+            .subscribe(conn, channel.clone(), Instant::now());
+        let _ = self
+            .presence
+            .send(Change::Joined(conn.peer(), channel.clone()));
+        channel
+    }
+
+    /// Takes `conn` out of channel `name`; returns the channel if it was in.
+    fn leave(&self, conn: &Conn, name: &str) -> Option<Arc<Channel>> {
+        let id = conn.subscription(name)?;
+        let channel = self.registry.borrow_mut().unsubscribe(conn, id)?;
+        self.left(conn, channel.clone());
+        Some(channel)
+    }
+
+    /// Channel `name`, if this node has members of it.
+    fn lookup(&self, name: &str) -> Option<Arc<Channel>> {
+        self.channels.get(name)
     }
 }

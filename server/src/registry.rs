@@ -14,19 +14,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::channels::{Channel, ChannelId};
-use crate::conn::Conn;
+use crate::conn::{Conn, Subscription};
 use crate::fanout::ConnId;
-
-/// One channel a connection is in.
-#[derive(Debug)]
-pub(crate) struct Subscription {
-    pub(crate) channel: Arc<Channel>,
-    /// Position in the registry's member list of the channel.
-    slot: Cell<usize>,
-    /// When it joined: presence events built before that are not sent to it
-    /// (its welcome or subscribe answer already counted everyone).
-    pub(crate) joined_at: Instant,
-}
 
 #[derive(Debug, Default)]
 pub(crate) struct Registry {

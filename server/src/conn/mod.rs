@@ -50,9 +50,7 @@ use crate::config::{RateLimitAction, TokenBucket};
 use crate::dispatch::Recipient;
 use crate::fanout::{ConnId, Format, ShardHandle};
 use crate::flow::{Audience, Lag};
-use crate::membership::Membership;
 use crate::publish::Publisher;
-use crate::registry::Subscription;
 use crate::stats::Stats;
 
 mod close;
@@ -80,7 +78,29 @@ pub(crate) struct ConnCtx {
     pub(crate) handle: Arc<ShardHandle>,
     pub(crate) stats: Arc<Stats>,
     /// Joining and leaving channels on this shard.
-    pub(crate) membership: Rc<Membership>,
+    pub(crate) membership: Rc<dyn Subscriptions>,
+}
+
+/// One channel a connection is in.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    pub(crate) channel: Arc<Channel>,
+    /// Position in the registry's member list of the channel.
+    pub(crate) slot: Cell<usize>,
+    /// When it joined: presence events built before that are not sent to it
+    /// (its welcome or subscribe answer already counted everyone).
+    pub(crate) joined_at: Instant,
+}
+
+/// How a `broadcast.v2` connection joins and leaves channels: the shard's
+/// `Membership` (a trait here, so that this module needs nothing of it).
+pub(crate) trait Subscriptions: std::fmt::Debug {
+    /// Puts `conn` in channel `name` (valid, not joined yet); returns it.
+    fn join(&self, conn: &Rc<Conn>, name: &str) -> Arc<Channel>;
+    /// Takes `conn` out of channel `name`; the channel if it was in it.
+    fn leave(&self, conn: &Conn, name: &str) -> Option<Arc<Channel>>;
+    /// Channel `name`, if this node has members of it.
+    fn lookup(&self, name: &str) -> Option<Arc<Channel>>;
 }
 
 /// Where a connection is in its closing handshake.

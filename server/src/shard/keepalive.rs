@@ -26,7 +26,7 @@ impl Shard {
             tick.tick().await;
             let now = Instant::now();
             let mut expired = Vec::new();
-            let registry = self.ctx.membership.registry();
+            let registry = self.membership.registry();
             for conn in registry.all() {
                 if !conn.is_open() {
                     continue;
@@ -67,7 +67,7 @@ impl Shard {
     /// closes, up to the shutdown timeout.
     pub(super) async fn close_all(&self) {
         self.ctx.publisher.drain();
-        let conns: Vec<Rc<Conn>> = self.ctx.membership.registry().all().cloned().collect();
+        let conns: Vec<Rc<Conn>> = self.membership.registry().all().cloned().collect();
         for conn in &conns {
             self.close_for_shutdown(conn);
         }
@@ -76,7 +76,7 @@ impl Shard {
         let all_gone = async {
             loop {
                 let departed = self.departed.notified();
-                if self.ctx.membership.registry().len() == 0 {
+                if self.membership.registry().len() == 0 {
                     return;
                 }
                 departed.await;
@@ -85,7 +85,7 @@ impl Shard {
         if tokio::time::timeout_at(deadline, all_gone).await.is_err() {
             tracing::warn!(
                 shard = self.index,
-                remaining = self.ctx.membership.registry().len(),
+                remaining = self.membership.registry().len(),
                 "shutdown timeout: dropping connections that did not close"
             );
         }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use tokio::net::TcpStream;
 
 use super::{Shard, NEXT_CONN_ID};
-use crate::conn::{self, Conn, V2State};
+use crate::conn::{self, Conn, Subscriptions as _, V2State};
 use crate::fanout::{ConnId, Format, Placement};
 use crate::http::{self, Upgraded};
 
@@ -72,7 +72,7 @@ impl Shard {
         self.ctx.audience.joined();
         let stats = &self.hub.stats;
         stats.connections_total.fetch_add(1, Ordering::Relaxed);
-        let membership = &self.ctx.membership;
+        let membership = &self.membership;
         membership.add(&conn);
         let time = crate::frame::unix_millis();
         match format {
@@ -114,7 +114,7 @@ impl Shard {
 
     /// Forgets a connection whose task is ending.
     pub(crate) fn unregister(&self, conn: &Conn) {
-        self.ctx.membership.remove(conn);
+        self.membership.remove(conn);
         conn.leave_audience();
         self.ctx.audience.left();
         let stats = &self.hub.stats;

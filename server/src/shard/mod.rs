@@ -102,6 +102,8 @@ pub(crate) struct Shard {
     ctx: Rc<ConnCtx>,
     /// What its HTTP connections need.
     http: Rc<HttpCtx>,
+    /// Its connections and their channels.
+    membership: Rc<Membership>,
     /// Signalled whenever a WebSocket connection ends.
     departed: Notify,
 }
@@ -122,17 +124,18 @@ pub(crate) fn spawn(
                 .enable_all()
                 .build_local(tokio::runtime::LocalOptions::default())
                 .expect("cannot build the shard runtime");
+            let membership = Rc::new(Membership::new(
+                index,
+                hub.channels.clone(),
+                hub.presence.clone(),
+            ));
             let ctx = Rc::new(ConnCtx {
                 config: config.clone(),
                 publisher: Publisher::new(fanout.clone(), hub.stats.clone(), hub.relay.clone()),
                 audience: Audience::default(),
                 handle: handle.clone(),
                 stats: hub.stats.clone(),
-                membership: Rc::new(Membership::new(
-                    index,
-                    hub.channels.clone(),
-                    hub.presence.clone(),
-                )),
+                membership: membership.clone(),
             });
             let http = Rc::new(HttpCtx {
                 config: config.clone(),
@@ -149,6 +152,7 @@ pub(crate) fn spawn(
                 hub,
                 ctx,
                 http,
+                membership,
                 departed: Notify::new(),
             });
             runtime.block_on(shard.run(inbox));
@@ -224,7 +228,6 @@ impl Shard {
                 // Named members only: a plain client's guest name is shown
                 // to nobody.
                 let members = self
-                    .ctx
                     .membership
                     .registry()
                     .members(channel)
@@ -247,7 +250,7 @@ impl Shard {
     /// for [`crate::flow::STALL_AFTER`] stop holding it closed.
     fn check_stalls(&self) {
         let now = Instant::now();
-        for conn in self.ctx.membership.registry().all() {
+        for conn in self.membership.registry().all() {
             conn.check_stall(now);
         }
     }
@@ -271,7 +274,7 @@ impl Shard {
         let mut deliveries = 0u64;
         let mut bytes_out = 0u64;
         plan.group(frames);
-        let registry = self.ctx.membership.registry();
+        let registry = self.membership.registry();
         for (channel, run) in plan.runs(frames) {
             for conn in registry.members(channel) {
                 if !conn.is_open() {
