@@ -120,7 +120,12 @@ pub(crate) fn encodings(
     name: &str,
     wanted: Wanted,
 ) -> (Bytes, Option<Bytes>, Option<Bytes>) {
-    let time = unix_millis();
+    // Read the clock only for the events that show it.
+    let time = if wanted.v1 || wanted.v2 {
+        unix_millis()
+    } else {
+        0
+    };
     let v1 = wanted.v1.then(|| v1_message(&raw, from, name, time));
     let v2 = wanted
         .v2

@@ -294,12 +294,6 @@ impl Conn {
             .map(|s| s.channel.id)
     }
 
-    /// The channel a plain or v1 client publishes to: the one its URL named
-    /// (`None` once it has left it, while closing).
-    pub(crate) fn home(&self) -> Option<Arc<Channel>> {
-        self.subs.borrow().first().map(|s| s.channel.clone())
-    }
-
     pub(crate) fn peer(&self) -> protocol::v1::Peer {
         protocol::v1::Peer {
             id: self.id.0,
