@@ -3,6 +3,12 @@
 //! speaks `broadcast.v2` (subscribing to every joined channel again on each
 //! connection), or falls back to the first channel's URL with `broadcast.v1`
 //! or raw mode when the server does not offer v2.
+//!
+//! Why one file of this size: it is the client's event loop, and its parts
+//! (connecting, reconnecting, v1/v2 events, slash commands, pipe mode's
+//! ending) share one set of state; split by job, each piece would take most
+//! of that state as arguments. Rendering, input, channels and sending already
+//! have files of their own.
 
 use std::future::pending;
 use std::process::ExitCode;

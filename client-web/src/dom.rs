@@ -2,6 +2,10 @@
 //!
 //! User data only ever reaches the page through `textContent`/text nodes,
 //! never as markup.
+//!
+//! Why one file of this size: every DOM element the page touches is created
+//! and updated here, so that `model` knows nothing of web-sys; it is glue,
+//! one small function per element.
 
 use std::cell::RefCell;
 use std::rc::Rc;

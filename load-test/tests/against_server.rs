@@ -1,4 +1,8 @@
 //! Runs the load-test binary against the real broadcast-server binary.
+//!
+//! Why one file of this size: every test here runs the real load-test binary
+//! against the real server with the same few helpers; the tests are
+//! independent of each other and read one by one.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

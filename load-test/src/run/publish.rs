@@ -3,6 +3,10 @@
 //! with the side task that reads what the server broadcasts to it. With
 //! `--api` a publisher posts each message to the HTTP API instead (one
 //! request at a time, stamped when it is written) and has nothing to read.
+//!
+//! Why one file of this size: the three kinds of publisher (paced, flooding,
+//! `--max-rate` windowed) share their connection, stamping and accounting
+//! code here; the HTTP API publisher is in `api.rs`.
 
 use std::collections::BTreeMap;
 use std::pin::pin;
