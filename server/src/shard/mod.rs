@@ -42,8 +42,11 @@ use crate::presence::PresenceTx;
 use crate::publish::Publisher;
 use crate::stats::Stats;
 
-/// Most inbox messages taken per dispatch round.
-const BATCH: usize = 256;
+/// Most inbox messages taken per dispatch round. Large enough that, with
+/// many channels, each socket still gets several frames per `writev`
+/// (measured: 1,000 channels of 10, server CPU per delivery 0.53 → 0.43 µs
+/// going from 256 to 1,024; one room of 100 unchanged within noise).
+const BATCH: usize = 1024;
 
 /// While the audience gate is closed, how often the dispatcher looks for
 /// connections that have stopped reading altogether.
