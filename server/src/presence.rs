@@ -33,6 +33,16 @@ pub(crate) enum Change {
 /// The reporting end, one per process, cloned into every shard.
 pub(crate) type PresenceTx = mpsc::UnboundedSender<Change>;
 
+/// What a presence event says of the changes: names, or counts past
+/// [`PRESENCE_NAME_LIMIT`] (the same fields in v1 and v2).
+#[derive(Debug)]
+struct Shown {
+    joined: Vec<Peer>,
+    left: Vec<Peer>,
+    joined_count: Option<u64>,
+    left_count: Option<u64>,
+}
+
 /// Changes gathered since the last update.
 #[derive(Debug, Default)]
 struct Pending {
@@ -61,28 +71,37 @@ impl Pending {
 
     /// Who joined and left (names, or counts past the name limit), leaving
     /// `self` empty.
-    #[allow(clippy::type_complexity)]
-    fn take(&mut self) -> (Vec<Peer>, Vec<Peer>, Option<u64>, Option<u64>) {
+    fn take(&mut self) -> Shown {
         let mut joined = std::mem::take(&mut self.joined);
         let mut left = std::mem::take(&mut self.left);
         if joined.len() + left.len() > PRESENCE_NAME_LIMIT {
-            (
-                Vec::new(),
-                Vec::new(),
-                Some(joined.len() as u64),
-                Some(left.len() as u64),
-            )
+            Shown {
+                joined: Vec::new(),
+                left: Vec::new(),
+                joined_count: Some(joined.len() as u64),
+                left_count: Some(left.len() as u64),
+            }
         } else {
             joined.sort_by_key(|p| p.id);
             left.sort_by_key(|p| p.id);
-            (joined, left, None, None)
+            Shown {
+                joined,
+                left,
+                joined_count: None,
+                left_count: None,
+            }
         }
     }
 
     /// The v1 event for these changes, leaving `self` empty.
     #[cfg(test)]
     fn take_event(&mut self, online: u64) -> ServerEvent {
-        let (joined, left, joined_count, left_count) = self.take();
+        let Shown {
+            joined,
+            left,
+            joined_count,
+            left_count,
+        } = self.take();
         ServerEvent::Presence {
             online,
             joined,
@@ -141,7 +160,12 @@ pub(crate) async fn run(
                 continue;
             }
             let online = channel.members() as u64;
-            let (joined, left, joined_count, left_count) = pending.take();
+            let Shown {
+                joined,
+                left,
+                joined_count,
+                left_count,
+            } = pending.take();
             let v2 = wanted.v2.then(|| {
                 let event = protocol::v2::Event::Presence {
                     channel: channel.name.to_string(),
