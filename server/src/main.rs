@@ -11,6 +11,15 @@ use server::{Config, Server};
 
 mod settings;
 
+/// jemalloc instead of glibc malloc. A broadcast frame is allocated on the
+/// shard that read it and freed on the shard that wrote it last, and the
+/// per-message allocations churn; glibc's arenas showed 13 % of server CPU
+/// in malloc/free under many small rooms. Measured on bench scenario 8
+/// (server CPU per delivery 0.30-0.33 -> 0.24-0.26 us) and 10,000 idle
+/// connections (1,820 -> 1,680 B each); one room of 100 unchanged.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A WebSocket broadcast server: every message a client sends reaches every
 /// other connected client.
 #[derive(Debug, Parser)]

@@ -174,7 +174,6 @@ impl Shard {
         // Broadcast frames taken from the inbox, not yet written. Bounded by
         // this shard's fan-out credit: each of them holds some.
         let mut pending: VecDeque<Broadcast> = VecDeque::new();
-        let mut frames: Vec<Broadcast> = Vec::with_capacity(BATCH);
         let mut plan = Plan::default();
         let mut stopping = false;
         loop {
@@ -195,9 +194,10 @@ impl Shard {
             // Shutdown delivers everything already published, gate or not.
             if !pending.is_empty() && (stopping || !self.ctx.audience.congested()) {
                 let n = pending.len().min(BATCH);
-                frames.extend(pending.drain(..n));
-                self.deliver(&frames, &mut plan);
-                frames.clear();
+                // Delivered in place: a `Broadcast` is moved as few times
+                // as possible (measured: each move showed in profiles).
+                self.deliver(&pending.make_contiguous()[..n], &mut plan);
+                pending.drain(..n);
                 // Let the readers and flush tasks of this shard run too.
                 tokio::task::yield_now().await;
                 continue;
