@@ -183,8 +183,50 @@ fn build_client(root: &Path, out_dir: &Path, web_dir: &Path) -> Vec<File> {
     ]
 }
 
+/// Stops the build with `message` as the whole error: cargo shows a build
+/// script's standard error under its own one-line summary.
+fn fail(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1);
+}
+
+/// Whether the standard library for [`TARGET`] is installed (asks the
+/// rustc cargo uses for its target library directory).
+fn target_installed() -> bool {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    Command::new(rustc)
+        .args(["--print", "target-libdir", "--target", TARGET])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .is_some_and(|dir| dir.is_dir())
+}
+
+/// The part of a failed cargo log that says what failed: 30 lines from
+/// the first `error`, or its last 10 lines if none starts with it.
+fn error_lines(stderr: &str) -> String {
+    let all: Vec<&str> = stderr.lines().collect();
+    let start = all
+        .iter()
+        .position(|l| l.trim_start().starts_with("error"))
+        .unwrap_or(all.len().saturating_sub(10));
+    all[start..]
+        .iter()
+        .take(30)
+        .copied()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Runs the nested cargo build and returns the path of the raw module.
 fn cargo_build_wasm(root: &Path, out_dir: &Path) -> PathBuf {
+    if !target_installed() {
+        fail(&format!(
+            "the browser client needs the {TARGET} target: run `rustup target add {TARGET}` \
+             (or build without the browser client: BROADCAST_SKIP_WASM=1 cargo build)"
+        ));
+    }
     // <target>/<profile>/build/server-<hash>/out -> <target>; a separate
     // directory inside it, shared by debug and release outer builds.
     let target_dir = out_dir
@@ -244,19 +286,10 @@ fn cargo_build_wasm(root: &Path, out_dir: &Path) -> PathBuf {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", Path::new(&cargo).display()));
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let hint = if stderr.contains("E0463")
-            || stderr.contains("target may not be installed")
-            || stderr.contains(&format!("target '{TARGET}'"))
-        {
-            format!(
-                "\n\nThe {TARGET} target is missing. Install it with:\n\n    \
-                 rustup target add {TARGET}\n\n(or build without the browser client: \
-                 BROADCAST_SKIP_WASM=1)\n"
-            )
-        } else {
-            String::new()
-        };
-        panic!("building the browser client (client-web) for {TARGET} failed:\n{stderr}{hint}");
+        fail(&format!(
+            "building the browser client (client-web) for {TARGET} failed:\n{}",
+            error_lines(&stderr)
+        ));
     }
     let wasm = target_dir
         .join(TARGET)

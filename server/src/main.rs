@@ -383,10 +383,12 @@ fn start(config: Config) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal();
-        println!("broadcast-server listening on {scheme}://{local}/ws");
+        let (listening, page) = listening_lines(scheme, local);
+        println!("{listening}");
         if let Some(metrics) = metrics_local {
             println!("broadcast-server metrics on http://{metrics}/metrics");
         }
+        println!("{page}");
         let _ = std::io::stdout().flush();
         tracing::info!(%local, workers, "listening");
         server.run(shutdown).await
@@ -414,6 +416,28 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// What the server prints once it listens: the WebSocket URL, and the
+/// page's URL (printed last). Bound to every interface (`0.0.0.0`, `::`),
+/// the first says so and the page is given as `localhost`, a URL that
+/// opens on this machine.
+fn listening_lines(scheme: &str, local: SocketAddr) -> (String, String) {
+    let http = if scheme == "wss" { "https" } else { "http" };
+    if local.ip().is_unspecified() {
+        let port = local.port();
+        (
+            format!("broadcast-server listening on {scheme}://{local}/ws (every interface)"),
+            format!(
+                "browser client: {http}://localhost:{port}/ (from other machines: this machine's address)"
+            ),
+        )
+    } else {
+        (
+            format!("broadcast-server listening on {scheme}://{local}/ws"),
+            format!("browser client: {http}://{local}/"),
+        )
     }
 }
 
@@ -451,6 +475,32 @@ mod tests {
                 "-h",
                 "-5"
             ]
+        );
+    }
+
+    #[test]
+    fn listening_lines_give_urls_a_user_can_open() {
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let (ws, page) = listening_lines("ws", any);
+        assert_eq!(
+            ws,
+            "broadcast-server listening on ws://0.0.0.0:8080/ws (every interface)"
+        );
+        assert!(
+            page.starts_with("browser client: http://localhost:8080/ "),
+            "{page}"
+        );
+        let any6: SocketAddr = "[::]:8443".parse().unwrap();
+        assert!(listening_lines("wss", any6)
+            .1
+            .starts_with("browser client: https://localhost:8443/"));
+        let local: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        assert_eq!(
+            listening_lines("ws", local),
+            (
+                "broadcast-server listening on ws://127.0.0.1:9000/ws".to_owned(),
+                "browser client: http://127.0.0.1:9000/".to_owned()
+            )
         );
     }
 

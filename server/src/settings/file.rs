@@ -109,11 +109,12 @@ impl ConfigFile {
         let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
         let table = DeTable::parse(text).map_err(|e| {
             let line = e.span().map_or(1, |s| line_of(s.start));
-            SettingsError::File(format!(
-                "{}:{line}: invalid TOML: {}",
-                path.display(),
-                e.message().trim_end()
-            ))
+            let reason = text
+                .lines()
+                .nth(line - 1)
+                .and_then(unquoted_string_hint)
+                .unwrap_or_else(|| format!("invalid TOML: {}", e.message().trim_end()));
+            SettingsError::File(format!("{}:{line}: {reason}", path.display()))
         })?;
         let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
         // The table iterates in key order; errors should follow the file.
@@ -180,4 +181,22 @@ impl ConfigFile {
             entry.key
         )))
     }
+}
+
+/// For a line like `host = 127.0.0.1`, which TOML rejects because a string
+/// needs quotes, the hint that says so: `strings need quotes: host =
+/// "127.0.0.1"`. `None` when quoting would not make the line valid.
+fn unquoted_string_hint(line: &str) -> Option<String> {
+    let (key, value) = line.split_once('=')?;
+    // An unquoted value cannot hold `#`: what follows it is a comment.
+    let value = value.split_once('#').map_or(value, |(v, _)| v);
+    let (key, value) = (key.trim(), value.trim());
+    let quoted = value.starts_with(['"', '\'', '[', '{']);
+    if key.is_empty() || value.is_empty() || quoted {
+        return None;
+    }
+    let fixed = format!("{key} = {}", toml::Value::String(value.to_owned()));
+    DeTable::parse(&fixed)
+        .is_ok()
+        .then(|| format!("strings need quotes: {fixed}"))
 }

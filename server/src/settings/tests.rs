@@ -244,6 +244,15 @@ fn errors_name_the_file_line_and_key() {
                 .to_owned()
         )
     );
+    // A string without quotes: the error says what to write instead.
+    assert_eq!(
+        file_error("port = 1\nhost = 127.0.0.1\n"),
+        File("FILE:2: strings need quotes: host = \"127.0.0.1\"".to_owned())
+    );
+    assert_eq!(
+        file_error("log-format = json # the default is text\n"),
+        File("FILE:1: strings need quotes: log-format = \"json\"".to_owned())
+    );
     let Flag(secret) = file_error("log-format = \"xml\"\n") else {
         panic!("a bad value is a flag error")
     };
