@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::Connector;
 
-use protocol::backoff::Backoff;
+use protocol::backoff::{is_planned_close, Backoff};
 
 use crate::channels::{Channels, Sent};
 use crate::conn::{connect, Connected, Format, Ws};
@@ -123,6 +123,8 @@ struct Client {
     editor_running: bool,
     prompt: Arc<Mutex<String>>,
     backoff: Backoff,
+    /// The last connection ended with a planned-restart close (1001, 1012).
+    restart_expected: bool,
     /// This connection's id, from the welcome.
     my_id: Option<u64>,
     /// The name the server gave us (for the prompt).
@@ -168,6 +170,7 @@ pub(crate) async fn run(opts: Options, out: Out, tls: Connector) -> ExitCode {
         editor_running: false,
         prompt: Arc::new(Mutex::new("> ".to_owned())),
         backoff: Backoff::new(BACKOFF_FIRST, BACKOFF_CAP),
+        restart_expected: false,
         my_id: None,
         my_name: None,
         format: Format::Raw,
@@ -203,6 +206,10 @@ impl Client {
             let end = self.session(conn, again).await;
             if started.elapsed() >= STABLE {
                 self.backoff.reset();
+            }
+            if std::mem::take(&mut self.restart_expected) {
+                // 1001/1012: the server is expected back soon.
+                self.backoff.expect_return();
             }
             let loss = self.count_loss();
             match end {
@@ -304,13 +311,17 @@ impl Client {
 
     /// Waits with backoff and connects again. `None`: the user left meanwhile.
     async fn reconnect(&mut self) -> Option<Connected> {
+        // One line per attempt: the first says when, each failure says why
+        // and when the next is.
+        let mut failed: Option<String> = None;
         loop {
             let delay = self.backoff.next_delay();
             let attempt = self.backoff.attempt();
-            self.out.status(&format!(
-                "reconnecting in {} (attempt {attempt})...",
-                format_delay(delay)
-            ));
+            let when = format!("in {} (attempt {attempt})", format_delay(delay));
+            self.out.status(&match failed.take() {
+                None => format!("reconnecting {when}..."),
+                Some(why) => format!("{why}; retrying {when}..."),
+            });
             let deadline = Instant::now() + delay;
             loop {
                 tokio::select! {
@@ -338,10 +349,12 @@ impl Client {
             };
             match attempt {
                 Ok(c) => return Some(c),
-                Err(e) => self.out.status(&format!(
-                    "cannot connect to {}: {e}",
-                    self.connect_to.display
-                )),
+                Err(e) => {
+                    failed = Some(format!(
+                        "cannot connect to {}: {e}",
+                        self.connect_to.display
+                    ))
+                }
             }
         }
     }
@@ -412,6 +425,7 @@ impl Client {
                         let (code, reason) = frame
                             .map(|f| (Some(u16::from(f.code)), f.reason.to_string()))
                             .unwrap_or((None, String::new()));
+                        self.restart_expected = code.is_some_and(is_planned_close);
                         return End::Dropped(render::closed_by_server(code, &reason, notice.as_deref()));
                     }
                     Some(Ok(Message::Pong(payload))) => out.on_pong(&payload),

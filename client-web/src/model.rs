@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use protocol::backoff::Backoff;
+use protocol::backoff::{is_planned_close, Backoff};
 use protocol::channel::{self, ChannelError};
 use protocol::v1::{self, Body, NameError, Peer, ServerEvent};
 use protocol::v2::{self, Command, ErrorCode, Event, Id};
@@ -674,6 +674,10 @@ impl Model {
         let opened_at = self.opened_at;
         if opened_at.is_some_and(|t| now - t >= STABLE_MS) {
             self.backoff.reset();
+        }
+        if opened_at.is_some() && is_planned_close(code) {
+            // 1001/1012: the server is expected back soon.
+            self.backoff.expect_return();
         }
         let delay = self.backoff.next_delay();
         self.status = Status::Waiting {

@@ -17,6 +17,19 @@
 //! after a success (the clients: a connection that stayed up a while), so
 //! the mean delay grows just the same.
 //!
+//! # Planned restarts
+//!
+//! A server that closes with 1001 (going away: it is shutting down) or 1012
+//! (service restart) is expected back soon, and a client waiting out an
+//! exponential delay would come back long after it. After such a close the
+//! caller says [`Backoff::expect_return`]: the next [`PLANNED_ATTEMPTS`]
+//! delays are drawn from a flat window of [`PLANNED_WINDOW`] (full jitter
+//! again, so that a crowd dropped by the same restart spreads over the whole
+//! second instead of arriving in the same few milliseconds), and a client is
+//! back within about that window of the server listening again. If the
+//! server is still away after those attempts, the usual doubling schedule
+//! takes over from `first`. [`is_planned_close`] says which codes count.
+//!
 //! # Use
 //!
 //! Pure: no clock, no runtime, no I/O, so it builds for
@@ -46,6 +59,20 @@
 
 use std::time::Duration;
 
+/// The window each delay is drawn from after a planned restart.
+pub const PLANNED_WINDOW: Duration = Duration::from_secs(1);
+
+/// How many attempts use [`PLANNED_WINDOW`] after a planned restart (about
+/// half a minute of retries, at half a second on average).
+pub const PLANNED_ATTEMPTS: u32 = 60;
+
+/// Whether a close with `code` means the server left on purpose and is
+/// expected back: 1001 (going away) and 1012 (service restart), RFC 6455
+/// §7.4.1 and the IANA registry.
+pub fn is_planned_close(code: u16) -> bool {
+    matches!(code, 1001 | 1012)
+}
+
 /// Counts failed attempts and picks the delay before the next one.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -53,6 +80,11 @@ pub struct Backoff {
     cap: Duration,
     /// Delays handed out since the last reset.
     attempt: u32,
+    /// Attempts left in the flat window of a planned restart.
+    planned: u32,
+    /// Attempts that do not count towards the doubling (those of the
+    /// planned window).
+    skipped: u32,
     rng: fastrand::Rng,
 }
 
@@ -70,6 +102,8 @@ impl Backoff {
             first,
             cap,
             attempt: 0,
+            planned: 0,
+            skipped: 0,
             rng: fastrand::Rng::with_seed(seed),
         }
     }
@@ -85,7 +119,24 @@ impl Backoff {
     /// uniform in `[0, ceiling(attempt)]`.
     pub fn next_delay(&mut self) -> Duration {
         self.attempt = self.attempt.saturating_add(1);
-        full_jitter(self.ceiling(self.attempt), self.rng.f64())
+        let ceiling = if self.planned > 0 {
+            self.planned -= 1;
+            self.skipped = self.skipped.saturating_add(1);
+            PLANNED_WINDOW
+        } else {
+            // Still away after the planned window: the doubling schedule,
+            // from its start.
+            self.ceiling(self.attempt.saturating_sub(self.skipped))
+        };
+        full_jitter(ceiling, self.rng.f64())
+    }
+
+    /// The server closed with a planned-restart code ([`is_planned_close`]):
+    /// the next [`PLANNED_ATTEMPTS`] delays come from [`PLANNED_WINDOW`]
+    /// (see the [module docs](self)).
+    pub fn expect_return(&mut self) {
+        self.skipped = self.attempt;
+        self.planned = PLANNED_ATTEMPTS;
     }
 
     /// The number of the attempt the last [`Backoff::next_delay`] was for
@@ -98,6 +149,8 @@ impl Backoff {
     /// most `first`.
     pub fn reset(&mut self) {
         self.attempt = 0;
+        self.planned = 0;
+        self.skipped = 0;
     }
 }
 
@@ -173,6 +226,45 @@ mod tests {
         let a: Vec<_> = (0..10).map(|_| a.next_delay()).collect();
         let b: Vec<_> = (0..10).map(|_| b.next_delay()).collect();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_planned_restart_retries_within_a_flat_window_then_doubles() {
+        let mut b = Backoff::with_seed(500 * MS, Duration::from_secs(30), 3);
+        for _ in 0..5 {
+            b.next_delay();
+        }
+        b.expect_return();
+        let planned: Vec<Duration> = (0..PLANNED_ATTEMPTS).map(|_| b.next_delay()).collect();
+        assert!(planned.iter().all(|d| *d <= PLANNED_WINDOW), "{planned:?}");
+        // Spread over the window, not bunched at one end of it.
+        assert!(planned.iter().any(|d| *d < PLANNED_WINDOW / 4));
+        assert!(planned.iter().any(|d| *d > PLANNED_WINDOW * 3 / 4));
+        // Then the usual schedule, from its first ceiling; the attempts
+        // are still counted from the first failure.
+        assert_eq!(b.attempt(), 5 + PLANNED_ATTEMPTS);
+        let after: Vec<Duration> = (0..3).map(|_| b.next_delay()).collect();
+        assert!(
+            after[0] <= 500 * MS && after[1] <= Duration::from_secs(1),
+            "{after:?}"
+        );
+        assert!(after[2] <= Duration::from_secs(2), "{after:?}");
+        // A success ends the planned window early.
+        b.expect_return();
+        b.reset();
+        for want in 1..=3 {
+            b.next_delay();
+            assert_eq!(b.attempt(), want);
+        }
+        assert_eq!(b.ceiling(3), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn planned_codes_are_going_away_and_restart() {
+        assert!(is_planned_close(1001) && is_planned_close(1012));
+        for code in [1000, 1006, 1008, 1011, 1013, 4000] {
+            assert!(!is_planned_close(code), "{code}");
+        }
     }
 
     #[test]

@@ -111,6 +111,17 @@ async fn shutdown_is_reported_and_the_client_reconnects() {
     );
     let again = cli.expect_contains(Pipe::Stderr, "reconnecting in").await;
     assert!(again.ends_with("(attempt 1)..."), "{again}");
+    // A planned restart (1001): each failed attempt is one line, and every
+    // delay comes from the one-second window, not the doubling schedule
+    // (which would be past 4 s by the fourth attempt).
+    let mut delays = vec![delay_of(&again)];
+    for attempt in 2..=4 {
+        let line = cli.expect_contains(Pipe::Stderr, "; retrying in").await;
+        assert!(line.contains("cannot connect to"), "{line}");
+        assert!(line.ends_with(&format!("(attempt {attempt})...")), "{line}");
+        delays.push(delay_of(&line));
+    }
+    assert!(delays.iter().all(|&d| d <= 1.0), "{delays:?}");
 
     let server = Server::start_on(port).await;
     cli.expect_contains(Pipe::Stderr, "reconnected to").await;
@@ -125,6 +136,12 @@ async fn shutdown_is_reported_and_the_client_reconnects() {
     super::util::signal(cli.pid(), "TERM");
     let (st, _) = cli.wait().await;
     assert!(st.success(), "SIGTERM exit {st}");
+}
+
+/// The delay in a "... in 0.4 s (attempt N)..." line, in seconds.
+fn delay_of(line: &str) -> f64 {
+    let rest = &line[line.rfind(" in ").expect("a delay") + 4..];
+    rest.split(' ').next().unwrap().parse().expect("seconds")
 }
 
 #[tokio::test]
