@@ -86,4 +86,11 @@ impl Subscriptions for Membership {
     fn lookup(&self, name: &str) -> Option<Arc<Channel>> {
         self.channels.get(name)
     }
+
+    fn announce(&self, channel: &Channel) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // A stopped presence task drops `tx`: the receiver resolves at once.
+        let _ = self.presence.send(Change::Flush(channel.id, tx));
+        rx
+    }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::v1::{Peer, ServerEvent, PRESENCE_NAME_LIMIT};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::channels::{Channel, ChannelId};
 use crate::fanout::{Broadcast, ConnId, Fanout};
@@ -28,6 +28,10 @@ pub(crate) const PRESENCE_INTERVAL: Duration = Duration::from_millis(500);
 pub(crate) enum Change {
     Joined(Peer, Arc<Channel>),
     Left(Peer, Arc<Channel>),
+    /// A newcomer is about to publish to the channel: what is gathered for
+    /// it goes out now, so that its join reaches every shard before its
+    /// message does; the sender is answered once it has.
+    Flush(ChannelId, oneshot::Sender<()>),
 }
 
 /// The reporting end, one per process, cloned into every shard.
@@ -117,88 +121,111 @@ impl Pending {
 struct Gathered(HashMap<ChannelId, (Arc<Channel>, Pending)>);
 
 impl Gathered {
-    fn add(&mut self, change: Change) {
-        let (joined, peer, channel) = match change {
-            Change::Joined(peer, channel) => (true, peer, channel),
-            Change::Left(peer, channel) => (false, peer, channel),
-        };
+    /// Adds a join or leave (`Flush` is handled by [`run`]).
+    fn add(&mut self, joined: bool, peer: Peer, channel: Arc<Channel>) {
         let (_, pending) = self
             .0
             .entry(channel.id)
             .or_insert_with(|| (channel, Pending::default()));
         pending.add(joined, peer);
     }
+
+    /// Takes one change: gathers a join or leave; publishes a flushed
+    /// channel's changes at once and answers.
+    fn take(&mut self, change: Change, fanout: &Fanout, stats: &Stats) {
+        match change {
+            Change::Joined(peer, channel) => self.add(true, peer, channel),
+            Change::Left(peer, channel) => self.add(false, peer, channel),
+            Change::Flush(id, done) => {
+                if let Some((channel, pending)) = self.0.remove(&id) {
+                    publish(&channel, pending, fanout, stats);
+                }
+                let _ = done.send(());
+            }
+        }
+    }
 }
 
-/// Gathers changes and publishes presence updates until the channel closes.
+/// Gathers changes and publishes presence updates until the channel closes:
+/// a window opens with the first change and, [`PRESENCE_INTERVAL`] later,
+/// one update per channel that changed goes out. A `Flush` publishes its
+/// channel's part early; the rest of the window is unchanged.
 pub(crate) async fn run(
     mut changes: mpsc::UnboundedReceiver<Change>,
     fanout: Fanout,
     stats: Arc<Stats>,
 ) {
     let mut gathered = Gathered::default();
-    let mut batch = Vec::with_capacity(256);
     loop {
-        if changes.recv_many(&mut batch, 256).await == 0 {
+        let Some(first) = changes.recv().await else {
             return;
-        }
-        for change in batch.drain(..) {
-            gathered.add(change);
-        }
-        // Let more changes gather, then send one update per channel.
-        tokio::time::sleep(PRESENCE_INTERVAL).await;
-        while let Ok(change) = changes.try_recv() {
-            gathered.add(change);
-        }
-        let all = std::mem::take(&mut gathered.0);
-        let wanted = stats.wanted();
-        if !wanted.v1 && !wanted.v2 {
+        };
+        gathered.take(first, &fanout, &stats);
+        if gathered.0.is_empty() {
+            // Only a flush of a channel with nothing gathered.
             continue;
         }
-        for (_, (channel, mut pending)) in all {
-            if pending.is_empty() {
-                continue;
+        let end = tokio::time::Instant::now() + PRESENCE_INTERVAL;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(end) => break,
+                change = changes.recv() => match change {
+                    Some(change) => gathered.take(change, &fanout, &stats),
+                    None => break,
+                },
             }
-            let online = channel.members() as u64;
-            let Shown {
-                joined,
-                left,
-                joined_count,
-                left_count,
-            } = pending.take();
-            let v2 = wanted.v2.then(|| {
-                let event = protocol::v2::Event::Presence {
-                    channel: channel.name.to_string(),
-                    online,
-                    joined: joined.clone(),
-                    left: left.clone(),
-                    joined_count,
-                    left_count,
-                };
-                crate::frame::frame_text(event.encode().as_bytes())
-            });
-            let v1 = wanted.v1.then(|| {
-                let event = ServerEvent::Presence {
-                    online,
-                    joined,
-                    left,
-                    joined_count,
-                    left_count,
-                };
-                crate::frame::frame_text(event.encode().as_bytes())
-            });
-            let msg = Broadcast {
-                raw: None,
-                v1,
-                v2,
-                sender: ConnId(0),
-                channel: channel.id,
-                framed_at: std::time::Instant::now(),
-                cost: 0,
-            };
-            fanout.publish_free(msg, &channel);
+        }
+        for (_, (channel, pending)) in std::mem::take(&mut gathered.0) {
+            publish(&channel, pending, &fanout, &stats);
         }
     }
+}
+
+/// Publishes one presence update for `channel`'s gathered changes (none if
+/// there are none, or no v1 or v2 client is connected to see it).
+fn publish(channel: &Arc<Channel>, mut pending: Pending, fanout: &Fanout, stats: &Stats) {
+    let wanted = stats.wanted();
+    if pending.is_empty() || (!wanted.v1 && !wanted.v2) {
+        return;
+    }
+    let online = channel.members() as u64;
+    let Shown {
+        joined,
+        left,
+        joined_count,
+        left_count,
+    } = pending.take();
+    let v2 = wanted.v2.then(|| {
+        let event = protocol::v2::Event::Presence {
+            channel: channel.name.to_string(),
+            online,
+            joined: joined.clone(),
+            left: left.clone(),
+            joined_count,
+            left_count,
+        };
+        crate::frame::frame_text(event.encode().as_bytes())
+    });
+    let v1 = wanted.v1.then(|| {
+        let event = ServerEvent::Presence {
+            online,
+            joined,
+            left,
+            joined_count,
+            left_count,
+        };
+        crate::frame::frame_text(event.encode().as_bytes())
+    });
+    let msg = Broadcast {
+        raw: None,
+        v1,
+        v2,
+        sender: ConnId(0),
+        channel: channel.id,
+        framed_at: std::time::Instant::now(),
+        cost: 0,
+    };
+    fanout.publish_free(msg, channel);
 }
 
 #[cfg(test)]

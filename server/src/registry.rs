@@ -57,6 +57,7 @@ impl Registry {
             channel,
             slot: Cell::new(members.len()),
             joined_at: now,
+            announced: Cell::new(false),
         });
         members.push(conn.clone());
     }

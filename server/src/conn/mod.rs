@@ -81,6 +81,9 @@ pub(crate) struct ConnCtx {
     pub(crate) membership: Rc<dyn Subscriptions>,
 }
 
+/// Longest a newcomer's first message waits for its join to be published.
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(1);
+
 /// One channel a connection is in.
 #[derive(Debug)]
 pub(crate) struct Subscription {
@@ -90,6 +93,9 @@ pub(crate) struct Subscription {
     /// When it joined: presence events built before that are not sent to it
     /// (its welcome or subscribe answer already counted everyone).
     pub(crate) joined_at: Instant,
+    /// Its join is known to have gone out in a presence event (or needs
+    /// not): its messages may be published without waiting for it.
+    pub(crate) announced: Cell<bool>,
 }
 
 /// How a `broadcast.v2` connection joins and leaves channels: the shard's
@@ -101,6 +107,12 @@ pub(crate) trait Subscriptions: std::fmt::Debug {
     fn leave(&self, conn: &Conn, name: &str) -> Option<Arc<Channel>>;
     /// Channel `name`, if this node has members of it.
     fn lookup(&self, name: &str) -> Option<Arc<Channel>>;
+
+    /// Publishes the presence changes still gathered for `channel` now,
+    /// instead of at the end of the coalescing interval; resolves once
+    /// they are in the shards' inboxes (or at once if presence has
+    /// stopped).
+    fn announce(&self, channel: &Channel) -> tokio::sync::oneshot::Receiver<()>;
 }
 
 /// Where a connection is in its closing handshake.
@@ -284,6 +296,27 @@ impl Conn {
             format: self.format,
             joined_at: sub.joined_at,
         })
+    }
+
+    /// Before this connection's first message to `channel`, if it joined
+    /// moments ago: has its join published now (see `presence`), so that
+    /// every member sees "X joined" before X's first message. Waits at
+    /// most [`ANNOUNCE_WAIT`]; once per subscription, nothing after.
+    pub(crate) async fn announce_join(&self, channel: &Channel) {
+        let due = {
+            let subs = self.subs.borrow();
+            match subs.iter().find(|s| s.channel.id == channel.id) {
+                Some(sub) if !sub.announced.replace(true) => {
+                    // Older joins have gone out with their interval.
+                    sub.joined_at.elapsed() < crate::presence::PRESENCE_INTERVAL * 2
+                }
+                _ => false,
+            }
+        };
+        if due {
+            let flushed = self.ctx.membership.announce(channel);
+            let _ = tokio::time::timeout(ANNOUNCE_WAIT, flushed).await;
+        }
     }
 
     /// The id of channel `name` if this connection is in it.

@@ -318,6 +318,9 @@ pub(super) async fn publish(
         // Data after a close is discarded (RFC 6455 §5.5.1).
         return;
     }
+    if let Some(channel) = channel {
+        conn.announce_join(channel).await;
+    }
     let publisher = &conn.ctx.publisher;
     let (raw, v1, v2) = encodings(raw, name, conn.id.0, &conn.name, conn.ctx.stats.wanted());
     let mut msg = Broadcast {

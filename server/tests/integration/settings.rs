@@ -108,10 +108,17 @@ async fn an_unknown_key_is_refused() {
 
 #[tokio::test]
 async fn a_toml_syntax_error_is_refused_with_its_line() {
-    let (error, stderr) = refused_config("port = 0\necho = true\nhost = 127.0.0.1\n").await;
+    let (error, stderr) = refused_config("port = 0\necho = true\nhost = \"127.0.0.1\n").await;
     assert!(
         error.starts_with("error: FILE:3: invalid TOML: "),
         "{error}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    // A string without quotes (what a new user writes first) says so.
+    let (error, stderr) = refused_config("port = 0\necho = true\nhost = 127.0.0.1\n").await;
+    assert_eq!(
+        error,
+        "error: FILE:3: strings need quotes: host = \"127.0.0.1\""
     );
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
 }

@@ -281,3 +281,41 @@ async fn healthz_counts_v1_connections() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["v1_connections"], 1, "{body}");
 }
+
+/// A newcomer that speaks at once: every watcher, on both shards, sees
+/// "erin joined" before erin's first message, although presence is
+/// coalesced over half a second.
+#[tokio::test]
+async fn a_newcomers_join_arrives_before_its_first_message() {
+    let server = Server::start(&["--workers", "2"]).await;
+    let mut watchers = Vec::new();
+    for name in ["w0", "w1"] {
+        let mut w = connect_v1(&server, Some(name)).await;
+        event_of(&mut w, "welcome").await;
+        watchers.push(w);
+    }
+    let mut erin = connect_v1(&server, Some("erin")).await;
+    let erin_id = event_of(&mut erin, "welcome").await["id"].as_u64().unwrap();
+    erin.send(Message::text("hi, I am new")).await.unwrap();
+    for (i, w) in watchers.iter_mut().enumerate() {
+        let mut announced = false;
+        loop {
+            let e = event(w).await;
+            match e["type"].as_str() {
+                Some("presence") => {
+                    let joined = e["joined"].as_array().into_iter().flatten();
+                    announced |= joined.into_iter().any(|p| p["id"] == erin_id);
+                }
+                Some("message") if e["from"] == erin_id => {
+                    assert_eq!(e["text"], "hi, I am new");
+                    assert!(
+                        announced,
+                        "watcher {i} got erin's message before erin's join"
+                    );
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+}
