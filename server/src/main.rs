@@ -504,6 +504,42 @@ mod tests {
         );
     }
 
+    /// Every flag of `start` and `connect` is documented: named in
+    /// backticks (`--flag`) in the README or a page of docs/, so the docs
+    /// cannot fall behind the command line.
+    #[test]
+    fn docs_name_every_flag() {
+        use clap::CommandFactory;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut docs = std::fs::read_to_string(root.join("README.md")).unwrap();
+        for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "md") {
+                docs.push_str(&std::fs::read_to_string(path).unwrap());
+            }
+        }
+        let cli = Cli::command();
+        let (mut missing, mut checked) = (Vec::new(), 0);
+        for sub in ["start", "connect"] {
+            let command = cli.find_subcommand(sub).unwrap();
+            for arg in command.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if long == "help" || long == "version" {
+                    continue;
+                }
+                checked += 1;
+                if !docs.contains(&format!("`--{long}")) {
+                    missing.push(format!("{sub} --{long}"));
+                }
+            }
+        }
+        assert!(checked > 30, "only {checked} flags found");
+        assert!(
+            missing.is_empty(),
+            "flags missing from README.md and docs/: {missing:?}"
+        );
+    }
+
     #[test]
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
