@@ -1,5 +1,5 @@
-//! The HTTP/1.1 side of a connection: routing, `/healthz`, `/metrics`, the
-//! page's assets, and the WebSocket upgrade (hyper + fastwebsockets'
+//! The HTTP/1.1 side of a connection: routing, `/healthz`, the `/livez` and
+//! `/readyz` probes, `/metrics`, the page's assets, and the WebSocket upgrade (hyper + fastwebsockets'
 //! `upgrade`), after [`Admission`] has let the client in.
 //!
 //! After the upgrade the socket leaves hyper: it is downcast back to the
@@ -203,6 +203,39 @@ type Body = Full<Bytes>;
 /// Where the Prometheus metrics are served.
 const METRICS_PATH: &str = "/metrics";
 
+/// Liveness probe: 200 while the process serves HTTP at all.
+const LIVE_PATH: &str = "/livez";
+
+/// Readiness probe: 200 while this node should be sent new clients, 503
+/// with the reason otherwise (see [`not_ready`]).
+const READY_PATH: &str = "/readyz";
+
+/// Why this node should not be sent new clients now, if it should not:
+/// it is shutting down, its `--redis` link is down (its clients would not
+/// reach the other nodes'), or it is at `--max-connections`.
+fn not_ready(ctx: &HttpCtx) -> Option<String> {
+    let stats = &ctx.stats;
+    if ctx.conn.publisher.is_draining() {
+        return Some("draining: the server is shutting down".into());
+    }
+    if stats.cluster.enabled.load(Ordering::Relaxed) && !stats.cluster.link_up() {
+        return Some("cluster link down: Redis is unreachable".into());
+    }
+    let max = ctx.config.max_connections;
+    if max != usize::MAX && stats.connections.load(Ordering::Relaxed) >= max {
+        return Some(format!("full: at --max-connections ({max})"));
+    }
+    None
+}
+
+/// The answer to a probe: `status` with a small JSON document, never cached.
+fn probe(status: StatusCode, json: String) -> Response<Body> {
+    let mut res = respond(status, "application/json", json);
+    res.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
 fn unavailable(text: &'static str) -> Response<Body> {
     respond(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -251,6 +284,21 @@ async fn route(
         return crate::api::handle(api, req).await;
     }
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    if path == LIVE_PATH || path == READY_PATH {
+        if !get {
+            return method_not_allowed();
+        }
+        if path == LIVE_PATH {
+            return probe(StatusCode::OK, "{\"live\":true}".into());
+        }
+        return match not_ready(ctx) {
+            None => probe(StatusCode::OK, "{\"ready\":true}".into()),
+            Some(reason) => probe(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"ready": false, "reason": reason}).to_string(),
+            ),
+        };
+    }
     if path == protocol::HEALTH_PATH {
         if !get {
             return method_not_allowed();

@@ -224,6 +224,14 @@ async fn redis_restart_local_delivery_continues_and_relaying_resumes() {
     let health = nodes[0].http_get("/healthz").await;
     assert_eq!(health.status, 200, "a degraded node still answers 200");
     assert_eq!(json_value(&health.body, "status"), Some("degraded".into()));
+    // Not ready for new clients: they would not reach the other node's.
+    let ready = nodes[0].http_get("/readyz").await;
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert_eq!(
+        json_value(&ready.body, "reason"),
+        Some("cluster link down: Redis is unreachable".into())
+    );
+    assert_eq!(nodes[0].http_get("/livez").await.status, 200);
 
     // Local delivery goes on while Redis is away; these are counted as not relayed.
     for n in 0..50 {
@@ -265,6 +273,7 @@ async fn redis_restart_local_delivery_continues_and_relaying_resumes() {
     }
     nodes[0].wait_health("cluster", "up").await;
     nodes[1].wait_health("cluster", "up").await;
+    assert_eq!(nodes[0].http_get("/readyz").await.status, 200);
     // And the other way round (the two directions use different
     // connections, which reconnect independently).
     let deadline = Instant::now() + EVENT_TIMEOUT;

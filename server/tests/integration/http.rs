@@ -1,4 +1,5 @@
-//! Plain HTTP endpoints: /healthz, /ws without an upgrade, unknown paths.
+//! Plain HTTP endpoints: /healthz, the /livez and /readyz probes, /ws
+//! without an upgrade, unknown paths.
 
 use crate::util::*;
 
@@ -50,6 +51,48 @@ async fn healthz_reports_ok_and_connection_count() {
     let mut gone = c.pop().unwrap();
     gone.close(None).await.unwrap();
     server.wait_connections(2).await;
+}
+
+#[tokio::test]
+async fn probes_say_live_and_ready_until_the_node_is_full() {
+    let server = Server::start(&["--max-connections", "2"]).await;
+    let live = server.http_get("/livez").await;
+    assert_eq!(
+        (live.status, live.body.as_str()),
+        (200, "{\"live\":true}"),
+        "{live:?}"
+    );
+    let ready = server.http_get("/readyz").await;
+    assert_eq!(
+        (ready.status, ready.body.as_str()),
+        (200, "{\"ready\":true}"),
+        "{ready:?}"
+    );
+    assert_eq!(ready.header("cache-control"), Some("no-store"));
+    assert!(ready
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("application/json")));
+    // Full: not ready for more clients, and it says why; still live.
+    let mut clients = server.connect_many(2, false).await;
+    let full = server.http_get("/readyz").await;
+    assert_eq!(full.status, 503, "{full:?}");
+    assert_eq!(
+        json_value(&full.body, "reason"),
+        Some("full: at --max-connections (2)".into())
+    );
+    assert_eq!(json_value(&full.body, "ready"), Some(false.into()));
+    assert_eq!(server.http_get("/livez").await.status, 200);
+    // A client leaves: ready again.
+    clients.pop().unwrap().close(None).await.unwrap();
+    server.wait_connections(1).await;
+    assert_eq!(server.http_get("/readyz").await.status, 200);
+    // Probes are read-only.
+    let post = http_raw(
+        &server.addr(),
+        b"POST /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(post.status, 405, "{post:?}");
 }
 
 #[tokio::test]
