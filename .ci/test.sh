@@ -93,12 +93,13 @@ setup() {
 
     # Debian packages: the image has most of these (coreutils' timeout for the
     # conformance job, gcc for crates that build C, g++ for libFuzzer in the
-    # fuzz phase, make for jemalloc's C build, python3, git); redis-server
+    # fuzz phase, make for jemalloc's C build, python3, git, systemd for
+    # `systemd-analyze verify` of deploy/'s unit); redis-server
     # is for the cluster tests, which start their own on a free loopback port
     # (none on 6379 is needed or used). Install whatever is missing (apt-get
     # update first: the image has no lists).
     local missing=() cmd pkg
-    for cmd in timeout:coreutils cc:gcc c++:g++ make:make python3:python3 git:git redis-server:redis-server; do
+    for cmd in timeout:coreutils cc:gcc c++:g++ make:make systemd-analyze:systemd python3:python3 git:git redis-server:redis-server; do
         command -v "${cmd%%:*}" >/dev/null 2>&1 || missing+=("${cmd#*:}")
     done
     if [[ ${#missing[@]} -gt 0 ]]; then

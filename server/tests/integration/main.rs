@@ -5,6 +5,7 @@ mod access;
 mod broadcast;
 mod channels;
 mod cluster;
+mod deploy;
 mod flow;
 mod hardening;
 mod http;
