@@ -16,6 +16,8 @@ pub const POLICY_VIOLATION: u16 = 1008;
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// The server hit an unexpected condition.
 pub const INTERNAL_ERROR: u16 = 1011;
+/// The service is restarting: reconnect (a paced drain's close).
+pub const SERVICE_RESTART: u16 = 1012;
 /// The server is overloaded; try again later (used for slow consumers).
 pub const TRY_AGAIN_LATER: u16 = 1013;
 /// Reported (never sent) for a close frame that carried no code.
@@ -37,6 +39,9 @@ pub struct CloseReason {
 impl CloseReason {
     /// The server is shutting down (sent to every client on SIGINT/SIGTERM).
     pub const SHUTTING_DOWN: Self = Self::new(GOING_AWAY, "server shutting down");
+    /// The server is draining before a restart (`--drain-period`): reconnect,
+    /// to another node if there is one.
+    pub const RESTARTING: Self = Self::new(SERVICE_RESTART, "server restarting: reconnect");
     /// The connection stayed silent longer than the idle timeout.
     pub const IDLE_TIMEOUT: Self = Self::new(GOING_AWAY, "idle timeout");
     /// The connection's outbound backlog overflowed: it does not read fast enough.

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -64,6 +64,9 @@ pub(crate) struct Admission {
     per_ip_logged: Mutex<HashSet<IpAddr>>,
     /// Server-wide bucket of `--max-new-connections-per-sec`.
     new_conns: Mutex<TokenBucket>,
+    /// A paced drain (`--drain-period`) is closing the clients: new ones are
+    /// refused, as during the shutdown itself.
+    draining: AtomicBool,
 }
 
 impl Admission {
@@ -75,7 +78,18 @@ impl Admission {
             per_ip: Mutex::new(HashMap::new()),
             per_ip_logged: Mutex::new(HashSet::new()),
             new_conns: Mutex::new(TokenBucket::full(rate, Instant::now())),
+            draining: AtomicBool::new(false),
         })
+    }
+
+    /// From now on, upgrades are refused (a paced drain began).
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a paced drain is under way.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// The access checks (origin, credentials, the URL's channel), first of

@@ -23,6 +23,9 @@ pub struct Config {
     pub max_connections: usize,
     /// How long a graceful shutdown waits for clients to answer the close.
     pub shutdown_timeout: Duration,
+    /// Over how long SIGTERM closes the clients one by one (1012) before
+    /// stopping; zero: all at once (1001).
+    pub drain_period: Duration,
     /// How long a new TCP connection may take to finish its HTTP upgrade.
     pub handshake_timeout: Duration,
     /// Deliver each message back to its sender too.
@@ -95,6 +98,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(protocol::DEFAULT_IDLE_TIMEOUT_SECS),
             max_connections: usize::MAX,
             shutdown_timeout: Duration::from_secs(5),
+            drain_period: Duration::ZERO,
             handshake_timeout: Duration::from_secs(10),
             echo: false,
             max_message_rate: DEFAULT_MAX_MESSAGE_RATE,

@@ -80,6 +80,9 @@ pub(crate) enum ShardMsg {
     Accept(std::net::TcpStream, SocketAddr, Placement),
     /// Who is in a channel (the HTTP API): this shard's members of it.
     Members(ChannelId, oneshot::Sender<Vec<protocol::v1::Peer>>),
+    /// A paced drain: close every client with 1012, one at a time over this
+    /// period; answer once they are gone.
+    Drain(Duration, oneshot::Sender<()>),
     /// Stop publishing and accepting upgrades; answer when done.
     Quiesce(oneshot::Sender<()>),
     /// Deliver what is queued, close every connection with 1001, and stop.

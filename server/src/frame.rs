@@ -28,6 +28,9 @@ pub(crate) fn notice(reason: CloseReason) -> Bytes {
 fn notice_text(reason: CloseReason) -> &'static str {
     match reason {
         CloseReason::SHUTTING_DOWN => "the server is shutting down",
+        CloseReason::RESTARTING => {
+            "the server is restarting: reconnect now (you will reach another server if there is one)"
+        }
         CloseReason::IDLE_TIMEOUT => "closing the connection after a long silence",
         CloseReason::SLOW_CONSUMER => {
             "you are not reading fast enough: too much was waiting to be sent to you"

@@ -47,8 +47,9 @@ pub(crate) struct HttpCtx {
 }
 
 impl HttpCtx {
+    /// Shutting down, or closing its clients in a paced drain: no new ones.
     fn is_draining(&self) -> bool {
-        self.conn.publisher.is_draining()
+        self.conn.publisher.is_draining() || self.admission.is_draining()
     }
 }
 
@@ -215,7 +216,7 @@ const READY_PATH: &str = "/readyz";
 /// reach the other nodes'), or it is at `--max-connections`.
 fn not_ready(ctx: &HttpCtx) -> Option<String> {
     let stats = &ctx.stats;
-    if ctx.conn.publisher.is_draining() {
+    if ctx.is_draining() {
         return Some("draining: the server is shutting down".into());
     }
     if stats.cluster.enabled.load(Ordering::Relaxed) && !stats.cluster.link_up() {

@@ -52,6 +52,7 @@ mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,6 +141,24 @@ impl Server {
     /// If a worker thread cannot be started or the listener cannot be
     /// registered with the runtime.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        self.run_with_drain(std::future::pending(), shutdown).await
+    }
+
+    /// Like [`Server::run`], with a paced drain: when `drain` resolves
+    /// (SIGTERM), the server stops taking new clients (upgrades get 503,
+    /// `/readyz` says `draining`) and closes the connected ones with 1012,
+    /// one at a time over [`Config::drain_period`], still serving the others
+    /// meanwhile; then it shuts down as `run` does. `now` (a second SIGTERM,
+    /// Ctrl+C) skips what is left of the drain. With a zero drain period,
+    /// `drain` shuts down at once, like `now`.
+    ///
+    /// # Errors
+    /// As for [`Server::run`].
+    pub async fn run_with_drain(
+        self,
+        drain: impl Future<Output = ()>,
+        now: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let config = Arc::new(self.config);
         let stats = Arc::new(Stats::new());
         let mut handles = Vec::with_capacity(config.workers);
@@ -193,10 +212,21 @@ impl Server {
             None => None,
         };
         let listener = tokio::net::TcpListener::from_std(self.listener)?;
-        tokio::pin!(shutdown);
+        tokio::pin!(drain, now);
+        // While draining: every shard's answer that its clients are gone.
+        let mut drained: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
         loop {
             tokio::select! {
-                () = &mut shutdown => break,
+                () = &mut now => break,
+                () = &mut drain, if drained.is_none() => {
+                    if config.drain_period.is_zero() {
+                        break;
+                    }
+                    tracing::info!(period_secs = config.drain_period.as_secs_f64(), "draining");
+                    hub.admission.start_draining();
+                    drained = Some(Box::pin(drain_shards(&handles, config.drain_period)));
+                }
+                () = async { drained.as_mut().expect("guarded").await }, if drained.is_some() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => hand_over(&fanout, stream, peer),
                     Err(e) => accept_error(e).await,
@@ -244,6 +274,26 @@ impl Server {
             "stopped"
         );
         Ok(())
+    }
+}
+
+/// Starts a paced drain on every shard; resolves once all have answered
+/// that their clients are gone.
+fn drain_shards(
+    handles: &[Arc<ShardHandle>],
+    period: Duration,
+) -> impl Future<Output = ()> + Send + 'static {
+    let mut acks = Vec::with_capacity(handles.len());
+    for handle in handles {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if handle.send(ShardMsg::Drain(period, tx)) {
+            acks.push(rx);
+        }
+    }
+    async move {
+        for ack in acks {
+            let _ = ack.await;
+        }
     }
 }
 

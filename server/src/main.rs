@@ -72,6 +72,9 @@ struct StartArgs {
     /// Seconds a graceful shutdown waits for clients to answer the close.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     shutdown_timeout: u64,
+    /// Seconds over which SIGTERM closes the clients gradually (1012: reconnect, elsewhere if possible) before stopping; 0: all at once (1001). A second SIGTERM, or Ctrl+C, stops at once.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    drain_period: u64,
     /// Seconds a new connection may take to send its HTTP request (upgrade).
     #[arg(long, value_name = "SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -161,6 +164,7 @@ impl StartArgs {
                 n => n,
             },
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
+            drain_period: Duration::from_secs(self.drain_period),
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
             echo: self.echo,
             max_message_rate: self.max_message_rate,
@@ -382,7 +386,7 @@ fn start(config: Config) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let shutdown = shutdown_signal();
+        let (drain, now) = shutdown_signals();
         let (listening, page) = listening_lines(scheme, local);
         println!("{listening}");
         if let Some(metrics) = metrics_local {
@@ -391,7 +395,7 @@ fn start(config: Config) -> ExitCode {
         println!("{page}");
         let _ = std::io::stdout().flush();
         tracing::info!(%local, workers, "listening");
-        server.run(shutdown).await
+        server.run_with_drain(drain, now).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -402,21 +406,44 @@ fn start(config: Config) -> ExitCode {
     }
 }
 
-/// Resolves on SIGINT (Ctrl+C) or SIGTERM.
-async fn shutdown_signal() {
+/// The two stops the signals ask for: SIGTERM a paced drain (immediate
+/// with `--drain-period 0`), Ctrl+C (SIGINT) or a second SIGTERM a stop at
+/// once. Must be called within the runtime.
+fn shutdown_signals() -> (
+    impl std::future::Future<Output = ()>,
+    impl std::future::Future<Output = ()>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(cause = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let (now_tx, now_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut drain_tx = Some(drain_tx);
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => match drain_tx.take() {
+                        Some(tx) => {
+                            let _ = tx.send(());
+                        }
+                        None => break,
+                    },
+                }
+            },
+            Err(e) => {
+                tracing::warn!(cause = %e, "cannot listen for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        let _ = now_tx.send(());
+    });
+    // A sender dropped without sending means "never".
+    let resolved = |rx: tokio::sync::oneshot::Receiver<()>| async move {
+        if rx.await.is_err() {
+            std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    (resolved(drain_rx), resolved(now_rx))
 }
 
 /// What the server prints once it listens: the WebSocket URL, and the

@@ -1,5 +1,6 @@
 //! Keeping a shard's connections honest: pings for the silent, closes for
-//! the gone (`--idle-timeout`), and the shutdown closes.
+//! the gone (`--idle-timeout`), and the shutdown closes, at once or paced
+//! (`--drain-period`).
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -7,9 +8,16 @@ use std::time::{Duration, Instant};
 
 use protocol::CloseReason;
 
+use tokio::sync::oneshot;
+
 use super::Shard;
 use crate::config::CLOSE_TIMEOUT;
 use crate::conn::Conn;
+
+/// The slowest a paced drain closes clients, per shard: a node with few
+/// clients does not wait out the whole period for nothing, and this many
+/// reconnections a second are nothing for the nodes that take them.
+const DRAIN_MIN_RATE: u32 = 20;
 
 impl Shard {
     /// Pings connections silent for half the idle timeout and closes those
@@ -62,6 +70,47 @@ impl Shard {
         );
     }
 
+    /// A paced drain: closes this shard's clients with 1012 (after their
+    /// queued data) one at a time in random order, spread evenly over
+    /// `period` with jitter, but at least [`DRAIN_MIN_RATE`] a second; the
+    /// others are served as usual meanwhile. Answers `done` once all have
+    /// gone, or the shutdown timeout after the last close.
+    pub(super) async fn drain_clients(self: Rc<Self>, period: Duration, done: oneshot::Sender<()>) {
+        let mut conns: Vec<Rc<Conn>> = self.membership.registry().all().cloned().collect();
+        fastrand::shuffle(&mut conns);
+        let n = u32::try_from(conns.len()).unwrap_or(u32::MAX).max(1);
+        let step = (period / n).min(Duration::from_secs(1) / DRAIN_MIN_RATE);
+        let mut slot = tokio::time::Instant::now();
+        for conn in conns {
+            tokio::time::sleep_until(slot + step.mul_f64(fastrand::f64())).await;
+            slot += step;
+            if conn.is_open() {
+                self.hub
+                    .stats
+                    .shutdown_closes
+                    .fetch_add(1, Ordering::Relaxed);
+                conn.close_with(CloseReason::RESTARTING, false, self.config.shutdown_timeout);
+            }
+        }
+        self.wait_all_gone(self.config.shutdown_timeout).await;
+        let _ = done.send(());
+    }
+
+    /// Waits until this shard has no connection left, at most `limit`;
+    /// false if some are still there.
+    async fn wait_all_gone(&self, limit: Duration) -> bool {
+        let all_gone = async {
+            loop {
+                let departed = self.departed.notified();
+                if self.membership.registry().len() == 0 {
+                    return;
+                }
+                departed.await;
+            }
+        };
+        tokio::time::timeout(limit, all_gone).await.is_ok()
+    }
+
     /// Shutdown: everything queued before it has been handed to the sockets;
     /// now send 1001 to everyone after their queued data and wait for the
     /// closes, up to the shutdown timeout.
@@ -72,17 +121,7 @@ impl Shard {
             self.close_for_shutdown(conn);
         }
         drop(conns);
-        let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout;
-        let all_gone = async {
-            loop {
-                let departed = self.departed.notified();
-                if self.membership.registry().len() == 0 {
-                    return;
-                }
-                departed.await;
-            }
-        };
-        if tokio::time::timeout_at(deadline, all_gone).await.is_err() {
+        if !self.wait_all_gone(self.config.shutdown_timeout).await {
             tracing::warn!(
                 shard = self.index,
                 remaining = self.membership.registry().len(),

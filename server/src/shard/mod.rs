@@ -240,6 +240,9 @@ impl Shard {
                     .collect();
                 let _ = reply.send(members);
             }
+            ShardMsg::Drain(period, done) => {
+                tokio::task::spawn_local(self.clone().drain_clients(period, done));
+            }
             ShardMsg::Quiesce(done) => {
                 self.ctx.publisher.drain();
                 let _ = done.send(());

@@ -100,11 +100,21 @@ async fn the_kubernetes_example_matches_the_server() {
         .expect("a ws port");
     assert_eq!(ws["containerPort"].as_i64(), Some(8080));
     assert!(toml.contains("port = 8080"), "{toml}");
-    // The grace period outlasts the preStop pause plus the shutdown timeout.
+    // The grace period outlasts the preStop pause, the drain and the
+    // shutdown timeout (5 s by default).
     let grace = spec["terminationGracePeriodSeconds"].as_i64().unwrap();
     let pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
         .as_i64()
         .unwrap();
-    assert!(grace > pause + 5, "grace {grace} s, preStop {pause} s");
+    let drain: i64 = toml
+        .lines()
+        .find_map(|l| l.strip_prefix("drain-period = "))
+        .expect("a drain period")
+        .parse()
+        .unwrap();
+    assert!(
+        grace > pause + drain + 5,
+        "grace {grace} s, preStop {pause} s, drain {drain} s"
+    );
     assert_eq!(container["args"][0], Yaml::String("start".into()));
 }

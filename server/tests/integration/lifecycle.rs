@@ -304,3 +304,111 @@ async fn handshake_deadline_closes_silent_connections() {
     c[1].send(Message::text("still here")).await.unwrap();
     assert_eq!(recv(&mut c[0]).await, Message::text("still here"));
 }
+
+/// `--drain-period`: SIGTERM makes the node unready at once and refuse new
+/// clients, then closes the connected ones with 1012 one at a time, spread
+/// over the period, while those still connected keep getting every message
+/// (a backend publishes through the API meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_drain_period_closes_clients_gradually_with_1012() {
+    const CLIENTS: usize = 40;
+    const MESSAGES: usize = 20;
+    let mut server = Server::start(&["--drain-period", "2", "--api-key", "k"]).await;
+    let clients = server.connect_many(CLIENTS, false).await;
+    assert_eq!(server.http_get("/readyz").await.status, 200);
+    let t0 = Instant::now();
+    server.signal("TERM");
+    // Unready while it drains; new clients are turned away.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let ready = server.http_get("/readyz").await;
+        if ready.status == 503 {
+            assert!(ready.body.contains("draining"), "{ready:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz still {ready:?}");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(try_connect(&server).await.err(), Some(503));
+    // Each client records when and how it was closed, and what it got.
+    let mut readers = Vec::new();
+    for mut ws in clients {
+        readers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            let close = loop {
+                match recv(&mut ws).await {
+                    Message::Close(Some(f)) => break (u16::from(f.code), f.reason.to_string()),
+                    Message::Text(t) => got.push(t.to_string()),
+                    other => panic!("unexpected {other:?}"),
+                }
+            };
+            (Instant::now(), close, got)
+        }));
+    }
+    let sent: Vec<String> = (0..MESSAGES).map(|i| format!("m{i}")).collect();
+    for text in &sent {
+        let body = format!(r#"{{"channel":"default","text":"{text}"}}"#);
+        let req = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let resp = http_raw(&server.addr(), req.as_bytes()).await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let mut closes = Vec::new();
+    for r in readers {
+        closes.push(r.await.unwrap());
+    }
+    for (_, close, got) in &closes {
+        assert_eq!(
+            *close,
+            (1012, "server restarting: reconnect".to_owned()),
+            "the drain's close"
+        );
+        // Up to its close, a client got every message, in order.
+        assert_eq!(got[..], sent[..got.len()], "a client lost messages");
+    }
+    assert!(
+        closes.iter().any(|c| !c.2.is_empty()),
+        "nobody got a message during the drain"
+    );
+    // Spread out, not all at once: 20 clients per shard at 20 a second
+    // (the floor rate; the period alone would allow 10) is about 1 s from
+    // the first close to the last.
+    let first = closes.iter().map(|c| c.0).min().unwrap();
+    let last = closes.iter().map(|c| c.0).max().unwrap();
+    assert!(
+        last - first >= Duration::from_millis(600),
+        "closes within {:?}",
+        last - first
+    );
+    let status = server.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "exit status after the drain");
+    assert!(t0.elapsed() < Duration::from_secs(9), "{:?}", t0.elapsed());
+}
+
+/// A second SIGTERM during a long drain stops at once: the clients left
+/// get 1001 and the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_ends_the_drain_at_once() {
+    let mut server = Server::start(&["--drain-period", "600", "--workers", "1"]).await;
+    let mut clients = server.connect_many(100, false).await;
+    server.signal("TERM");
+    // The drain has begun: 100 clients over 600 s go at 20 a second, so the
+    // first closes come soon and most clients are still connected.
+    let (code, _) = read_to_close(&mut clients[0], "first").await;
+    assert!(code == 1012 || code == 1001, "{code}");
+    server.signal("TERM");
+    let mut codes = Vec::new();
+    for (i, ws) in clients.iter_mut().enumerate().skip(1) {
+        codes.push(read_to_close(ws, &format!("client {i}")).await.0);
+    }
+    assert!(
+        codes.contains(&1001),
+        "nobody got the prompt shutdown's 1001: {codes:?}"
+    );
+    let status = server.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0));
+}
