@@ -335,6 +335,7 @@ impl Channel {
         let unnamed = online.saturating_sub(names.len() as u64);
         let list = names.join(", ");
         match unnamed {
+            0 if names.is_empty() => format!("#{name}: nobody online"),
             0 => format!("#{name}: {online} online: {list}"),
             n if n == online => format!("#{name}: {online} online, {UNNAMED}"),
             n => format!("#{name}: {online} online: {list}, and {n} more {UNNAMED}"),
@@ -513,6 +514,11 @@ mod tests {
             Some("#elsewhere: 3 online: amy, zed, and 1 more unnamed (plain clients, or too many to name)")
         );
         assert!(!ch.is_joined("elsewhere"), "only shown");
+        let empty = ch.ask("empty", true);
+        assert_eq!(
+            ch.members(empty.id(), "empty", 0, &[]).as_deref(),
+            Some("#empty: nobody online")
+        );
         // An answer for a channel still joining is dropped.
         let early = ch.ask("a", false);
         assert_eq!(ch.members(early.id(), "a", 2, &[peer(1, "amy")]), None);
