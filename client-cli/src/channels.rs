@@ -37,7 +37,10 @@ pub(crate) enum Sent {
     },
     Unsubscribe(String),
     /// `members`; `show`: print the answer (a `/who`), not just keep it.
-    Members { channel: String, show: bool },
+    Members {
+        channel: String,
+        show: bool,
+    },
 }
 
 /// The session's channels.
@@ -491,7 +494,9 @@ mod tests {
         );
         // Presence still moves it on.
         ch.presence("a", 4, &[peer(9, "bo")], &[peer(3, "ann")], None);
-        assert!(ch.who("a").starts_with("#a: 4 online: bo, erin (you), and 2"));
+        assert!(ch
+            .who("a")
+            .starts_with("#a: 4 online: bo, erin (you), and 2"));
         // A `/who` asks again and prints the answer, which replaces the list.
         assert!(ch.may_ask("a"));
         let who = ch.ask("a", true);

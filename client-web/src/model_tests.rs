@@ -836,7 +836,10 @@ fn the_members_answer_names_who_was_there_before() {
         online: 1,
     };
     ev(&mut m, subscribed);
-    assert_eq!(m.take_outgoing(), [subscribe_cmd("blue", 3), members_cmd("blue", 4)]);
+    assert_eq!(
+        m.take_outgoing(),
+        [subscribe_cmd("blue", 3), members_cmd("blue", 4)]
+    );
     let refused = Event::Error {
         id: Some(Id::Num(4)),
         code: ErrorCode::Forbidden,

@@ -77,7 +77,11 @@ pub(crate) struct Roster {
 /// merges the answers: the `limit` lowest ids, sorted. Waits at most
 /// [`WAIT`] in all; a shard that has stopped or not answered by then adds
 /// nobody.
-pub(crate) async fn gather(shards: &[Arc<ShardHandle>], channel: ChannelId, limit: usize) -> Roster {
+pub(crate) async fn gather(
+    shards: &[Arc<ShardHandle>],
+    channel: ChannelId,
+    limit: usize,
+) -> Roster {
     gather_within(shards, channel, limit, WAIT).await
 }
 
@@ -141,7 +145,9 @@ mod tests {
                 let ShardMsg::Members(q) = msg else { continue };
                 match &peers {
                     Some(peers) => {
-                        let _ = q.reply.send(lowest(peers.clone(), q.limit.saturating_add(1)));
+                        let _ = q
+                            .reply
+                            .send(lowest(peers.clone(), q.limit.saturating_add(1)));
                     }
                     None => unanswered.push(q),
                 }

@@ -210,7 +210,12 @@ fn listed(answer: &Value) -> Vec<(u64, String)> {
         .as_array()
         .unwrap_or_else(|| panic!("no members list: {answer}"))
         .iter()
-        .map(|m| (m["id"].as_u64().unwrap(), m["name"].as_str().unwrap().to_owned()))
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap(),
+                m["name"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
