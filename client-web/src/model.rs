@@ -390,15 +390,12 @@ impl Model {
 
     /// Queues a v2 `subscribe` to `name` (a joined channel).
     fn subscribe(&mut self, name: &str) {
-        let id = self.next_id();
-        self.pending.insert(id, Pending::Subscribe(name.to_owned()));
-        self.outbox.push(
+        self.queue(Pending::Subscribe(name.to_owned()), |id| {
             Command::Subscribe {
                 channel: name.to_owned(),
-                id: Some(Id::Num(id)),
+                id,
             }
-            .encode(),
-        );
+        });
         if let Some(c) = self.channels.get_mut(name) {
             c.set_state(ChannelState::Joining);
         }
@@ -407,15 +404,17 @@ impl Model {
     /// Queues a v2 `members` for `name`, to learn who was there first
     /// (presence only names who joins later).
     fn ask_members(&mut self, name: &str) {
+        self.queue(Pending::Members(name.to_owned()), |id| Command::Members {
+            channel: name.to_owned(),
+            id,
+        });
+    }
+
+    /// Queues the command `make` builds with a fresh id, waiting as `pending`.
+    fn queue(&mut self, pending: Pending, make: impl FnOnce(Option<Id>) -> Command) {
         let id = self.next_id();
-        self.pending.insert(id, Pending::Members(name.to_owned()));
-        self.outbox.push(
-            Command::Members {
-                channel: name.to_owned(),
-                id: Some(Id::Num(id)),
-            }
-            .encode(),
-        );
+        self.pending.insert(id, pending);
+        self.outbox.push(make(Some(Id::Num(id))).encode());
     }
 
     fn next_id(&mut self) -> u64 {

@@ -64,20 +64,19 @@ async fn send(ws: &mut Ws, command: Value) {
     ws.send(Message::text(command.to_string())).await.unwrap();
 }
 
+/// Sends the command `kind` about `channel` with `id`, and returns its
+/// answer, of type `answer`.
+async fn ask(ws: &mut Ws, kind: &str, channel: &str, id: u64, answer: &str) -> Value {
+    send(ws, json!({"type": kind, "channel": channel, "id": id})).await;
+    let got = reply(ws).await;
+    assert_eq!(got["type"], answer, "{got}");
+    assert_eq!((&got["channel"], &got["id"]), (&json!(channel), &json!(id)));
+    got
+}
+
 /// Subscribes and returns the `subscribed` answer.
 async fn subscribe(ws: &mut Ws, channel: &str, id: u64) -> Value {
-    send(
-        ws,
-        json!({"type": "subscribe", "channel": channel, "id": id}),
-    )
-    .await;
-    let answer = reply(ws).await;
-    assert_eq!(answer["type"], "subscribed", "{answer}");
-    assert_eq!(
-        (&answer["channel"], &answer["id"]),
-        (&json!(channel), &json!(id))
-    );
-    answer
+    ask(ws, "subscribe", channel, id, "subscribed").await
 }
 
 /// Sends `command` and expects an `error` with `code`, echoing `id`.
@@ -194,14 +193,7 @@ async fn subscribe_publish_and_unsubscribe_next_to_plain_and_v1_clients() {
 
 /// Asks who is in `channel` and returns the `members` answer.
 async fn members(ws: &mut Ws, channel: &str, id: u64) -> Value {
-    send(ws, json!({"type": "members", "channel": channel, "id": id})).await;
-    let answer = reply(ws).await;
-    assert_eq!(answer["type"], "members", "{answer}");
-    assert_eq!(
-        (&answer["channel"], &answer["id"]),
-        (&json!(channel), &json!(id))
-    );
-    answer
+    ask(ws, "members", channel, id, "members").await
 }
 
 /// The `(id, name)` pairs a `members` answer lists, in its order.
