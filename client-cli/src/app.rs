@@ -561,9 +561,13 @@ impl Client {
                         .error(&format!("not in #{name}: /join {name} first"));
                 }
             }
-            Slash::Who(name) => match name.or(self.channels.current()) {
-                None => self.out.error("not in any channel"),
-                Some(name) => self.out.status(&self.channels.who(name)),
+            // Asked of the server when connected: the answer prints it.
+            Slash::Who(name) => match (name.or(self.channels.current()).map(str::to_owned), out) {
+                (None, _) => self.out.error("not in any channel"),
+                (Some(name), Some(out)) if self.channels.may_ask(&name) => {
+                    out.command(&self.channels.ask(&name, true));
+                }
+                (Some(name), _) => self.out.status(&self.channels.who(&name)),
             },
         }
         self.update_prompt();
@@ -686,7 +690,26 @@ impl Client {
             } => {
                 let rejoined = self.channels.subscribed(id.as_ref(), &channel, online);
                 self.out.status(&render::joined(&channel, online, rejoined));
+                // Who was there before us (presence names only later
+                // arrivals); only `/who` shows it, so pipe mode skips it.
+                if self.opts.interactive {
+                    out.command(&self.channels.ask(&channel, false));
+                }
                 self.start_input();
+            }
+            Event::Members {
+                id,
+                channel,
+                online,
+                members,
+                ..
+            } => {
+                if let Some(line) = self
+                    .channels
+                    .members(id.as_ref(), &channel, online, &members)
+                {
+                    self.out.status(&line);
+                }
             }
             Event::Unsubscribed { id, channel, .. } => {
                 self.channels.unsubscribed(id.as_ref());
@@ -726,7 +749,7 @@ impl Client {
                             return Some(format!("cannot join #{channel} ({code})"));
                         }
                     }
-                    Some(Sent::Unsubscribe(_)) => {}
+                    Some(Sent::Unsubscribe(_) | Sent::Members { .. }) => {}
                     // Our publishes carry no id: one was refused.
                     None if self.pipe() => self.refused += 1,
                     None => {}

@@ -1,12 +1,14 @@
 //! The channels a `broadcast.v2` session is in: which ones the user joined
 //! (kept across reconnects, so a new connection subscribes to each again),
 //! the current one (where typed lines go), the commands in flight, and what
-//! presence said about each channel's members.
+//! the server said about each channel's members.
 //!
-//! The server never lists a channel's members: `subscribed` gives a count,
-//! and later `presence` events name who joined and left (or only count them
-//! when many changed at once). So the member list holds who is known to be
-//! there, and [`Channels::who`] says how many others are only counted.
+//! `subscribed` gives a count; the `members` answer that follows names who
+//! is there (named clients only, and at most
+//! [`MAX_MEMBERS_LISTED`](protocol::v2::MAX_MEMBERS_LISTED)); later
+//! `presence` events name who joined and left (or only count them when many
+//! changed at once). So the member list holds who is known to be there, and
+//! [`Channels::who`] says how many others are only counted.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -34,6 +36,11 @@ pub(crate) enum Sent {
         rejoin: bool,
     },
     Unsubscribe(String),
+    /// `members`; `show`: print the answer (a `/who`), not just keep it.
+    Members {
+        channel: String,
+        show: bool,
+    },
 }
 
 /// The session's channels.
@@ -95,6 +102,10 @@ impl Channels {
                 id,
             },
             Sent::Unsubscribe(channel) => Command::Unsubscribe {
+                channel: channel.clone(),
+                id,
+            },
+            Sent::Members { channel, .. } => Command::Members {
                 channel: channel.clone(),
                 id,
             },
@@ -180,6 +191,64 @@ impl Channels {
         rejoined
     }
 
+    /// Whether `/who NAME` asks the server: for a channel not joined, or
+    /// joined and confirmed (one still joining has nobody to list yet).
+    pub(crate) fn may_ask(&self, name: &str) -> bool {
+        self.joined
+            .iter()
+            .find(|c| c.name == name)
+            .is_none_or(|c| c.online.is_some())
+    }
+
+    /// The `members` command for channel `name`; `show`: its answer is
+    /// printed (see [`Channels::members`]).
+    pub(crate) fn ask(&mut self, name: &str, show: bool) -> Command {
+        self.command(Sent::Members {
+            channel: name.to_owned(),
+            show,
+        })
+    }
+
+    /// A `members` answer: a joined channel's list becomes what it says
+    /// (this connection kept). `Some`: the `/who` line to print, when the
+    /// command was a `/who`.
+    pub(crate) fn members(
+        &mut self,
+        id: Option<&Id>,
+        channel: &str,
+        online: u64,
+        members: &[Peer],
+    ) -> Option<String> {
+        let show = match id {
+            Some(Id::Num(n)) => matches!(
+                self.in_flight.remove(n),
+                Some(Sent::Members { show: true, .. })
+            ),
+            _ => false,
+        };
+        let me = self.me.clone();
+        let list = |c: &mut Channel, me: Option<(u64, String)>| {
+            c.online = Some(online);
+            c.named = members.iter().map(|p| (p.id, p.name.clone())).collect();
+            if let Some((id, name)) = me {
+                c.named.insert(id, name);
+            }
+        };
+        match self.find(channel) {
+            // Still joining: its `subscribed` resets the list anyway.
+            Some(c) if c.online.is_none() => {}
+            Some(c) => list(c, me),
+            // A channel not joined (`/who NAME`): shown, not kept.
+            None if show => {
+                let mut c = Channel::new(channel);
+                list(&mut c, None);
+                return Some(c.describe(None));
+            }
+            None => {}
+        }
+        show.then(|| self.who(channel))
+    }
+
     /// `unsubscribed`: the answer to a `/leave`.
     pub(crate) fn unsubscribed(&mut self, id: Option<&Id>) {
         if let Some(Id::Num(n)) = id {
@@ -233,11 +302,27 @@ impl Channels {
         let Some(c) = self.joined.iter().find(|c| c.name == name) else {
             return format!("not in #{name}");
         };
-        let Some(online) = c.online else {
+        c.describe(self.me.as_ref().map(|(id, _)| *id))
+    }
+}
+
+impl Channel {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            online: None,
+            named: BTreeMap::new(),
+        }
+    }
+
+    /// The `/who` line: `#a: 3 online: bob, carol, erin (you)`; `me`:
+    /// this connection's id, marked.
+    fn describe(&self, me: Option<u64>) -> String {
+        let name = &self.name;
+        let Some(online) = self.online else {
             return format!("#{name}: not joined yet (waiting for the server)");
         };
-        let me = self.me.as_ref().map(|(id, _)| *id);
-        let mut names: Vec<String> = c
+        let mut names: Vec<String> = self
             .named
             .iter()
             .map(|(id, n)| {
@@ -253,26 +338,16 @@ impl Channels {
         let unnamed = online.saturating_sub(names.len() as u64);
         let list = names.join(", ");
         match unnamed {
+            0 if names.is_empty() => format!("#{name}: nobody online"),
             0 => format!("#{name}: {online} online: {list}"),
-            n if n == online => format!(
-                "#{name}: {online} online (only counted: the server names those who join after you)"
-            ),
-            n => format!(
-                "#{name}: {online} online: {list}, and {n} more only counted (there before you joined, or in a batch too large to name)"
-            ),
+            n if n == online => format!("#{name}: {online} online, {UNNAMED}"),
+            n => format!("#{name}: {online} online: {list}, and {n} more {UNNAMED}"),
         }
     }
 }
 
-impl Channel {
-    fn new(name: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            online: None,
-            named: BTreeMap::new(),
-        }
-    }
-}
+/// Why some members have no name in `/who`.
+const UNNAMED: &str = "unnamed (plain clients, or too many to name)";
 
 #[cfg(test)]
 mod tests {
@@ -367,7 +442,7 @@ mod tests {
         ch.subscribed(subs[0].id(), "a", 2);
         assert_eq!(
             ch.who("a"),
-            "#a: 2 online: erin (you), and 1 more only counted (there before you joined, or in a batch too large to name)"
+            "#a: 2 online: erin (you), and 1 more unnamed (plain clients, or too many to name)"
         );
         ch.presence("a", 3, &[peer(7, "erin"), peer(8, "Bob")], &[], None);
         ch.presence("a", 4, &[peer(9, "carol")], &[], None);
@@ -378,7 +453,7 @@ mod tests {
         ch.presence("a", 2, &[], &[], Some(1));
         assert_eq!(
             ch.who("a"),
-            "#a: 2 online: erin (you), and 1 more only counted (there before you joined, or in a batch too large to name)"
+            "#a: 2 online: erin (you), and 1 more unnamed (plain clients, or too many to name)"
         );
         ch.presence("a", 2, &[peer(10, "dan")], &[], None);
         assert_eq!(ch.who("a"), "#a: 2 online: dan, erin (you)");
@@ -394,7 +469,74 @@ mod tests {
         ch.subscribed(None, "a", 5);
         assert_eq!(
             ch.who("a"),
-            "#a: 5 online (only counted: the server names those who join after you)"
+            "#a: 5 online, unnamed (plain clients, or too many to name)"
         );
+    }
+
+    #[test]
+    fn a_members_answer_names_who_was_there_before() {
+        let (mut ch, subs) = welcomed(&["a"]);
+        // Asked on joining: the answer is kept, not printed.
+        ch.subscribed(subs[0].id(), "a", 4);
+        let ask = ch.ask("a", false);
+        assert_eq!(
+            ask,
+            Command::Members {
+                channel: "a".into(),
+                id: Some(Id::Num(2))
+            }
+        );
+        let there = [peer(3, "ann"), peer(7, "erin")];
+        assert_eq!(ch.members(ask.id(), "a", 4, &there), None);
+        assert_eq!(
+            ch.who("a"),
+            "#a: 4 online: ann, erin (you), and 2 more unnamed (plain clients, or too many to name)"
+        );
+        // Presence still moves it on.
+        ch.presence("a", 4, &[peer(9, "bo")], &[peer(3, "ann")], None);
+        assert!(ch
+            .who("a")
+            .starts_with("#a: 4 online: bo, erin (you), and 2"));
+        // A `/who` asks again and prints the answer, which replaces the list.
+        assert!(ch.may_ask("a"));
+        let who = ch.ask("a", true);
+        assert_eq!(
+            ch.members(who.id(), "a", 2, &[peer(5, "cy")]).as_deref(),
+            Some("#a: 2 online: cy, erin (you)")
+        );
+        assert_eq!(ch.members(who.id(), "a", 2, &[]), None, "answered once");
+    }
+
+    #[test]
+    fn who_asks_about_a_channel_not_joined_and_waits_for_one_joining() {
+        let (mut ch, _) = welcomed(&["a"]);
+        assert!(!ch.may_ask("a"), "no subscribed yet");
+        assert!(ch.may_ask("elsewhere"));
+        let who = ch.ask("elsewhere", true);
+        assert_eq!(
+            ch.members(who.id(), "elsewhere", 3, &[peer(2, "zed"), peer(1, "amy")])
+                .as_deref(),
+            Some("#elsewhere: 3 online: amy, zed, and 1 more unnamed (plain clients, or too many to name)")
+        );
+        assert!(!ch.is_joined("elsewhere"), "only shown");
+        let empty = ch.ask("empty", true);
+        assert_eq!(
+            ch.members(empty.id(), "empty", 0, &[]).as_deref(),
+            Some("#empty: nobody online")
+        );
+        // An answer for a channel still joining is dropped.
+        let early = ch.ask("a", false);
+        assert_eq!(ch.members(early.id(), "a", 2, &[peer(1, "amy")]), None);
+        assert_eq!(ch.who("a"), "#a: not joined yet (waiting for the server)");
+        // A refused `members` is only answered.
+        let refused = ch.ask("secret", true);
+        assert_eq!(
+            ch.refused(refused.id()),
+            Some(Sent::Members {
+                channel: "secret".into(),
+                show: true
+            })
+        );
+        assert!(ch.is_joined("a"));
     }
 }

@@ -46,8 +46,10 @@ pub struct Channel {
     state: ChannelState,
     /// Its subscribers (this page included), when the server said.
     online: Option<u64>,
-    /// The members known by name: this page, and whoever presence said
-    /// joined since it subscribed (the server names no one already there).
+    /// The members known by name: this page, whoever the `members` answer
+    /// after subscribing named (named clients only, at most
+    /// [`MAX_MEMBERS_LISTED`](protocol::v2::MAX_MEMBERS_LISTED)), and
+    /// whoever presence said joined since.
     members: BTreeMap<u64, String>,
     /// Messages from others that arrived while another channel was shown.
     unread: u32,
@@ -115,6 +117,16 @@ impl Channel {
             self.members.insert(me.id, me.name.clone());
         }
         rejoin
+    }
+
+    /// The server listed who is here: `online` in all, `members` named
+    /// (`me` is kept among them).
+    pub(crate) fn listed(&mut self, online: u64, members: &[Peer], me: Option<&Peer>) {
+        self.online = Some(online);
+        self.members = members.iter().map(|p| (p.id, p.name.clone())).collect();
+        if let Some(me) = me {
+            self.members.insert(me.id, me.name.clone());
+        }
     }
 
     pub(crate) fn set_online(&mut self, online: u64) {

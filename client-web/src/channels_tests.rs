@@ -154,6 +154,15 @@ fn members_are_named_as_presence_tells() {
     assert_eq!(ch.members_text(Some(7)), "zed (you) and 1 more");
     ch.set_online(1);
     assert_eq!(ch.members_text(Some(7)), "zed (you)");
+    // A members answer replaces the names, and keeps this page's.
+    let bo = Peer {
+        id: 2,
+        name: "bo".into(),
+    };
+    ch.listed(4, &[bo], Some(&me));
+    assert_eq!(ch.members_text(Some(7)), "zed (you), bo and 2 more");
+    ch.listed(1, &[], Some(&me));
+    assert_eq!(ch.members_text(Some(7)), "zed (you)");
 
     ch.disconnected();
     assert_eq!(ch.state(), &ChannelState::Waiting);

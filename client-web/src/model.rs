@@ -205,6 +205,8 @@ pub const UNNAMED: &str = "someone";
 enum Pending {
     Subscribe(String),
     Publish(String),
+    /// A `members` asked right after the channel's `subscribed`.
+    Members(String),
     /// A `subscribe` to a channel left before the answer: the answer is
     /// dropped (the channel may have been joined again meanwhile, with a
     /// `subscribe` of its own).
@@ -388,18 +390,31 @@ impl Model {
 
     /// Queues a v2 `subscribe` to `name` (a joined channel).
     fn subscribe(&mut self, name: &str) {
-        let id = self.next_id();
-        self.pending.insert(id, Pending::Subscribe(name.to_owned()));
-        self.outbox.push(
+        self.queue(Pending::Subscribe(name.to_owned()), |id| {
             Command::Subscribe {
                 channel: name.to_owned(),
-                id: Some(Id::Num(id)),
+                id,
             }
-            .encode(),
-        );
+        });
         if let Some(c) = self.channels.get_mut(name) {
             c.set_state(ChannelState::Joining);
         }
+    }
+
+    /// Queues a v2 `members` for `name`, to learn who was there first
+    /// (presence only names who joins later).
+    fn ask_members(&mut self, name: &str) {
+        self.queue(Pending::Members(name.to_owned()), |id| Command::Members {
+            channel: name.to_owned(),
+            id,
+        });
+    }
+
+    /// Queues the command `make` builds with a fresh id, waiting as `pending`.
+    fn queue(&mut self, pending: Pending, make: impl FnOnce(Option<Id>) -> Command) {
+        let id = self.next_id();
+        self.pending.insert(id, pending);
+        self.outbox.push(make(Some(Id::Num(id))).encode());
     }
 
     fn next_id(&mut self) -> u64 {
@@ -556,6 +571,23 @@ impl Model {
                     format!("you joined #{channel} ({online} online)")
                 };
                 self.in_channel(&channel, Line::event(now, text), out);
+                self.ask_members(&channel);
+            }
+            Event::Members {
+                id,
+                channel,
+                online,
+                members,
+                ..
+            } => {
+                self.answered(id.as_ref());
+                let me = self.me.clone();
+                // Only a channel still joined (not left, not reconnecting).
+                if let Some(c) = self.channels.get_mut(&channel) {
+                    if c.state() == &ChannelState::Joined {
+                        c.listed(online, &members, me.as_ref());
+                    }
+                }
             }
             // Only a channel already left is unsubscribed.
             Event::Unsubscribed { .. } | Event::Pong { .. } => {}
@@ -605,6 +637,10 @@ impl Model {
                 }
                 Some(Pending::Publish(channel)) => {
                     let line = Line::problem(now, format!("not sent to #{channel}: {text}"));
+                    self.in_channel(&channel, line, out);
+                }
+                Some(Pending::Members(channel)) => {
+                    let line = Line::problem(now, format!("cannot list #{channel}: {text}"));
                     self.in_channel(&channel, line, out);
                 }
                 Some(Pending::Abandoned) => {}

@@ -347,6 +347,14 @@ fn subscribe_cmd(channel: &str, id: u64) -> String {
     .encode()
 }
 
+fn members_cmd(channel: &str, id: u64) -> String {
+    Command::Members {
+        channel: channel.into(),
+        id: Some(Id::Num(id)),
+    }
+    .encode()
+}
+
 fn v2_message(channel: &str, name: &str, text: &str) -> Event {
     Event::Message {
         channel: channel.into(),
@@ -382,6 +390,8 @@ fn v2_in_red(online: u64) -> Model {
         texts(&ev(&mut m, subscribed)),
         [format!("you joined #red ({online} online)")]
     );
+    // Then it asks who was there already.
+    assert_eq!(m.take_outgoing(), [members_cmd("red", 2)]);
     m
 }
 
@@ -406,10 +416,10 @@ fn v2_carries_every_channel_over_one_connection() {
     // Joining a second channel subscribes at once and shows it.
     assert_eq!(m.open_channel(" #blue "), Ok(()));
     assert_eq!(m.current_channel(), "blue");
-    assert_eq!(m.take_outgoing(), [subscribe_cmd("blue", 2)]);
+    assert_eq!(m.take_outgoing(), [subscribe_cmd("blue", 3)]);
     assert_eq!(m.online(), None, "not known before the answer");
     let subscribed = Event::Subscribed {
-        id: Some(Id::Num(2)),
+        id: Some(Id::Num(3)),
         channel: "blue".into(),
         online: 1,
     };
@@ -417,6 +427,7 @@ fn v2_carries_every_channel_over_one_connection() {
         texts(&ev(&mut m, subscribed)),
         ["you joined #blue (1 online)"]
     );
+    assert_eq!(m.take_outgoing(), [members_cmd("blue", 4)]);
 
     // A message in the channel not shown is kept and counted, not shown.
     assert!(ev(&mut m, v2_message("red", "bob", "in red")).is_empty());
@@ -456,7 +467,7 @@ fn v2_carries_every_channel_over_one_connection() {
         Command::decode(&frame),
         Ok(Command::Publish {
             channel: "red".into(),
-            id: Some(Id::Num(3)),
+            id: Some(Id::Num(5)),
             body: Body::Text("hi red".into()),
         })
     );
@@ -469,7 +480,7 @@ fn v2_carries_every_channel_over_one_connection() {
     assert!(ev(
         &mut m,
         Event::Published {
-            id: Some(Id::Num(3)),
+            id: Some(Id::Num(5)),
             channel: "red".into()
         }
     )
@@ -478,7 +489,7 @@ fn v2_carries_every_channel_over_one_connection() {
     m.publish("again").unwrap();
     m.show_channel("blue");
     let refused = Event::Error {
-        id: Some(Id::Num(4)),
+        id: Some(Id::Num(6)),
         code: ErrorCode::RateLimited,
         text: "too fast".into(),
     };
@@ -535,7 +546,7 @@ fn v2_carries_every_channel_over_one_connection() {
     assert!(m.take_outgoing().is_empty());
     // Joining it again starts afresh.
     m.open_channel("blue").unwrap();
-    assert_eq!(m.take_outgoing(), [subscribe_cmd("blue", 5)]);
+    assert_eq!(m.take_outgoing(), [subscribe_cmd("blue", 7)]);
     assert!(history(&m, "blue").is_empty());
 }
 
@@ -570,9 +581,9 @@ fn a_reconnection_subscribes_every_channel_again() {
     assert_eq!(
         m.take_outgoing(),
         [
-            subscribe_cmd("red", 3),
-            subscribe_cmd("blue", 4),
-            subscribe_cmd("green", 5)
+            subscribe_cmd("red", 4),
+            subscribe_cmd("blue", 5),
+            subscribe_cmd("green", 6)
         ]
     );
     let welcome = Event::Welcome {
@@ -583,7 +594,7 @@ fn a_reconnection_subscribes_every_channel_again() {
     assert_eq!(texts(&ev(&mut m, welcome)), ["reconnected as alice"]);
     m.show_channel("red");
     let again = Event::Subscribed {
-        id: Some(Id::Num(3)),
+        id: Some(Id::Num(4)),
         channel: "red".into(),
         online: 2,
     };
@@ -608,7 +619,7 @@ fn a_refused_channel_says_why_and_is_not_retried() {
     m.open_channel("secret").unwrap();
     m.take_outgoing();
     let forbidden = Event::Error {
-        id: Some(Id::Num(2)),
+        id: Some(Id::Num(3)),
         code: ErrorCode::Forbidden,
         text: "your token does not allow this channel".into(),
     };
@@ -629,16 +640,16 @@ fn a_refused_channel_says_why_and_is_not_retried() {
     m.closed(T, 1006, "");
     m.retry_now().unwrap();
     m.opened(T, v2::SUBPROTOCOL);
-    assert_eq!(m.take_outgoing(), [subscribe_cmd("red", 3)], "not secret");
+    assert_eq!(m.take_outgoing(), [subscribe_cmd("red", 4)], "not secret");
     // Joining it again asks again (say the token changed).
     m.show_channel("red");
     m.open_channel("secret").unwrap();
-    assert_eq!(m.take_outgoing(), [subscribe_cmd("secret", 4)]);
+    assert_eq!(m.take_outgoing(), [subscribe_cmd("secret", 5)]);
     assert_eq!(m.channels().current().state(), &ChannelState::Joining);
     ev(
         &mut m,
         Event::Error {
-            id: Some(Id::Num(4)),
+            id: Some(Id::Num(5)),
             code: ErrorCode::Forbidden,
             text: "still no".into(),
         },
@@ -652,7 +663,7 @@ fn a_refused_channel_says_why_and_is_not_retried() {
     ev(
         &mut m,
         Event::Error {
-            id: Some(Id::Num(5)),
+            id: Some(Id::Num(6)),
             code: ErrorCode::AlreadySubscribed,
             text: "already".into(),
         },
@@ -669,18 +680,18 @@ fn answers_for_a_channel_left_are_dropped() {
     assert_eq!(
         m.take_outgoing(),
         [
-            subscribe_cmd("blue", 2),
+            subscribe_cmd("blue", 3),
             Command::Unsubscribe {
                 channel: "blue".into(),
                 id: None
             }
             .encode(),
-            subscribe_cmd("blue", 3),
+            subscribe_cmd("blue", 4),
         ]
     );
     // The server answers all three in order; only the last counts.
     let old = Event::Subscribed {
-        id: Some(Id::Num(2)),
+        id: Some(Id::Num(3)),
         channel: "blue".into(),
         online: 1,
     };
@@ -695,7 +706,7 @@ fn answers_for_a_channel_left_are_dropped() {
         },
     );
     let new = Event::Subscribed {
-        id: Some(Id::Num(3)),
+        id: Some(Id::Num(4)),
         channel: "blue".into(),
         online: 1,
     };
@@ -778,4 +789,65 @@ fn the_url_names_the_channel_shown_when_connecting() {
         m.retry_now().as_deref(),
         Some("wss://h/ws/team/chat?name=al")
     );
+}
+
+#[test]
+fn the_members_answer_names_who_was_there_before() {
+    let mut m = v2_in_red(3);
+    assert_eq!(m.members_text(), "alice (you) and 2 more");
+    let peer = |id, name: &str| Peer {
+        id,
+        name: name.into(),
+    };
+    // bob and alice named, one plain client only counted; no line shown.
+    let answer = Event::Members {
+        id: Some(Id::Num(2)),
+        channel: "red".into(),
+        online: 3,
+        members: vec![peer(3, "bob"), peer(7, "alice")],
+        truncated: false,
+    };
+    assert!(ev(&mut m, answer).is_empty());
+    assert_eq!(m.members_text(), "alice (you), bob and 1 more");
+    // Presence goes on from there.
+    let left = Event::Presence {
+        channel: "red".into(),
+        online: 2,
+        joined: vec![],
+        left: vec![peer(3, "bob")],
+        joined_count: None,
+        left_count: None,
+    };
+    assert_eq!(texts(&ev(&mut m, left)), ["bob left"]);
+    assert_eq!(m.members_text(), "alice (you) and 1 more");
+
+    // An answer for a channel not joined (left, or still joining) changes
+    // nothing; a refused one says so in its channel.
+    m.open_channel("blue").unwrap();
+    let early = Event::Members {
+        id: None,
+        channel: "blue".into(),
+        online: 5,
+        members: vec![peer(4, "cy")],
+        truncated: true,
+    };
+    assert!(ev(&mut m, early).is_empty());
+    assert_eq!(m.online(), None);
+    let subscribed = Event::Subscribed {
+        id: Some(Id::Num(3)),
+        channel: "blue".into(),
+        online: 1,
+    };
+    ev(&mut m, subscribed);
+    assert_eq!(
+        m.take_outgoing(),
+        [subscribe_cmd("blue", 3), members_cmd("blue", 4)]
+    );
+    let refused = Event::Error {
+        id: Some(Id::Num(4)),
+        code: ErrorCode::Forbidden,
+        text: "no".into(),
+    };
+    assert_eq!(texts(&ev(&mut m, refused)), ["cannot list #blue: no"]);
+    assert_eq!(m.members_text(), "alice (you)");
 }

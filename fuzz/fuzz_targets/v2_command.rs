@@ -169,7 +169,7 @@ fn expected(fields: &Fields) -> std::result::Result<Command, (ErrorCode, Option<
     if kind == "ping" {
         return Ok(Command::Ping { id });
     }
-    if !["subscribe", "unsubscribe", "publish"].contains(&kind.as_str()) {
+    if !["subscribe", "unsubscribe", "publish", "members"].contains(&kind.as_str()) {
         return refuse(ErrorCode::UnknownType);
     }
     let channel = match one("channel") {
@@ -180,6 +180,7 @@ fn expected(fields: &Fields) -> std::result::Result<Command, (ErrorCode, Option<
     Ok(match kind.as_str() {
         "subscribe" => Command::Subscribe { channel, id },
         "unsubscribe" => Command::Unsubscribe { channel, id },
+        "members" => Command::Members { channel, id },
         _ => {
             let body = match (one("text"), one("data")) {
                 (Some(Value::String(t)), None) => Body::Text(t),
@@ -256,9 +257,9 @@ fn written_command(u: &mut Unstructured<'_>) -> Result<(String, Option<Command>)
         fields.push(("id".into(), value));
     }
     let id = id.flatten();
-    let kind = u.int_in_range(0..=3)?;
+    let kind = u.int_in_range(0..=4)?;
     let (name, command) = match kind {
-        0..=2 => {
+        0..=3 => {
             let mut channel = channel_name(u)?;
             if flaw(u)? {
                 channel = near_miss(u, channel)?;
@@ -267,6 +268,7 @@ fn written_command(u: &mut Unstructured<'_>) -> Result<(String, Option<Command>)
             match kind {
                 0 => ("subscribe", Command::Subscribe { channel, id }),
                 1 => ("unsubscribe", Command::Unsubscribe { channel, id }),
+                2 => ("members", Command::Members { channel, id }),
                 _ => {
                     let body = if u.arbitrary()? {
                         let t: String = u.arbitrary()?;

@@ -25,13 +25,14 @@ use protocol::v2::{encode_message_into, Body, BodyRef, ErrorCode, Event, Id, Pee
 use protocol_fuzz::Fields;
 use serde_json::Value;
 
-const KNOWN_TYPES: [&str; 9] = [
+const KNOWN_TYPES: [&str; 10] = [
     "welcome",
     "subscribed",
     "unsubscribed",
     "published",
     "message",
     "presence",
+    "members",
     "pong",
     "error",
     "notice",
@@ -91,6 +92,7 @@ fn type_name(event: &Event) -> &'static str {
         Event::Published { .. } => "published",
         Event::Message { .. } => "message",
         Event::Presence { .. } => "presence",
+        Event::Members { .. } => "members",
         Event::Pong { .. } => "pong",
         Event::Error { .. } => "error",
         Event::Notice { .. } => "notice",
@@ -102,6 +104,7 @@ fn id_of(event: &Event) -> Option<&Id> {
         Event::Subscribed { id, .. }
         | Event::Unsubscribed { id, .. }
         | Event::Published { id, .. }
+        | Event::Members { id, .. }
         | Event::Pong { id }
         | Event::Error { id, .. } => id.as_ref(),
         _ => None,
@@ -167,7 +170,7 @@ fn event_from(u: &mut Unstructured<'_>) -> Result<Event> {
             })
             .collect()
     };
-    Ok(match u.int_in_range(0..=8)? {
+    Ok(match u.int_in_range(0..=9)? {
         0 => Event::Welcome {
             client: u.arbitrary()?,
             name: u.arbitrary()?,
@@ -207,6 +210,13 @@ fn event_from(u: &mut Unstructured<'_>) -> Result<Event> {
             left_count: u.arbitrary()?,
         },
         6 => Event::Pong { id: id_from(u)? },
+        8 => Event::Members {
+            id: id_from(u)?,
+            channel: u.arbitrary()?,
+            online: u.arbitrary()?,
+            members: peers(u)?,
+            truncated: u.arbitrary()?,
+        },
         7 => {
             let mut codes = ErrorCode::ALL.to_vec();
             codes.push(ErrorCode::Unknown);

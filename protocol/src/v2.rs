@@ -19,6 +19,7 @@
 //! | `subscribe` | `channel`, `id`? | `subscribed`, then the channel's `message`s and `presence` |
 //! | `unsubscribe` | `channel`, `id`? | `unsubscribed`; nothing more from that channel |
 //! | `publish` | `channel`, `id`?, and `text` (a string) or `data` (base64 of bytes): exactly one | `published` if it had an `id`, nothing otherwise; the channel's other subscribers get a `message` |
+//! | `members` | `channel`, `id`? | `members` (subscribing is not needed, the token must allow the channel) |
 //! | `ping` | `id`? | `pong` |
 //!
 //! A command the server refuses gets an `error` instead of its answer.
@@ -35,6 +36,7 @@
 //! | `published` | `id`, `channel` | answer to a `publish` that had an `id`, once the server took it |
 //! | `message` | `channel`, `from` (connection id), `name`, `time`, and `text` or `data` (base64) | a publish on a subscribed channel |
 //! | `presence` | `channel`, `online`, and `joined`/`left` (lists of `{id, name}`) or `joined_count`/`left_count` when many changed | a subscribed channel's subscribers changed (batched, like v1's) |
+//! | `members` | `id`?, `channel`, `online` (everyone in it), `members` (its named members, a list of `{id, name}` by id, at most [`MAX_MEMBERS_LISTED`]), `truncated` (true when more are named than listed) | answer to `members` |
 //! | `pong` | `id`? | answer to `ping` |
 //! | `error` | `id`?, `code` (an [`ErrorCode`]), `text` (one line for humans) | a command was refused |
 //! | `notice` | `code` (the close code that follows), `text` | just before the server closes the connection |
@@ -60,7 +62,7 @@
 //! | `bad_channel` | `channel` is not a valid channel name |
 //! | `not_subscribed` | `unsubscribe` of a channel this connection is not subscribed to |
 //! | `already_subscribed` | `subscribe` to a channel this connection is already subscribed to |
-//! | `forbidden` | the connection's token does not grant this channel |
+//! | `forbidden` | the connection's token does not grant this channel (`subscribe`, `publish`, `members`) |
 //! | `too_many_channels` | `subscribe` past the server's limit of channels per connection |
 //! | `too_large` | a `publish` body is larger than the server's message limit |
 //! | `rate_limited` | a `publish` came faster than the server's rate limit allows; it was dropped |
@@ -92,6 +94,9 @@ pub use crate::v1::{Body, BodyRef, Peer};
 pub const SUBPROTOCOL: &str = "broadcast.v2";
 /// Longest string command id, in bytes.
 pub const MAX_ID_LEN: usize = 64;
+/// Most members a `members` answer lists (the lowest ids); `truncated`
+/// says when more are named.
+pub const MAX_MEMBERS_LISTED: usize = 1000;
 /// Commands refused in a row (by [`Command::decode`]) that close the connection.
 pub const MAX_BAD_COMMANDS: u32 = 16;
 /// The close after a text frame that is not JSON (a `notice` precedes it).
@@ -339,6 +344,14 @@ pub enum Command {
         #[serde(flatten)]
         body: Body,
     },
+    /// Ask who is in a channel (subscribed or not).
+    Members {
+        /// A valid channel name.
+        channel: String,
+        /// Echoed in the answer.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+    },
     /// Ask for a `pong`.
     Ping {
         /// Echoed in the `pong`.
@@ -466,6 +479,10 @@ impl Command {
                 let body = take_body(&mut obj)?;
                 Ok(Command::Publish { channel, id, body })
             }
+            "members" => Ok(Command::Members {
+                channel: take_channel(&mut obj, "members")?,
+                id,
+            }),
             "ping" => Ok(Command::Ping { id }),
             other => Err((
                 ErrorCode::UnknownType,
@@ -481,6 +498,7 @@ impl Command {
             Command::Subscribe { id, .. }
             | Command::Unsubscribe { id, .. }
             | Command::Publish { id, .. }
+            | Command::Members { id, .. }
             | Command::Ping { id } => id.as_ref(),
         }
     }
@@ -490,6 +508,7 @@ impl Command {
             Command::Subscribe { id, .. }
             | Command::Unsubscribe { id, .. }
             | Command::Publish { id, .. }
+            | Command::Members { id, .. }
             | Command::Ping { id } => id,
         }
     }
@@ -500,7 +519,8 @@ impl Command {
         match self {
             Command::Subscribe { channel, .. }
             | Command::Unsubscribe { channel, .. }
-            | Command::Publish { channel, .. } => Some(channel),
+            | Command::Publish { channel, .. }
+            | Command::Members { channel, .. } => Some(channel),
             Command::Ping { .. } => None,
         }
     }
@@ -645,6 +665,22 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         left_count: Option<u64>,
     },
+    /// Answer to `members`: who is in a channel.
+    Members {
+        /// The command's id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        /// The channel asked about.
+        channel: String,
+        /// Everyone in it on this server, guests (plain clients) included.
+        online: u64,
+        /// Its named members (`broadcast.v1` and `broadcast.v2`
+        /// connections) by id, at most [`MAX_MEMBERS_LISTED`].
+        members: Vec<Peer>,
+        /// Whether more are named than `members` lists.
+        #[serde(default)]
+        truncated: bool,
+    },
     /// Answer to `ping`.
     Pong {
         /// The command's id.
@@ -682,13 +718,14 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-const KNOWN_EVENTS: [&str; 9] = [
+const KNOWN_EVENTS: [&str; 10] = [
     "welcome",
     "subscribed",
     "unsubscribed",
     "published",
     "message",
     "presence",
+    "members",
     "pong",
     "error",
     "notice",

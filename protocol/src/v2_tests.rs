@@ -32,6 +32,14 @@ fn commands_round_trip() {
             id: None,
             body: Body::Data(vec![0, 1, 254, 255]),
         },
+        Command::Members {
+            channel: "team/a".into(),
+            id: Some(Id::Num(2)),
+        },
+        Command::Members {
+            channel: "news".into(),
+            id: None,
+        },
         Command::Ping { id: id("") },
         Command::Ping { id: None },
     ];
@@ -70,6 +78,15 @@ fn commands_have_the_documented_shape() {
     assert_eq!(c.id(), id("a").as_ref());
     assert_eq!(c.channel(), Some("x"));
     assert_eq!(Command::Ping { id: None }.channel(), None);
+    let m = Command::Members {
+        channel: "news".into(),
+        id: id("m1"),
+    };
+    assert_eq!(
+        m.encode(),
+        r#"{"type":"members","channel":"news","id":"m1"}"#
+    );
+    assert_eq!((m.id(), m.channel()), (id("m1").as_ref(), Some("news")));
 }
 
 #[test]
@@ -84,6 +101,37 @@ fn unknown_command_fields_are_ignored() {
     assert_eq!(
         Command::decode(r#"{"type":"ping","id":null,"channel":"not checked: /"}"#),
         Ok(Command::Ping { id: None })
+    );
+    assert_eq!(
+        Command::decode(r#"{"limit":5,"type":"members","id":3,"channel":"a","text":"x"}"#),
+        Ok(Command::Members {
+            channel: "a".into(),
+            id: Some(Id::Num(3)),
+        })
+    );
+}
+
+#[test]
+fn a_members_command_needs_a_valid_channel() {
+    use ErrorCode::*;
+    let n = || Some(Id::Num(4));
+    refused(
+        r#"{"type":"members","id":4}"#,
+        BadRequest,
+        n(),
+        "members needs a \"channel\"",
+    );
+    refused(
+        r#"{"type":"members","id":4,"channel":["a"]}"#,
+        BadRequest,
+        n(),
+        "not an array",
+    );
+    refused(
+        r#"{"type":"members","id":4,"channel":"a b"}"#,
+        BadChannel,
+        n(),
+        "",
     );
 }
 
@@ -291,6 +339,29 @@ fn all_events() -> Vec<Event> {
             joined_count: Some(150),
             left_count: Some(3),
         },
+        Event::Members {
+            id: Some(Id::Num(5)),
+            channel: "news".into(),
+            online: 3,
+            members: vec![
+                Peer {
+                    id: 1,
+                    name: "a".into(),
+                },
+                Peer {
+                    id: 9,
+                    name: "b \"c\"".into(),
+                },
+            ],
+            truncated: false,
+        },
+        Event::Members {
+            id: None,
+            channel: "big".into(),
+            online: 5000,
+            members: vec![],
+            truncated: true,
+        },
         Event::Pong { id: id("p") },
         Event::Pong { id: None },
         Event::Error {
@@ -335,6 +406,8 @@ fn events_have_the_documented_shape() {
         r#"{"type":"message","channel":"news","from":8,"name":"bob","time":5,"data":"AAEC/w=="}"#,
         r#"{"type":"presence","channel":"news","online":2,"joined":[{"id":1,"name":"a"}]}"#,
         r#"{"type":"presence","channel":"news","online":200,"joined_count":150,"left_count":3}"#,
+        r#"{"type":"members","id":5,"channel":"news","online":3,"members":[{"id":1,"name":"a"},{"id":9,"name":"b \"c\""}],"truncated":false}"#,
+        r#"{"type":"members","channel":"big","online":5000,"members":[],"truncated":true}"#,
         r#"{"type":"pong","id":"p"}"#,
         r#"{"type":"pong"}"#,
         r#"{"type":"error","id":4,"code":"forbidden","text":"no"}"#,
@@ -390,6 +463,24 @@ fn unknown_events_are_skipped_and_garbage_rejected() {
             ..
         }))
     ));
+    // A `members` answer tolerates unknown fields (in it and in its
+    // members) and an older server's missing `truncated`.
+    assert_eq!(
+        Event::decode(
+            r#"{"type":"members","channel":"c","online":2,"members":[{"id":4,"name":"d","since":1}],"cursor":"x"}"#
+        ),
+        Ok(Some(Event::Members {
+            id: None,
+            channel: "c".into(),
+            online: 2,
+            members: vec![Peer {
+                id: 4,
+                name: "d".into()
+            }],
+            truncated: false,
+        }))
+    );
+    assert!(Event::decode(r#"{"type":"members","channel":"c","online":2}"#).is_err());
 }
 
 #[test]
@@ -443,6 +534,7 @@ proptest! {
                 Command::Unsubscribe { channel: channel.clone(), id: id.clone() },
                 Command::Publish { channel: channel.clone(), id: id.clone(), body: Body::Text(text.clone()) },
                 Command::Publish { channel: channel.clone(), id: id.clone(), body: Body::Data(data.clone()) },
+                Command::Members { channel: channel.clone(), id: id.clone() },
                 Command::Ping { id: id.clone() },
             ];
             for c in commands {
@@ -457,7 +549,7 @@ proptest! {
     }
 
     #[test]
-    fn command_decoder_never_panics_on_json_like(s in r#"\{"type":"(subscribe|unsubscribe|publish|ping|x)"(,"(id|channel|text|data|[a-z]{1,3})":("[a-z0-9 /%*=é]{0,8}"|-?(0|[1-9][0-9]{0,20})(\.[0-9])?|\[\]|null|true))*\}"#) {
+    fn command_decoder_never_panics_on_json_like(s in r#"\{"type":"(subscribe|unsubscribe|publish|members|ping|x)"(,"(id|channel|text|data|[a-z]{1,3})":("[a-z0-9 /%*=é]{0,8}"|-?(0|[1-9][0-9]{0,20})(\.[0-9])?|\[\]|null|true))*\}"#) {
         if let Err(e) = Command::decode(&s) {
             prop_assert_ne!(e.code, ErrorCode::BadJson);
             prop_assert!(!e.text.contains('\n'));

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::channels::Channels;
 use crate::config::Config;
-use crate::fanout::{Broadcast, ConnId, Fanout, ShardMsg};
+use crate::fanout::{Broadcast, ConnId, Fanout};
 use crate::publish::Publisher;
 use crate::stats::Stats;
 
@@ -169,7 +169,7 @@ fn list(ctx: ApiCtx<'_>) -> serde_json::Value {
 struct ChannelInfo<'a> {
     channel: &'a str,
     subscribers: usize,
-    /// The named members (`broadcast.v1` clients), by id.
+    /// The named members (`broadcast.v1` and `broadcast.v2` clients), by id.
     members: Vec<protocol::v1::Peer>,
 }
 
@@ -183,23 +183,12 @@ async fn channel(ctx: ApiCtx<'_>, name: &str) -> Result<Response<Body>, Failure>
         };
         return Ok(json(StatusCode::OK, &empty));
     };
-    // Each shard lists its own members of the channel.
-    let mut replies = Vec::new();
-    for shard in ctx.fanout.shards() {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if shard.send(ShardMsg::Members(channel.id, tx)) {
-            replies.push(rx);
-        }
-    }
-    let mut members = Vec::new();
-    for reply in replies {
-        members.extend(reply.await.unwrap_or_default());
-    }
-    members.sort_by_key(|p| p.id);
+    // Every named member (no cap: a backend asked).
+    let roster = crate::roster::gather(&ctx.fanout.shards(), channel.id, usize::MAX).await;
     let info = ChannelInfo {
         channel: name,
         subscribers: channel.members(),
-        members,
+        members: roster.members,
     };
     Ok(json(StatusCode::OK, &info))
 }

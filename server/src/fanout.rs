@@ -78,8 +78,9 @@ pub(crate) enum ShardMsg {
     /// A freshly accepted TCP connection to serve on this shard, counted
     /// in its load for as long as the placement lives.
     Accept(std::net::TcpStream, SocketAddr, Placement),
-    /// Who is in a channel (the HTTP API): this shard's members of it.
-    Members(ChannelId, oneshot::Sender<Vec<protocol::v1::Peer>>),
+    /// Who is in a channel (the HTTP API, v2's `members`): this shard's
+    /// named members of it (see `roster`).
+    Members(crate::roster::Query),
     /// A paced drain: close every client with 1012, one at a time over this
     /// period; answer once they are gone.
     Drain(Duration, oneshot::Sender<()>),

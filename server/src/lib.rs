@@ -46,6 +46,7 @@ mod names;
 mod presence;
 mod publish;
 mod registry;
+mod roster;
 mod shard;
 mod stats;
 mod tls;

@@ -35,6 +35,11 @@ impl Publisher {
         }
     }
 
+    /// This node's shards (to ask them who is in a channel, see `roster`).
+    pub(crate) fn shards(&self) -> Vec<Arc<crate::fanout::ShardHandle>> {
+        self.fanout.shards()
+    }
+
     /// Stops publishing (shutdown).
     pub(crate) fn drain(&self) {
         self.draining.set(true);

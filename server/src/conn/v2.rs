@@ -1,7 +1,8 @@
 //! A `broadcast.v2` connection's commands (see `protocol::v2` for the
 //! wire format): subscribe and unsubscribe through the shard's
 //! `Membership`, publish through the same limits and fan-out credit as
-//! any message, ping. A bad command gets an `error` event; only a frame
+//! any message, members (asked of every shard, see `roster`), ping. A bad
+//! command gets an `error` event; only a frame
 //! that is not JSON, a binary frame, or too many bad commands in a row
 //! close the connection.
 
@@ -16,6 +17,7 @@ use super::reader::{publish, rate_limit};
 use super::{Conn, End};
 use crate::access::Grant;
 use crate::frame::{frame_message, frame_text, server_header_len};
+use crate::roster::{self, Roster};
 
 /// What a v2 connection keeps besides a plain one's state (boxed: other
 /// connections pay one pointer).
@@ -108,9 +110,39 @@ pub(super) async fn command(
         Command::Publish { channel, id, body } => {
             return publish_command(conn, state, channel, id, body, read_at, costs).await;
         }
+        Command::Members { channel, id } => members(conn, state, channel, id).await,
         Command::Ping { id } => conn.send_event(&Event::Pong { id }),
     }
     Ok(())
+}
+
+/// Answers `members`: who is in `channel` on this node, subscribed or not.
+/// The reader waits for the shards' lists (at most `roster::WAIT`), so
+/// the answer keeps its place among this connection's replies.
+async fn members(conn: &Rc<Conn>, state: &V2State, channel: String, id: Option<Id>) {
+    if !state.grant.allows(&channel) {
+        return conn.refuse(
+            id,
+            ErrorCode::Forbidden,
+            format!("your token does not allow channel {channel:?}"),
+        );
+    }
+    let (online, roster) = match conn.ctx.membership.lookup(&channel) {
+        None => (0, Roster::default()),
+        Some(entry) => {
+            let shards = conn.ctx.publisher.shards();
+            let roster = roster::gather(&shards, entry.id, v2::MAX_MEMBERS_LISTED).await;
+            // Counted after the lists came, so that it is not older than they are.
+            (entry.members() as u64, roster)
+        }
+    };
+    conn.send_event(&Event::Members {
+        id,
+        channel,
+        online,
+        members: roster.members,
+        truncated: roster.truncated,
+    });
 }
 
 fn subscribe(conn: &Rc<Conn>, state: &V2State, channel: String, id: Option<Id>) {

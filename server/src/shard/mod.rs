@@ -33,7 +33,7 @@ use crate::channels::Channels;
 use crate::config::{Config, CLOSE_TIMEOUT};
 use crate::conn::{ConnCtx, Queued};
 use crate::dispatch::{self, Plan};
-use crate::fanout::{Broadcast, Fanout, Format, ShardHandle, ShardMsg};
+use crate::fanout::{Broadcast, Fanout, ShardHandle, ShardMsg};
 use crate::flow::Audience;
 use crate::http::HttpCtx;
 use crate::membership::Membership;
@@ -227,18 +227,10 @@ impl Shard {
         match msg {
             ShardMsg::Broadcast(b) => pending.push_back(b),
             ShardMsg::Accept(stream, peer, placement) => self.accept(stream, peer, placement),
-            ShardMsg::Members(channel, reply) => {
-                // Named members only: a plain client's guest name is shown
-                // to nobody.
-                let members = self
-                    .membership
-                    .registry()
-                    .members(channel)
-                    .iter()
-                    .filter(|c| c.format != Format::Raw)
-                    .map(|c| c.peer())
-                    .collect();
-                let _ = reply.send(members);
+            ShardMsg::Members(query) => {
+                let registry = self.membership.registry();
+                let conns = registry.members(query.channel);
+                query.answer(conns);
             }
             ShardMsg::Drain(period, done) => {
                 tokio::task::spawn_local(self.clone().drain_clients(period, done));

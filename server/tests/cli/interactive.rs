@@ -273,10 +273,10 @@ async fn drop_without_reconnect_restores_the_terminal() {
 #[tokio::test]
 async fn slash_commands_move_between_channels() {
     let server = Server::start().await;
-    // ann is in #a before erin, and so is this v1 client, which waits until
-    // the server has reported ann's arrival: later subscribers of #a only
-    // get a count for her.
-    let mut watcher = v1_client(&format!("{}/a", server.url())).await;
+    // ann (a plain client: a guest, never named by the server's list) is
+    // in #a before erin, and so is this v1 client, walt, which waits until
+    // the server has reported ann's arrival.
+    let mut watcher = v1_client(&format!("{}/a?name=walt", server.url())).await;
     let mut ann = raw_client(&format!("{}/a?name=ann", server.url())).await;
     loop {
         let event = next_text(&mut watcher).await;
@@ -331,8 +331,11 @@ async fn slash_commands_move_between_channels() {
     })
     .await;
 
-    // Whoever joins after erin is named; those before are only counted.
-    let _carol = raw_client(&format!("{}/a?name=carol", server.url())).await;
+    // walt, there before erin, is named by the list erin asked for on
+    // joining; carol (v1), who joins after, by presence, and by the list
+    // `/who` asks for; ann only counted (the server names no plain client
+    // in its list, and the list replaces what presence said).
+    let _carol = v1_client(&format!("{}/a?name=carol", server.url())).await;
     term.wait_for("carol's arrival", |rows, _| {
         rows.iter().any(|r| r == "[#a] * carol joined (4 online)")
     })
@@ -342,7 +345,7 @@ async fn slash_commands_move_between_channels() {
     term.type_keys("/who\r");
     term.wait_for("the members of #a", |rows, _| {
         rows.iter()
-            .any(|r| r.starts_with("#a: 4 online: carol, erin (you), and 2 more only counted"))
+            .any(|r| r.starts_with("#a: 4 online: carol, erin (you), walt, and 1 more unnamed"))
     })
     .await;
     term.type_keys("back in a\r");
@@ -378,6 +381,60 @@ async fn slash_commands_move_between_channels() {
     let st = term.wait_exit().await;
     assert!(st.success(), "/quit exit status {st:?}");
     term.assert_termios_restored();
+}
+
+/// `/who` names who was in the channel before this client joined (the
+/// server's `members` answer), not the plain guest, and `/who NAME` asks
+/// about a channel not joined.
+#[tokio::test]
+async fn who_names_members_who_were_there_first() {
+    let server = Server::start().await;
+    let mut dora = v1_client(&format!("{}/a?name=dora", server.url())).await;
+    assert!(next_text(&mut dora).await.contains(r#""type":"welcome""#));
+    let mut gil = raw_client(&format!("{}/a?name=gil", server.url())).await;
+    // gil's message reaching dora: both are in #a.
+    gil.send(Message::text("gil here")).await.unwrap();
+    loop {
+        if next_text(&mut dora).await.contains("gil here") {
+            break;
+        }
+    }
+    let mut bert = v1_client(&format!("{}/b?name=bert", server.url())).await;
+    assert!(next_text(&mut bert).await.contains(r#""type":"welcome""#));
+    server.wait_connections(3).await;
+    let port = server.port.to_string();
+    let mut term = Term::spawn(&[
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--name",
+        "erin",
+        "--channel",
+        "a",
+    ]);
+    term.wait_for("joining #a", |rows, _| {
+        rows.iter().any(|r| r == "joined #a (3 online)")
+    })
+    .await;
+    term.wait_prompt("erin #a> ").await;
+    // Nothing happened in #a since erin joined: dora's name comes from the
+    // server's list.
+    term.type_keys("/who\r");
+    term.wait_for("the members of #a", |rows, _| {
+        rows.iter().any(|r| {
+            r == "#a: 3 online: dora, erin (you), and 1 more unnamed (plain clients, or too many to name)"
+        })
+    })
+    .await;
+    term.type_keys("/who b\r");
+    term.wait_for("the members of #b", |rows, _| {
+        rows.iter().any(|r| r == "#b: 1 online: bert")
+    })
+    .await;
+    term.type_keys("/quit\r");
+    let st = term.wait_exit().await;
+    assert!(st.success(), "/quit exit status {st:?}");
 }
 
 /// Without `--channel`, channel commands say how to get them and send

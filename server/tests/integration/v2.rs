@@ -1,6 +1,7 @@
 //! The `broadcast.v2` subprotocol against the real binary: subscribe,
 //! publish and unsubscribe over one connection, next to plain and v1
-//! clients, every error code, the limits and the closes.
+//! clients, `members` across shards, every error code, the limits and the
+//! closes.
 
 use futures_util::SinkExt;
 use jsonwebtoken::Algorithm;
@@ -63,20 +64,19 @@ async fn send(ws: &mut Ws, command: Value) {
     ws.send(Message::text(command.to_string())).await.unwrap();
 }
 
+/// Sends the command `kind` about `channel` with `id`, and returns its
+/// answer, of type `answer`.
+async fn ask(ws: &mut Ws, kind: &str, channel: &str, id: u64, answer: &str) -> Value {
+    send(ws, json!({"type": kind, "channel": channel, "id": id})).await;
+    let got = reply(ws).await;
+    assert_eq!(got["type"], answer, "{got}");
+    assert_eq!((&got["channel"], &got["id"]), (&json!(channel), &json!(id)));
+    got
+}
+
 /// Subscribes and returns the `subscribed` answer.
 async fn subscribe(ws: &mut Ws, channel: &str, id: u64) -> Value {
-    send(
-        ws,
-        json!({"type": "subscribe", "channel": channel, "id": id}),
-    )
-    .await;
-    let answer = reply(ws).await;
-    assert_eq!(answer["type"], "subscribed", "{answer}");
-    assert_eq!(
-        (&answer["channel"], &answer["id"]),
-        (&json!(channel), &json!(id))
-    );
-    answer
+    ask(ws, "subscribe", channel, id, "subscribed").await
 }
 
 /// Sends `command` and expects an `error` with `code`, echoing `id`.
@@ -191,6 +191,92 @@ async fn subscribe_publish_and_unsubscribe_next_to_plain_and_v1_clients() {
     assert_eq!(metric(&samples, "broadcast_channels", ""), 2.0);
 }
 
+/// Asks who is in `channel` and returns the `members` answer.
+async fn members(ws: &mut Ws, channel: &str, id: u64) -> Value {
+    ask(ws, "members", channel, id, "members").await
+}
+
+/// The `(id, name)` pairs a `members` answer lists, in its order.
+fn listed(answer: &Value) -> Vec<(u64, String)> {
+    answer["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no members list: {answer}"))
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap(),
+                m["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn members_names_everyone_already_there_on_every_shard_but_guests() {
+    let server = Server::start(&["--workers", "2"]).await;
+    // Four v2 clients one after another: each goes to the least loaded
+    // shard, so both shards get some.
+    let mut v2s = Vec::new();
+    for name in ["ann", "ben", "cat", "dan"] {
+        let (mut ws, _) = connect_v2(&server, &format!("/ws?name={name}"), None).await;
+        subscribe(&mut ws, "room", 1).await;
+        v2s.push(ws);
+    }
+    // A v1 client (named) and a plain one (a guest: counted, not named).
+    let url = format!("ws://{}/ws/room?name=eve", server.addr());
+    let (mut eve, _) = upgrade_with(&url, &[("Sec-WebSocket-Protocol", "broadcast.v1")])
+        .await
+        .unwrap();
+    let welcome = recv(&mut eve).await;
+    assert!(welcome.to_string().contains("welcome"), "{welcome:?}");
+    let mut guest = connect(&format!("ws://{}/ws/room?name=gus", server.addr())).await;
+    // Its message reaching everyone says it is in the room.
+    guest.send(Message::text("here")).await.unwrap();
+    for ws in &mut v2s {
+        assert_eq!(reply(ws).await["text"], "here");
+    }
+    let samples = server.metrics().await;
+    for shard in ["0", "1"] {
+        // The scrape itself is one connection of one shard.
+        let n = metric(
+            &samples,
+            "broadcast_shard_connections",
+            &format!(r#"shard="{shard}""#),
+        );
+        assert!(n >= 2.0, "shard {shard} holds {n} connections");
+    }
+
+    // Someone not subscribed may ask; the answer is sorted by id.
+    let (mut zed, _) = connect_v2(&server, "/ws?name=zed", None).await;
+    let answer = members(&mut zed, "room", 7).await;
+    assert_eq!(
+        (&answer["online"], &answer["truncated"]),
+        (&json!(6), &json!(false)),
+        "{answer}"
+    );
+    let list = listed(&answer);
+    let mut names: Vec<&str> = list.iter().map(|(_, n)| n.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["ann", "ben", "cat", "dan", "eve"], "{answer}");
+    assert!(list.windows(2).all(|w| w[0].0 < w[1].0), "{answer}");
+    // A member gets the same list; a channel nobody is in is empty.
+    assert_eq!(listed(&members(&mut v2s[3], "room", 8).await), list);
+    assert_eq!(
+        members(&mut zed, "nobody-here", 9).await,
+        json!({"type": "members", "id": 9, "channel": "nobody-here", "online": 0, "members": [], "truncated": false})
+    );
+    // Unsubscribing takes one out of the list.
+    send(
+        &mut v2s[1],
+        json!({"type": "unsubscribe", "channel": "room", "id": 2}),
+    )
+    .await;
+    assert_eq!(reply(&mut v2s[1]).await["type"], "unsubscribed");
+    let after = members(&mut zed, "room", 10).await;
+    assert_eq!(after["online"], 5, "{after}");
+    assert!(!listed(&after).iter().any(|(_, n)| n == "ben"), "{after}");
+}
+
 #[tokio::test]
 async fn v2_presence_is_per_channel() {
     let server = Server::start(&[]).await;
@@ -258,6 +344,11 @@ async fn every_bad_command_gets_its_error_code_and_the_connection_stays() {
             r#"{"type":"publish","channel":"a","text":"t","data":"AA==","id":11}"#,
             "bad_request",
             json!(11),
+        ),
+        (
+            r#"{"type":"members","channel":"a//b","id":"m"}"#,
+            "bad_channel",
+            json!("m"),
         ),
     ];
     for (command, code, id) in &cases {
@@ -328,6 +419,22 @@ async fn a_jwt_limits_v2_subscriptions_and_lets_publish_where_it_allows() {
     assert_eq!(reply(&mut ws).await["type"], "published");
     assert_eq!(recv(&mut listener).await, Message::text("fire"));
     assert_eq!(reply(&mut other).await["text"], "fire");
+    // Who is in a channel: only where the token allows, subscribed or not.
+    expect_error(
+        &mut ws,
+        r#"{"type":"members","channel":"secret","id":5}"#,
+        "forbidden",
+        json!(5),
+    )
+    .await;
+    let answer = members(&mut ws, "alerts", 6).await;
+    assert_eq!(
+        (&answer["online"], &answer["truncated"]),
+        (&json!(2), &json!(false)),
+        "{answer}"
+    );
+    // The plain listener is a guest: only the v2 subscriber is named.
+    assert_eq!(listed(&answer).len(), 1, "{answer}");
 }
 
 #[tokio::test]
