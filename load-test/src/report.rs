@@ -552,13 +552,15 @@ impl Report {
             ),
         );
         let c = &self.connect_latency;
-        row(
-            "connect latency ms",
-            format!(
-                "p50 {:.3}  p99 {:.3}  max {:.3}  (connect + upgrade, n={})",
-                c.p50_ms, c.p99_ms, c.max_ms, c.samples
-            ),
-        );
+        if c.samples > 0 {
+            row(
+                "connect latency ms",
+                format!(
+                    "p50 {:.3}  p99 {:.3}  max {:.3}  (connect + upgrade, n={})",
+                    c.p50_ms, c.p99_ms, c.max_ms, c.samples
+                ),
+            );
+        }
         if let Some(sl) = &self.slow {
             let closes = join_or(sl.closes.iter().map(|(c, n)| format!("{c}: {n}")), "-");
             row(

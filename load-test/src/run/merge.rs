@@ -218,12 +218,7 @@ fn settings_and_counts(args: &Args, shared: &Shared, f: &Finished) -> Report {
 impl Totals {
     /// The second of `at`, relative to the start of publishing.
     fn second(&self, at: Instant) -> i64 {
-        if at >= self.start {
-            (at - self.start).as_secs() as i64
-        } else {
-            // Before the start: second -1 is the one just before it.
-            -((self.start - at).as_secs_f64().ceil() as i64).max(1)
-        }
+        second_of(at, self.start)
     }
 
     /// Records one subscriber's connect time.
@@ -341,9 +336,41 @@ fn add_classes(
     }
 }
 
+/// The whole second of `at` relative to `start`, counted down from -1
+/// before it: `start - 0.2 s` is in second -1, `start + 0.2 s` in 0.
+fn second_of(at: Instant, start: Instant) -> i64 {
+    if at >= start {
+        (at - start).as_secs() as i64
+    } else {
+        -((start - at).as_secs_f64().ceil() as i64).max(1)
+    }
+}
+
 /// Adds a subscriber's u32-count histogram into the u64-count total.
 fn merge(total: &mut Histogram<u64>, h: &Histogram<u32>) {
     for v in h.iter_recorded() {
         let _ = total.record_n(v.value_iterated_to(), u64::from(v.count_at_value()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn seconds_before_the_start_are_negative() {
+        let start = Instant::now() + Duration::from_secs(10);
+        let at = |ms: i64| {
+            let d = Duration::from_millis(ms.unsigned_abs());
+            second_of(if ms < 0 { start - d } else { start + d }, start)
+        };
+        assert_eq!(at(0), 0);
+        assert_eq!(at(999), 0);
+        assert_eq!(at(1000), 1);
+        assert_eq!(at(-1), -1);
+        assert_eq!(at(-1000), -1);
+        assert_eq!(at(-1001), -2);
     }
 }

@@ -692,3 +692,33 @@ fn normal_close() -> Message {
         reason: "".into(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortfall_tells_the_last_tick_from_falling_behind() {
+        // 100 scheduled, 1 per ms; the last 2 were due in the last tick.
+        let last_tick = |s: u64| s >= 98;
+        let on_time = shortfall(98, 100, false, last_tick);
+        assert_eq!(
+            (on_time.last_tick, on_time.behind, on_time.after_error),
+            (2, 0, 0)
+        );
+        // Behind schedule: 40 more were due earlier.
+        let behind = shortfall(58, 100, false, last_tick);
+        assert_eq!((behind.last_tick, behind.behind), (2, 40));
+        // Stopped by a send error: all of the rest.
+        let failed = shortfall(58, 100, true, last_tick);
+        assert_eq!(
+            (failed.after_error, failed.last_tick, failed.behind),
+            (42, 0, 0)
+        );
+        assert_eq!(shortfall(100, 100, false, last_tick), Shortfall::default());
+        let mut sum = on_time;
+        sum.add(&behind);
+        sum.add(&failed);
+        assert_eq!((sum.last_tick, sum.behind, sum.after_error), (4, 40, 42));
+    }
+}
