@@ -26,8 +26,10 @@ const CONNECT: RGBColor = RGBColor(0x94, 0x67, 0xbd);
 const CONNECT_ERR: RGBColor = RGBColor(0xd6, 0x27, 0x28);
 const SEND_ERR: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
 const CLOSE_ERR: RGBColor = RGBColor(0x8c, 0x56, 0x4b);
-/// Height of the SVG's header (how the run was made).
-const HEADER: u32 = 64;
+/// The SVG's header (how the run was made): height of a line, and
+/// characters per line (a long command line wraps).
+const HEADER_LINE: u32 = 22;
+const HEADER_CHARS: usize = 120;
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 /// Draws one chart of the report into an area.
@@ -91,28 +93,24 @@ pub(crate) fn write(report: &Report, path: &Path) -> Result<()> {
 pub(crate) fn svg(report: &Report) -> Result<String> {
     let mut out = String::new();
     {
-        let height = HEADER + HEIGHT * CHARTS.len() as u32;
+        let run = &report.run;
+        let mut lines = vec![format!(
+            "load-test report: {} | started {} | {} | {}",
+            report.url,
+            run.started_at,
+            run.tool(),
+            run.machine()
+        )];
+        lines.extend(wrap(&format!("command: {}", run.command), HEADER_CHARS));
+        let header_height = 20 + HEADER_LINE * lines.len() as u32;
+        let height = header_height + HEIGHT * CHARTS.len() as u32;
         let root = SVGBackend::with_string(&mut out, (WIDTH, height)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let (header, charts) = root.split_vertically(HEADER);
-        let run = &report.run;
-        let lines = [
-            format!(
-                "load-test report: {} | started {} | {} | {}",
-                report.url,
-                run.started_at,
-                run.tool(),
-                run.machine()
-            ),
-            format!("command: {}", run.command),
-        ];
+        let (header, charts) = root.split_vertically(header_height);
         for (k, line) in lines.iter().enumerate() {
+            let y = 12 + (HEADER_LINE as usize * k) as i32;
             header
-                .draw(&Text::new(
-                    line.as_str(),
-                    (12, 12 + 22 * k as i32),
-                    (FONT, 14),
-                ))
+                .draw(&Text::new(line.as_str(), (12, y), (FONT, 14)))
                 .map_err(err)?;
         }
         let areas = charts.split_evenly((CHARTS.len(), 1));
@@ -166,6 +164,24 @@ pub(crate) fn html(report: &Report) -> Result<String> {
          subscribers, by the second in which the message arrived.</p>\n</body>\n</html>\n",
     );
     Ok(page)
+}
+
+/// `text` in lines of at most `width` characters, broken at spaces (a
+/// longer word gets a line of its own).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split(' ') {
+        let line = lines.last_mut().expect("one line at least");
+        if line.is_empty() {
+            line.push_str(word);
+        } else if line.chars().count() + 1 + word.chars().count() <= width {
+            line.push(' ');
+            line.push_str(word);
+        } else {
+            lines.push(word.to_string());
+        }
+    }
+    lines
 }
 
 /// How the run was made, as a small table.
@@ -405,13 +421,13 @@ fn activity_chart(area: &Area<'_>, points: &[ActivityPoint]) -> Result<()> {
         ("send errors", SEND_ERR, |p| p.send_errors),
         ("server closes", CLOSE_ERR, |p| p.server_closes),
     ];
+    // Errors are few: an integer axis with room above the largest.
     let err_top = points
         .iter()
         .flat_map(|p| lines.iter().map(move |l| (l.2)(p)))
         .max()
         .unwrap_or(0)
-        .max(1) as f64
-        * 1.15;
+        + 1;
     let mut chart = ChartBuilder::on(area)
         .caption(title, (FONT, 20))
         .margin(12)
@@ -420,7 +436,7 @@ fn activity_chart(area: &Area<'_>, points: &[ActivityPoint]) -> Result<()> {
         .right_y_label_area_size(60)
         .build_cartesian_2d(x.clone(), 0f64..top)
         .map_err(err)?
-        .set_secondary_coord(x, 0f64..err_top);
+        .set_secondary_coord(x, 0u64..err_top);
     chart
         .configure_mesh()
         .x_desc("seconds since publishing started (negative: connecting)")
@@ -432,7 +448,7 @@ fn activity_chart(area: &Area<'_>, points: &[ActivityPoint]) -> Result<()> {
         .configure_secondary_axes()
         .y_desc("errors / s")
         .label_style((FONT, 12))
-        .y_label_formatter(&|v| fmt_count(*v))
+        .y_labels((err_top as usize + 1).min(10))
         .draw()
         .map_err(err)?;
     chart
@@ -447,7 +463,7 @@ fn activity_chart(area: &Area<'_>, points: &[ActivityPoint]) -> Result<()> {
         .label("published")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], RATE.mix(0.8).filled()));
     for (name, color, f) in lines {
-        let at = |p: &ActivityPoint| (p.t_s as f64 + 0.5, f(p) as f64);
+        let at = |p: &ActivityPoint| (p.t_s as f64 + 0.5, f(p));
         chart
             .draw_secondary_series(LineSeries::new(
                 points.iter().map(at),
@@ -490,8 +506,10 @@ fn fmt_ms(v: f64) -> String {
 fn fmt_count(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.1}M", v / 1e6)
-    } else if v >= 1e3 {
+    } else if v >= 1e4 {
         format!("{:.0}k", v / 1e3)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
     } else {
         format!("{v:.0}")
     }
@@ -629,6 +647,17 @@ mod tests {
         assert!(std::fs::read_to_string(&s).unwrap().starts_with("<svg"));
         let _ = std::fs::remove_file(h);
         let _ = std::fs::remove_file(s);
+    }
+
+    #[test]
+    fn long_command_lines_wrap_at_spaces() {
+        assert_eq!(wrap("a bb ccc", 20), ["a bb ccc"]);
+        assert_eq!(wrap("a bb ccc dddd", 6), ["a bb", "ccc", "dddd"]);
+        assert_eq!(
+            wrap("x averyverylongword y", 4),
+            ["x", "averyverylongword", "y"]
+        );
+        assert_eq!(wrap("", 4), [""]);
     }
 
     #[test]

@@ -111,7 +111,7 @@ impl Shortfall {
         let mut why = Vec::new();
         if self.last_tick > 0 {
             why.push(format!(
-                "{} due in the last ms of --duration, where the timer ends the run first",
+                "{} due in the last ms of --duration (its end fired first in that timer tick)",
                 self.last_tick
             ));
         }

@@ -342,7 +342,7 @@ fn fewer_published_than_scheduled_is_explained() {
     assert!(t.contains("19997 (scheduled 20000)"), "{t}");
     assert!(
         t.contains(
-            "    not published        3 due in the last ms of --duration, where the timer ends the run first\n"
+            "    not published        3 due in the last ms of --duration (its end fired first in that timer tick)\n"
         ),
         "{t}"
     );
