@@ -15,6 +15,7 @@ mod progress;
 mod rawws;
 mod report;
 mod run;
+mod runinfo;
 mod scrape;
 mod series;
 mod tracker;
@@ -26,6 +27,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
+    let started = std::time::SystemTime::now();
     let args = cli::Args::parse();
     if let Err(msg) = args.validate() {
         cli::Args::command()
@@ -56,7 +58,7 @@ fn main() -> ExitCode {
     let json = args.json.clone();
     let html = args.report.clone();
     let handles = (pub_rt.handle().clone(), flood_rt.handle().clone());
-    let report = match rt.block_on(run::run(args, handles.0, handles.1)) {
+    let mut report = match rt.block_on(run::run(args, handles.0, handles.1)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("load-test: {e:#}");
@@ -65,6 +67,10 @@ fn main() -> ExitCode {
     };
     // Tasks still closing connections are dropped with the runtime.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    report.run = runinfo::RunInfo::collect(
+        started,
+        std::env::args_os().map(|a| a.to_string_lossy().into_owned()),
+    );
     pub_rt.shutdown_timeout(std::time::Duration::from_secs(1));
     flood_rt.shutdown_timeout(std::time::Duration::from_secs(1));
     print!("{}", report.table());

@@ -12,8 +12,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::procstat::ServerUsage;
+use crate::runinfo::RunInfo;
 use crate::scrape::ServerMetrics;
-use crate::series::SecondPoint;
+use crate::series::{ActivityPoint, SecondPoint};
 
 /// Latency percentiles in milliseconds (histograms record microseconds).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -74,6 +75,61 @@ pub(crate) fn percentile_curve(h: &Histogram<u64>) -> Vec<PercentilePoint> {
         ms: h.max() as f64 / 1000.0,
     });
     out
+}
+
+/// Rate mode: why fewer messages were published than the schedule called
+/// for. Every scheduled message was due before the end of `--duration`;
+/// a publisher stops sending at that deadline.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub(crate) struct Shortfall {
+    /// Due within the last timer tick (1 ms, tokio's resolution) of
+    /// `--duration`: the publisher was on schedule, waiting for that send,
+    /// and the deadline fired in the same tick first.
+    pub(crate) last_tick: u64,
+    /// Due earlier, but the publisher was behind schedule when `--duration`
+    /// ended: its writes were held back (TCP push-back from a server that
+    /// paused reading it: flow control; with `--api`, slow answers).
+    pub(crate) behind: u64,
+    /// Not sent because a send error stopped the publisher.
+    pub(crate) after_error: u64,
+}
+
+impl Shortfall {
+    /// Adds another publisher's.
+    pub(crate) fn add(&mut self, o: &Self) {
+        self.last_tick += o.last_tick;
+        self.behind += o.behind;
+        self.after_error += o.after_error;
+    }
+
+    fn total(&self) -> u64 {
+        self.last_tick + self.behind + self.after_error
+    }
+
+    /// Why, in words (empty when nothing is missing).
+    pub(crate) fn explain(&self) -> String {
+        let mut why = Vec::new();
+        if self.last_tick > 0 {
+            why.push(format!(
+                "{} due in the last ms of --duration (its end fired first in that timer tick)",
+                self.last_tick
+            ));
+        }
+        if self.behind > 0 {
+            why.push(format!(
+                "{} still owed by publishers behind schedule at the end of --duration \
+                 (writes held back by the server's flow control / TCP push-back)",
+                self.behind
+            ));
+        }
+        if self.after_error > 0 {
+            why.push(format!(
+                "{} not sent after send errors stopped publishers",
+                self.after_error
+            ));
+        }
+        why.join("; ")
+    }
 }
 
 /// The slow subscribers (`--slow-fraction`): how the run ended for them.
@@ -258,6 +314,8 @@ fn ratio(part: u64, whole: u64) -> f64 {
 /// Everything the run measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Report {
+    /// How the run was made: when, the command, the tool, the machine.
+    pub(crate) run: RunInfo,
     pub(crate) url: String,
     /// `--api`: the publishers posted to this base URL instead.
     pub(crate) api: Option<String>,
@@ -286,6 +344,11 @@ pub(crate) struct Report {
     pub(crate) connect_s: f64,
     /// Subscribers connected per second of `connect_s` (with `--ramp 0`, the storm's rate).
     pub(crate) connect_rate_per_s: f64,
+    /// Each subscriber's connect and upgrade (TCP, TLS, HTTP upgrade), from
+    /// its attempt (after its ramp slot or storm permit) until it was open.
+    pub(crate) connect_latency: Latency,
+    /// The connect latency distribution, for plotting.
+    pub(crate) connect_latency_percentiles: Vec<PercentilePoint>,
     /// `--ramp` (0: storm).
     pub(crate) ramp: f64,
     pub(crate) first_connect_error: Option<String>,
@@ -295,6 +358,8 @@ pub(crate) struct Report {
 
     /// Messages the rate schedule called for (rate mode), for comparison with `published`.
     pub(crate) scheduled: Option<u64>,
+    /// Rate mode: why `scheduled - published` messages were not published.
+    pub(crate) shortfall: Option<Shortfall>,
     pub(crate) published: u64,
     pub(crate) published_per_s: f64,
     pub(crate) expected_deliveries: u64,
@@ -353,6 +418,9 @@ pub(crate) struct Report {
     pub(crate) timeline: Vec<SecondPoint>,
     /// The latency distribution (from the schedule), for plotting.
     pub(crate) latency_percentiles: Vec<PercentilePoint>,
+    /// Per second relative to the start of publishing (negative: while
+    /// connecting): messages published, and errors as they happened.
+    pub(crate) activity: Vec<ActivityPoint>,
 
     pub(crate) max_loss: f64,
     pub(crate) max_errors: u64,
@@ -455,6 +523,15 @@ impl Report {
             self.duration_s,
             self.drain_s
         );
+        let run = &self.run;
+        let _ = writeln!(
+            s,
+            "  run: {} | {} | {} | {}",
+            run.started_at,
+            run.tool(),
+            run.machine(),
+            run.command
+        );
         let mut row = |k: &str, v: String| {
             let _ = writeln!(s, "  {k:<22} {v}");
         };
@@ -474,6 +551,16 @@ impl Report {
                 self.connect_rate_per_s
             ),
         );
+        let c = &self.connect_latency;
+        if c.samples > 0 {
+            row(
+                "connect latency ms",
+                format!(
+                    "p50 {:.3}  p99 {:.3}  max {:.3}  (connect + upgrade, n={})",
+                    c.p50_ms, c.p99_ms, c.max_ms, c.samples
+                ),
+            );
+        }
         if let Some(sl) = &self.slow {
             let closes = join_or(sl.closes.iter().map(|(c, n)| format!("{c}: {n}")), "-");
             row(
@@ -511,6 +598,9 @@ impl Report {
                 self.published, self.published_per_s
             ),
         );
+        if let Some(why) = self.shortfall.filter(|w| w.total() > 0) {
+            row("  not published", why.explain());
+        }
         row("expected deliveries", self.expected_deliveries.to_string());
         row("delivered", self.delivered.to_string());
         row(

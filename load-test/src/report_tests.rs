@@ -1,6 +1,7 @@
 //! Tests of `report` (kept apart so the module reads as its code).
 
 use super::*;
+use crate::runinfo::RunInfo;
 
 #[test]
 fn percentiles_from_a_uniform_histogram() {
@@ -254,4 +255,118 @@ fn errors_add_up_and_fail() {
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["server_closes"]["1013"], 2);
     assert_eq!(json["errors"], 4);
+}
+
+#[test]
+fn run_metadata_is_one_json_object_and_one_summary_line() {
+    let mut r = base();
+    r.run = RunInfo {
+        started_at: "2026-12-01T14:51:18Z".into(),
+        command: "load-test --clients 10 --url 'ws://h/ws?a=1&b=2'".into(),
+        version: "0.1.0".into(),
+        git_revision: "e8f075d1a2b3-dirty".into(),
+        cores: 2,
+        kernel: "6.1.0-18-amd64".into(),
+    };
+    r.finish();
+    let json = serde_json::to_value(&r).unwrap();
+    let run = &json["run"];
+    assert_eq!(run["started_at"], "2026-12-01T14:51:18Z");
+    assert_eq!(
+        run["command"],
+        "load-test --clients 10 --url 'ws://h/ws?a=1&b=2'"
+    );
+    assert_eq!(run["version"], "0.1.0");
+    assert_eq!(run["git_revision"], "e8f075d1a2b3-dirty");
+    assert_eq!(run["cores"], 2);
+    assert_eq!(run["kernel"], "6.1.0-18-amd64");
+    let t = r.table();
+    let lines: Vec<&str> = t.lines().filter(|l| l.contains("2026-12-01")).collect();
+    assert_eq!(
+        lines,
+        [
+            "  run: 2026-12-01T14:51:18Z | load-test 0.1.0 (e8f075d1a2b3-dirty) | 2 cores, \
+          kernel 6.1.0-18-amd64 | load-test --clients 10 --url 'ws://h/ws?a=1&b=2'"
+        ],
+        "{t}"
+    );
+}
+
+#[test]
+fn connect_latency_is_in_summary_and_json() {
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    for us in 1..=1000u64 {
+        h.record(us * 10).unwrap(); // 10 µs .. 10 ms
+    }
+    let mut r = base();
+    assert!(
+        !r.table().contains("connect latency"),
+        "none without samples"
+    );
+    r.connect_latency = Latency::from_histogram_us(&h);
+    r.connect_latency_percentiles = percentile_curve(&h);
+    r.finish();
+    let t = r.table();
+    assert!(
+        t.contains(
+            "connect latency ms     p50 5.003  p99 9.903  max 10.007  (connect + upgrade, n=1000)"
+        ),
+        "{t}"
+    );
+    let json = serde_json::to_value(&r).unwrap();
+    let c = &json["connect_latency"];
+    assert_eq!(c["samples"], 1000);
+    for k in ["p50_ms", "p99_ms", "max_ms"] {
+        assert!(c[k].as_f64().unwrap() > 0.0, "{k}: {c}");
+    }
+    assert!(
+        json["connect_latency_percentiles"]
+            .as_array()
+            .unwrap()
+            .len()
+            > 2
+    );
+}
+
+#[test]
+fn fewer_published_than_scheduled_is_explained() {
+    let mut r = base();
+    r.scheduled = Some(20_000);
+    r.published = 19_997;
+    r.shortfall = Some(Shortfall {
+        last_tick: 3,
+        ..Shortfall::default()
+    });
+    r.finish();
+    let t = r.table();
+    assert!(t.contains("19997 (scheduled 20000)"), "{t}");
+    assert!(
+        t.contains(
+            "    not published        3 due in the last ms of --duration (its end fired first in that timer tick)\n"
+        ),
+        "{t}"
+    );
+    // Held back and stopped publishers are named too, each with its count.
+    r.published = 18_000;
+    r.shortfall = Some(Shortfall {
+        last_tick: 3,
+        behind: 1_500,
+        after_error: 497,
+    });
+    let t = r.table();
+    assert!(t.contains("3 due in the last ms"), "{t}");
+    assert!(
+        t.contains("; 1500 still owed by publishers behind schedule at the end of --duration (writes held back by the server's flow control / TCP push-back)"),
+        "{t}"
+    );
+    assert!(
+        t.contains("; 497 not sent after send errors stopped publishers"),
+        "{t}"
+    );
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["shortfall"]["behind"], 1500);
+    // All published: no note.
+    r.published = 20_000;
+    r.shortfall = Some(Shortfall::default());
+    assert!(!r.table().contains("not published"), "{}", r.table());
 }

@@ -121,6 +121,7 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle, flooders_rt: Handle) 
     let finished = merge::Finished {
         subscribers,
         failed_publishers: publishing.failed,
+        publisher_failed_at: publishing.failed_at,
         publisher_error: publishing.first_connect_error,
         sent,
         publisher_endings,

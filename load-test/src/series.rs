@@ -3,6 +3,8 @@
 //! locks) with one small log-bucketed histogram per second, allocated only for
 //! the seconds in which it received something; they are merged at the end.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 /// Sub-buckets per power of two: bucket widths are 1/8 of an octave (≤ 12.5 %
@@ -142,9 +144,80 @@ pub(crate) struct SecondPoint {
     pub(crate) max_ms: f64,
 }
 
+/// Messages published and errors in one second of the run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub(crate) struct ActivityPoint {
+    /// Second `t_s .. t_s + 1` relative to the start of publishing
+    /// (negative: the connect phase).
+    pub(crate) t_s: i64,
+    pub(crate) published: u64,
+    /// Subscribers and publishers that failed to connect.
+    pub(crate) connect_errors: u64,
+    /// Publishers stopped by a send error.
+    pub(crate) send_errors: u64,
+    /// Connections (reading subscribers and publishers) the server closed
+    /// or dropped before the tool did.
+    pub(crate) server_closes: u64,
+}
+
+/// Collects [`ActivityPoint`]s by second, in any order.
+#[derive(Debug, Default)]
+pub(crate) struct Activity {
+    seconds: BTreeMap<i64, ActivityPoint>,
+}
+
+impl Activity {
+    /// The point of second `t_s`, to add counts to.
+    pub(crate) fn at(&mut self, t_s: i64) -> &mut ActivityPoint {
+        self.seconds.entry(t_s).or_insert_with(|| ActivityPoint {
+            t_s,
+            ..ActivityPoint::default()
+        })
+    }
+
+    /// Every second from the earliest (at most 0) to the latest with
+    /// anything in it, empty seconds included; none when nothing happened.
+    pub(crate) fn points(mut self) -> Vec<ActivityPoint> {
+        let (Some(&first), Some(&last)) = (self.seconds.keys().next(), self.seconds.keys().last())
+        else {
+            return Vec::new();
+        };
+        (first.min(0)..=last).map(|t| self.at(t).clone()).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn activity_fills_every_second_from_the_connect_phase() {
+        assert!(Activity::default().points().is_empty());
+        let mut a = Activity::default();
+        a.at(3).published += 10;
+        a.at(-2).connect_errors += 1;
+        a.at(3).send_errors += 1;
+        a.at(1).server_closes += 2;
+        let p = a.points();
+        assert_eq!(
+            p.iter().map(|p| p.t_s).collect::<Vec<_>>(),
+            [-2, -1, 0, 1, 2, 3]
+        );
+        assert_eq!(p[0].connect_errors, 1);
+        assert_eq!((p[5].published, p[5].send_errors), (10, 1));
+        assert_eq!(p[3].server_closes, 2);
+        assert_eq!(
+            p[1],
+            ActivityPoint {
+                t_s: -1,
+                ..ActivityPoint::default()
+            }
+        );
+        // Publishing only: starts at second 0.
+        let mut a = Activity::default();
+        a.at(2).published = 5;
+        assert_eq!(a.points().len(), 3);
+    }
 
     #[test]
     fn buckets_are_contiguous_and_contain_their_values() {

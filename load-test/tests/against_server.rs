@@ -162,6 +162,44 @@ fn few_hundred_clients_lose_nothing() {
     assert_eq!(r["server_closes"], serde_json::json!({}), "{r}");
     assert_eq!(u(&r["latency"], "samples"), published * 300, "{r}");
     assert_eq!(r["passed"], true, "{r}");
+
+    // How the run was made.
+    let run = &r["run"];
+    let started = run["started_at"].as_str().expect("started_at");
+    assert!(started.len() == 20 && started.ends_with('Z'), "{run}");
+    let command = run["command"].as_str().expect("command");
+    assert!(command.contains("--clients 300 --publishers 2"), "{run}");
+    assert!(command.contains(&format!("--url {}", server.url)), "{run}");
+    assert_eq!(run["version"], env!("CARGO_PKG_VERSION"), "{run}");
+    assert!(
+        !run["git_revision"].as_str().unwrap_or("").is_empty(),
+        "{run}"
+    );
+    assert!(u(run, "cores") >= 1, "{run}");
+    assert!(!run["kernel"].as_str().unwrap_or("").is_empty(), "{run}");
+    assert!(
+        stdout.contains(&format!("  run: {started} | load-test ")),
+        "{stdout}"
+    );
+    // Every subscriber's connect was timed.
+    let c = &r["connect_latency"];
+    assert_eq!(u(c, "samples"), 300, "{c}");
+    let (p50, max) = (c["p50_ms"].as_f64().unwrap(), c["max_ms"].as_f64().unwrap());
+    assert!(p50 > 0.0 && p50 <= max, "{c}");
+    assert!(stdout.contains("connect latency ms"), "{stdout}");
+    // Published per second adds up; no errors in any second.
+    let activity = r["activity"].as_array().expect("activity");
+    let per_s: u64 = activity.iter().map(|p| u(p, "published")).sum();
+    assert_eq!(per_s, published, "{r}");
+    for p in activity {
+        let errors = u(p, "connect_errors") + u(p, "send_errors") + u(p, "server_closes");
+        assert_eq!(errors, 0, "{p}");
+    }
+    // What the schedule called for and was not published is accounted for.
+    let s = &r["shortfall"];
+    let short = u(s, "last_tick") + u(s, "behind") + u(s, "after_error");
+    assert_eq!(short, scheduled - published, "{r}");
+    assert_eq!(u(s, "after_error"), 0, "{r}");
 }
 
 #[test]
@@ -347,9 +385,13 @@ fn report_page_has_the_plots() {
     let page = std::fs::read_to_string(&html).expect("--report file written");
     let _ = std::fs::remove_file(&html);
     assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
-    assert_eq!(page.matches("<svg").count(), 3, "{page}");
+    assert_eq!(page.matches("<svg").count(), 5, "{page}");
     assert!(page.contains("Latency per second"));
+    assert!(page.contains("Connect latency"));
+    assert!(page.contains("Messages published and errors per second"));
     assert!(page.contains("load-test summary"));
+    assert!(page.contains("<table class=\"run\">"), "{page}");
+    assert!(page.contains("<tr><th>Command</th><td><code>"), "{page}");
 }
 
 #[test]

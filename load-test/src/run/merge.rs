@@ -21,7 +21,7 @@ use crate::cli::Args;
 use crate::report::{
     percentile_curve, ChannelRow, ChannelsReport, ClassReport, Latency, Report, SlowReport,
 };
-use crate::series::Series;
+use crate::series::{Activity, Series};
 use crate::v1::V1Counts;
 use crate::window::Windows;
 
@@ -30,6 +30,7 @@ pub(super) struct Finished {
     pub(super) subscribers: Subscribers,
     /// Indices of the publishers that failed to connect, and the first error.
     pub(super) failed_publishers: Vec<usize>,
+    pub(super) publisher_failed_at: Vec<Instant>,
     pub(super) publisher_error: Option<String>,
     pub(super) sent: Sent,
     /// How the publishers' connections ended.
@@ -48,6 +49,11 @@ struct Totals {
     class_hist: Vec<Histogram<u64>>,
     classes: Vec<ClassReport>,
     series: Series,
+    /// Subscribers' connect and upgrade times (µs).
+    connect_hist: Histogram<u64>,
+    /// Per second since publishing started (`start`).
+    activity: Activity,
+    start: Instant,
     server_closes: BTreeMap<u16, u64>,
     v1: V1Counts,
     last_delivery_ns: u64,
@@ -61,6 +67,9 @@ pub(super) async fn report(args: &Args, shared: &Shared, f: Finished) -> Result<
     let mut report = settings_and_counts(args, shared, &f);
     let empty = Histogram::<u64>::new(3).expect("3 significant figures is valid");
     let mut t = Totals {
+        connect_hist: empty.clone(),
+        activity: Activity::default(),
+        start: f.start,
         hist_send: empty.clone(),
         class_hist: vec![empty.clone(); shared.classes()],
         classes: vec![ClassReport::default(); shared.classes()],
@@ -78,9 +87,19 @@ pub(super) async fn report(args: &Args, shared: &Shared, f: Finished) -> Result<
         clients: f.subscribers.slow as u64,
         ..SlowReport::default()
     });
+    for &at in &f.publisher_failed_at {
+        t.activity.at(t.second(at)).connect_errors += 1;
+    }
+    for &at in &f.sent.errors_at {
+        t.activity.at(t.second(at)).send_errors += 1;
+    }
+    for (s, &n) in f.sent.per_second.iter().enumerate() {
+        t.activity.at(s as i64).published += n;
+    }
     for (i, task) in f.subscribers.tasks.into_iter().enumerate() {
         match task.await? {
-            SubResult::Failed(e) => {
+            SubResult::Failed(e, at) => {
+                t.activity.at(t.second(at)).connect_errors += 1;
                 report.clients_failed += 1;
                 if report.first_connect_error.is_none() {
                     report.first_connect_error = Some(format!("subscriber: {e}"));
@@ -90,6 +109,7 @@ pub(super) async fn report(args: &Args, shared: &Shared, f: Finished) -> Result<
                 report.clients_connected += 1;
                 let sl = slow.as_mut().expect("slow subscribers configured");
                 sl.connected += 1;
+                t.connect(end.connect);
                 sl.messages_read_at_end += end.messages;
                 t.v1.add(&end.v1);
                 match end.close {
@@ -99,6 +119,7 @@ pub(super) async fn report(args: &Args, shared: &Shared, f: Finished) -> Result<
             }
             SubResult::Done(s) => {
                 report.clients_connected += 1;
+                t.connect(s.connect);
                 t.add_subscriber(i, &s, shared, &f.sent.by, &mut report);
             }
         }
@@ -140,8 +161,11 @@ pub(super) async fn report(args: &Args, shared: &Shared, f: Finished) -> Result<
         report.latency.clone()
     };
     report.latency_percentiles = percentile_curve(&t.hist);
+    report.connect_latency = Latency::from_histogram_us(&t.connect_hist);
+    report.connect_latency_percentiles = percentile_curve(&t.connect_hist);
     report.window_sweeps = shared.window.as_ref().map(Windows::swept);
     report.timeline = t.series.points();
+    report.activity = t.activity.points();
     report.delivery_window_s = t.last_delivery_ns.saturating_sub(shared.ns(f.start)) as f64 / 1e9;
     Ok(report)
 }
@@ -181,6 +205,7 @@ fn settings_and_counts(args: &Args, shared: &Shared, f: &Finished) -> Report {
         connect_s: f.subscribers.connect_s,
         ramp: args.ramp,
         scheduled: shared.rate_mode.then_some(f.sent.scheduled),
+        shortfall: shared.rate_mode.then_some(f.sent.shortfall),
         published,
         published_per_s: published as f64 / (f.publish_end - f.start).as_secs_f64().max(1e-9),
         send_errors: f.sent.send_errors,
@@ -191,9 +216,22 @@ fn settings_and_counts(args: &Args, shared: &Shared, f: &Finished) -> Report {
 }
 
 impl Totals {
+    /// The second of `at`, relative to the start of publishing.
+    fn second(&self, at: Instant) -> i64 {
+        second_of(at, self.start)
+    }
+
+    /// Records one subscriber's connect time.
+    fn connect(&mut self, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self.connect_hist.record(us);
+    }
+
     fn add_ending(&mut self, e: &Ending) {
         if let Some(c) = e.server_close {
             *self.server_closes.entry(c).or_default() += 1;
+            let at = e.closed_at.unwrap_or(self.start);
+            self.activity.at(self.second(at)).server_closes += 1;
         }
         self.v1.add(&e.v1);
     }
@@ -298,9 +336,41 @@ fn add_classes(
     }
 }
 
+/// The whole second of `at` relative to `start`, counted down from -1
+/// before it: `start - 0.2 s` is in second -1, `start + 0.2 s` in 0.
+fn second_of(at: Instant, start: Instant) -> i64 {
+    if at >= start {
+        (at - start).as_secs() as i64
+    } else {
+        -((start - at).as_secs_f64().ceil() as i64).max(1)
+    }
+}
+
 /// Adds a subscriber's u32-count histogram into the u64-count total.
 fn merge(total: &mut Histogram<u64>, h: &Histogram<u32>) {
     for v in h.iter_recorded() {
         let _ = total.record_n(v.value_iterated_to(), u64::from(v.count_at_value()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn seconds_before_the_start_are_negative() {
+        let start = Instant::now() + Duration::from_secs(10);
+        let at = |ms: i64| {
+            let d = Duration::from_millis(ms.unsigned_abs());
+            second_of(if ms < 0 { start - d } else { start + d }, start)
+        };
+        assert_eq!(at(0), 0);
+        assert_eq!(at(999), 0);
+        assert_eq!(at(1000), 1);
+        assert_eq!(at(-1), -1);
+        assert_eq!(at(-1000), -1);
+        assert_eq!(at(-1001), -2);
     }
 }

@@ -31,10 +31,14 @@ use crate::api::{ApiConn, PublishError};
 use crate::cli::Args;
 use crate::conn::{publisher_config, Ws};
 use crate::payload::{self, Header};
+use crate::report::Shortfall;
 use crate::v1::{self as v1, V1Counts};
 
 /// Most messages a publisher writes before one flush.
 const MAX_BATCH: u64 = 256;
+/// tokio's timer resolution: a send due this close to the end of
+/// `--duration` shares its timer tick with the deadline, which wins.
+const TIMER_TICK: Duration = Duration::from_millis(1);
 
 /// A publisher's connection: WebSocket, or `--api` (and the channel it
 /// posts to).
@@ -48,6 +52,8 @@ pub(super) struct Publishers {
     /// By publisher index; None: it failed to connect.
     links: Vec<Option<Link>>,
     failed: Vec<usize>,
+    /// When each of `failed` failed.
+    failed_at: Vec<Instant>,
     first_connect_error: Option<String>,
 }
 
@@ -66,29 +72,34 @@ pub(super) async fn connect(
         let target = targets.of(p);
         let (api, timeout, n) = (targets.api.clone(), args.connect_timeout, clients + p);
         pending.push(rts.of_publisher(p, shared.paced).spawn(async move {
-            match api {
-                // The channel its WebSocket URL names (validated with the flags).
-                Some(api) => Ok(Link::Api {
-                    channel: target.channel()?,
-                    conn: Box::new(api.connect(n, timeout).await?),
-                }),
-                None => target
-                    .connect(n, pub_cfg, timeout, None)
-                    .await
-                    .map(|ws| Link::Ws(Box::new(ws))),
-            }
+            let link = async {
+                match api {
+                    // The channel its WebSocket URL names (validated with the flags).
+                    Some(api) => Ok(Link::Api {
+                        channel: target.channel()?,
+                        conn: Box::new(api.connect(n, timeout).await?),
+                    }),
+                    None => target
+                        .connect(n, pub_cfg, timeout, None)
+                        .await
+                        .map(|ws| Link::Ws(Box::new(ws))),
+                }
+            };
+            (link.await, Instant::now())
         }));
     }
     let mut out = Publishers {
         links: Vec::with_capacity(shared.publishers),
         failed: Vec::new(),
+        failed_at: Vec::new(),
         first_connect_error: None,
     };
     for (p, c) in pending.into_iter().enumerate() {
         match c.await? {
-            Ok(link) => out.links.push(Some(link)),
-            Err(e) => {
+            (Ok(link), _) => out.links.push(Some(link)),
+            (Err(e), at) => {
                 out.failed.push(p);
+                out.failed_at.push(at);
                 out.first_connect_error
                     .get_or_insert_with(|| format!("publisher: {e:#}"));
                 out.links.push(None);
@@ -104,6 +115,12 @@ pub(super) struct Sent {
     pub(super) by: Vec<u64>,
     /// Rate mode: messages the schedules owed.
     pub(super) scheduled: u64,
+    /// Rate mode: why `scheduled` exceeds what was published.
+    pub(super) shortfall: Shortfall,
+    /// Messages flushed in each second since the start, all publishers.
+    pub(super) per_second: Vec<u64>,
+    /// When each publisher that stopped on a send error stopped.
+    pub(super) errors_at: Vec<Instant>,
     /// Publishers that stopped on a send error (or a write blocked past
     /// `--drain`, or, with `--api`, an answer other than 200).
     pub(super) send_errors: u64,
@@ -124,8 +141,9 @@ pub(super) struct Publishing {
     /// When they start sending, and when they stop.
     pub(super) start: Instant,
     pub(super) deadline: Instant,
-    /// Indices of the publishers that failed to connect.
+    /// Indices of the publishers that failed to connect, and when.
     pub(super) failed: Vec<usize>,
+    pub(super) failed_at: Vec<Instant>,
     /// The first publisher's connect error.
     pub(super) first_connect_error: Option<String>,
     tasks: Vec<JoinHandle<Ending>>,
@@ -179,6 +197,7 @@ impl Publishers {
             start,
             deadline,
             failed: self.failed,
+            failed_at: self.failed_at,
             first_connect_error: self.first_connect_error,
             tasks,
             counts,
@@ -192,6 +211,9 @@ impl Publishing {
         let mut sent = Sent {
             by: vec![0; publishers],
             scheduled: 0,
+            shortfall: Shortfall::default(),
+            per_second: Vec::new(),
+            errors_at: Vec::new(),
             send_errors: 0,
             api_errors: BTreeMap::new(),
             first_error: None,
@@ -200,6 +222,14 @@ impl Publishing {
             let st = rx.await?;
             sent.by[p] = st.sent;
             sent.scheduled += st.scheduled;
+            sent.shortfall.add(&st.shortfall);
+            if st.per_second.len() > sent.per_second.len() {
+                sent.per_second.resize(st.per_second.len(), 0);
+            }
+            for (t, n) in sent.per_second.iter_mut().zip(&st.per_second) {
+                *t += n;
+            }
+            sent.errors_at.extend(st.stopped_at);
             sent.send_errors += u64::from(st.send_error);
             if let Some(status) = st.status {
                 *sent.api_errors.entry(status).or_default() += 1;
@@ -226,6 +256,12 @@ impl Publishing {
 struct PubStats {
     sent: u64,
     scheduled: u64,
+    /// Rate mode: why `scheduled - sent` were not sent.
+    shortfall: Shortfall,
+    /// Messages flushed in each second since the start.
+    per_second: Vec<u64>,
+    /// When a send error stopped it.
+    stopped_at: Option<Instant>,
     send_error: bool,
     /// `--api`: the status other than 200 that stopped it.
     status: Option<u16>,
@@ -290,6 +326,8 @@ async fn publisher(
     let live = &shared.published[id];
     let mut seq = 0u64;
     let mut scheduled = 0u64;
+    let mut shortfall = Shortfall::default();
+    let mut per_second = PerSecond::new(times.start);
     let mut stopped: Option<Stop> = None;
     let Times {
         start,
@@ -337,12 +375,17 @@ async fn publisher(
                 });
                 if let Err(stop) = out.send_all(batch, give_up).await {
                     seq += stop.published;
+                    per_second.count(stop.published);
                     stopped = Some(stop);
                     break;
                 }
+                per_second.count(end - seq);
                 seq = end;
                 live.unique.store(seq, Relaxed);
             }
+            shortfall = self::shortfall(seq, total, stopped.is_some(), |s| {
+                due_at(s) + TIMER_TICK >= deadline
+            });
         }
         Plan::MaxRate => {
             let window = shared.window.as_ref().expect("window in max-rate mode");
@@ -359,9 +402,11 @@ async fn publisher(
                 let batch = (seq..seq + n).map(|s| next_msg(s, shared.ns(Instant::now()), 0));
                 if let Err(stop) = out.send_all(batch, give_up).await {
                     seq += stop.published;
+                    per_second.count(stop.published);
                     stopped = Some(stop);
                     break;
                 }
+                per_second.count(n);
                 seq += n;
                 live.unique.store(seq, Relaxed);
             }
@@ -377,9 +422,11 @@ async fn publisher(
                 let batch = (seq..seq + batch_len).map(|s| next_msg(s, write_ns(batch_ns), 0));
                 if let Err(stop) = out.send_all(batch, give_up).await {
                     seq += stop.published;
+                    per_second.count(stop.published);
                     stopped = Some(stop);
                     break;
                 }
+                per_second.count(batch_len);
                 seq += batch_len;
                 live.unique.store(seq, Relaxed);
             }
@@ -392,6 +439,9 @@ async fn publisher(
     let _ = counts.send(PubStats {
         sent: seq,
         scheduled,
+        shortfall,
+        per_second: per_second.counts,
+        stopped_at: stopped.is_some().then(Instant::now),
         send_error: stopped.is_some(),
         status: stopped.as_ref().and_then(|s| s.status),
         error: stopped.and_then(|s| s.error),
@@ -408,6 +458,54 @@ async fn publisher(
         let _ = done_tx.send(true);
     }
     reader.await.unwrap_or_default()
+}
+
+/// Rate mode: the messages `sent..total` of a schedule not sent, after a
+/// send error (`failed`) or at the deadline; `in_last_tick(s)`: message
+/// `s` was due within the last timer tick (true from some `s` on).
+fn shortfall(sent: u64, total: u64, failed: bool, in_last_tick: impl Fn(u64) -> bool) -> Shortfall {
+    let unsent = total.saturating_sub(sent);
+    if failed {
+        return Shortfall {
+            after_error: unsent,
+            ..Shortfall::default()
+        };
+    }
+    let last_tick = (sent..total).rev().take_while(|&s| in_last_tick(s)).count() as u64;
+    Shortfall {
+        last_tick,
+        behind: unsent - last_tick,
+        after_error: 0,
+    }
+}
+
+/// Messages a publisher flushed, by the second (since the start) in which
+/// each flush completed.
+struct PerSecond {
+    start: Instant,
+    counts: Vec<u64>,
+}
+
+impl PerSecond {
+    fn new(start: Instant) -> Self {
+        Self {
+            start,
+            counts: Vec::new(),
+        }
+    }
+
+    fn count(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let sec = Instant::now()
+            .saturating_duration_since(self.start)
+            .as_secs() as usize;
+        if sec >= self.counts.len() {
+            self.counts.resize(sec + 1, 0);
+        }
+        self.counts[sec] += n;
+    }
 }
 
 /// Where a publisher writes: its WebSocket's sending half, or the API.
@@ -509,6 +607,7 @@ async fn read_broadcasts(
     };
     Ending {
         server_close: close,
+        closed_at: close.map(|_| Instant::now()),
         v1: counts,
     }
 }
@@ -592,4 +691,34 @@ fn normal_close() -> Message {
         code: CloseCode::from(protocol::close::NORMAL),
         reason: "".into(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortfall_tells_the_last_tick_from_falling_behind() {
+        // 100 scheduled, 1 per ms; the last 2 were due in the last tick.
+        let last_tick = |s: u64| s >= 98;
+        let on_time = shortfall(98, 100, false, last_tick);
+        assert_eq!(
+            (on_time.last_tick, on_time.behind, on_time.after_error),
+            (2, 0, 0)
+        );
+        // Behind schedule: 40 more were due earlier.
+        let behind = shortfall(58, 100, false, last_tick);
+        assert_eq!((behind.last_tick, behind.behind), (2, 40));
+        // Stopped by a send error: all of the rest.
+        let failed = shortfall(58, 100, true, last_tick);
+        assert_eq!(
+            (failed.after_error, failed.last_tick, failed.behind),
+            (42, 0, 0)
+        );
+        assert_eq!(shortfall(100, 100, false, last_tick), Shortfall::default());
+        let mut sum = on_time;
+        sum.add(&behind);
+        sum.add(&failed);
+        assert_eq!((sum.last_tick, sum.behind, sum.after_error), (4, 40, 42));
+    }
 }

@@ -186,8 +186,10 @@ impl Runtimes {
 /// How a connection ended.
 #[derive(Debug, Default)]
 pub(super) struct Ending {
-    /// The server closed (or dropped) it before we asked: the code.
+    /// The server closed (or dropped) it before we asked: the code, and
+    /// when we saw it.
     pub(super) server_close: Option<u16>,
+    pub(super) closed_at: Option<Instant>,
     /// `--v1`: the events other than messages it received.
     pub(super) v1: V1Counts,
 }

@@ -31,6 +31,8 @@ const SLOW_READ_MAX: Duration = Duration::from_secs(5);
 
 /// What one slow subscriber saw when it resumed reading.
 pub(super) struct SlowEnd {
+    /// How long its connect and upgrade took.
+    pub(super) connect: Duration,
     /// The close code, 1006 for a dropped connection, None: still open.
     pub(super) close: Option<u16>,
     pub(super) messages: u64,
@@ -39,6 +41,8 @@ pub(super) struct SlowEnd {
 
 /// What one subscriber measured.
 pub(super) struct SubStats {
+    /// How long its connect and upgrade took.
+    pub(super) connect: Duration,
     /// Microseconds from the scheduled send time, by class of publisher
     /// ([`Shared::class_of`]: paced, then flood when there are flooders);
     /// u32 counts halve the memory of 20,000 histograms.
@@ -55,7 +59,8 @@ pub(super) struct SubStats {
 
 /// How one subscriber's task ended.
 pub(super) enum SubResult {
-    Failed(String),
+    /// It failed to connect: why, and when.
+    Failed(String, Instant),
     Done(Box<SubStats>),
     Slow(SlowEnd),
 }
@@ -89,18 +94,22 @@ pub(super) async fn connect(args: &Args, targets: &Targets, shared: &Arc<Shared>
         let is_slow = is_slow(i, clients, slow);
         let rcvbuf = (is_slow && args.slow_rcvbuf > 0).then_some(args.slow_rcvbuf);
         tasks.push(tokio::spawn(async move {
-            let conn = match at {
+            // Timed from the attempt: after its ramp slot or storm permit.
+            let timed = async {
+                let t = Instant::now();
+                let conn = target
+                    .connect_raw(i, timeout, rcvbuf, buf_size, max_msg)
+                    .await;
+                (conn, t.elapsed())
+            };
+            let (conn, took) = match at {
                 Some(at) => {
                     sleep_until(at).await;
-                    target
-                        .connect_raw(i, timeout, rcvbuf, buf_size, max_msg)
-                        .await
+                    timed.await
                 }
                 None => {
                     let _permit = storm.acquire().await;
-                    target
-                        .connect_raw(i, timeout, rcvbuf, buf_size, max_msg)
-                        .await
+                    timed.await
                 }
             };
             match conn {
@@ -108,15 +117,15 @@ pub(super) async fn connect(args: &Args, targets: &Targets, shared: &Arc<Shared>
                     shared.connected.fetch_add(1, Relaxed);
                     if is_slow {
                         shared.subs[i].ended.store(true, Relaxed);
-                        SubResult::Slow(slow_subscriber(ws, &shared).await)
+                        SubResult::Slow(slow_subscriber(ws, took, &shared).await)
                     } else {
-                        SubResult::Done(Box::new(subscriber(ws, i, size, &shared).await))
+                        SubResult::Done(Box::new(subscriber(ws, took, i, size, &shared).await))
                     }
                 }
                 Err(e) => {
                     shared.subs[i].ended.store(true, Relaxed);
                     shared.failed.fetch_add(1, Relaxed);
-                    SubResult::Failed(format!("{e:#}"))
+                    SubResult::Failed(format!("{e:#}"), Instant::now())
                 }
             }
         }));
@@ -136,7 +145,13 @@ pub(super) async fn connect(args: &Args, targets: &Targets, shared: &Arc<Shared>
 /// Messages are taken from the read buffer in batches (everything one read
 /// returned) and timestamped once per read: they were all there when the
 /// read returned. The stop signal is checked between reads.
-async fn subscriber(mut ws: SubWs, idx: usize, size: usize, shared: &Shared) -> SubStats {
+async fn subscriber(
+    mut ws: SubWs,
+    connect: Duration,
+    idx: usize,
+    size: usize,
+    shared: &Shared,
+) -> SubStats {
     let live = &shared.subs[idx];
     let channel = shared.channel_of(idx);
     let acks = shared.window.as_ref();
@@ -144,6 +159,7 @@ async fn subscriber(mut ws: SubWs, idx: usize, size: usize, shared: &Shared) -> 
         w.join(channel);
     }
     let mut st = SubStats {
+        connect,
         hist: (0..shared.classes())
             .map(|_| Histogram::new(3).expect("3 significant figures is valid"))
             .collect(),
@@ -236,6 +252,9 @@ async fn subscriber(mut ws: SubWs, idx: usize, size: usize, shared: &Shared) -> 
         }
     };
     live.ended.store(true, Relaxed);
+    if st.ending.server_close.is_some() {
+        st.ending.closed_at = Some(Instant::now());
+    }
     if let (Some(w), false) = (acks, stopped_by_us) {
         w.leave(channel);
     }
@@ -251,7 +270,7 @@ async fn subscriber(mut ws: SubWs, idx: usize, size: usize, shared: &Shared) -> 
 /// A slow subscriber: reads nothing until the run stops, then reads what the
 /// server left for it to see how the server ended it (see the module docs
 /// of [`super`]).
-async fn slow_subscriber(mut ws: SubWs, shared: &Shared) -> SlowEnd {
+async fn slow_subscriber(mut ws: SubWs, connect: Duration, shared: &Shared) -> SlowEnd {
     shared.stopped().await;
     let give_up = Instant::now() + SLOW_READ_MAX;
     let mut messages = 0u64;
@@ -285,6 +304,7 @@ async fn slow_subscriber(mut ws: SubWs, shared: &Shared) -> SlowEnd {
     };
     end_connection(ws, how, shared.abrupt_close).await;
     SlowEnd {
+        connect,
         close,
         messages,
         v1: v1_counts,
