@@ -394,6 +394,7 @@ impl Model {
             Command::Subscribe {
                 channel: name.to_owned(),
                 id: Some(Id::Num(id)),
+                since: None,
             }
             .encode(),
         );
@@ -479,6 +480,7 @@ impl Model {
                 name,
                 online,
                 time,
+                ..
             } => {
                 let text = if self.welcomed {
                     format!("reconnected as {name} ({online} online)")
@@ -541,6 +543,7 @@ impl Model {
                 id,
                 channel,
                 online,
+                ..
             } => {
                 if self.answered(id.as_ref()) == Some(Pending::Abandoned) {
                     return;

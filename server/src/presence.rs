@@ -195,6 +195,7 @@ pub(crate) async fn run(
                 channel: channel.id,
                 framed_at: std::time::Instant::now(),
                 cost: 0,
+                offset: 0,
             };
             fanout.publish_free(msg, &channel);
         }

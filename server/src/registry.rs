@@ -57,6 +57,7 @@ impl Registry {
             channel,
             slot: Cell::new(members.len()),
             joined_at: now,
+            after: Cell::new(0),
         });
         members.push(conn.clone());
     }
