@@ -7,6 +7,7 @@ mod channels;
 mod cluster;
 mod flow;
 mod hardening;
+mod history;
 mod http;
 mod jwt;
 mod lifecycle;
