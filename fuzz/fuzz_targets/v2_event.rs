@@ -121,7 +121,9 @@ fn check_round_trip(event: &Event) {
         from,
         name,
         time,
+        offset: None,
         body,
+        ..
     } = event
     {
         let body = match body {
@@ -177,6 +179,10 @@ fn event_from(u: &mut Unstructured<'_>) -> Result<Event> {
             id: id_from(u)?,
             channel: u.arbitrary()?,
             online: u.arbitrary()?,
+            offset: None,
+            epoch: None,
+            recovered: None,
+            reason: None,
         },
         2 => Event::Unsubscribed {
             id: id_from(u)?,
@@ -192,6 +198,8 @@ fn event_from(u: &mut Unstructured<'_>) -> Result<Event> {
             from: u.arbitrary()?,
             name: u.arbitrary()?,
             time: u.arbitrary()?,
+            offset: None,
+            epoch: None,
             body: if u.arbitrary()? {
                 Body::Text(u.arbitrary()?)
             } else {

@@ -329,17 +329,36 @@ mod tests {
                 name: "alice".into(),
                 online: 3,
                 time: 1_700_000_000_000,
+                recovered: None,
+                reason: None,
+                position: None,
+            },
+            ServerEvent::Welcome {
+                id: 7,
+                name: "alice".into(),
+                online: 3,
+                time: 1_700_000_000_000,
+                recovered: Some(false),
+                reason: Some(crate::history::Unrecovered::Expired),
+                position: Some(crate::history::Position {
+                    offset: 4,
+                    epoch: "abcd1234".into(),
+                }),
             },
             ServerEvent::Message {
                 from: 8,
                 name: "bob \"the\" <b>".into(),
                 time: 5,
+                offset: None,
+                epoch: None,
                 body: Body::Text("héllo\nworld".into()),
             },
             ServerEvent::Message {
                 from: 8,
                 name: "bob".into(),
                 time: 5,
+                offset: Some(9),
+                epoch: Some("abcd1234".into()),
                 body: Body::Data(vec![0, 1, 2, 255]),
             },
             ServerEvent::Presence {
@@ -380,6 +399,8 @@ mod tests {
             from: 8,
             name: "bob".into(),
             time: 5,
+            offset: None,
+            epoch: None,
             body: Body::Text("hi".into()),
         };
         assert_eq!(
@@ -470,7 +491,7 @@ mod tests {
         #[test]
         fn messages_round_trip(from: u64, time: u64, name in "\\PC{1,32}", text in "\\PC*", data: Vec<u8>) {
             for body in [Body::Text(text.clone()), Body::Data(data.clone())] {
-                let e = ServerEvent::Message { from, name: name.clone(), time, body };
+                let e = ServerEvent::Message { from, name: name.clone(), time, offset: None, epoch: None, body };
                 prop_assert_eq!(ServerEvent::decode(&e.encode()), Ok(Some(e)));
             }
         }

@@ -13,10 +13,15 @@ fn commands_round_trip() {
         Command::Subscribe {
             channel: "news".into(),
             id: Some(Id::Num(1)),
+            since: None,
         },
         Command::Subscribe {
             channel: "team/a".into(),
             id: None,
+            since: Some(crate::history::Position {
+                offset: 7,
+                epoch: "abcd1234".into(),
+            }),
         },
         Command::Unsubscribe {
             channel: "news".into(),
@@ -75,12 +80,37 @@ fn commands_have_the_documented_shape() {
 #[test]
 fn unknown_command_fields_are_ignored() {
     assert_eq!(
-        Command::decode(r#"{"type":"subscribe","channel":"a","since":{"offset":3},"x":[1]}"#),
+        Command::decode(r#"{"type":"subscribe","channel":"a","x":[1]}"#),
         Ok(Command::Subscribe {
             channel: "a".into(),
             id: None,
+            since: None,
         })
     );
+    // `since` is checked: an offset and an epoch.
+    assert_eq!(
+        Command::decode(r#"{"type":"subscribe","channel":"a","since":{"offset":3,"epoch":"e1"}}"#)
+            .map(|c| match c {
+                Command::Subscribe { since, .. } => since,
+                _ => None,
+            }),
+        Ok(Some(crate::history::Position {
+            offset: 3,
+            epoch: "e1".into()
+        }))
+    );
+    for bad in [
+        r#"{"type":"subscribe","channel":"a","since":{"offset":3}}"#,
+        r#"{"type":"subscribe","channel":"a","since":5}"#,
+        r#"{"type":"subscribe","channel":"a","since":{"offset":-1,"epoch":"e"}}"#,
+        r#"{"type":"subscribe","channel":"a","since":{"offset":1,"epoch":""}}"#,
+    ] {
+        assert_eq!(
+            Command::decode(bad).map_err(|e| e.code),
+            Err(ErrorCode::BadRequest),
+            "{bad}"
+        );
+    }
     assert_eq!(
         Command::decode(r#"{"type":"ping","id":null,"channel":"not checked: /"}"#),
         Ok(Command::Ping { id: None })
@@ -243,11 +273,19 @@ fn all_events() -> Vec<Event> {
             id: Some(Id::Num(1)),
             channel: "news".into(),
             online: 3,
+            offset: Some(12),
+            epoch: Some("abcd1234".into()),
+            recovered: Some(false),
+            reason: Some(crate::history::Unrecovered::Epoch),
         },
         Event::Subscribed {
             id: None,
             channel: "news".into(),
             online: 1,
+            offset: None,
+            epoch: None,
+            recovered: None,
+            reason: None,
         },
         Event::Unsubscribed {
             id: id("u"),
@@ -263,6 +301,8 @@ fn all_events() -> Vec<Event> {
             from: 8,
             name: "bob \"the\" <b>".into(),
             time: 5,
+            offset: None,
+            epoch: None,
             body: Body::Text("héllo\nworld".into()),
         },
         Event::Message {
@@ -270,6 +310,8 @@ fn all_events() -> Vec<Event> {
             from: 8,
             name: "bob".into(),
             time: 5,
+            offset: Some(3),
+            epoch: Some("abcd1234".into()),
             body: Body::Data(vec![0, 1, 2, 255]),
         },
         Event::Presence {
@@ -423,7 +465,7 @@ proptest! {
         for (body_ref, body) in bodies {
             let mut out = Vec::new();
             encode_message_into(&mut out, &channel, from, &name, time, body_ref);
-            let event = Event::Message { channel: channel.clone(), from, name: name.clone(), time, body };
+            let event = Event::Message { channel: channel.clone(), from, name: name.clone(), time, offset: None, epoch: None, body };
             prop_assert_eq!(String::from_utf8(out).unwrap(), event.encode());
             prop_assert_eq!(Event::decode(&event.encode()), Ok(Some(event)));
         }
@@ -439,7 +481,7 @@ proptest! {
     ) {
         for id in [None, Some(Id::Num(num)), Some(Id::try_from(s.clone()).unwrap())] {
             let commands = [
-                Command::Subscribe { channel: channel.clone(), id: id.clone() },
+                Command::Subscribe { channel: channel.clone(), id: id.clone(), since: None },
                 Command::Unsubscribe { channel: channel.clone(), id: id.clone() },
                 Command::Publish { channel: channel.clone(), id: id.clone(), body: Body::Text(text.clone()) },
                 Command::Publish { channel: channel.clone(), id: id.clone(), body: Body::Data(data.clone()) },
