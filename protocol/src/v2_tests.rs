@@ -369,12 +369,12 @@ fn events_have_the_documented_shape() {
     let encoded: Vec<String> = all_events().iter().map(Event::encode).collect();
     let expected = [
         r#"{"type":"welcome","client":7,"name":"alice","time":1700000000000}"#,
-        r#"{"type":"subscribed","id":1,"channel":"news","online":3}"#,
+        r#"{"type":"subscribed","id":1,"channel":"news","online":3,"offset":12,"epoch":"abcd1234","recovered":false,"reason":"epoch"}"#,
         r#"{"type":"subscribed","channel":"news","online":1}"#,
         r#"{"type":"unsubscribed","id":"u","channel":"a/b","online":0}"#,
         r#"{"type":"published","id":0,"channel":"news"}"#,
         r#"{"type":"message","channel":"news","from":8,"name":"bob \"the\" <b>","time":5,"text":"héllo\nworld"}"#,
-        r#"{"type":"message","channel":"news","from":8,"name":"bob","time":5,"data":"AAEC/w=="}"#,
+        r#"{"type":"message","channel":"news","from":8,"name":"bob","time":5,"offset":3,"epoch":"abcd1234","data":"AAEC/w=="}"#,
         r#"{"type":"presence","channel":"news","online":2,"joined":[{"id":1,"name":"a"}]}"#,
         r#"{"type":"presence","channel":"news","online":200,"joined_count":150,"left_count":3}"#,
         r#"{"type":"pong","id":"p"}"#,
@@ -510,4 +510,47 @@ proptest! {
     fn event_decoder_never_panics(s in ".*") {
         let _ = Event::decode(&s);
     }
+}
+
+#[test]
+fn positioned_messages_encode_like_their_events() {
+    let mut out = Vec::new();
+    let data = [0u8, 1, 2, 255];
+    encode_positioned_message_json(
+        &mut out,
+        "news",
+        8,
+        "bob",
+        5,
+        (3, "ab12"),
+        BodyRef::Data(&data),
+    );
+    let event = Event::Message {
+        channel: "news".into(),
+        from: 8,
+        name: "bob".into(),
+        time: 5,
+        offset: Some(3),
+        epoch: Some("ab12".into()),
+        body: Body::Data(data.to_vec()),
+    };
+    assert_eq!(String::from_utf8(out).unwrap(), event.encode());
+    let mut out = Vec::new();
+    crate::v1::encode_positioned_message_json(
+        &mut out,
+        8,
+        "bob",
+        5,
+        (3, "ab12"),
+        BodyRef::Text("hi"),
+    );
+    let v1 = crate::v1::ServerEvent::Message {
+        from: 8,
+        name: "bob".into(),
+        time: 5,
+        offset: Some(3),
+        epoch: Some("ab12".into()),
+        body: crate::v1::Body::Text("hi".into()),
+    };
+    assert_eq!(String::from_utf8(out).unwrap(), v1.encode());
 }
