@@ -154,71 +154,94 @@ async fn a_subscriber_that_resumes_gets_all_500_missed_messages_once_in_order() 
 
 #[tokio::test]
 async fn resuming_while_messages_keep_coming_loses_and_doubles_nothing() {
-    const TOTAL: u64 = 4000;
-    let server = Server::start(&["--history-size", "10000"]).await;
-    let mut publisher = plain(&server, "/ws/busy").await;
-    // Registered before publishing starts: the watcher sees every message.
+    const RESUMES: usize = 40;
+    const READ_EACH: u64 = 50;
+    let server = Server::start(&["--history-size", "100000", "--workers", "2"]).await;
+    // Two publishers, placed on the two shards: both shards' inboxes carry
+    // the channel's messages while subscribers join and resume.
+    let mut publishers = vec![
+        plain(&server, "/ws/busy").await,
+        plain(&server, "/ws/busy").await,
+    ];
     let (mut watch, _) = watcher(&server, "busy").await;
-    publish_seen(&mut publisher, &mut watch, "warmup", 1).await;
+    for (i, p) in publishers.iter_mut().enumerate() {
+        publish_seen(p, &mut watch, &format!("warmup{i}-"), 1).await;
+    }
     drop(watch);
-    let sending = tokio::spawn(async move {
-        for i in 0..TOTAL - 1 {
-            publisher
-                .send(Message::text(format!("n{i}")))
-                .await
-                .unwrap();
-            if i % 64 == 0 {
-                tokio::task::yield_now().await;
-            }
-        }
-        publisher
-    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sending: Vec<_> = publishers
+        .into_iter()
+        .enumerate()
+        .map(|(p, mut publisher)| {
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                // Paced (a load, not a synchronisation), so that the
+                // resumes below happen while messages keep coming.
+                let mut pace = tokio::time::interval(std::time::Duration::from_micros(250));
+                let mut sent = 1u64; // the warm-up message
+                while !*stopped.borrow_and_update() {
+                    pace.tick().await;
+                    publisher
+                        .send(Message::text(format!("p{p}-{sent}")))
+                        .await
+                        .unwrap();
+                    sent += 1;
+                }
+                (publisher, sent)
+            })
+        })
+        .collect();
     // Read a stretch, drop, resume from the last offset seen; again.
-    let mut seen = 1u64; // the warm-up message
-    let mut epoch: Option<String> = None;
-    let mut resumes = 0;
-    while seen < TOTAL {
+    let mut seen = 2u64; // the warm-up messages
+    let (mut ws, _) = connect_v2(&server, "/ws", None).await;
+    let answer = subscribe_since(
+        &mut ws,
+        "busy",
+        Some(json!({"offset": 2, "epoch": "unknown0"})),
+    )
+    .await;
+    // A wrong epoch: nothing replayed, the answer gives the right one.
+    assert_eq!(
+        (&answer["recovered"], &answer["reason"]),
+        (&json!(false), &json!("epoch"))
+    );
+    let epoch = answer["epoch"].as_str().unwrap().to_owned();
+    drop(ws);
+    for resume in 0..RESUMES {
         let (mut ws, _) = connect_v2(&server, "/ws", None).await;
-        let since = epoch
-            .as_ref()
-            .map(|e| json!({"offset": seen, "epoch": e}))
-            .unwrap_or(json!({"offset": seen, "epoch": "unknown0"}));
+        let since = json!({"offset": seen, "epoch": epoch});
         let answer = subscribe_since(&mut ws, "busy", Some(since)).await;
-        if epoch.is_none() {
-            // The first time the epoch is learnt from the answer: it does
-            // not match, nothing is replayed, and we start again from it.
-            assert_eq!(
-                (&answer["recovered"], &answer["reason"]),
-                (&json!(false), &json!("epoch"))
-            );
-            epoch = Some(answer["epoch"].as_str().unwrap().to_owned());
-            continue;
-        }
         assert_eq!(answer["recovered"], true, "{answer}");
-        resumes += 1;
-        for _ in 0..300 {
-            if seen == TOTAL {
-                break;
-            }
+        for _ in 0..READ_EACH {
             let m = message(&mut ws).await;
-            assert_eq!(offset(&m), seen + 1, "after {resumes} resumes: {m}");
+            assert_eq!(offset(&m), seen + 1, "after {resume} resumes: {m}");
             seen += 1;
         }
     }
-    assert!(resumes >= 2, "{resumes}");
-    let mut publisher = sending.await.unwrap();
-    // The last resumer's connection is gone; one more message and one more
-    // resume from the end: exactly that message.
-    publisher.send(Message::text("tail")).await.unwrap();
+    stop.send(true).unwrap();
+    let mut total = 0;
+    let mut publishers = Vec::new();
+    for task in sending {
+        let (publisher, sent) = task.await.unwrap();
+        total += sent;
+        publishers.push(publisher);
+    }
+    // The last resume, after the publishers stopped: exactly the rest.
     let (mut ws, _) = connect_v2(&server, "/ws", None).await;
     let (mut watch, _) = watcher(&server, "busy").await;
-    publisher.send(Message::text("tail2")).await.unwrap();
-    assert_eq!(message(&mut watch).await["text"], "tail2");
-    let since = json!({"offset": TOTAL, "epoch": epoch.unwrap()});
-    let answer = subscribe_since(&mut ws, "busy", Some(since)).await;
+    publishers[0].send(Message::text("tail")).await.unwrap();
+    assert_eq!(message(&mut watch).await["text"], "tail");
+    let answer = subscribe_since(
+        &mut ws,
+        "busy",
+        Some(json!({"offset": seen, "epoch": epoch})),
+    )
+    .await;
     assert_eq!(answer["recovered"], true, "{answer}");
-    assert_eq!(message(&mut ws).await["text"], "tail");
-    assert_eq!(message(&mut ws).await["text"], "tail2");
+    for at in seen + 1..=total + 1 {
+        let m = message(&mut ws).await;
+        assert_eq!(offset(&m), at, "{m}");
+    }
 }
 
 #[tokio::test]
