@@ -687,6 +687,7 @@ impl Client {
                 id,
                 channel,
                 online,
+                ..
             } => {
                 let rejoined = self.channels.subscribed(id.as_ref(), &channel, online);
                 self.out.status(&render::joined(&channel, online, rejoined));

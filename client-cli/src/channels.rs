@@ -100,6 +100,7 @@ impl Channels {
             Sent::Subscribe { channel, .. } => Command::Subscribe {
                 channel: channel.clone(),
                 id,
+                since: None,
             },
             Sent::Unsubscribe(channel) => Command::Unsubscribe {
                 channel: channel.clone(),
@@ -375,11 +376,13 @@ mod tests {
             [
                 Command::Subscribe {
                     channel: "a".into(),
-                    id: Some(Id::Num(1))
+                    id: Some(Id::Num(1)),
+                    since: None
                 },
                 Command::Subscribe {
                     channel: "b".into(),
-                    id: Some(Id::Num(2))
+                    id: Some(Id::Num(2)),
+                    since: None
                 },
             ]
         );

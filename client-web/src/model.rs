@@ -394,6 +394,7 @@ impl Model {
             Command::Subscribe {
                 channel: name.to_owned(),
                 id,
+                since: None,
             }
         });
         if let Some(c) = self.channels.get_mut(name) {
@@ -494,6 +495,7 @@ impl Model {
                 name,
                 online,
                 time,
+                ..
             } => {
                 let text = if self.welcomed {
                     format!("reconnected as {name} ({online} online)")
@@ -556,6 +558,7 @@ impl Model {
                 id,
                 channel,
                 online,
+                ..
             } => {
                 if self.answered(id.as_ref()) == Some(Pending::Abandoned) {
                     return;

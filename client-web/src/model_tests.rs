@@ -43,6 +43,9 @@ fn welcome(m: &mut Model, id: u64, name: &str, online: u64) -> Vec<Line> {
             name: name.into(),
             online,
             time: T as u64,
+            position: None,
+            reason: None,
+            recovered: None,
         }
         .encode(),
     )
@@ -81,6 +84,8 @@ fn welcome_messages_and_presence_become_lines() {
         name: "bob".into(),
         time: T as u64 + 5,
         body: Body::Text("<script>alert(1)</script>".into()),
+        epoch: None,
+        offset: None,
     };
     let lines = m.text_frame(T, &msg.encode());
     assert_eq!(
@@ -99,6 +104,8 @@ fn welcome_messages_and_presence_become_lines() {
         name: "bob".into(),
         time: T as u64,
         body: Body::Data(vec![1, 2, 3]),
+        epoch: None,
+        offset: None,
     };
     let lines = m.text_frame(T, &bin.encode());
     assert_eq!(texts(&lines), ["<binary 3 bytes>"]);
@@ -343,6 +350,7 @@ fn subscribe_cmd(channel: &str, id: u64) -> String {
     Command::Subscribe {
         channel: channel.into(),
         id: Some(Id::Num(id)),
+        since: None,
     }
     .encode()
 }
@@ -362,6 +370,8 @@ fn v2_message(channel: &str, name: &str, text: &str) -> Event {
         name: name.into(),
         time: T as u64,
         body: Body::Text(text.into()),
+        epoch: None,
+        offset: None,
     }
 }
 
@@ -385,6 +395,10 @@ fn v2_in_red(online: u64) -> Model {
         id: Some(Id::Num(1)),
         channel: "red".into(),
         online,
+        offset: None,
+        epoch: None,
+        recovered: None,
+        reason: None,
     };
     assert_eq!(
         texts(&ev(&mut m, subscribed)),
@@ -422,6 +436,10 @@ fn v2_carries_every_channel_over_one_connection() {
         id: Some(Id::Num(3)),
         channel: "blue".into(),
         online: 1,
+        offset: None,
+        epoch: None,
+        recovered: None,
+        reason: None,
     };
     assert_eq!(
         texts(&ev(&mut m, subscribed)),
@@ -597,6 +615,10 @@ fn a_reconnection_subscribes_every_channel_again() {
         id: Some(Id::Num(4)),
         channel: "red".into(),
         online: 2,
+        offset: None,
+        epoch: None,
+        recovered: None,
+        reason: None,
     };
     assert_eq!(texts(&ev(&mut m, again)), ["rejoined #red (2 online)"]);
     assert_eq!(m.members_text(), "alice (you) and 1 more");
@@ -694,6 +716,10 @@ fn answers_for_a_channel_left_are_dropped() {
         id: Some(Id::Num(3)),
         channel: "blue".into(),
         online: 1,
+        offset: None,
+        epoch: None,
+        recovered: None,
+        reason: None,
     };
     assert!(ev(&mut m, old).is_empty());
     assert_eq!(m.channels().current().state(), &ChannelState::Joining);
@@ -709,6 +735,10 @@ fn answers_for_a_channel_left_are_dropped() {
         id: Some(Id::Num(4)),
         channel: "blue".into(),
         online: 1,
+        offset: None,
+        epoch: None,
+        recovered: None,
+        reason: None,
     };
     assert_eq!(texts(&ev(&mut m, new)), ["you joined #blue (1 online)"]);
     assert_eq!(m.channels().current().state(), &ChannelState::Joined);
@@ -772,6 +802,8 @@ fn a_v1_server_gets_the_single_channel_of_the_url() {
         name: "bob".into(),
         time: T as u64,
         body: Body::Text("hello blue".into()),
+        epoch: None,
+        offset: None,
     };
     assert_eq!(texts(&m.text_frame(T, &msg.encode())), ["hello blue"]);
     assert_eq!(history(&m, "blue").last().unwrap(), "hello blue");

@@ -96,7 +96,9 @@ fn check_round_trip(event: &ServerEvent) {
         from,
         name,
         time,
+        offset: None,
         body,
+        ..
     } = event
     {
         let body = match body {
@@ -132,11 +134,16 @@ fn event_from(u: &mut Unstructured<'_>) -> Result<ServerEvent> {
             name: u.arbitrary()?,
             online: u.arbitrary()?,
             time: u.arbitrary()?,
+            recovered: None,
+            reason: None,
+            position: None,
         },
         1 => ServerEvent::Message {
             from: u.arbitrary()?,
             name: u.arbitrary()?,
             time: u.arbitrary()?,
+            offset: None,
+            epoch: None,
             body: if u.arbitrary()? {
                 Body::Text(u.arbitrary()?)
             } else {

@@ -178,7 +178,16 @@ fn expected(fields: &Fields) -> std::result::Result<Command, (ErrorCode, Option<
         _ => return refuse(ErrorCode::BadRequest),
     };
     Ok(match kind.as_str() {
-        "subscribe" => Command::Subscribe { channel, id },
+        "subscribe" => {
+            let since = match one("since") {
+                None | Some(Value::Null) => None,
+                Some(v) => match serde_json::from_value::<protocol::history::Position>(v) {
+                    Ok(p) if (1..=64).contains(&p.epoch.len()) => Some(p),
+                    _ => return refuse(ErrorCode::BadRequest),
+                },
+            };
+            Command::Subscribe { channel, id, since }
+        }
         "unsubscribe" => Command::Unsubscribe { channel, id },
         "members" => Command::Members { channel, id },
         _ => {
@@ -266,7 +275,14 @@ fn written_command(u: &mut Unstructured<'_>) -> Result<(String, Option<Command>)
             }
             fields.push(("channel".into(), json_string(u, &channel)?));
             match kind {
-                0 => ("subscribe", Command::Subscribe { channel, id }),
+                0 => (
+                    "subscribe",
+                    Command::Subscribe {
+                        channel,
+                        id,
+                        since: None,
+                    },
+                ),
                 1 => ("unsubscribe", Command::Unsubscribe { channel, id }),
                 2 => ("members", Command::Members { channel, id }),
                 _ => {

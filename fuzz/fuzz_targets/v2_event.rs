@@ -124,7 +124,9 @@ fn check_round_trip(event: &Event) {
         from,
         name,
         time,
+        offset: None,
         body,
+        ..
     } = event
     {
         let body = match body {
@@ -180,6 +182,10 @@ fn event_from(u: &mut Unstructured<'_>) -> Result<Event> {
             id: id_from(u)?,
             channel: u.arbitrary()?,
             online: u.arbitrary()?,
+            offset: None,
+            epoch: None,
+            recovered: None,
+            reason: None,
         },
         2 => Event::Unsubscribed {
             id: id_from(u)?,
@@ -195,6 +201,8 @@ fn event_from(u: &mut Unstructured<'_>) -> Result<Event> {
             from: u.arbitrary()?,
             name: u.arbitrary()?,
             time: u.arbitrary()?,
+            offset: None,
+            epoch: None,
             body: if u.arbitrary()? {
                 Body::Text(u.arbitrary()?)
             } else {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::v1::BodyRef;
 
 /// Writes a `message` event: `type`, then `channel` when given (v2 only),
-/// `from`, `name`, `time` and `text` or `data`, the order in which the
+/// `from`, `name`, `time`, `offset` and `epoch` when given, and `text` or `data`, the order in which the
 /// serde derives of both versions' `Message` variants write them.
 pub(crate) fn write_message(
     out: impl std::io::Write,
@@ -17,6 +17,7 @@ pub(crate) fn write_message(
     from: u64,
     name: &str,
     time: u64,
+    position: Option<(u64, &str)>,
     body: BodyRef<'_>,
 ) {
     #[derive(Serialize)]
@@ -28,6 +29,10 @@ pub(crate) fn write_message(
         from: u64,
         name: &'a str,
         time: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         text: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,6 +51,8 @@ pub(crate) fn write_message(
         from,
         name,
         time,
+        offset: position.map(|p| p.0),
+        epoch: position.map(|p| p.1),
         text,
         data,
     };

@@ -19,6 +19,7 @@ pub mod backoff;
 pub mod channel;
 pub mod close;
 pub mod frame;
+pub mod history;
 mod json;
 pub mod utf8;
 pub mod v1;

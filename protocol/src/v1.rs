@@ -61,6 +61,18 @@ pub enum ServerEvent {
         online: u64,
         /// Server time, ms since the Unix epoch.
         time: u64,
+        /// With `?since=` or `?rewind=`: whether every message asked for
+        /// follows (absent otherwise). The replayed messages come right
+        /// after this event, before anything live.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        /// Why not, when `recovered` is false.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<crate::history::Unrecovered>,
+        /// The channel's position when this client joined (absent without
+        /// history): resume from it if no message comes before a reconnect.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<crate::history::Position>,
     },
     /// A message from another client.
     Message {
@@ -70,6 +82,12 @@ pub enum ServerEvent {
         name: String,
         /// When the server received it, ms since the Unix epoch.
         time: u64,
+        /// Its offset in the channel's history (absent without history).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        /// The epoch of that history (absent without history).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
         /// The message itself.
         #[serde(flatten)]
         body: Body,
@@ -171,7 +189,20 @@ pub fn encode_message_json(
     time: u64,
     body: BodyRef<'_>,
 ) {
-    crate::json::write_message(out, None, from, name, time, body);
+    crate::json::write_message(out, None, from, name, time, None, body);
+}
+
+/// Writes the JSON of a `message` event with its history position
+/// (`offset`, `epoch`), the bytes of [`ServerEvent::Message`] with both set.
+pub fn encode_positioned_message_json(
+    out: impl std::io::Write,
+    from: u64,
+    name: &str,
+    time: u64,
+    position: (u64, &str),
+    body: BodyRef<'_>,
+) {
+    crate::json::write_message(out, None, from, name, time, Some(position), body);
 }
 
 /// A borrowed message body, for [`encode_message_into`].
@@ -298,17 +329,36 @@ mod tests {
                 name: "alice".into(),
                 online: 3,
                 time: 1_700_000_000_000,
+                recovered: None,
+                reason: None,
+                position: None,
+            },
+            ServerEvent::Welcome {
+                id: 7,
+                name: "alice".into(),
+                online: 3,
+                time: 1_700_000_000_000,
+                recovered: Some(false),
+                reason: Some(crate::history::Unrecovered::Expired),
+                position: Some(crate::history::Position {
+                    offset: 4,
+                    epoch: "abcd1234".into(),
+                }),
             },
             ServerEvent::Message {
                 from: 8,
                 name: "bob \"the\" <b>".into(),
                 time: 5,
+                offset: None,
+                epoch: None,
                 body: Body::Text("héllo\nworld".into()),
             },
             ServerEvent::Message {
                 from: 8,
                 name: "bob".into(),
                 time: 5,
+                offset: Some(9),
+                epoch: Some("abcd1234".into()),
                 body: Body::Data(vec![0, 1, 2, 255]),
             },
             ServerEvent::Presence {
@@ -349,6 +399,8 @@ mod tests {
             from: 8,
             name: "bob".into(),
             time: 5,
+            offset: None,
+            epoch: None,
             body: Body::Text("hi".into()),
         };
         assert_eq!(
@@ -439,7 +491,7 @@ mod tests {
         #[test]
         fn messages_round_trip(from: u64, time: u64, name in "\\PC{1,32}", text in "\\PC*", data: Vec<u8>) {
             for body in [Body::Text(text.clone()), Body::Data(data.clone())] {
-                let e = ServerEvent::Message { from, name: name.clone(), time, body };
+                let e = ServerEvent::Message { from, name: name.clone(), time, offset: None, epoch: None, body };
                 prop_assert_eq!(ServerEvent::decode(&e.encode()), Ok(Some(e)));
             }
         }

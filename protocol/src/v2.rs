@@ -16,7 +16,7 @@
 //!
 //! | `type` | fields | the server answers |
 //! | --- | --- | --- |
-//! | `subscribe` | `channel`, `id`? | `subscribed`, then the channel's `message`s and `presence` |
+//! | `subscribe` | `channel`, `id`?, `since`? (`{offset, epoch}`: resume after that position) | `subscribed`, then (with `since`) the missed `message`s, then the channel's `message`s and `presence` |
 //! | `unsubscribe` | `channel`, `id`? | `unsubscribed`; nothing more from that channel |
 //! | `publish` | `channel`, `id`?, and `text` (a string) or `data` (base64 of bytes): exactly one | `published` if it had an `id`, nothing otherwise; the channel's other subscribers get a `message` |
 //! | `members` | `channel`, `id`? | `members` (subscribing is not needed, the token must allow the channel) |
@@ -31,10 +31,10 @@
 //! | `type` | fields | when |
 //! | --- | --- | --- |
 //! | `welcome` | `client` (this connection's id), `name` (as accepted, maybe suffixed), `time` | first frame after the upgrade |
-//! | `subscribed` | `id`?, `channel`, `online` (its subscribers, this one included) | answer to `subscribe` |
+//! | `subscribed` | `id`?, `channel`, `online` (its subscribers, this one included); with history `offset` and `epoch` (the channel's position); with `since` `recovered` and, if false, `reason` (`epoch`, `expired`, `disabled`) | answer to `subscribe` |
 //! | `unsubscribed` | `id`?, `channel`, `online` (its subscribers left) | answer to `unsubscribe` |
 //! | `published` | `id`, `channel` | answer to a `publish` that had an `id`, once the server took it |
-//! | `message` | `channel`, `from` (connection id), `name`, `time`, and `text` or `data` (base64) | a publish on a subscribed channel |
+//! | `message` | `channel`, `from` (connection id), `name`, `time`, with history `offset` and `epoch`, and `text` or `data` (base64) | a publish on a subscribed channel |
 //! | `presence` | `channel`, `online`, and `joined`/`left` (lists of `{id, name}`) or `joined_count`/`left_count` when many changed | a subscribed channel's subscribers changed (batched, like v1's) |
 //! | `members` | `id`?, `channel`, `online` (everyone in it), `members` (its named members, a list of `{id, name}` by id, at most [`MAX_MEMBERS_LISTED`]), `truncated` (true when more are named than listed) | answer to `members` |
 //! | `pong` | `id`? | answer to `ping` |
@@ -324,6 +324,9 @@ pub enum Command {
         /// Echoed in the answer.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<Id>,
+        /// Resume: replay every kept message after this position first.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<crate::history::Position>,
     },
     /// Stop receiving a channel.
     Unsubscribe {
@@ -469,6 +472,7 @@ impl Command {
             "subscribe" => Ok(Command::Subscribe {
                 channel: take_channel(&mut obj, "subscribe")?,
                 id,
+                since: take_since(&mut obj)?,
             }),
             "unsubscribe" => Ok(Command::Unsubscribe {
                 channel: take_channel(&mut obj, "unsubscribe")?,
@@ -545,6 +549,25 @@ fn take_channel(obj: &mut Map<String, Value>, command: &str) -> Result<String, R
     }
 }
 
+/// Removes and checks the optional `since` field of a subscribe:
+/// `{"offset": N, "epoch": "..."}`.
+fn take_since(obj: &mut Map<String, Value>) -> Result<Option<crate::history::Position>, Refusal> {
+    match obj.remove("since") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => {
+            let position: crate::history::Position = serde_json::from_value(v).map_err(|e| {
+                bad_request(format!(
+                    "\"since\" is {{\"offset\": N, \"epoch\": \"...\"}}: {e}"
+                ))
+            })?;
+            if position.epoch.is_empty() || position.epoch.len() > 64 {
+                return Err(bad_request("\"since\": the epoch is 1 to 64 characters"));
+            }
+            Ok(Some(position))
+        }
+    }
+}
+
 /// Removes and checks the `text` or `data` field of a publish.
 fn take_body(obj: &mut Map<String, Value>) -> Result<Body, Refusal> {
     match (obj.remove("text"), obj.remove("data")) {
@@ -613,6 +636,20 @@ pub enum Event {
         channel: String,
         /// Its subscribers now, this connection included.
         online: u64,
+        /// The channel's last offset when it was joined (0: none yet;
+        /// absent without history): resume from it with `since`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        /// The epoch of the channel's history (absent without history).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
+        /// With `since`: whether every message after it follows (they come
+        /// right after this event, before anything live).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        /// Why not, when `recovered` is false.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<crate::history::Unrecovered>,
     },
     /// Answer to `unsubscribe`: nothing more comes from the channel.
     Unsubscribed {
@@ -642,6 +679,12 @@ pub enum Event {
         name: String,
         /// When the server received it, ms since the Unix epoch.
         time: u64,
+        /// Its offset in the channel's history (absent without history).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        /// The epoch of that history (absent without history).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
         /// The message itself: `text` or `data` (base64) in the JSON.
         #[serde(flatten)]
         body: Body,
@@ -772,7 +815,21 @@ pub fn encode_message_json(
     body: BodyRef<'_>,
 ) {
     // The same bytes as `Event::Message`'s derive (a test checks it).
-    crate::json::write_message(out, Some(channel), from, name, time, body);
+    crate::json::write_message(out, Some(channel), from, name, time, None, body);
+}
+
+/// Writes the JSON of a `message` event with its history position
+/// (`offset`, `epoch`), the bytes of [`Event::Message`] with both set.
+pub fn encode_positioned_message_json(
+    out: impl std::io::Write,
+    channel: &str,
+    from: u64,
+    name: &str,
+    time: u64,
+    position: (u64, &str),
+    body: BodyRef<'_>,
+) {
+    crate::json::write_message(out, Some(channel), from, name, time, Some(position), body);
 }
 
 #[cfg(test)]

@@ -13,10 +13,15 @@ fn commands_round_trip() {
         Command::Subscribe {
             channel: "news".into(),
             id: Some(Id::Num(1)),
+            since: None,
         },
         Command::Subscribe {
             channel: "team/a".into(),
             id: None,
+            since: Some(crate::history::Position {
+                offset: 7,
+                epoch: "abcd1234".into(),
+            }),
         },
         Command::Unsubscribe {
             channel: "news".into(),
@@ -92,12 +97,37 @@ fn commands_have_the_documented_shape() {
 #[test]
 fn unknown_command_fields_are_ignored() {
     assert_eq!(
-        Command::decode(r#"{"type":"subscribe","channel":"a","since":{"offset":3},"x":[1]}"#),
+        Command::decode(r#"{"type":"subscribe","channel":"a","x":[1]}"#),
         Ok(Command::Subscribe {
             channel: "a".into(),
             id: None,
+            since: None,
         })
     );
+    // `since` is checked: an offset and an epoch.
+    assert_eq!(
+        Command::decode(r#"{"type":"subscribe","channel":"a","since":{"offset":3,"epoch":"e1"}}"#)
+            .map(|c| match c {
+                Command::Subscribe { since, .. } => since,
+                _ => None,
+            }),
+        Ok(Some(crate::history::Position {
+            offset: 3,
+            epoch: "e1".into()
+        }))
+    );
+    for bad in [
+        r#"{"type":"subscribe","channel":"a","since":{"offset":3}}"#,
+        r#"{"type":"subscribe","channel":"a","since":5}"#,
+        r#"{"type":"subscribe","channel":"a","since":{"offset":-1,"epoch":"e"}}"#,
+        r#"{"type":"subscribe","channel":"a","since":{"offset":1,"epoch":""}}"#,
+    ] {
+        assert_eq!(
+            Command::decode(bad).map_err(|e| e.code),
+            Err(ErrorCode::BadRequest),
+            "{bad}"
+        );
+    }
     assert_eq!(
         Command::decode(r#"{"type":"ping","id":null,"channel":"not checked: /"}"#),
         Ok(Command::Ping { id: None })
@@ -291,11 +321,19 @@ fn all_events() -> Vec<Event> {
             id: Some(Id::Num(1)),
             channel: "news".into(),
             online: 3,
+            offset: Some(12),
+            epoch: Some("abcd1234".into()),
+            recovered: Some(false),
+            reason: Some(crate::history::Unrecovered::Epoch),
         },
         Event::Subscribed {
             id: None,
             channel: "news".into(),
             online: 1,
+            offset: None,
+            epoch: None,
+            recovered: None,
+            reason: None,
         },
         Event::Unsubscribed {
             id: id("u"),
@@ -311,6 +349,8 @@ fn all_events() -> Vec<Event> {
             from: 8,
             name: "bob \"the\" <b>".into(),
             time: 5,
+            offset: None,
+            epoch: None,
             body: Body::Text("héllo\nworld".into()),
         },
         Event::Message {
@@ -318,6 +358,8 @@ fn all_events() -> Vec<Event> {
             from: 8,
             name: "bob".into(),
             time: 5,
+            offset: Some(3),
+            epoch: Some("abcd1234".into()),
             body: Body::Data(vec![0, 1, 2, 255]),
         },
         Event::Presence {
@@ -398,12 +440,12 @@ fn events_have_the_documented_shape() {
     let encoded: Vec<String> = all_events().iter().map(Event::encode).collect();
     let expected = [
         r#"{"type":"welcome","client":7,"name":"alice","time":1700000000000}"#,
-        r#"{"type":"subscribed","id":1,"channel":"news","online":3}"#,
+        r#"{"type":"subscribed","id":1,"channel":"news","online":3,"offset":12,"epoch":"abcd1234","recovered":false,"reason":"epoch"}"#,
         r#"{"type":"subscribed","channel":"news","online":1}"#,
         r#"{"type":"unsubscribed","id":"u","channel":"a/b","online":0}"#,
         r#"{"type":"published","id":0,"channel":"news"}"#,
         r#"{"type":"message","channel":"news","from":8,"name":"bob \"the\" <b>","time":5,"text":"héllo\nworld"}"#,
-        r#"{"type":"message","channel":"news","from":8,"name":"bob","time":5,"data":"AAEC/w=="}"#,
+        r#"{"type":"message","channel":"news","from":8,"name":"bob","time":5,"offset":3,"epoch":"abcd1234","data":"AAEC/w=="}"#,
         r#"{"type":"presence","channel":"news","online":2,"joined":[{"id":1,"name":"a"}]}"#,
         r#"{"type":"presence","channel":"news","online":200,"joined_count":150,"left_count":3}"#,
         r#"{"type":"members","id":5,"channel":"news","online":3,"members":[{"id":1,"name":"a"},{"id":9,"name":"b \"c\""}],"truncated":false}"#,
@@ -514,7 +556,7 @@ proptest! {
         for (body_ref, body) in bodies {
             let mut out = Vec::new();
             encode_message_into(&mut out, &channel, from, &name, time, body_ref);
-            let event = Event::Message { channel: channel.clone(), from, name: name.clone(), time, body };
+            let event = Event::Message { channel: channel.clone(), from, name: name.clone(), time, offset: None, epoch: None, body };
             prop_assert_eq!(String::from_utf8(out).unwrap(), event.encode());
             prop_assert_eq!(Event::decode(&event.encode()), Ok(Some(event)));
         }
@@ -530,7 +572,7 @@ proptest! {
     ) {
         for id in [None, Some(Id::Num(num)), Some(Id::try_from(s.clone()).unwrap())] {
             let commands = [
-                Command::Subscribe { channel: channel.clone(), id: id.clone() },
+                Command::Subscribe { channel: channel.clone(), id: id.clone(), since: None },
                 Command::Unsubscribe { channel: channel.clone(), id: id.clone() },
                 Command::Publish { channel: channel.clone(), id: id.clone(), body: Body::Text(text.clone()) },
                 Command::Publish { channel: channel.clone(), id: id.clone(), body: Body::Data(data.clone()) },
@@ -560,4 +602,47 @@ proptest! {
     fn event_decoder_never_panics(s in ".*") {
         let _ = Event::decode(&s);
     }
+}
+
+#[test]
+fn positioned_messages_encode_like_their_events() {
+    let mut out = Vec::new();
+    let data = [0u8, 1, 2, 255];
+    encode_positioned_message_json(
+        &mut out,
+        "news",
+        8,
+        "bob",
+        5,
+        (3, "ab12"),
+        BodyRef::Data(&data),
+    );
+    let event = Event::Message {
+        channel: "news".into(),
+        from: 8,
+        name: "bob".into(),
+        time: 5,
+        offset: Some(3),
+        epoch: Some("ab12".into()),
+        body: Body::Data(data.to_vec()),
+    };
+    assert_eq!(String::from_utf8(out).unwrap(), event.encode());
+    let mut out = Vec::new();
+    crate::v1::encode_positioned_message_json(
+        &mut out,
+        8,
+        "bob",
+        5,
+        (3, "ab12"),
+        BodyRef::Text("hi"),
+    );
+    let v1 = crate::v1::ServerEvent::Message {
+        from: 8,
+        name: "bob".into(),
+        time: 5,
+        offset: Some(3),
+        epoch: Some("ab12".into()),
+        body: crate::v1::Body::Text("hi".into()),
+    };
+    assert_eq!(String::from_utf8(out).unwrap(), v1.encode());
 }

@@ -7,6 +7,7 @@
 //! | `POST /api/publish` `{"channel": C, "text": T}` (or `"data"`: base64; or `"channels": [...]`; optional `"name"`) | `{"subscribers": N, "channels": [{"channel": C, "subscribers": n}]}` |
 //! | `GET /api/channels` | `{"channels": [{"channel": C, "subscribers": n}]}` |
 //! | `GET /api/channels/NAME` | `{"channel": C, "subscribers": n, "members": [{"id", "name"}]}` |
+//! | `GET /api/history?channel=C&since=OFFSET&limit=N` (`since` default 0, `limit` default and most 1000) | `{"channel": C, "epoch": E, "offset": last, "messages": [{"offset", "from", "name", "time", "text" or "data"}]}`; 404 with history off |
 //!
 //! A published message takes the path of a client's message: framed once,
 //! through the fan-out credit (the request waits while the shards are
@@ -123,7 +124,8 @@ async fn route(ctx: ApiCtx<'_>, req: Request<Incoming>) -> Result<Response<Body>
     match rest {
         "publish" if req.method() == Method::POST => publish(ctx, req).await,
         "channels" if get => Ok(json(StatusCode::OK, &list(ctx))),
-        "publish" | "channels" => Err(method_not_allowed()),
+        "history" if get => history(ctx, req.uri().query()),
+        "publish" | "channels" | "history" => Err(method_not_allowed()),
         _ => match rest.strip_prefix("channels/") {
             Some(name) if get => channel(ctx, name).await,
             Some(_) => Err(method_not_allowed()),
@@ -135,7 +137,7 @@ async fn route(ctx: ApiCtx<'_>, req: Request<Incoming>) -> Result<Response<Body>
 fn method_not_allowed() -> Failure {
     Failure(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed: POST /api/publish, GET /api/channels[/NAME]".into(),
+        "method not allowed: POST /api/publish, GET /api/channels[/NAME], GET /api/history".into(),
     )
 }
 
@@ -191,6 +193,90 @@ async fn channel(ctx: ApiCtx<'_>, name: &str) -> Result<Response<Body>, Failure>
         members: roster.members,
     };
     Ok(json(StatusCode::OK, &info))
+}
+
+/// Most messages one `GET /api/history` lists (and its default).
+const MAX_HISTORY_LIMIT: usize = 1000;
+
+#[derive(Serialize)]
+struct HistoryPage<'a> {
+    channel: &'a str,
+    epoch: &'a str,
+    /// The channel's last offset.
+    offset: u64,
+    messages: Vec<HistoryMessage>,
+}
+
+#[derive(Serialize)]
+struct HistoryMessage {
+    offset: u64,
+    from: u64,
+    name: String,
+    time: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    /// Base64 of a binary message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
+}
+
+/// `GET /api/history?channel=NAME&since=OFFSET&limit=N`.
+fn history(ctx: ApiCtx<'_>, query: Option<&str>) -> Result<Response<Body>, Failure> {
+    let Some(history) = ctx.channels.history() else {
+        return Err(Failure(
+            StatusCode::NOT_FOUND,
+            "history is off (--history-size 0, or --redis)".into(),
+        ));
+    };
+    let param = |key: &str| -> Result<Option<String>, Failure> {
+        match query.and_then(|q| protocol::v1::query_param(q, key)) {
+            None => Ok(None),
+            Some(Some(v)) => Ok(Some(v)),
+            Some(None) => Err(Failure::bad(format!("{key}: bad percent-encoding"))),
+        }
+    };
+    let name = param("channel")?.ok_or_else(|| Failure::bad("give ?channel=NAME"))?;
+    protocol::channel::validate(&name).map_err(|e| Failure::bad(e.to_string()))?;
+    let number = |key: &str, default: u64| -> Result<u64, Failure> {
+        param(key)?.map_or(Ok(default), |v| {
+            v.parse()
+                .map_err(|_| Failure::bad(format!("{key} is a whole number")))
+        })
+    };
+    let since = number("since", 0)?;
+    let limit = usize::try_from(number("limit", MAX_HISTORY_LIMIT as u64)?).unwrap_or(usize::MAX);
+    if limit == 0 || limit > MAX_HISTORY_LIMIT {
+        return Err(Failure::bad(format!(
+            "limit is from 1 to {MAX_HISTORY_LIMIT}"
+        )));
+    }
+    let log = history.log(&name);
+    let (offset, kept) = {
+        let locked = history.lock(&log);
+        (locked.last(), locked.list(since, limit))
+    };
+    let messages = kept
+        .into_iter()
+        .map(|k| {
+            let payload = &k.raw[crate::frame::server_header_len(&k.raw)..];
+            let text = k.raw[0] & 0x0f == protocol::frame::OpCode::Text as u8;
+            HistoryMessage {
+                offset: k.offset,
+                from: k.from,
+                name: k.name,
+                time: k.time,
+                text: text.then(|| String::from_utf8_lossy(payload).into_owned()),
+                data: (!text).then(|| base64::engine::general_purpose::STANDARD.encode(payload)),
+            }
+        })
+        .collect();
+    let page = HistoryPage {
+        channel: &name,
+        epoch: &log.epoch,
+        offset,
+        messages,
+    };
+    Ok(json(StatusCode::OK, &page))
 }
 
 /// The body of `POST /api/publish`.
@@ -306,8 +392,35 @@ async fn publish(ctx: ApiCtx<'_>, req: Request<Incoming>) -> Result<Response<Bod
             channel,
             framed_at: read_at,
             cost: 0,
+            offset: 0,
         };
         let len = raw.len() + v1.as_ref().map_or(0, Bytes::len) + v2.as_ref().map_or(0, Bytes::len);
+        if publisher.history().is_some() {
+            let channel = ctx.channels.get(channel_name);
+            costs.clear();
+            if let Some(channel) = &channel {
+                // An estimate: the events are framed with their offset.
+                publisher.reserve(channel, 2 * len + 256, &mut costs).await;
+            }
+            publisher.publish_logged(
+                crate::publish::Logged {
+                    raw: raw.clone(),
+                    sender: ConnId(0),
+                    from_name: &name,
+                    channel_name,
+                    channel: channel.as_deref(),
+                    framed_at: read_at,
+                    wanted,
+                },
+                &costs,
+            );
+            ctx.stats.api_messages.fetch_add(1, Ordering::Relaxed);
+            counts.push(Count {
+                channel: channel_name,
+                subscribers: channel.map_or(0, |c| c.members()),
+            });
+            continue;
+        }
         let subscribers = match ctx.channels.get(channel_name) {
             Some(channel) => {
                 publisher.reserve(&channel, len, &mut costs).await;

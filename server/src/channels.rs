@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::history::{History, Log};
 use crate::stats::Stats;
 
 /// A channel's id: unique for the life of the process (never reused).
@@ -32,6 +33,10 @@ pub(crate) struct Channel {
     /// Members per shard, by shard index (changed under the table's lock,
     /// read without it).
     members: Box<[AtomicU32]>,
+    /// Its history (`None`: history is off). Outlives the channel: a
+    /// channel created again under the same name gets the same log while
+    /// it is kept.
+    pub(crate) log: Option<Arc<Log>>,
 }
 
 impl Channel {
@@ -58,6 +63,8 @@ pub(crate) struct Channels {
     next_id: AtomicU64,
     shards: usize,
     stats: Arc<Stats>,
+    /// The channels' history, when it is on.
+    history: Option<Arc<History>>,
     /// Signalled when a channel is created or removed (the cluster link
     /// then changes its Redis subscriptions).
     changed: tokio::sync::Notify,
@@ -71,8 +78,20 @@ impl Channels {
             next_id: AtomicU64::new(1),
             shards,
             stats,
+            history: None,
             changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Keeps each channel's history in `history` (`None`: off).
+    pub(crate) fn with_history(mut self, history: Option<Arc<History>>) -> Self {
+        self.history = history;
+        self
+    }
+
+    /// The channels' history, when it is on.
+    pub(crate) fn history(&self) -> Option<&Arc<History>> {
+        self.history.as_ref()
     }
 
     fn table(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Channel>>> {
@@ -93,6 +112,7 @@ impl Channels {
                     id: self.next_id.fetch_add(1, Ordering::Relaxed),
                     name: name.clone(),
                     members: (0..self.shards).map(|_| AtomicU32::new(0)).collect(),
+                    log: self.history.as_ref().map(|h| h.log(&name)),
                 });
                 table.insert(name, channel.clone());
                 self.stats.channels.store(table.len(), Ordering::Relaxed);

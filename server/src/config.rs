@@ -55,6 +55,14 @@ pub struct Config {
     pub api_key: Option<String>,
     /// Most channels one `broadcast.v2` connection may be in.
     pub max_channels_per_connection: usize,
+    /// Messages of history kept per channel (0: no history, no offsets);
+    /// see `docs/history.md`. Ignored (off) with `cluster`, for now.
+    pub history_size: usize,
+    /// How long a message of history is kept.
+    pub history_ttl: Duration,
+    /// Bytes of history kept over all channels; past it the oldest
+    /// messages of any channel are evicted.
+    pub history_memory: usize,
     /// When set, `GET /metrics` is served on a listener of its own at this
     /// address (see `Server::bind_metrics`), and the main port answers 404.
     pub metrics_addr: Option<SocketAddr>,
@@ -110,6 +118,9 @@ impl Default for Config {
             jwt_secret: None,
             api_key: None,
             max_channels_per_connection: DEFAULT_MAX_CHANNELS_PER_CONNECTION,
+            history_size: crate::history::DEFAULT_HISTORY_SIZE,
+            history_ttl: crate::history::DEFAULT_HISTORY_TTL,
+            history_memory: crate::history::DEFAULT_HISTORY_MEMORY,
             metrics_addr: None,
             tls: None,
             cluster: None,

@@ -28,6 +28,9 @@ pub(crate) struct Recipient {
     pub(crate) format: Format,
     /// When it joined the channel being delivered.
     pub(crate) joined_at: Instant,
+    /// Messages of the channel up to this offset were replayed to it when
+    /// it joined (0: none): their live copies are skipped.
+    pub(crate) after: u64,
 }
 
 impl Plan {
@@ -52,8 +55,9 @@ impl Plan {
 
 /// The frames of `run` (indices into `frames`, all of one channel) that
 /// `to` gets, into `out`: not its own messages (unless `echo`), only the
-/// encoding of its format, and no presence event older than its joining
-/// (what it was told on joining already counts those changes).
+/// encoding of its format, no presence event older than its joining
+/// (what it was told on joining already counts those changes), and no
+/// message its replay already held (offset up to `to.after`).
 pub(crate) fn pick<'a>(
     frames: &'a [Broadcast],
     run: &[usize],
@@ -67,6 +71,7 @@ pub(crate) fn pick<'a>(
             .map(|&i| &frames[i])
             .filter(|f| echo || f.sender != to.id)
             .filter(|f| f.raw.is_some() || f.framed_at >= to.joined_at)
+            .filter(|f| f.offset == 0 || f.offset > to.after)
             .filter_map(|f| f.frame_for(to.format)),
     );
 }
@@ -86,6 +91,7 @@ mod tests {
             channel,
             framed_at: at,
             cost: 0,
+            offset: 0,
         }
     }
 
@@ -98,6 +104,7 @@ mod tests {
             channel,
             framed_at: at,
             cost: 0,
+            offset: 0,
         }
     }
 
@@ -141,6 +148,7 @@ mod tests {
             id: ConnId(7),
             format: Format::Raw,
             joined_at: t,
+            after: 0,
         };
         pick(&frames, &run, raw, false, &mut out);
         assert_eq!(texts(&out), ["y"]);
@@ -169,6 +177,7 @@ mod tests {
             id: ConnId(9),
             format: Format::V1,
             joined_at: joined,
+            after: 0,
         };
         pick(&frames, &[0, 1, 2], to, false, &mut out);
         assert_eq!(texts(&out), ["v1:old message", "new presence"]);
@@ -179,5 +188,39 @@ mod tests {
         };
         pick(&frames, &[0, 1, 2], raw, false, &mut out);
         assert_eq!(texts(&out), ["old message"]);
+    }
+
+    #[test]
+    fn messages_a_replay_held_are_not_delivered_again() {
+        let t = Instant::now();
+        let mut frames: Vec<Broadcast> = ["m3", "m4", "m5", "m6"]
+            .iter()
+            .zip(3..)
+            .map(|(tag, offset)| Broadcast {
+                offset,
+                ..frame(1, 2, tag, t)
+            })
+            .collect();
+        // A presence update has no offset: never skipped as replayed.
+        frames.push(presence(1, "presence", t + Duration::from_millis(1)));
+        let run = [0, 1, 2, 3, 4];
+        let mut out = Vec::new();
+        let to = Recipient {
+            id: ConnId(9),
+            format: Format::V1,
+            joined_at: t,
+            after: 4,
+        };
+        pick(&frames, &run, to, false, &mut out);
+        assert_eq!(texts(&out), ["v1:m5", "v1:m6", "presence"]);
+        // Without a replay everything goes.
+        pick(&frames, &run, Recipient { after: 0, ..to }, false, &mut out);
+        assert_eq!(
+            texts(&out),
+            ["v1:m3", "v1:m4", "v1:m5", "v1:m6", "presence"]
+        );
+        // A replay past the whole batch: only the presence update.
+        pick(&frames, &run, Recipient { after: 6, ..to }, false, &mut out);
+        assert_eq!(texts(&out), ["presence"]);
     }
 }

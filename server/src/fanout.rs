@@ -66,6 +66,9 @@ pub(crate) struct Broadcast {
     /// Fan-out credit this copy holds on the shard it is sent to (set by
     /// [`Fanout::publish`]; returned by that shard once it is written).
     pub(crate) cost: u32,
+    /// Its offset in the channel's history (0: none, e.g. history off or
+    /// a presence update).
+    pub(crate) offset: u64,
 }
 
 /// What a shard's inbox carries. Everything goes through one FIFO queue so
@@ -222,6 +225,17 @@ impl Fanout {
         self.send_all(msg, |i| costs.get(i).copied().filter(|&c| c > 0));
     }
 
+    /// Like [`Fanout::publish`], and also to the shards that gained
+    /// members of `channel` since the credit was reserved (with cost 0):
+    /// called under the channel's history lock, so that a member that
+    /// joined under it after reading its replay gets every later message.
+    pub(crate) fn publish_logged(&self, msg: Broadcast, costs: &[u32], channel: &Channel) {
+        self.send_all(msg, |i| match costs.get(i).copied() {
+            Some(c) if c > 0 => Some(c),
+            _ => (channel.on_shard(i) > 0).then_some(0),
+        });
+    }
+
     /// Publishes a message that holds no credit (presence updates: small,
     /// and at most two a second per channel) to the shards with members of
     /// `channel`.
@@ -298,6 +312,7 @@ mod tests {
             channel,
             framed_at: Instant::now(),
             cost: 0,
+            offset: 0,
         }
     }
 

@@ -105,6 +105,42 @@ pub(crate) fn v2_message(raw: &[u8], channel: &str, from: u64, name: &str, time:
     })
 }
 
+/// The `broadcast.v1` message event for `raw` with its history position.
+pub(crate) fn v1_positioned(
+    raw: &[u8],
+    from: u64,
+    name: &str,
+    time: u64,
+    position: (u64, &str),
+) -> Bytes {
+    frame_json(raw.len() + 40, |w| {
+        protocol::v1::encode_positioned_message_json(w, from, name, time, position, body_of(raw));
+    })
+}
+
+/// The `broadcast.v2` message event for `raw` on `channel` with its
+/// history position.
+pub(crate) fn v2_positioned(
+    raw: &[u8],
+    channel: &str,
+    from: u64,
+    name: &str,
+    time: u64,
+    position: (u64, &str),
+) -> Bytes {
+    frame_json(raw.len() + channel.len() + 40, |w| {
+        protocol::v2::encode_positioned_message_json(
+            w,
+            channel,
+            from,
+            name,
+            time,
+            position,
+            body_of(raw),
+        );
+    })
+}
+
 /// Which encodings a message needs besides the raw frame: those some
 /// connected client speaks.
 #[derive(Debug, Clone, Copy)]

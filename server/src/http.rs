@@ -29,6 +29,7 @@ use crate::admission::{self, Admission, Refusal, Ticket};
 use crate::channels::Channels;
 use crate::config::Config;
 use crate::conn::ConnCtx;
+use crate::conn::Start;
 use crate::fanout::{Fanout, Format};
 use crate::stats::Stats;
 
@@ -66,6 +67,9 @@ pub(crate) struct Upgraded {
     pub(crate) name: Option<String>,
     /// The channel its URL named (`protocol::channel::DEFAULT` if none).
     pub(crate) channel: String,
+    /// Where a plain or v1 client starts in that channel's history
+    /// (`?since=`, `?rewind=`).
+    pub(crate) start: Start,
     /// What its credentials allow (v2 clients choose channels later).
     pub(crate) grant: Grant,
     pub(crate) ticket: Ticket,
@@ -78,6 +82,7 @@ struct Pending {
     format: Format,
     name: Option<String>,
     channel: String,
+    start: Start,
     grant: Grant,
     ticket: Ticket,
 }
@@ -162,6 +167,7 @@ async fn complete_upgrade(pending: Pending) -> Option<Upgraded> {
         format,
         name,
         channel,
+        start,
         grant,
         ticket,
     } = pending;
@@ -189,6 +195,7 @@ async fn complete_upgrade(pending: Pending) -> Option<Upgraded> {
             format,
             name,
             channel,
+            start,
             grant,
             ticket,
         }),
@@ -386,6 +393,29 @@ fn method_not_allowed() -> Response<Body> {
     )
 }
 
+/// Where a plain or v1 client asks to start in its channel's history:
+/// `?since=EPOCH:OFFSET` or `?rewind=N` (not both). A v2 client resumes
+/// with its `subscribe` commands; the parameters are refused for it.
+fn start_of(query: Option<&str>, format: Format) -> Result<Start, String> {
+    use protocol::history::{parse_rewind, Position, REWIND_PARAM, SINCE_PARAM};
+    let param = |key| {
+        query
+            .and_then(|q| protocol::v1::query_param(q, key))
+            .map(|v| v.ok_or_else(|| format!("{key}: bad percent-encoding or not UTF-8")))
+            .transpose()
+    };
+    let (since, rewind) = (param(SINCE_PARAM)?, param(REWIND_PARAM)?);
+    if format == Format::V2 && (since.is_some() || rewind.is_some()) {
+        return Err("a broadcast.v2 client resumes with subscribe's \"since\", not the URL".into());
+    }
+    match (since, rewind) {
+        (Some(_), Some(_)) => Err("give since or rewind, not both".into()),
+        (Some(since), None) => Position::parse(&since).map(Start::Since),
+        (None, Some(n)) => parse_rewind(&n).map(Start::Rewind),
+        (None, None) => Ok(Start::Live),
+    }
+}
+
 fn upgrade(
     ctx: &HttpCtx,
     slot: &RefCell<Option<Pending>>,
@@ -456,6 +486,16 @@ fn upgrade(
             }
         },
     };
+    let start = match start_of(req.uri().query(), format) {
+        Ok(start) => start,
+        Err(e) => {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                "text/plain; charset=utf-8",
+                format!("{e}\n"),
+            );
+        }
+    };
     let ticket = match ctx.admission.admit(&request) {
         Ok(ticket) => ticket,
         Err(refusal) => return refused(refusal),
@@ -476,6 +516,7 @@ fn upgrade(
         format,
         name: wanted_name,
         channel,
+        start,
         grant,
         ticket,
     });

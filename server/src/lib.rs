@@ -39,6 +39,7 @@ mod dispatch;
 mod fanout;
 mod flow;
 mod frame;
+mod history;
 mod http;
 mod membership;
 mod metrics;
@@ -65,6 +66,7 @@ pub use config::{
     DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
 };
 use fanout::{Fanout, Peers, ShardHandle, ShardMsg};
+pub use history::{DEFAULT_HISTORY_MEMORY, DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL};
 use stats::Stats;
 pub use tls::{server_config as tls_config, TlsError};
 
@@ -172,7 +174,34 @@ impl Server {
         let fanout = Fanout::new(Peers {
             shards: handles.clone(),
         });
-        let channels = Arc::new(channels::Channels::new(config.workers, stats.clone()));
+        let history = match (config.history_size, &config.cluster) {
+            (0, _) => None,
+            (_, Some(_)) => {
+                tracing::warn!(
+                    "history is off with --redis for now (no offsets, no resume): \
+                     cluster-wide positions come with the Redis history (docs/history.md)"
+                );
+                None
+            }
+            (size, None) => Some(Arc::new(history::History::new(history::Limits {
+                size,
+                ttl: config.history_ttl,
+                memory: config.history_memory,
+            }))),
+        };
+        let sweeper = history.clone().map(|history| {
+            let every =
+                (config.history_ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                loop {
+                    ticks.tick().await;
+                    history.sweep();
+                }
+            })
+        });
+        let channels =
+            Arc::new(channels::Channels::new(config.workers, stats.clone()).with_history(history));
         let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
         let presence = tokio::spawn(presence::run(presence_rx, fanout.clone(), stats.clone()));
         let (cluster, relay) = match &config.cluster {
@@ -251,6 +280,9 @@ impl Server {
             let _ = ack.await;
         }
         presence.abort();
+        if let Some(task) = sweeper {
+            task.abort();
+        }
         if let Some(cluster) = cluster {
             cluster.stop(Duration::from_secs(1)).await;
         }

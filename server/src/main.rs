@@ -122,6 +122,18 @@ struct StartArgs {
     /// Most channels one broadcast.v2 connection may subscribe to at once.
     #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_CHANNELS_PER_CONNECTION, value_parser = clap::value_parser!(usize))]
     max_channels_per_connection: usize,
+    /// Messages kept per channel so that reconnecting clients can resume (`since`, `?rewind=`); 0 turns history (and message offsets) off. Off with --redis for now.
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_HISTORY_SIZE,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000_000))]
+    history_size: usize,
+    /// Seconds a message of history is kept.
+    #[arg(long, value_name = "SECS", default_value_t = server::DEFAULT_HISTORY_TTL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400 * 30))]
+    history_ttl: u64,
+    /// Bytes of history kept over all channels; past it the oldest messages of any channel are evicted first.
+    #[arg(long, value_name = "BYTES", default_value_t = server::DEFAULT_HISTORY_MEMORY,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=(1 << 40)))]
+    history_memory: usize,
     /// Serve GET /metrics on this address only (e.g. 127.0.0.1:9100); the main port's /metrics then answers 404.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
@@ -180,6 +192,9 @@ impl StartArgs {
             jwt_secret: self.jwt_secret,
             api_key: self.api_key,
             max_channels_per_connection: self.max_channels_per_connection,
+            history_size: self.history_size,
+            history_ttl: Duration::from_secs(self.history_ttl),
+            history_memory: self.history_memory,
             metrics_addr: self.metrics_addr,
             tls,
         })

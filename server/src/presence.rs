@@ -224,6 +224,7 @@ fn publish(channel: &Arc<Channel>, mut pending: Pending, fanout: &Fanout, stats:
         channel: channel.id,
         framed_at: std::time::Instant::now(),
         cost: 0,
+        offset: 0,
     };
     fanout.publish_free(msg, channel);
 }

@@ -10,9 +10,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::channels::Channel;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::channels::{Channel, Channels};
 use crate::cluster::Relay;
-use crate::fanout::{Broadcast, Fanout};
+use crate::fanout::{Broadcast, ConnId, Fanout};
+use crate::frame::Wanted;
+use crate::history::History;
 use crate::stats::Stats;
 
 /// A shard's publishing handle (shard-local: `Cell`, no lock).
@@ -23,6 +29,25 @@ pub(crate) struct Publisher {
     relay: Option<Relay>,
     /// Set when shutdown starts: messages read after it are discarded.
     draining: Cell<bool>,
+    /// The channel table, with the history when it is on.
+    channels: Option<Arc<Channels>>,
+}
+
+/// A message to append to its channel's history and publish
+/// ([`Publisher::publish_logged`]).
+#[derive(Debug)]
+pub(crate) struct Logged<'a> {
+    /// Its frame for raw clients.
+    pub(crate) raw: Bytes,
+    pub(crate) sender: ConnId,
+    /// The sender's display name.
+    pub(crate) from_name: &'a str,
+    /// The channel's name.
+    pub(crate) channel_name: &'a str,
+    /// Its entry, if this node had members of it when the message was read.
+    pub(crate) channel: Option<&'a Channel>,
+    pub(crate) framed_at: Instant,
+    pub(crate) wanted: Wanted,
 }
 
 impl Publisher {
@@ -32,12 +57,79 @@ impl Publisher {
             stats,
             relay,
             draining: Cell::new(false),
+            channels: None,
         }
     }
 
     /// This node's shards (to ask them who is in a channel, see `roster`).
     pub(crate) fn shards(&self) -> Vec<Arc<crate::fanout::ShardHandle>> {
         self.fanout.shards()
+    }
+
+    /// Publishes through `channels`' history when it has one.
+    pub(crate) fn with_channels(mut self, channels: Arc<Channels>) -> Self {
+        self.channels = Some(channels);
+        self
+    }
+
+    /// The history messages are appended to (`None`: off).
+    pub(crate) fn history(&self) -> Option<&Arc<History>> {
+        self.channels.as_ref()?.history()
+    }
+
+    /// With history: under the channel's log lock, gives `msg` its offset,
+    /// frames its events, appends it and pushes it to every shard with
+    /// members of the channel, those that gained some since `costs` was
+    /// reserved included (see `history` for why all of it under one lock).
+    /// A channel that lost its last member meanwhile is looked up again by
+    /// name: a member that joined since (under the same lock) gets it.
+    pub(crate) fn publish_logged(&self, msg: Logged<'_>, costs: &[u32]) {
+        let (Some(channels), false) = (&self.channels, self.draining.get()) else {
+            self.fanout.give_back(costs);
+            return;
+        };
+        let Some(history) = channels.history() else {
+            self.fanout.give_back(costs);
+            return;
+        };
+        self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        let found;
+        let log = match msg.channel.and_then(|c| c.log.as_ref()) {
+            Some(log) => log,
+            None => {
+                found = history.log(msg.channel_name);
+                &found
+            }
+        };
+        let mut locked = history.lock(log);
+        let (offset, v1, v2) = locked.append(&msg.raw, msg.sender.0, msg.from_name, msg.wanted);
+        let current;
+        let channel = match msg.channel {
+            Some(c) if c.members() > 0 => Some(c),
+            _ => {
+                current = channels.get(msg.channel_name);
+                current.as_deref()
+            }
+        };
+        match channel {
+            Some(channel) => self.fanout.publish_logged(
+                Broadcast {
+                    raw: Some(msg.raw),
+                    v1,
+                    v2,
+                    sender: msg.sender,
+                    channel: channel.id,
+                    framed_at: msg.framed_at,
+                    cost: 0,
+                    offset,
+                },
+                costs,
+                channel,
+            ),
+            None => self.fanout.give_back(costs),
+        }
+        drop(locked);
+        history.trim();
     }
 
     /// Stops publishing (shutdown).

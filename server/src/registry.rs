@@ -58,6 +58,7 @@ impl Registry {
             slot: Cell::new(members.len()),
             joined_at: now,
             announced: Cell::new(false),
+            after: Cell::new(0),
         });
         members.push(conn.clone());
     }

@@ -167,6 +167,7 @@ async fn deliver(
             channel: channel.id,
             framed_at,
             cost: 0,
+            offset: 0,
         },
         costs,
     );

@@ -57,12 +57,14 @@ mod close;
 mod fragments;
 mod outbox;
 mod reader;
+mod resume;
 mod tls_io;
 mod v2;
 
 pub(crate) use close::serve;
 use outbox::Outbox;
 pub(crate) use outbox::Queued;
+pub(crate) use resume::Start;
 pub(crate) use v2::V2State;
 
 /// Everything a connection needs from the rest of the server, and nothing
@@ -96,6 +98,9 @@ pub(crate) struct Subscription {
     /// Its join is known to have gone out in a presence event (or needs
     /// not): its messages may be published without waiting for it.
     pub(crate) announced: Cell<bool>,
+    /// The channel's messages up to this offset were replayed to it on
+    /// joining (0: none), so their live copies are skipped.
+    pub(crate) after: Cell<u64>,
 }
 
 /// How a `broadcast.v2` connection joins and leaves channels: the shard's
@@ -295,6 +300,7 @@ impl Conn {
             id: self.id,
             format: self.format,
             joined_at: sub.joined_at,
+            after: sub.after.get(),
         })
     }
 

@@ -322,6 +322,9 @@ pub(super) async fn publish(
         conn.announce_join(channel).await;
     }
     let publisher = &conn.ctx.publisher;
+    if publisher.history().is_some() {
+        return publish_logged(conn, channel, name, raw, read_at, costs).await;
+    }
     let (raw, v1, v2) = encodings(raw, name, conn.id.0, &conn.name, conn.ctx.stats.wanted());
     let mut msg = Broadcast {
         raw: Some(raw),
@@ -331,6 +334,7 @@ pub(super) async fn publish(
         channel: 0,
         framed_at: read_at,
         cost: 0,
+        offset: 0,
     };
     let Some(channel) = channel else {
         publisher.relay_only(&msg, name, &conn.name);
@@ -354,6 +358,50 @@ pub(super) async fn publish(
     } else {
         publisher.give_back(costs);
     }
+}
+
+/// [`publish`] with history on: the credit is reserved first, for an
+/// estimate of the events' size (they are framed under the channel's log
+/// lock, carrying the offset given there).
+async fn publish_logged(
+    conn: &Rc<Conn>,
+    channel: Option<&Arc<Channel>>,
+    name: &str,
+    raw: Bytes,
+    read_at: Instant,
+    costs: &mut Vec<u32>,
+) {
+    let publisher = &conn.ctx.publisher;
+    let wanted = conn.ctx.stats.wanted();
+    costs.clear();
+    if let Some(channel) = channel {
+        let events = usize::from(wanted.v1) + usize::from(wanted.v2);
+        // JSON fields, the position and base64 of binary payloads.
+        let event_len = raw.len() * 4 / 3 + conn.name.len() + name.len() + 160;
+        let waited = publisher
+            .reserve(channel, raw.len() + events * event_len, costs)
+            .await;
+        if !waited.is_zero() {
+            conn.held(HELD_FANOUT, waited);
+            conn.adjust_bucket(Some(waited));
+        }
+        if !conn.is_open() {
+            publisher.give_back(costs);
+            return;
+        }
+    }
+    publisher.publish_logged(
+        crate::publish::Logged {
+            raw,
+            sender: conn.id,
+            from_name: &conn.name,
+            channel_name: name,
+            channel: channel.map(|c| &**c),
+            framed_at: read_at,
+            wanted,
+        },
+        costs,
+    );
 }
 
 /// Checks a close frame from the peer (RFC 6455 §5.5.1, §7.4).

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use protocol::v2::{self, Body, Command, ErrorCode, Event, Id};
 
 use super::reader::{publish, rate_limit};
-use super::{Conn, End};
+use super::{Conn, End, Start};
 use crate::access::Grant;
 use crate::frame::{frame_message, frame_text, server_header_len};
 use crate::roster::{self, Roster};
@@ -94,7 +94,7 @@ pub(super) async fn command(
         }
     };
     match command {
-        Command::Subscribe { channel, id } => subscribe(conn, state, channel, id),
+        Command::Subscribe { channel, id, since } => subscribe(conn, state, channel, id, since),
         Command::Unsubscribe { channel, id } => match conn.ctx.membership.leave(conn, &channel) {
             Some(left) => conn.send_event(&Event::Unsubscribed {
                 id,
@@ -145,7 +145,13 @@ async fn members(conn: &Rc<Conn>, state: &V2State, channel: String, id: Option<I
     });
 }
 
-fn subscribe(conn: &Rc<Conn>, state: &V2State, channel: String, id: Option<Id>) {
+fn subscribe(
+    conn: &Rc<Conn>,
+    state: &V2State,
+    channel: String,
+    id: Option<Id>,
+    since: Option<protocol::history::Position>,
+) {
     if !state.grant.allows(&channel) {
         return conn.refuse(
             id,
@@ -170,12 +176,21 @@ fn subscribe(conn: &Rc<Conn>, state: &V2State, channel: String, id: Option<Id>) 
             ),
         );
     }
-    let joined = conn.ctx.membership.join(conn, &channel);
+    let start = since.map_or(Start::Live, Start::Since);
+    let joined = conn.join_at(&channel, start);
+    let (offset, epoch) = joined
+        .position
+        .map_or((None, None), |p| (Some(p.offset), Some(p.epoch)));
     conn.send_event(&Event::Subscribed {
         id,
-        online: joined.members() as u64,
+        online: joined.channel.members() as u64,
         channel,
+        offset,
+        epoch,
+        recovered: joined.outcome.map(|o| o.is_ok()),
+        reason: joined.outcome.and_then(Result::err),
     });
+    conn.send_replay(joined.replay);
 }
 
 async fn publish_command(

@@ -443,3 +443,31 @@ fn urls_lose_their_password_when_shown() {
     assert_eq!(shown(port, "redis://h/x@y"), "redis://h/x@y");
     assert_eq!(shown(port, "9000"), "9000");
 }
+
+#[test]
+fn history_limits_come_from_flags_file_and_env_and_are_checked() {
+    let (m, _) = resolve(&[], &[], None).unwrap();
+    assert_eq!(raw(&m, "history_size"), ["100"]);
+    assert_eq!(raw(&m, "history_ttl"), ["300"]);
+    assert_eq!(raw(&m, "history_memory"), [(64u64 << 20).to_string()]);
+    let file = Some("history-size = 0\nhistory-ttl = 60\nhistory-memory = 4096\n");
+    let env = [("BROADCAST_HISTORY_TTL", "30")];
+    let (m, _) = resolve(&["--history-memory", "8192"], &env, file).unwrap();
+    assert_eq!(raw(&m, "history_size"), ["0"]);
+    assert_eq!(raw(&m, "history_ttl"), ["30"]);
+    assert_eq!(raw(&m, "history_memory"), ["8192"]);
+    // A TTL or a budget of 0 means nothing: refused (size 0 turns history off).
+    for bad in [
+        ["--history-ttl", "0"],
+        ["--history-memory", "0"],
+        ["--history-size", "-1"],
+        ["--history-size", "1000001"],
+    ] {
+        let mut argv = vec!["broadcast-server", "start"];
+        argv.extend(bad);
+        assert!(
+            crate::Cli::command().try_get_matches_from(&argv).is_err(),
+            "{bad:?}"
+        );
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use tokio::net::TcpStream;
 
 use super::{Shard, NEXT_CONN_ID};
-use crate::conn::{self, Conn, Subscriptions as _, V2State};
+use crate::conn::{self, Conn, V2State};
 use crate::fanout::{ConnId, Format, Placement};
 use crate::http::{self, Upgraded};
 
@@ -47,6 +47,7 @@ impl Shard {
             format,
             name,
             channel,
+            start,
             grant,
             ticket,
         } = upgraded;
@@ -72,8 +73,7 @@ impl Shard {
         self.ctx.audience.joined();
         let stats = &self.hub.stats;
         stats.connections_total.fetch_add(1, Ordering::Relaxed);
-        let membership = &self.membership;
-        membership.add(&conn);
+        self.membership.add(&conn);
         let time = crate::frame::unix_millis();
         match format {
             // A v2 client subscribes with commands.
@@ -87,17 +87,24 @@ impl Shard {
             }
             Format::V1 => {
                 stats.v1_connections.fetch_add(1, Ordering::Relaxed);
-                let channel = membership.join(&conn, &channel);
+                let joined = conn.join_at(&channel, start);
                 let welcome = protocol::v1::ServerEvent::Welcome {
                     id: id.0,
                     name: conn.name.to_string(),
-                    online: channel.members() as u64,
+                    online: joined.channel.members() as u64,
                     time,
+                    recovered: joined.outcome.map(|o| o.is_ok()),
+                    reason: joined.outcome.and_then(Result::err),
+                    position: joined.position,
                 };
                 conn.send_own(crate::frame::frame_text(welcome.encode().as_bytes()));
+                conn.send_replay(joined.replay);
             }
             Format::Raw => {
-                membership.join(&conn, &channel);
+                // A plain client cannot be told the outcome: it gets what
+                // is kept.
+                let joined = conn.join_at(&channel, start);
+                conn.send_replay(joined.replay);
             }
         }
         tracing::trace!(conn = id.0, shard = self.index, "connected");

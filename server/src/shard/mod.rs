@@ -134,7 +134,8 @@ pub(crate) fn spawn(
             ));
             let ctx = Rc::new(ConnCtx {
                 config: config.clone(),
-                publisher: Publisher::new(fanout.clone(), hub.stats.clone(), hub.relay.clone()),
+                publisher: Publisher::new(fanout.clone(), hub.stats.clone(), hub.relay.clone())
+                    .with_channels(hub.channels.clone()),
                 audience: Audience::default(),
                 handle: handle.clone(),
                 stats: hub.stats.clone(),

@@ -8,6 +8,7 @@ mod cluster;
 mod deploy;
 mod flow;
 mod hardening;
+mod history;
 mod http;
 mod jwt;
 mod lifecycle;

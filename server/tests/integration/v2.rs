@@ -15,7 +15,11 @@ use crate::util::*;
 
 /// Connects offering `broadcast.v2` (and v1 after it) to `path_and_query`,
 /// checks the server chose v2, and returns the client with its welcome.
-async fn connect_v2(server: &Server, path_and_query: &str, bearer: Option<&str>) -> (Ws, Value) {
+pub(crate) async fn connect_v2(
+    server: &Server,
+    path_and_query: &str,
+    bearer: Option<&str>,
+) -> (Ws, Value) {
     let url = format!("ws://{}{path_and_query}", server.addr());
     let mut req = url.into_client_request().unwrap();
     req.headers_mut().insert(
@@ -43,7 +47,7 @@ async fn connect_v2(server: &Server, path_and_query: &str, bearer: Option<&str>)
     (ws, welcome)
 }
 
-async fn event(ws: &mut Ws) -> Value {
+pub(crate) async fn event(ws: &mut Ws) -> Value {
     match recv(ws).await {
         Message::Text(t) => serde_json::from_str(&t).unwrap_or_else(|e| panic!("{t}: {e}")),
         other => panic!("expected a v2 event, got {other:?}"),
@@ -51,7 +55,7 @@ async fn event(ws: &mut Ws) -> Value {
 }
 
 /// The next event that is not `presence`.
-async fn reply(ws: &mut Ws) -> Value {
+pub(crate) async fn reply(ws: &mut Ws) -> Value {
     loop {
         let e = event(ws).await;
         if e["type"] != "presence" {
@@ -60,7 +64,7 @@ async fn reply(ws: &mut Ws) -> Value {
     }
 }
 
-async fn send(ws: &mut Ws, command: Value) {
+pub(crate) async fn send(ws: &mut Ws, command: Value) {
     ws.send(Message::text(command.to_string())).await.unwrap();
 }
 

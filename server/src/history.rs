@@ -1,0 +1,468 @@
+//! The message history of each channel name, in memory, on this node: what
+//! lets a client that reconnects get what it missed (see `docs/history.md`).
+//!
+//! One [`Log`] per channel name, independent of the channel table (whose
+//! entries die with their last member): a bounded ring of the messages
+//! published to it, each holding the already-framed shared [`Bytes`] its
+//! live recipients got (a reference count, never a copy per subscriber).
+//! Every message gets the next `offset` of its log (first 1), and every log
+//! an `epoch` chosen when it is created: a log created again (after a
+//! restart, or after it expired) has a new one, so a client resuming from a
+//! position of the old history is told instead of silently missing
+//! messages.
+//!
+//! Limits ([`Limits`]): `--history-size` entries per log, `--history-ttl`
+//! age, and `--history-memory` bytes over all logs, past which the oldest
+//! entries of any log are evicted first.
+//!
+//! Ordering: the publisher assigns the offset, frames the events, appends
+//! and pushes to the shard inboxes while holding the log's lock
+//! ([`Log::lock`]), and a subscriber joins and reads its replay under the
+//! same lock, so every message is either in its replay or reaches it live
+//! (see `publish` and `conn::v2`). The lock is a `std::sync::Mutex`, held
+//! for that only, never across an `.await`.
+//!
+//! A message's v1 and v2 events are built only when some client of that
+//! format is connected (`Stats::wanted`); an entry keeps what it needs to
+//! build a missing one at replay time, once, and then keeps that too.
+
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use protocol::history::Unrecovered;
+
+use crate::fanout::Format;
+use crate::frame::{self, Wanted};
+
+/// Default `--history-size`: messages kept per channel.
+pub const DEFAULT_HISTORY_SIZE: usize = 100;
+/// Default `--history-ttl`.
+pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(300);
+/// Default `--history-memory`: bytes kept over all channels.
+pub const DEFAULT_HISTORY_MEMORY: usize = 64 << 20;
+
+/// Bytes an entry costs besides its frames and its sender's name.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// Length of an epoch.
+const EPOCH_LEN: usize = 8;
+
+/// The three limits of the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Entries kept per channel (0: no history).
+    pub(crate) size: usize,
+    /// How long an entry is kept.
+    pub(crate) ttl: Duration,
+    /// Bytes kept over all channels.
+    pub(crate) memory: usize,
+}
+
+/// The clock the history ages entries by (injected by the tests).
+pub(crate) type Clock = fn() -> Instant;
+
+/// Every channel's log on this node.
+#[derive(Debug)]
+pub(crate) struct History {
+    limits: Limits,
+    logs: Mutex<HashMap<Arc<str>, Arc<Log>>>,
+    /// Bytes held by all entries (see [`Entry::size`]).
+    bytes: AtomicUsize,
+    /// Held by whoever evicts over the byte budget.
+    evicting: Mutex<()>,
+    clock: Clock,
+}
+
+/// One channel's history.
+#[derive(Debug)]
+pub(crate) struct Log {
+    pub(crate) name: Arc<str>,
+    pub(crate) epoch: Box<str>,
+    ring: Mutex<Ring>,
+}
+
+#[derive(Debug)]
+struct Ring {
+    /// The offset of the last message appended (0: none yet).
+    last: u64,
+    entries: VecDeque<Entry>,
+    /// When the last message was appended (or the log created).
+    touched: Instant,
+}
+
+/// One kept message.
+#[derive(Debug)]
+struct Entry {
+    offset: u64,
+    /// When it was appended (by the history's clock).
+    at: Instant,
+    /// The frame raw clients got.
+    raw: Bytes,
+    from: u64,
+    name: Box<str>,
+    /// Milliseconds since the Unix epoch, as its events show.
+    time: u64,
+    v1: Option<Bytes>,
+    v2: Option<Bytes>,
+}
+
+impl Entry {
+    fn size(&self) -> usize {
+        ENTRY_OVERHEAD
+            + self.raw.len()
+            + self.name.len()
+            + self.v1.as_ref().map_or(0, Bytes::len)
+            + self.v2.as_ref().map_or(0, Bytes::len)
+    }
+}
+
+/// A kept message as the HTTP API shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct Kept {
+    pub(crate) offset: u64,
+    pub(crate) from: u64,
+    pub(crate) name: String,
+    pub(crate) time: u64,
+    /// The raw frame (header + payload).
+    pub(crate) raw: Bytes,
+}
+
+/// What a resume finds: the frames to write first, and how it went.
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    /// The missed messages' frames, oldest first.
+    pub(crate) frames: Vec<Bytes>,
+    /// The log's last offset when it was read: live messages up to it are
+    /// in `frames` (or were missed), so they are skipped.
+    pub(crate) after: u64,
+    /// `None`: everything asked for is in `frames`.
+    pub(crate) lost: Option<Unrecovered>,
+}
+
+impl History {
+    /// An empty history with these limits (`limits.size > 0`).
+    pub(crate) fn new(limits: Limits) -> Self {
+        Self::with_clock(limits, Instant::now)
+    }
+
+    pub(crate) fn with_clock(limits: Limits, clock: Clock) -> Self {
+        Self {
+            limits,
+            logs: Mutex::default(),
+            bytes: AtomicUsize::new(0),
+            evicting: Mutex::new(()),
+            clock,
+        }
+    }
+
+    /// Bytes its entries hold now.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn logs(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Log>>> {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The log of channel `name`, created (with a new epoch) if there is
+    /// none or the one there expired: no entry left, no message for a TTL,
+    /// and nobody holding it.
+    pub(crate) fn log(&self, name: &str) -> Arc<Log> {
+        let now = (self.clock)();
+        let mut logs = self.logs();
+        if let Some(log) = logs.get(name) {
+            let unused = Arc::strong_count(log) == 1;
+            if !unused || !log.expired(now, self.limits.ttl) {
+                return log.clone();
+            }
+        }
+        let name: Arc<str> = name.into();
+        let log = Arc::new(Log {
+            name: name.clone(),
+            epoch: new_epoch().into_boxed_str(),
+            ring: Mutex::new(Ring {
+                last: 0,
+                entries: VecDeque::new(),
+                touched: now,
+            }),
+        });
+        logs.insert(name, log.clone());
+        log
+    }
+
+    /// Locks `log` to append to it or read it.
+    pub(crate) fn lock<'a>(&'a self, log: &'a Log) -> Locked<'a> {
+        let ring = log.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let mut locked = Locked {
+            history: self,
+            log,
+            ring,
+        };
+        locked.expire();
+        locked
+    }
+
+    /// Evicts the oldest entries of any log while the byte budget is
+    /// exceeded, down to 7/8 of it (so that a flood evicts in batches).
+    /// Call it without holding a log's lock; one caller at a time does the
+    /// work, the others return at once.
+    pub(crate) fn trim(&self) {
+        if self.bytes() <= self.limits.memory {
+            return;
+        }
+        let Ok(_evicting) = self.evicting.try_lock() else {
+            return;
+        };
+        let target = self.limits.memory - self.limits.memory / 8;
+        let logs: Vec<Arc<Log>> = self.logs().values().cloned().collect();
+        // The oldest head first (a min-heap by append time).
+        let head = |log: &Log| log.lock_ring().entries.front().map(|e| e.at);
+        let mut heap: BinaryHeap<(std::cmp::Reverse<Instant>, usize)> = logs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, log)| head(log).map(|at| (std::cmp::Reverse(at), i)))
+            .collect();
+        while self.bytes() > target {
+            let Some((_, i)) = heap.pop() else { break };
+            let mut ring = logs[i].lock_ring();
+            if let Some(entry) = ring.entries.pop_front() {
+                self.bytes.fetch_sub(entry.size(), Ordering::Relaxed);
+            }
+            if let Some(next) = ring.entries.front() {
+                heap.push((std::cmp::Reverse(next.at), i));
+            }
+        }
+    }
+
+    /// Drops expired entries everywhere, and forgets the logs nobody holds
+    /// that have expired (a periodic sweep: otherwise entries expire only
+    /// when their log is used).
+    pub(crate) fn sweep(&self) {
+        let logs: Vec<Arc<Log>> = self.logs().values().cloned().collect();
+        for log in &logs {
+            drop(self.lock(log));
+        }
+        drop(logs);
+        let now = (self.clock)();
+        let ttl = self.limits.ttl;
+        self.logs()
+            .retain(|_, log| Arc::strong_count(log) > 1 || !log.expired(now, ttl));
+    }
+
+    /// How many logs it has.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.logs().len()
+    }
+}
+
+impl Log {
+    fn lock_ring(&self) -> MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// No entry left and no message for `ttl` (only checked on a log
+    /// nobody else holds, so the lock is free).
+    fn expired(&self, now: Instant, ttl: Duration) -> bool {
+        match self.ring.try_lock() {
+            Ok(ring) => {
+                ring.entries.is_empty() && now.saturating_duration_since(ring.touched) >= ttl
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// A locked log.
+#[derive(Debug)]
+pub(crate) struct Locked<'a> {
+    history: &'a History,
+    log: &'a Log,
+    ring: MutexGuard<'a, Ring>,
+}
+
+impl Locked<'_> {
+    /// The offset of its last message (0: none yet).
+    pub(crate) fn last(&self) -> u64 {
+        self.ring.last
+    }
+
+    pub(crate) fn epoch(&self) -> &str {
+        &self.log.epoch
+    }
+
+    /// Drops the entries older than the TTL.
+    fn expire(&mut self) {
+        let now = (self.history.clock)();
+        let ttl = self.history.limits.ttl;
+        while let Some(front) = self.ring.entries.front() {
+            if now.saturating_duration_since(front.at) < ttl {
+                break;
+            }
+            self.drop_front();
+        }
+    }
+
+    fn drop_front(&mut self) {
+        if let Some(entry) = self.ring.entries.pop_front() {
+            self.history
+                .bytes
+                .fetch_sub(entry.size(), Ordering::Relaxed);
+        }
+    }
+
+    /// Appends a message (`raw`: its frame for raw clients, sent by
+    /// connection `from` named `name`): gives it the next offset and builds
+    /// the v1 and v2 events `wanted` asks for, carrying that position.
+    /// Returns the offset and those events.
+    pub(crate) fn append(
+        &mut self,
+        raw: &Bytes,
+        from: u64,
+        name: &str,
+        wanted: Wanted,
+    ) -> (u64, Option<Bytes>, Option<Bytes>) {
+        let offset = self.ring.last + 1;
+        let mut entry = Entry {
+            offset,
+            at: (self.history.clock)(),
+            raw: raw.clone(),
+            from,
+            name: name.into(),
+            time: frame::unix_millis(),
+            v1: None,
+            v2: None,
+        };
+        if wanted.v1 {
+            entry.v1 = Some(self.build(&entry, Format::V1));
+        }
+        if wanted.v2 {
+            entry.v2 = Some(self.build(&entry, Format::V2));
+        }
+        let (v1, v2) = (entry.v1.clone(), entry.v2.clone());
+        self.ring.last = offset;
+        self.ring.touched = entry.at;
+        self.history
+            .bytes
+            .fetch_add(entry.size(), Ordering::Relaxed);
+        self.ring.entries.push_back(entry);
+        while self.ring.entries.len() > self.history.limits.size {
+            self.drop_front();
+        }
+        (offset, v1, v2)
+    }
+
+    /// The event of `entry` for `format` (not `Raw`), with its position.
+    fn build(&self, entry: &Entry, format: Format) -> Bytes {
+        let position = (entry.offset, &*self.log.epoch);
+        match format {
+            Format::V2 => frame::v2_positioned(
+                &entry.raw,
+                &self.log.name,
+                entry.from,
+                &entry.name,
+                entry.time,
+                position,
+            ),
+            _ => frame::v1_positioned(&entry.raw, entry.from, &entry.name, entry.time, position),
+        }
+    }
+
+    /// The frame of entry `i` for `format`, built (and kept) if missing.
+    fn frame_of(&mut self, i: usize, format: Format) -> Bytes {
+        let entry = &self.ring.entries[i];
+        let cached = match format {
+            Format::Raw => return entry.raw.clone(),
+            Format::V1 => &entry.v1,
+            Format::V2 => &entry.v2,
+        };
+        if let Some(frame) = cached {
+            return frame.clone();
+        }
+        let built = self.build(entry, format);
+        self.history.bytes.fetch_add(built.len(), Ordering::Relaxed);
+        let entry = &mut self.ring.entries[i];
+        match format {
+            Format::V1 => entry.v1 = Some(built.clone()),
+            _ => entry.v2 = Some(built.clone()),
+        }
+        built
+    }
+
+    /// Resuming from position `(offset, epoch)`: the kept messages after
+    /// `offset` in `format`, and whether that is all of them.
+    pub(crate) fn since(&mut self, offset: u64, epoch: &str, format: Format) -> Replay {
+        let after = self.ring.last;
+        if epoch != &*self.log.epoch {
+            return Replay {
+                frames: Vec::new(),
+                after: 0,
+                lost: Some(Unrecovered::Epoch),
+            };
+        }
+        let first = self.ring.entries.front().map_or(after + 1, |e| e.offset);
+        let lost = (offset + 1 < first && offset < after).then_some(Unrecovered::Expired);
+        let skip = self
+            .ring
+            .entries
+            .iter()
+            .take_while(|e| e.offset <= offset)
+            .count();
+        let frames = (skip..self.ring.entries.len())
+            .map(|i| self.frame_of(i, format))
+            .collect();
+        Replay {
+            frames,
+            after,
+            lost,
+        }
+    }
+
+    /// The last `n` kept messages in `format` (`?rewind=N`); `lost` says
+    /// fewer are kept than asked for (and the channel had more).
+    pub(crate) fn rewind(&mut self, n: u64, format: Format) -> Replay {
+        let kept = self.ring.entries.len();
+        let take = usize::try_from(n).unwrap_or(usize::MAX).min(kept);
+        let lost =
+            (n > kept as u64 && self.ring.last > kept as u64).then_some(Unrecovered::Expired);
+        let frames = (kept - take..kept)
+            .map(|i| self.frame_of(i, format))
+            .collect();
+        Replay {
+            frames,
+            after: self.ring.last,
+            lost,
+        }
+    }
+
+    /// Up to `limit` kept messages after `offset`, for the HTTP API.
+    pub(crate) fn list(&self, offset: u64, limit: usize) -> Vec<Kept> {
+        self.ring
+            .entries
+            .iter()
+            .filter(|e| e.offset > offset)
+            .take(limit)
+            .map(|e| Kept {
+                offset: e.offset,
+                from: e.from,
+                name: e.name.to_string(),
+                time: e.time,
+                raw: e.raw.clone(),
+            })
+            .collect()
+    }
+}
+
+/// A fresh epoch: [`EPOCH_LEN`] random letters and digits.
+fn new_epoch() -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(EPOCH_LEN)
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "history_tests.rs"]
+mod tests;
