@@ -869,6 +869,10 @@ fn the_members_answer_names_who_was_there_before() {
         id: Some(Id::Num(3)),
         channel: "blue".into(),
         online: 1,
+        offset: None,
+        epoch: None,
+        recovered: None,
+        reason: None,
     };
     ev(&mut m, subscribed);
     assert_eq!(

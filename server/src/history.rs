@@ -74,6 +74,10 @@ pub(crate) struct History {
     /// Held by whoever evicts over the byte budget.
     evicting: Mutex<()>,
     clock: Clock,
+    /// A moment of `clock` and the Unix time then (ms), so that a message's
+    /// wall-clock time is derived from its append time without another
+    /// clock read per message.
+    base: (Instant, u64),
 }
 
 /// One channel's history.
@@ -155,7 +159,14 @@ impl History {
             bytes: AtomicUsize::new(0),
             evicting: Mutex::new(()),
             clock,
+            base: (clock(), frame::unix_millis()),
         }
+    }
+
+    /// The Unix time (ms) at `at`, a moment of the history's clock.
+    fn unix_millis_at(&self, at: Instant) -> u64 {
+        let (instant, millis) = self.base;
+        millis + at.saturating_duration_since(instant).as_millis() as u64
     }
 
     /// Bytes its entries hold now.
@@ -200,6 +211,7 @@ impl History {
             history: self,
             log,
             ring,
+            now: (self.clock)(),
         };
         locked.expire();
         locked
@@ -282,6 +294,8 @@ pub(crate) struct Locked<'a> {
     history: &'a History,
     log: &'a Log,
     ring: MutexGuard<'a, Ring>,
+    /// When it was locked: the one clock read an append costs.
+    now: Instant,
 }
 
 impl Locked<'_> {
@@ -296,7 +310,7 @@ impl Locked<'_> {
 
     /// Drops the entries older than the TTL.
     fn expire(&mut self) {
-        let now = (self.history.clock)();
+        let now = self.now;
         let ttl = self.history.limits.ttl;
         while let Some(front) = self.ring.entries.front() {
             if now.saturating_duration_since(front.at) < ttl {
@@ -328,11 +342,11 @@ impl Locked<'_> {
         let offset = self.ring.last + 1;
         let mut entry = Entry {
             offset,
-            at: (self.history.clock)(),
+            at: self.now,
             raw: raw.clone(),
             from,
             name: name.into(),
-            time: frame::unix_millis(),
+            time: self.history.unix_millis_at(self.now),
             v1: None,
             v2: None,
         };
