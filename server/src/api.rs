@@ -376,13 +376,13 @@ async fn publish(ctx: ApiCtx<'_>, req: Request<Incoming>) -> Result<Response<Bod
     let wanted = ctx.stats.wanted();
     let v1 = wanted
         .v1
-        .then(|| crate::frame::v1_message(&raw, 0, &name, time));
+        .then(|| crate::frame::v1_message(&raw, 0, &name, time, None));
     let mut counts = Vec::with_capacity(names.len());
     let mut costs = Vec::new();
     for channel_name in &names {
         let v2 = wanted
             .v2
-            .then(|| crate::frame::v2_message(&raw, channel_name, 0, &name, time));
+            .then(|| crate::frame::v2_message(&raw, channel_name, 0, &name, time, None));
         let msg = |channel| Broadcast {
             raw: Some(raw.clone()),
             v1: v1.clone(),

@@ -90,54 +90,43 @@ fn frame_json(size_hint: usize, write: impl FnOnce(&mut bytes::buf::Writer<Bytes
 }
 
 /// The `broadcast.v1` message event for `raw` (a server frame of a text or
-/// binary message), framed: what every v1 client gets for it.
-pub(crate) fn v1_message(raw: &[u8], from: u64, name: &str, time: u64) -> Bytes {
-    frame_json(raw.len(), |w| {
-        protocol::v1::encode_message_json(w, from, name, time, body_of(raw));
-    })
-}
-
-/// The `broadcast.v2` message event for `raw` published on `channel`,
-/// framed: what every v2 subscriber of the channel gets for it.
-pub(crate) fn v2_message(raw: &[u8], channel: &str, from: u64, name: &str, time: u64) -> Bytes {
-    frame_json(raw.len() + channel.len(), |w| {
-        protocol::v2::encode_message_json(w, channel, from, name, time, body_of(raw));
-    })
-}
-
-/// The `broadcast.v1` message event for `raw` with its history position.
-pub(crate) fn v1_positioned(
+/// binary message), framed: what every v1 client gets for it; with its
+/// history position (`offset`, `epoch`) when it has one.
+pub(crate) fn v1_message(
     raw: &[u8],
     from: u64,
     name: &str,
     time: u64,
-    position: (u64, &str),
+    position: Option<(u64, &str)>,
 ) -> Bytes {
     frame_json(raw.len() + 40, |w| {
-        protocol::v1::encode_positioned_message_json(w, from, name, time, position, body_of(raw));
+        let body = body_of(raw);
+        match position {
+            None => protocol::v1::encode_message_json(w, from, name, time, body),
+            Some(p) => protocol::v1::encode_positioned_message_json(w, from, name, time, p, body),
+        }
     })
 }
 
-/// The `broadcast.v2` message event for `raw` on `channel` with its
-/// history position.
-pub(crate) fn v2_positioned(
+/// The `broadcast.v2` message event for `raw` published on `channel`,
+/// framed: what every v2 subscriber of the channel gets for it; with its
+/// history position when it has one.
+pub(crate) fn v2_message(
     raw: &[u8],
     channel: &str,
     from: u64,
     name: &str,
     time: u64,
-    position: (u64, &str),
+    position: Option<(u64, &str)>,
 ) -> Bytes {
     frame_json(raw.len() + channel.len() + 40, |w| {
-        protocol::v2::encode_positioned_message_json(
-            w,
-            channel,
-            from,
-            name,
-            time,
-            position,
-            body_of(raw),
-        );
+        let body = body_of(raw);
+        match position {
+            None => protocol::v2::encode_message_json(w, channel, from, name, time, body),
+            Some(p) => {
+                protocol::v2::encode_positioned_message_json(w, channel, from, name, time, p, body);
+            }
+        }
     })
 }
 
@@ -165,10 +154,10 @@ pub(crate) fn encodings(
     } else {
         0
     };
-    let v1 = wanted.v1.then(|| v1_message(&raw, from, name, time));
+    let v1 = wanted.v1.then(|| v1_message(&raw, from, name, time, None));
     let v2 = wanted
         .v2
-        .then(|| v2_message(&raw, channel, from, name, time));
+        .then(|| v2_message(&raw, channel, from, name, time, None));
     (raw, v1, v2)
 }
 

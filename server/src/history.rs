@@ -371,9 +371,9 @@ impl Locked<'_> {
 
     /// The event of `entry` for `format` (not `Raw`), with its position.
     fn build(&self, entry: &Entry, format: Format) -> Bytes {
-        let position = (entry.offset, &*self.log.epoch);
+        let position = Some((entry.offset, &*self.log.epoch));
         match format {
-            Format::V2 => frame::v2_positioned(
+            Format::V2 => frame::v2_message(
                 &entry.raw,
                 &self.log.name,
                 entry.from,
@@ -381,7 +381,7 @@ impl Locked<'_> {
                 entry.time,
                 position,
             ),
-            _ => frame::v1_positioned(&entry.raw, entry.from, &entry.name, entry.time, position),
+            _ => frame::v1_message(&entry.raw, entry.from, &entry.name, entry.time, position),
         }
     }
 

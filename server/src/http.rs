@@ -236,12 +236,22 @@ fn not_ready(ctx: &HttpCtx) -> Option<String> {
     None
 }
 
-/// The answer to a probe: `status` with a small JSON document, never cached.
-fn probe(status: StatusCode, json: String) -> Response<Body> {
-    let mut res = respond(status, "application/json", json);
+/// Like [`respond`], for a live view that must never be cached (health,
+/// probes, metrics).
+fn respond_fresh(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut res = respond(status, content_type, body);
     res.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
+}
+
+/// The answer to a probe: `status` with a small JSON document, never cached.
+fn probe(status: StatusCode, json: String) -> Response<Body> {
+    respond_fresh(status, "application/json", json)
 }
 
 fn unavailable(text: &'static str) -> Response<Body> {
@@ -311,28 +321,18 @@ async fn route(
         if !get {
             return method_not_allowed();
         }
-        let mut res = respond(
-            StatusCode::OK,
-            "application/json",
-            ctx.stats.health_json(ctx.config.workers),
-        );
-        res.headers_mut()
-            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        return res;
+        return probe(StatusCode::OK, ctx.stats.health_json(ctx.config.workers));
     }
     // With --metrics-addr the metrics are served there only (404 here).
     if path == METRICS_PATH && ctx.config.metrics_addr.is_none() {
         if !get {
             return method_not_allowed();
         }
-        let mut res = respond(
+        return respond_fresh(
             StatusCode::OK,
             crate::metrics::CONTENT_TYPE,
             crate::metrics::render(&ctx.stats, &ctx.fanout.shards(), ctx.config.workers),
         );
-        res.headers_mut()
-            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        return res;
     }
     match crate::assets::lookup(path) {
         Some(_) if !get => method_not_allowed(),

@@ -243,20 +243,23 @@ impl Server {
         };
         let listener = tokio::net::TcpListener::from_std(self.listener)?;
         tokio::pin!(drain, now);
-        // While draining: every shard's answer that its clients are gone.
-        let mut drained: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+        // Every shard's answer that its clients are gone, once a drain began.
+        let mut drained: Pin<Box<dyn Future<Output = ()> + Send>> =
+            Box::pin(std::future::pending());
+        let mut draining = false;
         loop {
             tokio::select! {
                 () = &mut now => break,
-                () = &mut drain, if drained.is_none() => {
+                () = &mut drain, if !draining => {
                     if config.drain_period.is_zero() {
                         break;
                     }
                     tracing::info!(period_secs = config.drain_period.as_secs_f64(), "draining");
                     hub.admission.start_draining();
-                    drained = Some(Box::pin(drain_shards(&handles, config.drain_period)));
+                    draining = true;
+                    drained = Box::pin(drain_shards(&handles, config.drain_period));
                 }
-                () = async { drained.as_mut().expect("guarded").await }, if drained.is_some() => break,
+                () = &mut drained => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => hand_over(&fanout, stream, peer),
                     Err(e) => accept_error(e).await,

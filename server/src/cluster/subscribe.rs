@@ -149,10 +149,10 @@ async fn deliver(
     let (sender, name, time) = (envelope.sender, envelope.name, envelope.time);
     let v1 = wanted
         .v1
-        .then(|| crate::frame::v1_message(&raw, sender, name, time));
+        .then(|| crate::frame::v1_message(&raw, sender, name, time, None));
     let v2 = wanted
         .v2
-        .then(|| crate::frame::v2_message(&raw, envelope.channel, sender, name, time));
+        .then(|| crate::frame::v2_message(&raw, envelope.channel, sender, name, time, None));
     let framed_at = Instant::now();
     let len = raw.len() + v1.as_ref().map_or(0, Bytes::len) + v2.as_ref().map_or(0, Bytes::len);
     fanout.reserve(&channel, len, costs).await;

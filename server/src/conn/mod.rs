@@ -312,7 +312,8 @@ impl Conn {
         let due = {
             let subs = self.subs.borrow();
             match subs.iter().find(|s| s.channel.id == channel.id) {
-                Some(sub) if !sub.announced.replace(true) => {
+                Some(sub) if !sub.announced.get() => {
+                    sub.announced.set(true);
                     // Older joins have gone out with their interval.
                     sub.joined_at.elapsed() < crate::presence::PRESENCE_INTERVAL * 2
                 }
