@@ -101,6 +101,7 @@ impl Channels {
                 channel: channel.clone(),
                 id,
                 since: None,
+                rewind: None,
             },
             Sent::Unsubscribe(channel) => Command::Unsubscribe {
                 channel: channel.clone(),
@@ -377,12 +378,14 @@ mod tests {
                 Command::Subscribe {
                     channel: "a".into(),
                     id: Some(Id::Num(1)),
-                    since: None
+                    since: None,
+                    rewind: None
                 },
                 Command::Subscribe {
                     channel: "b".into(),
                     id: Some(Id::Num(2)),
-                    since: None
+                    since: None,
+                    rewind: None
                 },
             ]
         );
