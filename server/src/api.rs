@@ -154,13 +154,17 @@ struct ChannelList<'a> {
 }
 
 fn list(ctx: ApiCtx<'_>) -> serde_json::Value {
-    let all = ctx.channels.list();
+    // This node's channels, plus (`--redis`) those with members elsewhere.
+    let mut counts = ctx.channels.remote.channels();
+    for c in ctx.channels.list() {
+        *counts.entry(c.name.to_string()).or_insert(0) += c.members();
+    }
     let body = ChannelList {
-        channels: all
+        channels: counts
             .iter()
-            .map(|c| Count {
-                channel: &c.name,
-                subscribers: c.members(),
+            .map(|(name, &subscribers)| Count {
+                channel: name,
+                subscribers,
             })
             .collect(),
     };
@@ -177,19 +181,20 @@ struct ChannelInfo<'a> {
 
 async fn channel(ctx: ApiCtx<'_>, name: &str) -> Result<Response<Body>, Failure> {
     protocol::channel::validate(name).map_err(|e| Failure::bad(e.to_string()))?;
-    let Some(channel) = ctx.channels.get(name) else {
-        let empty = ChannelInfo {
-            channel: name,
-            subscribers: 0,
-            members: Vec::new(),
-        };
-        return Ok(json(StatusCode::OK, &empty));
+    // Every named member (no cap: a backend asked), on every node.
+    let (local, roster) = match ctx.channels.get(name) {
+        Some(channel) => {
+            let shards = ctx.fanout.shards();
+            let roster = crate::roster::gather(&shards, channel.id, usize::MAX).await;
+            (channel.members(), roster)
+        }
+        None => (0, crate::roster::Roster::default()),
     };
-    // Every named member (no cap: a backend asked).
-    let roster = crate::roster::gather(&ctx.fanout.shards(), channel.id, usize::MAX).await;
+    let remote = &ctx.channels.remote;
+    let roster = crate::roster::with_remote(roster, remote.named(name), usize::MAX);
     let info = ChannelInfo {
         channel: name,
-        subscribers: channel.members(),
+        subscribers: local + remote.count(name),
         members: roster.members,
     };
     Ok(json(StatusCode::OK, &info))

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::history::{History, Log};
+use crate::remote::RemoteMembers;
 use crate::stats::Stats;
 
 /// A channel's id: unique for the life of the process (never reused).
@@ -68,6 +69,9 @@ pub(crate) struct Channels {
     /// Signalled when a channel is created or removed (the cluster link
     /// then changes its Redis subscriptions).
     changed: tokio::sync::Notify,
+    /// The members of each channel on the other nodes (`--redis`; empty
+    /// otherwise).
+    pub(crate) remote: RemoteMembers,
 }
 
 impl Channels {
@@ -80,6 +84,7 @@ impl Channels {
             stats,
             history: None,
             changed: tokio::sync::Notify::new(),
+            remote: RemoteMembers::default(),
         }
     }
 
@@ -146,6 +151,12 @@ impl Channels {
     /// The channel named `name`, if it has members on this node.
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Channel>> {
         self.table().get(name).cloned()
+    }
+
+    /// Members of `channel` in the whole cluster: this node's and, with
+    /// `--redis`, the other nodes' (as their presence messages said).
+    pub(crate) fn online(&self, channel: &Channel) -> usize {
+        channel.members() + self.remote.count(&channel.name)
     }
 
     /// The names of the channels with members on this node.

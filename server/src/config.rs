@@ -135,6 +135,10 @@ pub struct ClusterConfig {
     pub url: String,
     /// The Redis pub/sub channel all nodes of one deployment share.
     pub channel: String,
+    /// How long a node that stopped refreshing its presence lease (it died
+    /// without a word) still counts: its members then leave every node's
+    /// counts and lists.
+    pub lease: std::time::Duration,
 }
 
 /// A token bucket: `rate` tokens per second, at most `rate` banked.

@@ -47,6 +47,7 @@ mod names;
 mod presence;
 mod publish;
 mod registry;
+mod remote;
 mod roster;
 mod shard;
 mod stats;
@@ -59,7 +60,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use cluster::{check as check_cluster, ClusterError, DEFAULT_CHANNEL};
+pub use cluster::{check as check_cluster, ClusterError, DEFAULT_CHANNEL, DEFAULT_LEASE};
 pub use config::{
     mask_url_password, ClusterConfig, Config, RateLimitAction, CLOSE_TIMEOUT,
     DEFAULT_MAX_CHANNELS_PER_CONNECTION, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_MESSAGE_RATE,
@@ -203,15 +204,29 @@ impl Server {
         let channels =
             Arc::new(channels::Channels::new(config.workers, stats.clone()).with_history(history));
         let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
-        let presence = tokio::spawn(presence::run(presence_rx, fanout.clone(), stats.clone()));
-        let (cluster, relay) = match &config.cluster {
+        let (cluster, relay, to_cluster) = match &config.cluster {
             Some(c) => {
+                let (local_tx, local) = tokio::sync::mpsc::unbounded_channel();
+                let links = cluster::PresenceLinks {
+                    local,
+                    presence: presence_tx.clone(),
+                };
                 let (cluster, relay) =
-                    cluster::start(c, fanout.clone(), channels.clone(), stats.clone())?;
-                (Some(cluster), Some(relay))
+                    cluster::start(c, fanout.clone(), channels.clone(), stats.clone(), links)?;
+                shard::set_id_prefix(cluster::id_prefix(cluster.node()));
+                (Some(cluster), Some(relay), Some(local_tx))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
+        let presence = tokio::spawn(presence::run(
+            presence_rx,
+            presence::Targets {
+                fanout: fanout.clone(),
+                stats: stats.clone(),
+                channels: channels.clone(),
+                cluster: to_cluster,
+            },
+        ));
         let hub = Arc::new(
             shard::Hub::new(config.clone(), stats.clone(), presence_tx, channels.clone())
                 .with_relay(relay),

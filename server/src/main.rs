@@ -113,6 +113,10 @@ struct StartArgs {
     #[arg(long, value_name = "NAME", default_value = server::DEFAULT_CHANNEL, requires = "redis",
           value_parser = clap::builder::NonEmptyStringValueParser::new())]
     redis_channel: String,
+    /// Seconds a node's presence lease lasts (with --redis): the members of a node that died without a word leave every other node's counts, lists and presence events within this time (plus a fifth of it).
+    #[arg(long, value_name = "SECS", default_value_t = server::DEFAULT_LEASE.as_secs(), requires = "redis",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    cluster_lease: u64,
     /// Accept HS256 JSON Web Tokens signed with this secret, passed like --auth-token; `exp` is required. With --auth-token, either is accepted.
     #[arg(long, value_name = "SECRET", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     jwt_secret: Option<String>,
@@ -188,6 +192,7 @@ impl StartArgs {
             cluster: self.redis.map(|url| server::ClusterConfig {
                 url,
                 channel: self.redis_channel,
+                lease: Duration::from_secs(self.cluster_lease),
             }),
             jwt_secret: self.jwt_secret,
             api_key: self.api_key,

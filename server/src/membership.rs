@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use crate::channels::{Channel, Channels};
 use crate::conn::{Conn, Subscriptions};
+use crate::fanout::Format;
 use crate::presence::{Change, PresenceTx};
 use crate::registry::Registry;
 
@@ -56,7 +57,10 @@ impl Membership {
 
     fn left(&self, conn: &Conn, channel: Arc<Channel>) {
         self.channels.leave(&channel, self.shard);
-        let _ = self.presence.send(Change::Left(conn.peer(), channel));
+        let named = conn.format != Format::Raw;
+        let _ = self
+            .presence
+            .send(Change::Left(conn.peer(), channel, named));
     }
 }
 
@@ -68,9 +72,10 @@ impl Subscriptions for Membership {
         self.registry
             .borrow_mut()
             .subscribe(conn, channel.clone(), Instant::now());
+        let named = conn.format != Format::Raw;
         let _ = self
             .presence
-            .send(Change::Joined(conn.peer(), channel.clone()));
+            .send(Change::Joined(conn.peer(), channel.clone(), named));
         channel
     }
 
@@ -85,6 +90,15 @@ impl Subscriptions for Membership {
     /// Channel `name`, if this node has members of it.
     fn lookup(&self, name: &str) -> Option<Arc<Channel>> {
         self.channels.get(name)
+    }
+
+    fn online(&self, channel: &Channel) -> u64 {
+        self.channels.online(channel) as u64
+    }
+
+    fn remote(&self, name: &str) -> (u64, Vec<protocol::v1::Peer>) {
+        let remote = &self.channels.remote;
+        (remote.count(name) as u64, remote.named(name))
     }
 
     fn announce(&self, channel: &Channel) -> tokio::sync::oneshot::Receiver<()> {

@@ -136,6 +136,16 @@ impl Snapshot {
                     "Messages of local clients not published to Redis (link down, queue full or failed pipeline)",
                     get(&stats.cluster.not_relayed),
                 ),
+                (
+                    "broadcast_cluster_presence_out",
+                    "Presence messages published to the other nodes (coalesced: at most a few per second; --redis)",
+                    get(&stats.cluster.presence_out),
+                ),
+                (
+                    "broadcast_cluster_presence_in",
+                    "Presence messages received from the other nodes (--redis)",
+                    get(&stats.cluster.presence_in),
+                ),
             ],
             gauges: vec![
                 (
@@ -162,6 +172,11 @@ impl Snapshot {
                     "broadcast_cluster_subscriptions",
                     "Redis channels this node subscribes to (one per channel with local members; --redis)",
                     stats.cluster.subscriptions.load(Ordering::Relaxed) as u64,
+                ),
+                (
+                    "broadcast_cluster_nodes",
+                    "Other nodes whose members this node counts (their presence lease holds; --redis)",
+                    stats.cluster.nodes.load(Ordering::Relaxed) as u64,
                 ),
                 (
                     "broadcast_cluster_link_up",

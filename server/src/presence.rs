@@ -1,5 +1,7 @@
-//! Presence for `broadcast.v1` clients: who joined and left each channel,
-//! coalesced.
+//! Presence for `broadcast.v1` and `broadcast.v2` clients: who joined and
+//! left each channel, coalesced; with `--redis`, on every node of the
+//! cluster (this node's changes go to `cluster::presence`, the other
+//! nodes' come back from it as [`Change::Remote`]).
 //!
 //! Shards report joins and leaves; one task gathers them and, at most every
 //! [`PRESENCE_INTERVAL`], encodes one presence event per channel that
@@ -16,18 +18,22 @@ use std::time::Duration;
 use protocol::v1::{Peer, ServerEvent, PRESENCE_NAME_LIMIT};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::channels::{Channel, ChannelId};
+use crate::channels::{Channel, ChannelId, Channels};
 use crate::fanout::{Broadcast, ConnId, Fanout};
+use crate::remote::{LocalChange, LocalTx, Member, Moved};
 use crate::stats::Stats;
 
 /// Shortest time between two presence updates.
 pub(crate) const PRESENCE_INTERVAL: Duration = Duration::from_millis(500);
 
-/// A join or leave, as a shard reports it.
+/// A join or leave, as a shard reports it (`named`: a `broadcast.v1` or
+/// `broadcast.v2` client), or as another node's presence said.
 #[derive(Debug)]
 pub(crate) enum Change {
-    Joined(Peer, Arc<Channel>),
-    Left(Peer, Arc<Channel>),
+    Joined(Peer, Arc<Channel>, bool),
+    Left(Peer, Arc<Channel>, bool),
+    /// Members of the channel on other nodes came or went (`--redis`).
+    Remote(Arc<Channel>, Moved),
     /// A newcomer is about to publish to the channel: what is gathered for
     /// it goes out now, so that its join reaches every shard before its
     /// message does; the sender is answered once it has.
@@ -130,18 +136,60 @@ impl Gathered {
         pending.add(joined, peer);
     }
 
-    /// Takes one change: gathers a join or leave; publishes a flushed
-    /// channel's changes at once and answers.
-    fn take(&mut self, change: Change, fanout: &Fanout, stats: &Stats) {
+    /// Takes one change: gathers a join or leave (and tells the other
+    /// nodes of this node's own); publishes a flushed channel's changes at
+    /// once and answers.
+    fn take(&mut self, change: Change, to: &Targets) {
         match change {
-            Change::Joined(peer, channel) => self.add(true, peer, channel),
-            Change::Left(peer, channel) => self.add(false, peer, channel),
+            Change::Joined(peer, channel, named) => {
+                to.tell_cluster(true, &peer, &channel, named);
+                self.add(true, peer, channel);
+            }
+            Change::Left(peer, channel, named) => {
+                to.tell_cluster(false, &peer, &channel, named);
+                self.add(false, peer, channel);
+            }
+            Change::Remote(channel, moved) => {
+                for peer in moved.joined {
+                    self.add(true, peer, channel.clone());
+                }
+                for peer in moved.left {
+                    self.add(false, peer, channel.clone());
+                }
+            }
             Change::Flush(id, done) => {
                 if let Some((channel, pending)) = self.0.remove(&id) {
-                    publish(&channel, pending, fanout, stats);
+                    publish(&channel, pending, to);
                 }
                 let _ = done.send(());
             }
+        }
+    }
+}
+
+/// Where presence updates go: the local shards and, with `--redis`, the
+/// cluster's presence task.
+#[derive(Debug)]
+pub(crate) struct Targets {
+    pub(crate) fanout: Fanout,
+    pub(crate) stats: Arc<Stats>,
+    /// For the cluster-wide online counts.
+    pub(crate) channels: Arc<Channels>,
+    pub(crate) cluster: Option<LocalTx>,
+}
+
+impl Targets {
+    fn tell_cluster(&self, joined: bool, peer: &Peer, channel: &Channel, named: bool) {
+        if let Some(tx) = &self.cluster {
+            let _ = tx.send(LocalChange {
+                joined,
+                channel: channel.name.clone(),
+                member: Member {
+                    id: peer.id,
+                    name: peer.name.clone(),
+                    named,
+                },
+            });
         }
     }
 }
@@ -150,17 +198,13 @@ impl Gathered {
 /// a window opens with the first change and, [`PRESENCE_INTERVAL`] later,
 /// one update per channel that changed goes out. A `Flush` publishes its
 /// channel's part early; the rest of the window is unchanged.
-pub(crate) async fn run(
-    mut changes: mpsc::UnboundedReceiver<Change>,
-    fanout: Fanout,
-    stats: Arc<Stats>,
-) {
+pub(crate) async fn run(mut changes: mpsc::UnboundedReceiver<Change>, to: Targets) {
     let mut gathered = Gathered::default();
     loop {
         let Some(first) = changes.recv().await else {
             return;
         };
-        gathered.take(first, &fanout, &stats);
+        gathered.take(first, &to);
         if gathered.0.is_empty() {
             // Only a flush of a channel with nothing gathered.
             continue;
@@ -170,25 +214,25 @@ pub(crate) async fn run(
             tokio::select! {
                 () = tokio::time::sleep_until(end) => break,
                 change = changes.recv() => match change {
-                    Some(change) => gathered.take(change, &fanout, &stats),
+                    Some(change) => gathered.take(change, &to),
                     None => break,
                 },
             }
         }
         for (_, (channel, pending)) in std::mem::take(&mut gathered.0) {
-            publish(&channel, pending, &fanout, &stats);
+            publish(&channel, pending, &to);
         }
     }
 }
 
 /// Publishes one presence update for `channel`'s gathered changes (none if
 /// there are none, or no v1 or v2 client is connected to see it).
-fn publish(channel: &Arc<Channel>, mut pending: Pending, fanout: &Fanout, stats: &Stats) {
-    let wanted = stats.wanted();
+fn publish(channel: &Arc<Channel>, mut pending: Pending, to: &Targets) {
+    let wanted = to.stats.wanted();
     if pending.is_empty() || (!wanted.v1 && !wanted.v2) {
         return;
     }
-    let online = channel.members() as u64;
+    let online = to.channels.online(channel) as u64;
     let Shown {
         joined,
         left,
@@ -226,7 +270,7 @@ fn publish(channel: &Arc<Channel>, mut pending: Pending, fanout: &Fanout, stats:
         cost: 0,
         offset: 0,
     };
-    fanout.publish_free(msg, channel);
+    to.fanout.publish_free(msg, channel);
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Who is in a channel on this node. Each shard knows only its own
+//! Who is in a channel: on this node, plus (with `--redis`) the other
+//! nodes' members as `remote` knows them ([`with_remote`]). Each shard knows only its own
 //! connections, so [`gather`] asks every shard ([`ShardMsg::Members`] with a
 //! [`Query`]) and merges their answers. The HTTP API's
 //! `GET /api/channels/NAME` and the `broadcast.v2` `members` command both
@@ -121,6 +122,19 @@ async fn gather_within(
     let truncated = members.len() > limit;
     members.truncate(limit);
     Roster { members, truncated }
+}
+
+/// Adds the other nodes' named members (`remote`, sorted by id) to a
+/// node's roster: the `limit` lowest ids of both, sorted.
+pub(crate) fn with_remote(mut roster: Roster, remote: Vec<Peer>, limit: usize) -> Roster {
+    if remote.is_empty() {
+        return roster;
+    }
+    roster.members.extend(remote);
+    roster.members.sort_unstable_by_key(|p| p.id);
+    roster.truncated |= roster.members.len() > limit;
+    roster.members.truncate(limit);
+    roster
 }
 
 #[cfg(test)]

@@ -200,6 +200,12 @@ pub(crate) struct ClusterStats {
     pub(crate) not_relayed: AtomicU64,
     /// Redis channels subscribed to: one per local channel.
     pub(crate) subscriptions: AtomicUsize,
+    /// Presence messages published (deltas, snapshots, hellos, goodbyes).
+    pub(crate) presence_out: AtomicU64,
+    /// Presence messages received from other nodes.
+    pub(crate) presence_in: AtomicU64,
+    /// Other nodes whose members are counted here.
+    pub(crate) nodes: AtomicUsize,
 }
 
 impl ClusterStats {

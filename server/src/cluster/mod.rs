@@ -52,7 +52,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::channels::Channels;
@@ -62,10 +62,12 @@ use crate::stats::Stats;
 
 mod envelope;
 mod link;
+mod presence;
 mod relay;
 mod subscribe;
 
 use link::{Link, LinkLog};
+pub use presence::DEFAULT_LEASE;
 pub(crate) use relay::Relay;
 
 /// Default of `--redis-channel`.
@@ -159,6 +161,24 @@ pub fn check(config: &ClusterConfig) -> Result<(), ClusterError> {
 pub(crate) struct Cluster {
     link: Arc<Link>,
     tasks: Vec<JoinHandle<()>>,
+    /// Tells the presence task to say goodbye (see `presence`).
+    bye: oneshot::Sender<oneshot::Sender<()>>,
+    node: u64,
+}
+
+/// What the cluster's presence needs from the rest of the node.
+#[derive(Debug)]
+pub(crate) struct PresenceLinks {
+    /// This node's joins and leaves (from `crate::presence`).
+    pub(crate) local: mpsc::UnboundedReceiver<crate::remote::LocalChange>,
+    /// The local presence task, for the other nodes' changes.
+    pub(crate) presence: crate::presence::PresenceTx,
+}
+
+/// The high 20 bits of a node's connection ids (never 0), so that ids are
+/// unique in the cluster: see `shard`'s id source.
+pub(crate) fn id_prefix(node: u64) -> u64 {
+    ((node >> 44) & 0xF_FFFF).max(1)
 }
 
 /// Starts the relay tasks on the current runtime and returns the handle the
@@ -168,6 +188,7 @@ pub(crate) fn start(
     fanout: Fanout,
     channels: Arc<Channels>,
     stats: Arc<Stats>,
+    links: PresenceLinks,
 ) -> std::io::Result<(Cluster, Relay)> {
     let client = client(&config.url).map_err(std::io::Error::other)?;
     stats.cluster.enabled.store(true, Ordering::Relaxed);
@@ -185,7 +206,17 @@ pub(crate) fn start(
     // flight).
     let node = fastrand::u64(..);
     let (tx, rx) = mpsc::unbounded_channel();
+    let (bye, bye_rx) = oneshot::channel();
     let tasks = vec![
+        tokio::spawn(presence::presence_loop(presence::PresenceTask {
+            link: link.clone(),
+            node,
+            lease: config.lease,
+            channels: channels.clone(),
+            presence: links.presence,
+            local: links.local,
+            bye: bye_rx,
+        })),
         tokio::spawn(relay::publish_loop(link.clone(), rx)),
         tokio::spawn(subscribe::subscribe_loop(
             link.clone(),
@@ -200,7 +231,15 @@ pub(crate) fn start(
         tx,
         link: link.clone(),
     };
-    Ok((Cluster { link, tasks }, relay))
+    Ok((
+        Cluster {
+            link,
+            tasks,
+            bye,
+            node,
+        },
+        relay,
+    ))
 }
 
 impl Cluster {
@@ -223,9 +262,19 @@ impl Cluster {
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        // The other nodes forget this one's members now, not at its lease's end.
+        let (said, done) = oneshot::channel();
+        if self.bye.send(said).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_millis(500), done).await;
+        }
         for task in &self.tasks {
             task.abort();
         }
+    }
+
+    /// This node's id.
+    pub(crate) fn node(&self) -> u64 {
+        self.node
     }
 }
 

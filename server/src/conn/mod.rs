@@ -112,6 +112,12 @@ pub(crate) trait Subscriptions: std::fmt::Debug {
     fn leave(&self, conn: &Conn, name: &str) -> Option<Arc<Channel>>;
     /// Channel `name`, if this node has members of it.
     fn lookup(&self, name: &str) -> Option<Arc<Channel>>;
+    /// Members of `channel` in the whole cluster (this node's alone
+    /// without `--redis`).
+    fn online(&self, channel: &Channel) -> u64;
+    /// Members of channel `name` on the other nodes, and the named ones
+    /// among them by id (`--redis`; none otherwise).
+    fn remote(&self, name: &str) -> (u64, Vec<protocol::v1::Peer>);
 
     /// Publishes the presence changes still gathered for `channel` now,
     /// instead of at the end of the coalescing interval; resolves once

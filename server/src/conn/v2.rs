@@ -110,7 +110,7 @@ pub(super) async fn command(
         Command::Unsubscribe { channel, id } => match conn.ctx.membership.leave(conn, &channel) {
             Some(left) => conn.send_event(&Event::Unsubscribed {
                 id,
-                online: left.members() as u64,
+                online: conn.ctx.membership.online(&left),
                 channel,
             }),
             None => conn.refuse(
@@ -148,6 +148,9 @@ async fn members(conn: &Rc<Conn>, state: &V2State, channel: String, id: Option<I
             (entry.members() as u64, roster)
         }
     };
+    let (remote, named) = conn.ctx.membership.remote(&channel);
+    let roster = roster::with_remote(roster, named, v2::MAX_MEMBERS_LISTED);
+    let online = online + remote;
     conn.send_event(&Event::Members {
         id,
         channel,
@@ -188,7 +191,7 @@ fn subscribe(conn: &Rc<Conn>, state: &V2State, channel: String, id: Option<Id>, 
         .map_or((None, None), |p| (Some(p.offset), Some(p.epoch)));
     conn.send_event(&Event::Subscribed {
         id,
-        online: joined.channel.members() as u64,
+        online: conn.ctx.membership.online(&joined.channel),
         channel,
         offset,
         epoch,

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use tokio::net::TcpStream;
 
 use super::{Shard, NEXT_CONN_ID};
-use crate::conn::{self, Conn, V2State};
+use crate::conn::{self, Conn, Subscriptions, V2State};
 use crate::fanout::{ConnId, Format, Placement};
 use crate::http::{self, Upgraded};
 
@@ -63,7 +63,8 @@ impl Shard {
         }
         let (reader, writer) = stream.into_split();
         let id = ConnId(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
-        let wanted = name.unwrap_or_else(|| protocol::v1::guest_name(id.0));
+        // The low bits: the counter, without the cluster prefix (see `shard`).
+        let wanted = name.unwrap_or_else(|| protocol::v1::guest_name(id.0 & 0xFFFF_FFFF));
         let name = self.hub.names.claim(&wanted);
         let mut conn = Conn::new(id, format, name, (writer, tls), self.ctx.clone());
         if format == Format::V2 {
@@ -91,7 +92,7 @@ impl Shard {
                 let welcome = protocol::v1::ServerEvent::Welcome {
                     id: id.0,
                     name: conn.name.to_string(),
-                    online: joined.channel.members() as u64,
+                    online: self.membership.online(&joined.channel),
                     time,
                     recovered: joined.outcome.map(|o| o.is_ok()),
                     reason: joined.outcome.and_then(Result::err),

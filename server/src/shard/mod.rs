@@ -52,8 +52,16 @@ const BATCH: usize = 1024;
 /// connections that have stopped reading altogether.
 const STALL_CHECK: Duration = Duration::from_millis(250);
 
-/// Source of process-unique connection ids.
+/// Source of connection ids: unique in the process and, with `--redis`,
+/// in the cluster (the node's prefix in the high bits: [`set_id_prefix`]).
+/// They stay below 2^52, exact as JSON numbers in JavaScript.
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Makes every connection id from now on `prefix` (20 bits, not 0) in bits
+/// 32..52 and a counter below: ids from different nodes never meet.
+pub(crate) fn set_id_prefix(prefix: u64) {
+    NEXT_CONN_ID.store(((prefix & 0xF_FFFF) << 32) | 1, Ordering::Relaxed);
+}
 
 /// What all shards share besides the fan-out: counters, admission, the
 /// names in use, and the presence channel. None of it is touched per

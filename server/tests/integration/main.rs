@@ -14,6 +14,7 @@ mod jwt;
 mod lifecycle;
 mod limits;
 mod ops;
+mod presence_cluster;
 mod protocol_errors;
 mod settings;
 mod tls;
