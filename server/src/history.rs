@@ -84,12 +84,21 @@ pub(crate) struct History {
 #[derive(Debug)]
 pub(crate) struct Log {
     pub(crate) name: Arc<str>,
-    pub(crate) epoch: Box<str>,
     ring: Mutex<Ring>,
+    /// With `--redis`: signalled when the log starts following the
+    /// channel's Redis stream (see `cluster::follow`).
+    pub(crate) followed: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
 struct Ring {
+    /// The history the offsets belong to (with `--redis`, Redis's: it
+    /// changes when the node learns a new one).
+    epoch: Box<str>,
+    /// With `--redis`: every message of the channel since `last` reaches
+    /// this log from the subscription (false before the node subscribed,
+    /// and while its link is down).
+    following: bool,
     /// The offset of the last message appended (0: none yet).
     last: u64,
     entries: VecDeque<Entry>,
@@ -169,6 +178,10 @@ impl History {
         millis + at.saturating_duration_since(instant).as_millis() as u64
     }
 
+    pub(crate) fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Bytes its entries hold now.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
@@ -193,8 +206,10 @@ impl History {
         let name: Arc<str> = name.into();
         let log = Arc::new(Log {
             name: name.clone(),
-            epoch: new_epoch().into_boxed_str(),
+            followed: tokio::sync::Notify::new(),
             ring: Mutex::new(Ring {
+                epoch: new_epoch().into_boxed_str(),
+                following: false,
                 last: 0,
                 entries: VecDeque::new(),
                 touched: now,
@@ -305,7 +320,28 @@ impl Locked<'_> {
     }
 
     pub(crate) fn epoch(&self) -> &str {
-        &self.log.epoch
+        &self.ring.epoch
+    }
+
+    /// With `--redis`: whether the log receives every message of the
+    /// channel from the subscription.
+    pub(crate) fn following(&self) -> bool {
+        self.ring.following
+    }
+
+    pub(crate) fn set_following(&mut self, following: bool) {
+        self.ring.following = following;
+    }
+
+    /// Forgets every entry and starts history `epoch` after `last` (the
+    /// node learnt that the channel's history is another one, or that it
+    /// missed messages no longer kept anywhere).
+    pub(crate) fn reset(&mut self, epoch: &str, last: u64) {
+        while !self.ring.entries.is_empty() {
+            self.drop_front();
+        }
+        self.ring.epoch = epoch.into();
+        self.ring.last = last;
     }
 
     /// Drops the entries older than the TTL.
@@ -340,13 +376,54 @@ impl Locked<'_> {
         wanted: Wanted,
     ) -> (u64, Option<Bytes>, Option<Bytes>) {
         let offset = self.ring.last + 1;
+        let time = self.history.unix_millis_at(self.now);
+        let (v1, v2) = self.push(offset, raw, from, name, time, wanted);
+        (offset, v1, v2)
+    }
+
+    /// With `--redis`: appends a message whose position Redis assigned
+    /// (`time`: its receive time on the sender's node). A message of
+    /// another epoch starts that history afresh; one at or before the last
+    /// offset is a duplicate (`None`); one past the next offset leaves a
+    /// gap, so the entries before it are dropped (a resume from before the
+    /// gap is then told `expired`, never silently short).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn append_at(
+        &mut self,
+        offset: u64,
+        epoch: &str,
+        raw: &Bytes,
+        from: u64,
+        name: &str,
+        time: u64,
+        wanted: Wanted,
+    ) -> Option<(Option<Bytes>, Option<Bytes>)> {
+        if epoch != &*self.ring.epoch {
+            self.reset(epoch, offset.saturating_sub(1));
+        } else if offset <= self.ring.last {
+            return None;
+        } else if offset > self.ring.last + 1 {
+            self.reset(epoch, offset - 1);
+        }
+        Some(self.push(offset, raw, from, name, time, wanted))
+    }
+
+    fn push(
+        &mut self,
+        offset: u64,
+        raw: &Bytes,
+        from: u64,
+        name: &str,
+        time: u64,
+        wanted: Wanted,
+    ) -> (Option<Bytes>, Option<Bytes>) {
         let mut entry = Entry {
             offset,
             at: self.now,
             raw: raw.clone(),
             from,
             name: name.into(),
-            time: self.history.unix_millis_at(self.now),
+            time,
             v1: None,
             v2: None,
         };
@@ -366,12 +443,12 @@ impl Locked<'_> {
         while self.ring.entries.len() > self.history.limits.size {
             self.drop_front();
         }
-        (offset, v1, v2)
+        (v1, v2)
     }
 
     /// The event of `entry` for `format` (not `Raw`), with its position.
     fn build(&self, entry: &Entry, format: Format) -> Bytes {
-        let position = Some((entry.offset, &*self.log.epoch));
+        let position = Some((entry.offset, &*self.ring.epoch));
         match format {
             Format::V2 => frame::v2_message(
                 &entry.raw,
@@ -410,7 +487,7 @@ impl Locked<'_> {
     /// `offset` in `format`, and whether that is all of them.
     pub(crate) fn since(&mut self, offset: u64, epoch: &str, format: Format) -> Replay {
         let after = self.ring.last;
-        if epoch != &*self.log.epoch {
+        if epoch != &*self.ring.epoch {
             return Replay {
                 frames: Vec::new(),
                 after: 0,
@@ -471,7 +548,7 @@ impl Locked<'_> {
 }
 
 /// A fresh epoch: [`EPOCH_LEN`] random letters and digits.
-fn new_epoch() -> String {
+pub(crate) fn new_epoch() -> String {
     std::iter::repeat_with(fastrand::alphanumeric)
         .take(EPOCH_LEN)
         .collect()

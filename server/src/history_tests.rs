@@ -62,7 +62,7 @@ fn payloads(frames: &[Bytes]) -> Vec<String> {
 
 fn since(h: &History, name: &str, offset: u64, format: Format) -> Replay {
     let log = h.log(name);
-    let epoch = log.epoch.to_string();
+    let epoch = h.lock(&log).epoch().to_owned();
     let mut locked = h.lock(&log);
     locked.since(offset, &epoch, format)
 }
@@ -72,8 +72,9 @@ fn offsets_count_from_one_per_channel_and_resume_replays_what_follows() {
     let h = history(10, 300, 1 << 20);
     assert_eq!(publish(&h, "a", &["a1", "a2", "a3"]), [1, 2, 3]);
     assert_eq!(publish(&h, "b", &["b1"]), [1]);
-    assert_ne!(h.log("a").epoch, h.log("b").epoch);
-    assert_eq!(h.log("a").epoch.len(), EPOCH_LEN);
+    let (a, b) = (h.log("a"), h.log("b"));
+    assert_ne!(h.lock(&a).epoch(), h.lock(&b).epoch());
+    assert_eq!(h.lock(&a).epoch().len(), EPOCH_LEN);
 
     let r = since(&h, "a", 1, Format::Raw);
     assert_eq!(payloads(&r.frames), ["a2", "a3"]);
@@ -93,7 +94,7 @@ fn events_missing_at_publish_are_built_at_replay_with_their_position() {
     publish(&h, "room", &["hello"]);
     let before = h.bytes();
     let r = since(&h, "room", 0, Format::V2);
-    let epoch = h.log("room").epoch.to_string();
+    let epoch = h.lock(&h.log("room")).epoch().to_owned();
     let v: serde_json::Value = serde_json::from_slice(&r.frames[0][2..]).unwrap();
     assert_eq!(v["type"], "message");
     assert_eq!(v["channel"], "room");
@@ -143,7 +144,7 @@ fn entries_expire_after_the_ttl_and_an_expired_log_gets_a_new_epoch() {
     let r = since(&h, "a", 0, Format::Raw);
     assert_eq!(payloads(&r.frames), ["new"]);
     assert_eq!(r.lost, Some(Unrecovered::Expired));
-    let epoch = h.log("a").epoch.clone();
+    let epoch = h.lock(&h.log("a")).epoch().to_owned();
     // Nobody holds it and nothing is left for a TTL: swept, then new.
     advance(Duration::from_secs(61));
     h.sweep();

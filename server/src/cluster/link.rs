@@ -23,6 +23,13 @@ pub(super) struct Link {
     /// pings at once. Without traffic it would notice a dead socket only at
     /// its next ping, and could report the link restored in between.
     pub(super) check_out: tokio::sync::Notify,
+    /// The history's limits, when it is on.
+    pub(super) history: Option<crate::history::Limits>,
+    /// Channels a connection is about to join, waiting for this node to
+    /// follow them ([`super::Relay::follow`]), with how many wait.
+    pub(super) pending: Mutex<std::collections::HashMap<Arc<str>, usize>>,
+    /// Signalled when `pending` changes.
+    pub(super) wake: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +52,15 @@ impl Link {
     /// the name.
     pub(super) fn topic(&self, name: &str) -> String {
         format!("{}:{name}", self.channel)
+    }
+
+    /// The Redis keys of our channel `name`'s history: its position hash
+    /// (`epoch`, `offset`) and its stream.
+    pub(super) fn keys(&self, name: &str) -> (String, String) {
+        (
+            format!("{}:position:{name}", self.channel),
+            format!("{}:stream:{name}", self.channel),
+        )
     }
 
     fn flag(&self, side: Side) -> &AtomicBool {

@@ -62,10 +62,12 @@ use crate::stats::Stats;
 
 mod envelope;
 mod link;
+mod recover;
 mod relay;
 mod subscribe;
 
 use link::{Link, LinkLog};
+pub(crate) use recover::Claim;
 pub(crate) use relay::Relay;
 
 /// Default of `--redis-channel`.
@@ -179,6 +181,9 @@ pub(crate) fn start(
         queued: AtomicUsize::new(0),
         state: Mutex::new(LinkLog::default()),
         check_out: tokio::sync::Notify::new(),
+        history: channels.history().map(|h| h.limits()),
+        pending: Mutex::default(),
+        wake: tokio::sync::Notify::new(),
     });
     // Random per start (fastrand, seeded per process): a restarted node must
     // not be mistaken for its previous life (whose messages may still be in

@@ -95,6 +95,15 @@ impl Conn {
         }
     }
 
+    /// With `--redis` and history: waits until this node follows channel
+    /// `name` (see `cluster::Relay::follow`); call it right before
+    /// [`Conn::join_at`] and keep the claim until joined.
+    pub(crate) async fn follow(self: &Rc<Self>, name: &str) -> Option<crate::cluster::Claim> {
+        let publisher = &self.ctx.publisher;
+        let (history, relay) = (publisher.history()?, publisher.relay()?);
+        Some(relay.follow(history, name).await)
+    }
+
     /// Queues the replay of a join, after its answer.
     pub(crate) fn send_replay(self: &Rc<Self>, frames: Vec<Bytes>) {
         for frame in frames {

@@ -94,7 +94,9 @@ pub(super) async fn command(
         }
     };
     match command {
-        Command::Subscribe { channel, id, since } => subscribe(conn, state, channel, id, since),
+        Command::Subscribe { channel, id, since } => {
+            subscribe(conn, state, channel, id, since).await;
+        }
         Command::Unsubscribe { channel, id } => match conn.ctx.membership.leave(conn, &channel) {
             Some(left) => conn.send_event(&Event::Unsubscribed {
                 id,
@@ -145,7 +147,7 @@ async fn members(conn: &Rc<Conn>, state: &V2State, channel: String, id: Option<I
     });
 }
 
-fn subscribe(
+async fn subscribe(
     conn: &Rc<Conn>,
     state: &V2State,
     channel: String,
@@ -177,7 +179,12 @@ fn subscribe(
         );
     }
     let start = since.map_or(Start::Live, Start::Since);
+    let claim = conn.follow(&channel).await;
+    if conn.subscription(&channel).is_some() {
+        return; // a subscribe of the same channel came first (pipelined)
+    }
     let joined = conn.join_at(&channel, start);
+    drop(claim);
     let (offset, epoch) = joined
         .position
         .map_or((None, None), |p| (Some(p.offset), Some(p.epoch)));
