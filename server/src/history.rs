@@ -27,7 +27,7 @@
 //! build a missing one at replay time, once, and then keeps that too.
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -86,8 +86,12 @@ pub(crate) struct Log {
     pub(crate) name: Arc<str>,
     ring: Mutex<Ring>,
     /// With `--redis`: signalled when the log starts following the
-    /// channel's Redis stream (see `cluster::follow`).
+    /// channel's Redis stream (see `cluster::recover`).
     pub(crate) followed: tokio::sync::Notify,
+    /// With `--redis`: every message of the channel after the last one
+    /// appended reaches this log from the subscription (false before the
+    /// node subscribed and read the stream, and while its link is down).
+    following: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -95,10 +99,6 @@ struct Ring {
     /// The history the offsets belong to (with `--redis`, Redis's: it
     /// changes when the node learns a new one).
     epoch: Box<str>,
-    /// With `--redis`: every message of the channel since `last` reaches
-    /// this log from the subscription (false before the node subscribed,
-    /// and while its link is down).
-    following: bool,
     /// The offset of the last message appended (0: none yet).
     last: u64,
     entries: VecDeque<Entry>,
@@ -207,9 +207,9 @@ impl History {
         let log = Arc::new(Log {
             name: name.clone(),
             followed: tokio::sync::Notify::new(),
+            following: AtomicBool::new(false),
             ring: Mutex::new(Ring {
                 epoch: new_epoch().into_boxed_str(),
-                following: false,
                 last: 0,
                 entries: VecDeque::new(),
                 touched: now,
@@ -287,6 +287,16 @@ impl History {
 }
 
 impl Log {
+    /// With `--redis`: whether the log receives every message of the
+    /// channel from the subscription (one relaxed load).
+    pub(crate) fn following(&self) -> bool {
+        self.following.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_following(&self, following: bool) {
+        self.following.store(following, Ordering::Relaxed);
+    }
+
     fn lock_ring(&self) -> MutexGuard<'_, Ring> {
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -323,15 +333,6 @@ impl Locked<'_> {
         &self.ring.epoch
     }
 
-    /// With `--redis`: whether the log receives every message of the
-    /// channel from the subscription.
-    pub(crate) fn following(&self) -> bool {
-        self.ring.following
-    }
-
-    pub(crate) fn set_following(&mut self, following: bool) {
-        self.ring.following = following;
-    }
 
     /// Forgets every entry and starts history `epoch` after `last` (the
     /// node learnt that the channel's history is another one, or that it

@@ -142,10 +142,17 @@ impl Publisher {
 
     /// With `--redis`: Redis gives the message its position and this node
     /// delivers it when it comes back through the subscription (see
-    /// `cluster::recover`). While the link is down it goes to the local
-    /// members at once, without a position (it is in no history).
+    /// `cluster::recover`). While this node does not follow the channel
+    /// (its link is down, or coming back), the message goes to the local
+    /// members at once and to the other nodes as without history, with no
+    /// position (it is in no history).
     fn relay_logged(&self, relay: &Relay, msg: Logged<'_>, costs: &[u32]) {
-        if relay.offer_logged(&msg.raw, msg.channel_name, msg.sender.0, msg.from_name) {
+        // No member here, or followed: only the subscription delivers.
+        let followed = msg
+            .channel
+            .is_none_or(|c| c.log.as_ref().is_none_or(|l| l.following()));
+        if followed && relay.offer_logged(&msg.raw, msg.channel_name, msg.sender.0, msg.from_name)
+        {
             self.fanout.give_back(costs);
             return;
         }
@@ -153,7 +160,7 @@ impl Publisher {
             self.fanout.give_back(costs);
             return;
         };
-        let (raw, sender) = (msg.raw, msg.sender.0);
+        let (raw, sender, from_name) = (msg.raw, msg.sender.0, msg.from_name);
         let time = crate::frame::unix_millis();
         let v1 = msg
             .wanted
@@ -162,19 +169,18 @@ impl Publisher {
         let v2 = msg.wanted.v2.then(|| {
             crate::frame::v2_message(&raw, &channel.name, sender, msg.from_name, time, None)
         });
-        self.fanout.publish(
-            Broadcast {
-                raw: Some(raw),
-                v1,
-                v2,
-                sender: msg.sender,
-                channel: channel.id,
-                framed_at: msg.framed_at,
-                cost: 0,
-                offset: 0,
-            },
-            costs,
-        );
+        let msg = Broadcast {
+            raw: Some(raw),
+            v1,
+            v2,
+            sender: msg.sender,
+            channel: channel.id,
+            framed_at: msg.framed_at,
+            cost: 0,
+            offset: 0,
+        };
+        relay.offer(&msg, &channel.name, from_name);
+        self.fanout.publish(msg, costs);
     }
 
     /// Stops publishing (shutdown).

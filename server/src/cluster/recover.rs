@@ -81,7 +81,7 @@ impl Relay {
         let followed = log.followed.notified();
         tokio::pin!(followed);
         followed.as_mut().enable();
-        if history.lock(&log).following() {
+        if log.following() {
             return claim;
         }
         let name: Arc<str> = name.into();
@@ -117,8 +117,7 @@ pub(super) fn unfollow<'a>(channels: &Channels, names: impl Iterator<Item = &'a 
         return;
     };
     for name in names {
-        let log = log_of(channels, history, name);
-        history.lock(&log).set_following(false);
+        log_of(channels, history, name).set_following(false);
     }
 }
 
@@ -189,7 +188,7 @@ pub(super) async fn catch_up(
     for (offset, envelope) in &entries {
         deliver_logged(at, *offset, &now_epoch, envelope, missed, costs).await;
     }
-    history.lock(&log).set_following(true);
+    log.set_following(true);
     log.followed.notify_waiters();
     if lost.is_some() || (missed && !entries.is_empty()) {
         tracing::info!(channel = name, missed = entries.len(), lost = ?lost,
