@@ -151,7 +151,7 @@ fn entries_expire_after_the_ttl_and_an_expired_log_gets_a_new_epoch() {
     assert_eq!(h.len(), 0);
     assert_eq!(h.bytes(), 0);
     let fresh = h.log("a");
-    assert_ne!(fresh.epoch, epoch);
+    assert_ne!(h.lock(&fresh).epoch(), epoch);
     assert_eq!(h.lock(&fresh).last(), 0);
 }
 
@@ -162,7 +162,8 @@ fn a_log_someone_holds_keeps_its_epoch() {
     publish(&h, "a", &["x"]);
     advance(Duration::from_secs(5));
     h.sweep();
-    assert_eq!(h.log("a").epoch, held.epoch);
+    let again = h.log("a");
+    assert!(Arc::ptr_eq(&again, &held));
     assert_eq!(h.lock(&held).last(), 1, "offsets go on");
 }
 
@@ -201,4 +202,47 @@ fn the_api_lists_what_is_kept_after_an_offset() {
         (kept[0].offset, kept[0].from, kept[0].name.as_str()),
         (2, 7, "ann")
     );
+}
+
+/// With `--redis`: appends `text` at the position Redis gave it.
+fn append_at(h: &History, name: &str, offset: u64, epoch: &str, text: &str) -> bool {
+    let log = h.log(name);
+    let raw = frame_message(protocol::frame::OpCode::Text, text.as_bytes());
+    let appended = h
+        .lock(&log)
+        .append_at(offset, epoch, &raw, 7, "ann", 1, NONE)
+        .is_some();
+    appended
+}
+
+#[test]
+fn positions_from_redis_adopt_the_epoch_skip_duplicates_and_never_leave_a_gap_inside() {
+    let h = history(10, 300, 1 << 20);
+    // The first message seen adopts Redis's epoch and offset.
+    assert!(append_at(&h, "a", 41, "redisEp1", "m41"));
+    assert!(append_at(&h, "a", 42, "redisEp1", "m42"));
+    // A copy of what the log has (from the stream and from the
+    // subscription both) is dropped.
+    assert!(!append_at(&h, "a", 42, "redisEp1", "again"));
+    let log = h.log("a");
+    let r = h.lock(&log).since(40, "redisEp1", Format::Raw);
+    assert_eq!(payloads(&r.frames), ["m41", "m42"]);
+    assert_eq!((r.after, r.lost), (42, None));
+    // A message past the next offset: what came before it is not kept.
+    assert!(append_at(&h, "a", 45, "redisEp1", "m45"));
+    let r = h.lock(&log).since(42, "redisEp1", Format::Raw);
+    assert_eq!(payloads(&r.frames), ["m45"]);
+    assert_eq!(r.lost, Some(Unrecovered::Expired));
+    let r = h.lock(&log).since(44, "redisEp1", Format::Raw);
+    assert_eq!((payloads(&r.frames), r.lost), (vec!["m45".to_owned()], None));
+    // Another epoch: a new history.
+    assert!(append_at(&h, "a", 1, "redisEp2", "n1"));
+    let mut locked = h.lock(&log);
+    assert_eq!((locked.epoch(), locked.last()), ("redisEp2", 1));
+    let r = locked.since(45, "redisEp1", Format::Raw);
+    assert_eq!(r.lost, Some(Unrecovered::Epoch));
+    locked.reset("redisEp3", 7);
+    assert_eq!((locked.epoch(), locked.last()), ("redisEp3", 7));
+    drop(locked);
+    assert_eq!(h.bytes(), 0);
 }

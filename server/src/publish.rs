@@ -151,10 +151,11 @@ impl Publisher {
         let followed = msg
             .channel
             .is_none_or(|c| c.log.as_ref().is_none_or(|l| l.following()));
-        if followed && relay.offer_logged(&msg.raw, msg.channel_name, msg.sender.0, msg.from_name)
-        {
-            self.fanout.give_back(costs);
-            return;
+        if followed {
+            let costs = if msg.channel.is_some() { costs } else { &[] };
+            if relay.offer_logged(&msg.raw, msg.channel_name, msg.sender.0, msg.from_name, costs) {
+                return;
+            }
         }
         let Some(channel) = msg.channel else {
             self.fanout.give_back(costs);

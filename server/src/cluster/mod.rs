@@ -184,6 +184,8 @@ pub(crate) fn start(
         history: channels.history().map(|h| h.limits()),
         pending: Mutex::default(),
         wake: tokio::sync::Notify::new(),
+        credit: Mutex::default(),
+        fanout: fanout.clone(),
     });
     // Random per start (fastrand, seeded per process): a restarted node must
     // not be mistaken for its previous life (whose messages may still be in

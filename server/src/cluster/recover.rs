@@ -112,11 +112,16 @@ fn log_of(channels: &Channels, history: &History, name: &str) -> Arc<Log> {
 
 /// The logs of `names` no longer follow their channel (unsubscribed, or
 /// the subscription was lost).
-pub(super) fn unfollow<'a>(channels: &Channels, names: impl Iterator<Item = &'a Arc<str>>) {
+pub(super) fn unfollow<'a>(
+    link: &Link,
+    channels: &Channels,
+    names: impl Iterator<Item = &'a Arc<str>>,
+) {
     let Some(history) = channels.history() else {
         return;
     };
     for name in names {
+        link.release_credit(Some(name));
         log_of(channels, history, name).set_following(false);
     }
 }
@@ -262,7 +267,16 @@ pub(super) async fn deliver_logged(
     let wanted = at.link.stats.wanted();
     let channel = at.channels.get(envelope.channel).filter(|_| deliver);
     costs.clear();
-    if let Some(channel) = &channel {
+    let own = envelope.node == at.node;
+    let held = own.then(|| at.link.take_credit(envelope.channel)).flatten();
+    if let Some(held) = held {
+        // Reserved by its sender here when it was offered.
+        if channel.is_some() {
+            *costs = held;
+        } else {
+            at.fanout.give_back(&held);
+        }
+    } else if let Some(channel) = &channel {
         let events = usize::from(wanted.v1) + usize::from(wanted.v2);
         let event_len = raw.len() * 4 / 3 + envelope.name.len() + envelope.channel.len() + 160;
         at.fanout

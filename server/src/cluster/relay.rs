@@ -64,10 +64,29 @@ impl Relay {
 
     /// With history: hands a message to the publishing task, which gives
     /// it its position in Redis ([`APPEND`]); this node delivers it when it
-    /// comes back through the subscription. `false` (counted as not
-    /// relayed) when the link is down or the queue is full.
-    pub(crate) fn offer_logged(&self, raw: &Bytes, channel: &str, sender: u64, name: &str) -> bool {
-        self.queue(raw, channel, sender, name, true)
+    /// comes back through the subscription, with `costs` (the credit
+    /// reserved for it, held meanwhile). `false` (counted as not relayed,
+    /// `costs` not taken) when the link is down or the queue is full.
+    pub(crate) fn offer_logged(
+        &self,
+        raw: &Bytes,
+        channel: &str,
+        sender: u64,
+        name: &str,
+        costs: &[u32],
+    ) -> bool {
+        let hold = costs.iter().any(|&c| c > 0);
+        if hold {
+            // Before it is queued: it may come back before `queue` returns.
+            self.link.hold_credit(channel, costs);
+        }
+        let queued = self.queue(raw, channel, sender, name, true);
+        if hold && !queued {
+            if let Some(costs) = self.link.take_credit(channel) {
+                self.link.fanout.give_back(&costs);
+            }
+        }
+        queued
     }
 
     fn queue(&self, raw: &[u8], channel: &str, sender: u64, name: &str, logged: bool) -> bool {
@@ -246,6 +265,7 @@ pub(super) async fn publish_loop(link: Arc<Link>, mut rx: mpsc::UnboundedReceive
             }
         };
         link.down(Side::Out, &failure);
+        link.release_credit(None);
         // What was queued before the failure is stale by the time a new
         // connection is up: count it as not relayed rather than send it late.
         let mut dropped = 0u64;

@@ -111,7 +111,7 @@ pub(super) async fn subscribe_loop(
             }
         };
         link.down(Side::In, &failure);
-        recover::unfollow(&channels, subscribed.iter());
+        recover::unfollow(&link, &channels, subscribed.iter());
         tokio::time::sleep(backoff.next_delay()).await;
     }
 }
@@ -159,7 +159,7 @@ async fn follow(
             .map_err(timed_out)?
             .map_err(io)?;
     }
-    recover::unfollow(channels, gone.iter());
+    recover::unfollow(link, channels, gone.iter());
     *subscribed = wanted;
     link.stats
         .cluster

@@ -70,10 +70,10 @@ async fn two_nodes_exchange_both_ways() {
 /// Two senders on the first two nodes send `PER_SENDER` messages each as
 /// fast as they can; a receiver on every node, and each sender, must see
 /// every message of the other sender(s) exactly once, in order.
-async fn exact_and_ordered(node_count: usize) {
+async fn exact_and_ordered(node_count: usize, extra: &[&str]) {
     const PER_SENDER: u64 = 5_000;
     let redis = Redis::start().await;
-    let nodes = nodes(&redis, node_count, &[]).await;
+    let nodes = nodes(&redis, node_count, extra).await;
     // Clients: senders 0 (node 0) and 1 (node 1), then a receiver per node.
     let mut clients = Vec::new();
     for node in nodes.iter().take(2).chain(nodes.iter()) {
@@ -155,12 +155,19 @@ async fn exact_and_ordered(node_count: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_ten_thousand_messages_exactly_once_in_order() {
-    exact_and_ordered(2).await;
+    exact_and_ordered(2, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_ten_thousand_messages_exactly_once_in_order() {
-    exact_and_ordered(3).await;
+    exact_and_ordered(3, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_history_two_nodes_ten_thousand_messages_exactly_once_in_order() {
+    // `--history-size 0`: the path without positions (local delivery at
+    // once, PUBLISH), unchanged.
+    exact_and_ordered(2, &["--history-size", "0"]).await;
 }
 
 #[tokio::test]
