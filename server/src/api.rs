@@ -253,7 +253,11 @@ fn history(ctx: ApiCtx<'_>, query: Option<&str>) -> Result<Response<Body>, Failu
     let log = history.log(&name);
     let (offset, epoch, kept) = {
         let locked = history.lock(&log);
-        (locked.last(), locked.epoch().to_owned(), locked.list(since, limit))
+        (
+            locked.last(),
+            locked.epoch().to_owned(),
+            locked.list(since, limit),
+        )
     };
     let messages = kept
         .into_iter()

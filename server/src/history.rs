@@ -143,6 +143,18 @@ pub(crate) struct Kept {
     pub(crate) raw: Bytes,
 }
 
+/// With `--redis`: a message read from the channel's Redis stream, older
+/// than the ring's first (see `cluster::recover`).
+#[derive(Debug, Clone)]
+pub(crate) struct Older {
+    pub(crate) offset: u64,
+    /// The frame raw clients get.
+    pub(crate) raw: Bytes,
+    pub(crate) from: u64,
+    pub(crate) name: Box<str>,
+    pub(crate) time: u64,
+}
+
 /// What a resume finds: the frames to write first, and how it went.
 #[derive(Debug, Default)]
 pub(crate) struct Replay {
@@ -333,7 +345,6 @@ impl Locked<'_> {
         &self.ring.epoch
     }
 
-
     /// Forgets every entry and starts history `epoch` after `last` (the
     /// node learnt that the channel's history is another one, or that it
     /// missed messages no longer kept anywhere).
@@ -484,9 +495,30 @@ impl Locked<'_> {
         built
     }
 
+    /// The offset of the first kept message (the next one if none is).
+    pub(crate) fn first(&self) -> u64 {
+        self.ring
+            .entries
+            .front()
+            .map_or(self.ring.last + 1, |e| e.offset)
+    }
+
     /// Resuming from position `(offset, epoch)`: the kept messages after
     /// `offset` in `format`, and whether that is all of them.
+    #[cfg(test)]
     pub(crate) fn since(&mut self, offset: u64, epoch: &str, format: Format) -> Replay {
+        self.since_with(offset, epoch, format, Vec::new())
+    }
+
+    /// [`Locked::since`], the messages between `offset` and the ring's
+    /// first coming from `older` (read from the Redis stream).
+    pub(crate) fn since_with(
+        &mut self,
+        offset: u64,
+        epoch: &str,
+        format: Format,
+        older: Vec<Older>,
+    ) -> Replay {
         let after = self.ring.last;
         if epoch != &*self.ring.epoch {
             return Replay {
@@ -495,17 +527,37 @@ impl Locked<'_> {
                 lost: Some(Unrecovered::Epoch),
             };
         }
-        let first = self.ring.entries.front().map_or(after + 1, |e| e.offset);
-        let lost = (offset + 1 < first && offset < after).then_some(Unrecovered::Expired);
+        let first = self.first();
+        let mut frames = Vec::new();
+        let mut next = offset + 1;
+        for o in older {
+            if o.offset != next || o.offset >= first {
+                break;
+            }
+            let entry = Entry {
+                offset: o.offset,
+                at: self.now,
+                raw: o.raw,
+                from: o.from,
+                name: o.name,
+                time: o.time,
+                v1: None,
+                v2: None,
+            };
+            frames.push(match format {
+                Format::Raw => entry.raw.clone(),
+                _ => self.build(&entry, format),
+            });
+            next += 1;
+        }
+        let lost = (next < first && offset < after).then_some(Unrecovered::Expired);
         let skip = self
             .ring
             .entries
             .iter()
             .take_while(|e| e.offset <= offset)
             .count();
-        let frames = (skip..self.ring.entries.len())
-            .map(|i| self.frame_of(i, format))
-            .collect();
+        frames.extend((skip..self.ring.entries.len()).map(|i| self.frame_of(i, format)));
         Replay {
             frames,
             after,

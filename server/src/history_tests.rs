@@ -234,7 +234,10 @@ fn positions_from_redis_adopt_the_epoch_skip_duplicates_and_never_leave_a_gap_in
     assert_eq!(payloads(&r.frames), ["m45"]);
     assert_eq!(r.lost, Some(Unrecovered::Expired));
     let r = h.lock(&log).since(44, "redisEp1", Format::Raw);
-    assert_eq!((payloads(&r.frames), r.lost), (vec!["m45".to_owned()], None));
+    assert_eq!(
+        (payloads(&r.frames), r.lost),
+        (vec!["m45".to_owned()], None)
+    );
     // Another epoch: a new history.
     assert!(append_at(&h, "a", 1, "redisEp2", "n1"));
     let mut locked = h.lock(&log);

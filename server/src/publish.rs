@@ -153,7 +153,13 @@ impl Publisher {
             .is_none_or(|c| c.log.as_ref().is_none_or(|l| l.following()));
         if followed {
             let costs = if msg.channel.is_some() { costs } else { &[] };
-            if relay.offer_logged(&msg.raw, msg.channel_name, msg.sender.0, msg.from_name, costs) {
+            if relay.offer_logged(
+                &msg.raw,
+                msg.channel_name,
+                msg.sender.0,
+                msg.from_name,
+                costs,
+            ) {
                 return;
             }
         }

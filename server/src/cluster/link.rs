@@ -35,8 +35,14 @@ pub(super) struct Link {
     /// order they were offered. Each is used for the message's delivery
     /// when it comes back (so a fast sender is paced by its local
     /// recipients, as without Redis), or given back.
-    pub(super) credit: Mutex<std::collections::HashMap<Arc<str>, std::collections::VecDeque<Vec<u32>>>>,
+    pub(super) credit:
+        Mutex<std::collections::HashMap<Arc<str>, std::collections::VecDeque<Vec<u32>>>>,
     pub(super) fanout: crate::fanout::Fanout,
+    /// The server's runtime (connections on shard threads read streams
+    /// through it) and the connection they read with, made when first
+    /// needed.
+    pub(super) runtime: tokio::runtime::Handle,
+    pub(super) reader: Mutex<Option<redis::aio::MultiplexedConnection>>,
 }
 
 #[derive(Debug, Default)]

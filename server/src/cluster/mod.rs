@@ -186,6 +186,8 @@ pub(crate) fn start(
         wake: tokio::sync::Notify::new(),
         credit: Mutex::default(),
         fanout: fanout.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        reader: Mutex::default(),
     });
     // Random per start (fastrand, seeded per process): a restarted node must
     // not be mistaken for its previous life (whose messages may still be in

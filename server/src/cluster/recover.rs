@@ -17,7 +17,7 @@ use super::subscribe::Node;
 use super::{Relay, IO_TIMEOUT};
 use crate::channels::Channels;
 use crate::fanout::{Broadcast, ConnId};
-use crate::history::{History, Log};
+use crate::history::{History, Log, Older};
 
 /// Reads a channel's position and its stream in one atomic step. `KEYS`:
 /// the position hash and the stream; `ARGV`: an epoch to use if the channel
@@ -98,6 +98,68 @@ impl Relay {
             tracing::debug!(channel = %log.name, "cluster: joining before the stream was read");
         }
         claim
+    }
+}
+
+impl Relay {
+    /// Messages `from..=to` of channel `name` from its Redis stream (those
+    /// older than the TTL left out), for a resume from before the ring's
+    /// first message; empty if Redis cannot say (the resume is then told
+    /// `expired`). Runs on the server's runtime.
+    pub(crate) async fn read_stream(&self, name: &str, from: u64, to: u64) -> Vec<Older> {
+        let link = self.link.clone();
+        let (_, stream) = link.keys(name);
+        let ttl = link.history.map_or(0, |l| l.ttl.as_millis() as u64);
+        let read = self.link.runtime.spawn(async move {
+            let cached = link
+                .reader
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let mut conn = match cached {
+                Some(conn) => conn,
+                None => {
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(IO_TIMEOUT))
+                        .set_response_timeout(Some(IO_TIMEOUT));
+                    let conn = link
+                        .client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .ok()?;
+                    *link.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+                    conn
+                }
+            };
+            let reply = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg(from)
+                .arg(to)
+                .query_async::<redis::Value>(&mut conn)
+                .await;
+            match reply {
+                Ok(redis::Value::Array(entries)) => parse_entries(&entries),
+                _ => {
+                    link.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    None
+                }
+            }
+        });
+        let entries = read.await.ok().flatten().unwrap_or_default();
+        let oldest = crate::frame::unix_millis().saturating_sub(ttl);
+        entries
+            .iter()
+            .filter_map(|(offset, bytes)| {
+                let e = Envelope::decode(bytes)?;
+                (e.time >= oldest).then(|| Older {
+                    offset: *offset,
+                    raw: crate::frame::frame_message(e.opcode, e.payload),
+                    from: e.sender,
+                    name: e.name.into(),
+                    time: e.time,
+                })
+            })
+            .collect()
     }
 }
 
@@ -218,6 +280,18 @@ fn parse(reply: redis::Value) -> Option<(String, u64, Vec<(u64, Bytes)>)> {
         return None;
     };
     let (epoch, last) = (text(epoch)?, text(last)?.parse().ok()?);
+    Some((epoch, last, parse_entries(raw)?))
+}
+
+/// A stream's entries: `[[id, [field, value, ...]], ...]`, the id
+/// `<offset>-0`, the value of field `m` the envelope.
+fn parse_entries(raw: &[redis::Value]) -> Option<Vec<(u64, Bytes)>> {
+    use redis::Value;
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok().map(str::to_owned),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
     let mut entries = Vec::with_capacity(raw.len());
     for entry in raw {
         let Value::Array(entry) = entry else {
@@ -233,7 +307,7 @@ fn parse(reply: redis::Value) -> Option<(String, u64, Vec<(u64, Bytes)>)> {
         };
         entries.push((offset, Bytes::copy_from_slice(envelope)));
     }
-    Some((epoch, last, entries))
+    Some(entries)
 }
 
 /// Appends a message Redis positioned to its channel's log and, if
@@ -303,9 +377,7 @@ pub(super) async fn deliver_logged(
         wanted,
     );
     // A member may have joined since `channel` was looked up.
-    let current = deliver
-        .then(|| at.channels.get(envelope.channel))
-        .flatten();
+    let current = deliver.then(|| at.channels.get(envelope.channel)).flatten();
     match (appended, current) {
         (Some((v1, v2)), Some(channel)) => at.fanout.publish_logged(
             Broadcast {

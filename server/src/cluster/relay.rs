@@ -270,7 +270,8 @@ pub(super) async fn publish_loop(link: Arc<Link>, mut rx: mpsc::UnboundedReceive
         // connection is up: count it as not relayed rather than send it late.
         let mut dropped = 0u64;
         while let Ok(queued) = rx.try_recv() {
-            link.queued.fetch_sub(queued.envelope.len(), Ordering::Relaxed);
+            link.queued
+                .fetch_sub(queued.envelope.len(), Ordering::Relaxed);
             dropped += 1;
         }
         stats.not_relayed.fetch_add(dropped, Ordering::Relaxed);

@@ -80,7 +80,12 @@ pub(super) async fn subscribe_loop(
                 if let (Some(data), false) = (&mut data, added.is_empty()) {
                     let mut failed = None;
                     for name in added {
-                        let at = Node { link: &link, fanout: &fanout, channels: &channels, node };
+                        let at = Node {
+                            link: &link,
+                            fanout: &fanout,
+                            channels: &channels,
+                            node,
+                        };
                         if let Err(e) = recover::catch_up(&at, data, &name, &mut costs).await {
                             failed = Some(e);
                             break;
@@ -137,14 +142,8 @@ async fn follow(
     );
     let added: Vec<Arc<str>> = wanted.difference(subscribed).cloned().collect();
     let gone: Vec<Arc<str>> = subscribed.difference(&wanted).cloned().collect();
-    let add: Vec<String> = wanted
-        .difference(subscribed)
-        .map(|name| link.topic(name))
-        .collect();
-    let drop: Vec<String> = subscribed
-        .difference(&wanted)
-        .map(|name| link.topic(name))
-        .collect();
+    let add: Vec<String> = added.iter().map(|name| link.topic(name)).collect();
+    let drop: Vec<String> = gone.iter().map(|name| link.topic(name)).collect();
     let io = |e: redis::RedisError| e.to_string();
     let timed_out = |_| "subscription change timed out".to_owned();
     if !add.is_empty() {

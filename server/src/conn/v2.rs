@@ -179,12 +179,11 @@ async fn subscribe(
         );
     }
     let start = since.map_or(Start::Live, Start::Since);
-    let claim = conn.follow(&channel).await;
+    let ready = conn.follow(&channel, &start).await;
     if conn.subscription(&channel).is_some() {
         return; // a subscribe of the same channel came first (pipelined)
     }
-    let joined = conn.join_at(&channel, start);
-    drop(claim);
+    let joined = conn.join_at(&channel, start, ready);
     let (offset, epoch) = joined
         .position
         .map_or((None, None), |p| (Some(p.offset), Some(p.epoch)));

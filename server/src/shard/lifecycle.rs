@@ -87,9 +87,8 @@ impl Shard {
             }
             Format::V1 => {
                 stats.v1_connections.fetch_add(1, Ordering::Relaxed);
-                let claim = conn.follow(&channel).await;
-                let joined = conn.join_at(&channel, start);
-                drop(claim);
+                let ready = conn.follow(&channel, &start).await;
+                let joined = conn.join_at(&channel, start, ready);
                 let welcome = protocol::v1::ServerEvent::Welcome {
                     id: id.0,
                     name: conn.name.to_string(),
@@ -105,9 +104,8 @@ impl Shard {
             Format::Raw => {
                 // A plain client cannot be told the outcome: it gets what
                 // is kept.
-                let claim = conn.follow(&channel).await;
-                let joined = conn.join_at(&channel, start);
-                drop(claim);
+                let ready = conn.follow(&channel, &start).await;
+                let joined = conn.join_at(&channel, start, ready);
                 conn.send_replay(joined.replay);
             }
         }

@@ -426,7 +426,9 @@ async fn news_v1(node: &Server, since: Option<&Seen>) -> (Ws, serde_json::Value)
 fn seen(event: &serde_json::Value) -> Option<Seen> {
     (event["type"] == "message").then(|| {
         (
-            event["offset"].as_u64().unwrap_or_else(|| panic!("no offset: {event}")),
+            event["offset"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no offset: {event}")),
             event["epoch"].as_str().expect("epoch").to_owned(),
             event["text"].as_str().expect("text").to_owned(),
         )
@@ -550,7 +552,10 @@ async fn a_node_whose_link_was_cut_delivers_what_it_missed_from_the_stream() {
     let mut sent = 0;
     let mut publish = async |n: usize, watched: &mut Vec<Seen>| {
         for _ in 0..n {
-            publisher.send(Message::text(sent.to_string())).await.unwrap();
+            publisher
+                .send(Message::text(sent.to_string()))
+                .await
+                .unwrap();
             sent += 1;
         }
         read_news(&mut watch, watched, Some(sent)).await;
@@ -606,11 +611,41 @@ async fn a_redis_restart_without_persistence_says_recovered_false_with_a_new_epo
     let (_, answer) = news_v2(&nodes[1], Some(&before)).await;
     assert_eq!(
         (&answer["recovered"], &answer["reason"], &answer["epoch"]),
-        (&serde_json::json!(false), &serde_json::json!("epoch"), &serde_json::json!(epoch)),
+        (
+            &serde_json::json!(false),
+            &serde_json::json!("epoch"),
+            &serde_json::json!(epoch)
+        ),
         "{answer}"
     );
     // And the new history goes on from 1.
     publisher.send(Message::text("10")).await.unwrap();
     read_news(&mut sub, &mut got, Some(11)).await;
     assert_eq!(got[10], (1, epoch, "10".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_before_the_nodes_ring_is_served_from_the_stream() {
+    let redis = Redis::start().await;
+    let a = nodes(&redis, 1, &[]).await.remove(0);
+    // Node B's ring holds about a dozen messages (its byte budget); the
+    // stream holds 100 (the default size).
+    let b = nodes(&redis, 1, &["--history-memory", "2000"])
+        .await
+        .remove(0);
+    let (mut sub, _) = news_v2(&a, None).await;
+    let mut publisher = connect(&format!("ws://{}/ws/news", a.addr())).await;
+    for i in 0..60 {
+        publisher.send(Message::text(i.to_string())).await.unwrap();
+    }
+    let mut got = Vec::new();
+    read_news(&mut sub, &mut got, Some(60)).await;
+    let since = got[9].clone();
+    let (mut resumed, answer) = news_v2(&b, Some(&since)).await;
+    assert_eq!(answer["recovered"], true, "{answer}");
+    let mut seen = got[..10].to_vec();
+    read_news(&mut resumed, &mut seen, Some(60)).await;
+    assert_exactly_once(&seen, 60, "resumed on B");
+    assert_eq!(seen, got);
+    assert_quiet(&mut resumed, "resumed on B").await;
 }
