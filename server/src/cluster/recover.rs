@@ -40,6 +40,9 @@ end
 return {epoch, last, entries}
 ";
 
+/// A stream's entries: offset and envelope, oldest first.
+type Entries = Vec<(u64, Bytes)>;
+
 /// A connection's claim on a channel it is about to join: while it lasts,
 /// the node follows the channel even though it has no member here yet.
 #[derive(Debug)]
@@ -265,7 +268,7 @@ pub(super) async fn catch_up(
 }
 
 /// `{epoch, last, [[id, [field, value, ...]], ...]}`.
-fn parse(reply: redis::Value) -> Option<(String, u64, Vec<(u64, Bytes)>)> {
+fn parse(reply: redis::Value) -> Option<(String, u64, Entries)> {
     use redis::Value;
     let text = |v: &Value| match v {
         Value::BulkString(b) => std::str::from_utf8(b).ok().map(str::to_owned),
@@ -285,7 +288,7 @@ fn parse(reply: redis::Value) -> Option<(String, u64, Vec<(u64, Bytes)>)> {
 
 /// A stream's entries: `[[id, [field, value, ...]], ...]`, the id
 /// `<offset>-0`, the value of field `m` the envelope.
-fn parse_entries(raw: &[redis::Value]) -> Option<Vec<(u64, Bytes)>> {
+fn parse_entries(raw: &[redis::Value]) -> Option<Entries> {
     use redis::Value;
     let text = |v: &Value| match v {
         Value::BulkString(b) => std::str::from_utf8(b).ok().map(str::to_owned),
