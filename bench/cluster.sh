@@ -13,14 +13,19 @@
 #                               (1: the two nodes together run as many shard
 #                               threads as the single node's default on 2 cores)
 #          BENCH_OUT=DIR        results directory (default bench/results)
+#          BENCH_SETUPS="one one-redis two two-nohist"   which setups to run
 # Needs:   cargo, jq, redis-server, Linux /proc. About 3 minutes with the defaults.
 #
 # Setups, each run with fresh processes on 127.0.0.1, ports chosen by the kernel:
 #   one        one node, no --redis (the server as it is without a cluster)
 #   one-redis  one node with --redis (what relaying every message costs a node)
 #   two        two nodes, --redis on the same redis-server, subscribers and
-#              publishers alternating between them (load-test --url A --url B)
-# Reported: deliveries/s (all subscribers), the ratio two ÷ one (target ≥ 0.8),
+#              publishers alternating between them (load-test --url A --url B);
+#              default flags, so history is on: positions assigned in Redis by
+#              the Lua script, messages kept in Redis streams
+#   two-nohist the same with --history-size 0 (PUBLISH only, no positions)
+# Reported: deliveries/s (all subscribers), the ratios two ÷ one (target ≥ 0.8)
+# and two ÷ two-nohist (history in the cluster, target ≥ 0.6),
 # and the CPU of redis-server and of each node over the load-test run, from
 # /proc/PID/stat (utime + stime).
 set -euo pipefail
@@ -123,7 +128,7 @@ cpu_ticks() { # pid -> utime+stime in clock ticks
   awk '{print $14 + $15}' "/proc/$1/stat"
 }
 
-SETUPS=(one one-redis two)
+read -r -a SETUPS <<<"${BENCH_SETUPS:-one one-redis two two-nohist}"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(date +%s)
 for i in $(seq "$RUNS"); do
@@ -139,6 +144,13 @@ for i in $(seq "$RUNS"); do
         start_redis "$base.redis.log"
         start_node "$base.node0" --redis "redis://127.0.0.1:$REDIS_PORT" --workers "$WORKERS_TWO"
         start_node "$base.node1" --redis "redis://127.0.0.1:$REDIS_PORT" --workers "$WORKERS_TWO"
+        ;;
+      two-nohist)
+        start_redis "$base.redis.log"
+        for n in 0 1; do
+          start_node "$base.node$n" --redis "redis://127.0.0.1:$REDIS_PORT" --workers "$WORKERS_TWO" \
+            --history-size 0
+        done
         ;;
     esac
     urls=()
@@ -200,6 +212,9 @@ pct() { # cpu seconds / wall seconds as % of one core
 ONE=$(median_of one json .deliveries_per_s)
 ONE_R=$(median_of one-redis json .deliveries_per_s)
 TWO=$(median_of two json .deliveries_per_s)
+TWO_NH=$(median_of two-nohist json .deliveries_per_s)
+RATIO_H=$(jq -n "if $TWO == null or $TWO_NH == null or $TWO_NH == 0 then null else $TWO / $TWO_NH end")
+MET_H=$(jq -n "$RATIO_H != null and $RATIO_H >= 0.6")
 RATIO=$(jq -n "if $ONE == null or $TWO == null or $ONE == 0 then null else $TWO / $ONE end")
 RATIO_R=$(jq -n "if $ONE == null or $ONE_R == null or $ONE == 0 then null else $ONE_R / $ONE end")
 MET=$(jq -n "$RATIO != null and $RATIO >= 0.8")
@@ -228,6 +243,7 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   echo "# one:       ${SERVER#"$ROOT/"}"
   echo "# one-redis: ${SERVER#"$ROOT/"} --redis redis://127.0.0.1:\$REDIS_PORT"
   echo "# two:       ${SERVER#"$ROOT/"} --redis redis://127.0.0.1:\$REDIS_PORT --workers $WORKERS_TWO   (twice)"
+  echo "# two-nohist: the same with --history-size 0"
   echo "target/release/load-test --url \$NODE0 [--url \$NODE1] --server-pid \$NODE0_PID $LOAD --json \$SETUP-\$RUN.json"
   echo '```'
   echo
@@ -253,6 +269,7 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   echo
   echo "- **two ÷ one: $(fmt "$RATIO" 2)** (target ≥ 0.8: $(if [ "$MET" = true ]; then echo met; else echo "**not met**"; fi))"
   echo "- one-redis ÷ one: $(fmt "$RATIO_R" 2) (the relay's cost on a single node)"
+  echo "- **two ÷ two-nohist: $(fmt "$RATIO_H" 2)** (history in the cluster, target ≥ 0.6: $(if [ "$MET_H" = true ]; then echo met; else echo "**not met**"; fi))"
   echo
   echo "Every run's load-test summary (\`.txt\`), JSON and CPU figures are in \`$(basename "$OUT")/\`."
 } >"$MD"

@@ -230,7 +230,7 @@ fn history(ctx: ApiCtx<'_>, query: Option<&str>) -> Result<Response<Body>, Failu
     let Some(history) = ctx.channels.history() else {
         return Err(Failure(
             StatusCode::NOT_FOUND,
-            "history is off (--history-size 0, or --redis)".into(),
+            "history is off (--history-size 0)".into(),
         ));
     };
     let param = |key: &str| -> Result<Option<String>, Failure> {
@@ -256,9 +256,13 @@ fn history(ctx: ApiCtx<'_>, query: Option<&str>) -> Result<Response<Body>, Failu
         )));
     }
     let log = history.log(&name);
-    let (offset, kept) = {
+    let (offset, epoch, kept) = {
         let locked = history.lock(&log);
-        (locked.last(), locked.list(since, limit))
+        (
+            locked.last(),
+            locked.epoch().to_owned(),
+            locked.list(since, limit),
+        )
     };
     let messages = kept
         .into_iter()
@@ -277,7 +281,7 @@ fn history(ctx: ApiCtx<'_>, query: Option<&str>) -> Result<Response<Body>, Failu
         .collect();
     let page = HistoryPage {
         channel: &name,
-        epoch: &log.epoch,
+        epoch: &epoch,
         offset,
         messages,
     };

@@ -56,7 +56,8 @@ pub struct Config {
     /// Most channels one `broadcast.v2` connection may be in.
     pub max_channels_per_connection: usize,
     /// Messages of history kept per channel (0: no history, no offsets);
-    /// see `docs/history.md`. Ignored (off) with `cluster`, for now.
+    /// see `docs/history.md`. With `cluster`, positions are assigned in
+    /// Redis (`docs/cluster.md`).
     pub history_size: usize,
     /// How long a message of history is kept.
     pub history_ttl: Duration,

@@ -27,7 +27,7 @@
 //! build a missing one at replay time, once, and then keeps that too.
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -84,12 +84,21 @@ pub(crate) struct History {
 #[derive(Debug)]
 pub(crate) struct Log {
     pub(crate) name: Arc<str>,
-    pub(crate) epoch: Box<str>,
     ring: Mutex<Ring>,
+    /// With `--redis`: signalled when the log starts following the
+    /// channel's Redis stream (see `cluster::recover`).
+    pub(crate) followed: tokio::sync::Notify,
+    /// With `--redis`: every message of the channel after the last one
+    /// appended reaches this log from the subscription (false before the
+    /// node subscribed and read the stream, and while its link is down).
+    following: AtomicBool,
 }
 
 #[derive(Debug)]
 struct Ring {
+    /// The history the offsets belong to (with `--redis`, Redis's: it
+    /// changes when the node learns a new one).
+    epoch: Box<str>,
     /// The offset of the last message appended (0: none yet).
     last: u64,
     entries: VecDeque<Entry>,
@@ -134,6 +143,18 @@ pub(crate) struct Kept {
     pub(crate) raw: Bytes,
 }
 
+/// With `--redis`: a message read from the channel's Redis stream, older
+/// than the ring's first (see `cluster::recover`).
+#[derive(Debug, Clone)]
+pub(crate) struct Older {
+    pub(crate) offset: u64,
+    /// The frame raw clients get.
+    pub(crate) raw: Bytes,
+    pub(crate) from: u64,
+    pub(crate) name: Box<str>,
+    pub(crate) time: u64,
+}
+
 /// What a resume finds: the frames to write first, and how it went.
 #[derive(Debug, Default)]
 pub(crate) struct Replay {
@@ -169,6 +190,10 @@ impl History {
         millis + at.saturating_duration_since(instant).as_millis() as u64
     }
 
+    pub(crate) fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Bytes its entries hold now.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
@@ -193,8 +218,10 @@ impl History {
         let name: Arc<str> = name.into();
         let log = Arc::new(Log {
             name: name.clone(),
-            epoch: new_epoch().into_boxed_str(),
+            followed: tokio::sync::Notify::new(),
+            following: AtomicBool::new(false),
             ring: Mutex::new(Ring {
+                epoch: new_epoch().into_boxed_str(),
                 last: 0,
                 entries: VecDeque::new(),
                 touched: now,
@@ -272,6 +299,16 @@ impl History {
 }
 
 impl Log {
+    /// With `--redis`: whether the log receives every message of the
+    /// channel from the subscription (one relaxed load).
+    pub(crate) fn following(&self) -> bool {
+        self.following.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_following(&self, following: bool) {
+        self.following.store(following, Ordering::Relaxed);
+    }
+
     fn lock_ring(&self) -> MutexGuard<'_, Ring> {
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -305,7 +342,18 @@ impl Locked<'_> {
     }
 
     pub(crate) fn epoch(&self) -> &str {
-        &self.log.epoch
+        &self.ring.epoch
+    }
+
+    /// Forgets every entry and starts history `epoch` after `last` (the
+    /// node learnt that the channel's history is another one, or that it
+    /// missed messages no longer kept anywhere).
+    pub(crate) fn reset(&mut self, epoch: &str, last: u64) {
+        while !self.ring.entries.is_empty() {
+            self.drop_front();
+        }
+        self.ring.epoch = epoch.into();
+        self.ring.last = last;
     }
 
     /// Drops the entries older than the TTL.
@@ -340,13 +388,54 @@ impl Locked<'_> {
         wanted: Wanted,
     ) -> (u64, Option<Bytes>, Option<Bytes>) {
         let offset = self.ring.last + 1;
+        let time = self.history.unix_millis_at(self.now);
+        let (v1, v2) = self.push(offset, raw, from, name, time, wanted);
+        (offset, v1, v2)
+    }
+
+    /// With `--redis`: appends a message whose position Redis assigned
+    /// (`time`: its receive time on the sender's node). A message of
+    /// another epoch starts that history afresh; one at or before the last
+    /// offset is a duplicate (`None`); one past the next offset leaves a
+    /// gap, so the entries before it are dropped (a resume from before the
+    /// gap is then told `expired`, never silently short).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn append_at(
+        &mut self,
+        offset: u64,
+        epoch: &str,
+        raw: &Bytes,
+        from: u64,
+        name: &str,
+        time: u64,
+        wanted: Wanted,
+    ) -> Option<(Option<Bytes>, Option<Bytes>)> {
+        if epoch != &*self.ring.epoch {
+            self.reset(epoch, offset.saturating_sub(1));
+        } else if offset <= self.ring.last {
+            return None;
+        } else if offset > self.ring.last + 1 {
+            self.reset(epoch, offset - 1);
+        }
+        Some(self.push(offset, raw, from, name, time, wanted))
+    }
+
+    fn push(
+        &mut self,
+        offset: u64,
+        raw: &Bytes,
+        from: u64,
+        name: &str,
+        time: u64,
+        wanted: Wanted,
+    ) -> (Option<Bytes>, Option<Bytes>) {
         let mut entry = Entry {
             offset,
             at: self.now,
             raw: raw.clone(),
             from,
             name: name.into(),
-            time: self.history.unix_millis_at(self.now),
+            time,
             v1: None,
             v2: None,
         };
@@ -366,12 +455,12 @@ impl Locked<'_> {
         while self.ring.entries.len() > self.history.limits.size {
             self.drop_front();
         }
-        (offset, v1, v2)
+        (v1, v2)
     }
 
     /// The event of `entry` for `format` (not `Raw`), with its position.
     fn build(&self, entry: &Entry, format: Format) -> Bytes {
-        let position = Some((entry.offset, &*self.log.epoch));
+        let position = Some((entry.offset, &*self.ring.epoch));
         match format {
             Format::V2 => frame::v2_message(
                 &entry.raw,
@@ -406,28 +495,69 @@ impl Locked<'_> {
         built
     }
 
+    /// The offset of the first kept message (the next one if none is).
+    pub(crate) fn first(&self) -> u64 {
+        self.ring
+            .entries
+            .front()
+            .map_or(self.ring.last + 1, |e| e.offset)
+    }
+
     /// Resuming from position `(offset, epoch)`: the kept messages after
     /// `offset` in `format`, and whether that is all of them.
+    #[cfg(test)]
     pub(crate) fn since(&mut self, offset: u64, epoch: &str, format: Format) -> Replay {
+        self.since_with(offset, epoch, format, Vec::new())
+    }
+
+    /// [`Locked::since`], the messages between `offset` and the ring's
+    /// first coming from `older` (read from the Redis stream).
+    pub(crate) fn since_with(
+        &mut self,
+        offset: u64,
+        epoch: &str,
+        format: Format,
+        older: Vec<Older>,
+    ) -> Replay {
         let after = self.ring.last;
-        if epoch != &*self.log.epoch {
+        if epoch != &*self.ring.epoch {
             return Replay {
                 frames: Vec::new(),
                 after: 0,
                 lost: Some(Unrecovered::Epoch),
             };
         }
-        let first = self.ring.entries.front().map_or(after + 1, |e| e.offset);
-        let lost = (offset + 1 < first && offset < after).then_some(Unrecovered::Expired);
+        let first = self.first();
+        let mut frames = Vec::new();
+        let mut next = offset + 1;
+        for o in older {
+            if o.offset != next || o.offset >= first {
+                break;
+            }
+            let entry = Entry {
+                offset: o.offset,
+                at: self.now,
+                raw: o.raw,
+                from: o.from,
+                name: o.name,
+                time: o.time,
+                v1: None,
+                v2: None,
+            };
+            frames.push(match format {
+                Format::Raw => entry.raw.clone(),
+                _ => self.build(&entry, format),
+            });
+            next += 1;
+        }
+        let lost = (next < first && offset < after).then_some(Unrecovered::Expired);
         let skip = self
             .ring
             .entries
             .iter()
             .take_while(|e| e.offset <= offset)
             .count();
-        let frames = (skip..self.ring.entries.len())
-            .map(|i| self.frame_of(i, format))
-            .collect();
+        frames.extend((skip..self.ring.entries.len()).map(|i| self.frame_of(i, format)));
         Replay {
             frames,
             after,
@@ -471,7 +601,7 @@ impl Locked<'_> {
 }
 
 /// A fresh epoch: [`EPOCH_LEN`] random letters and digits.
-fn new_epoch() -> String {
+pub(crate) fn new_epoch() -> String {
     std::iter::repeat_with(fastrand::alphanumeric)
         .take(EPOCH_LEN)
         .collect()

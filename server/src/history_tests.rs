@@ -62,7 +62,7 @@ fn payloads(frames: &[Bytes]) -> Vec<String> {
 
 fn since(h: &History, name: &str, offset: u64, format: Format) -> Replay {
     let log = h.log(name);
-    let epoch = log.epoch.to_string();
+    let epoch = h.lock(&log).epoch().to_owned();
     let mut locked = h.lock(&log);
     locked.since(offset, &epoch, format)
 }
@@ -72,8 +72,9 @@ fn offsets_count_from_one_per_channel_and_resume_replays_what_follows() {
     let h = history(10, 300, 1 << 20);
     assert_eq!(publish(&h, "a", &["a1", "a2", "a3"]), [1, 2, 3]);
     assert_eq!(publish(&h, "b", &["b1"]), [1]);
-    assert_ne!(h.log("a").epoch, h.log("b").epoch);
-    assert_eq!(h.log("a").epoch.len(), EPOCH_LEN);
+    let (a, b) = (h.log("a"), h.log("b"));
+    assert_ne!(h.lock(&a).epoch(), h.lock(&b).epoch());
+    assert_eq!(h.lock(&a).epoch().len(), EPOCH_LEN);
 
     let r = since(&h, "a", 1, Format::Raw);
     assert_eq!(payloads(&r.frames), ["a2", "a3"]);
@@ -93,7 +94,7 @@ fn events_missing_at_publish_are_built_at_replay_with_their_position() {
     publish(&h, "room", &["hello"]);
     let before = h.bytes();
     let r = since(&h, "room", 0, Format::V2);
-    let epoch = h.log("room").epoch.to_string();
+    let epoch = h.lock(&h.log("room")).epoch().to_owned();
     let v: serde_json::Value = serde_json::from_slice(&r.frames[0][2..]).unwrap();
     assert_eq!(v["type"], "message");
     assert_eq!(v["channel"], "room");
@@ -143,14 +144,14 @@ fn entries_expire_after_the_ttl_and_an_expired_log_gets_a_new_epoch() {
     let r = since(&h, "a", 0, Format::Raw);
     assert_eq!(payloads(&r.frames), ["new"]);
     assert_eq!(r.lost, Some(Unrecovered::Expired));
-    let epoch = h.log("a").epoch.clone();
+    let epoch = h.lock(&h.log("a")).epoch().to_owned();
     // Nobody holds it and nothing is left for a TTL: swept, then new.
     advance(Duration::from_secs(61));
     h.sweep();
     assert_eq!(h.len(), 0);
     assert_eq!(h.bytes(), 0);
     let fresh = h.log("a");
-    assert_ne!(fresh.epoch, epoch);
+    assert_ne!(h.lock(&fresh).epoch(), epoch);
     assert_eq!(h.lock(&fresh).last(), 0);
 }
 
@@ -161,7 +162,8 @@ fn a_log_someone_holds_keeps_its_epoch() {
     publish(&h, "a", &["x"]);
     advance(Duration::from_secs(5));
     h.sweep();
-    assert_eq!(h.log("a").epoch, held.epoch);
+    let again = h.log("a");
+    assert!(Arc::ptr_eq(&again, &held));
     assert_eq!(h.lock(&held).last(), 1, "offsets go on");
 }
 
@@ -200,4 +202,50 @@ fn the_api_lists_what_is_kept_after_an_offset() {
         (kept[0].offset, kept[0].from, kept[0].name.as_str()),
         (2, 7, "ann")
     );
+}
+
+/// With `--redis`: appends `text` at the position Redis gave it.
+fn append_at(h: &History, name: &str, offset: u64, epoch: &str, text: &str) -> bool {
+    let log = h.log(name);
+    let raw = frame_message(protocol::frame::OpCode::Text, text.as_bytes());
+    let appended = h
+        .lock(&log)
+        .append_at(offset, epoch, &raw, 7, "ann", 1, NONE)
+        .is_some();
+    appended
+}
+
+#[test]
+fn positions_from_redis_adopt_the_epoch_skip_duplicates_and_never_leave_a_gap_inside() {
+    let h = history(10, 300, 1 << 20);
+    // The first message seen adopts Redis's epoch and offset.
+    assert!(append_at(&h, "a", 41, "redisEp1", "m41"));
+    assert!(append_at(&h, "a", 42, "redisEp1", "m42"));
+    // A copy of what the log has (from the stream and from the
+    // subscription both) is dropped.
+    assert!(!append_at(&h, "a", 42, "redisEp1", "again"));
+    let log = h.log("a");
+    let r = h.lock(&log).since(40, "redisEp1", Format::Raw);
+    assert_eq!(payloads(&r.frames), ["m41", "m42"]);
+    assert_eq!((r.after, r.lost), (42, None));
+    // A message past the next offset: what came before it is not kept.
+    assert!(append_at(&h, "a", 45, "redisEp1", "m45"));
+    let r = h.lock(&log).since(42, "redisEp1", Format::Raw);
+    assert_eq!(payloads(&r.frames), ["m45"]);
+    assert_eq!(r.lost, Some(Unrecovered::Expired));
+    let r = h.lock(&log).since(44, "redisEp1", Format::Raw);
+    assert_eq!(
+        (payloads(&r.frames), r.lost),
+        (vec!["m45".to_owned()], None)
+    );
+    // Another epoch: a new history.
+    assert!(append_at(&h, "a", 1, "redisEp2", "n1"));
+    let mut locked = h.lock(&log);
+    assert_eq!((locked.epoch(), locked.last()), ("redisEp2", 1));
+    let r = locked.since(45, "redisEp1", Format::Raw);
+    assert_eq!(r.lost, Some(Unrecovered::Epoch));
+    locked.reset("redisEp3", 7);
+    assert_eq!((locked.epoch(), locked.last()), ("redisEp3", 7));
+    drop(locked);
+    assert_eq!(h.bytes(), 0);
 }

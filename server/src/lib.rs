@@ -175,16 +175,9 @@ impl Server {
         let fanout = Fanout::new(Peers {
             shards: handles.clone(),
         });
-        let history = match (config.history_size, &config.cluster) {
-            (0, _) => None,
-            (_, Some(_)) => {
-                tracing::warn!(
-                    "history is off with --redis for now (no offsets, no resume): \
-                     cluster-wide positions come with the Redis history (docs/history.md)"
-                );
-                None
-            }
-            (size, None) => Some(Arc::new(history::History::new(history::Limits {
+        let history = match config.history_size {
+            0 => None,
+            size => Some(Arc::new(history::History::new(history::Limits {
                 size,
                 ttl: config.history_ttl,
                 memory: config.history_memory,

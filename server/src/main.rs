@@ -20,7 +20,6 @@ mod settings;
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-
 /// A WebSocket broadcast server: every message a client sends reaches every
 /// other connected client.
 #[derive(Debug, Parser)]
@@ -127,7 +126,7 @@ struct StartArgs {
     /// Most channels one broadcast.v2 connection may subscribe to at once.
     #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_CHANNELS_PER_CONNECTION, value_parser = clap::value_parser!(usize))]
     max_channels_per_connection: usize,
-    /// Messages kept per channel so that reconnecting clients can resume (`since`, `?rewind=`); 0 turns history (and message offsets) off. Off with --redis for now.
+    /// Messages kept per channel so that reconnecting clients can resume (`since`, `?rewind=`); 0 turns history (and message offsets) off. With --redis, positions are assigned in Redis and kept in Redis streams too (docs/cluster.md).
     #[arg(long, value_name = "N", default_value_t = server::DEFAULT_HISTORY_SIZE,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000_000))]
     history_size: usize,

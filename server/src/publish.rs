@@ -72,6 +72,11 @@ impl Publisher {
         self
     }
 
+    /// The relay to the other nodes (`--redis`).
+    pub(crate) fn relay(&self) -> Option<&Relay> {
+        self.relay.as_ref()
+    }
+
     /// The history messages are appended to (`None`: off).
     pub(crate) fn history(&self) -> Option<&Arc<History>> {
         self.channels.as_ref()?.history()
@@ -93,6 +98,9 @@ impl Publisher {
             return;
         };
         self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        if let Some(relay) = &self.relay {
+            return self.relay_logged(relay, msg, costs);
+        }
         let found;
         let log = match msg.channel.and_then(|c| c.log.as_ref()) {
             Some(log) => log,
@@ -130,6 +138,56 @@ impl Publisher {
         }
         drop(locked);
         history.trim();
+    }
+
+    /// With `--redis`: Redis gives the message its position and this node
+    /// delivers it when it comes back through the subscription (see
+    /// `cluster::recover`). While this node does not follow the channel
+    /// (its link is down, or coming back), the message goes to the local
+    /// members at once and to the other nodes as without history, with no
+    /// position (it is in no history).
+    fn relay_logged(&self, relay: &Relay, msg: Logged<'_>, costs: &[u32]) {
+        // No member here, or followed: only the subscription delivers.
+        let followed = msg
+            .channel
+            .is_none_or(|c| c.log.as_ref().is_none_or(|l| l.following()));
+        if followed {
+            let costs = if msg.channel.is_some() { costs } else { &[] };
+            if relay.offer_logged(
+                &msg.raw,
+                msg.channel_name,
+                msg.sender.0,
+                msg.from_name,
+                costs,
+            ) {
+                return;
+            }
+        }
+        let Some(channel) = msg.channel else {
+            self.fanout.give_back(costs);
+            return;
+        };
+        let (raw, sender, from_name) = (msg.raw, msg.sender.0, msg.from_name);
+        let time = crate::frame::unix_millis();
+        let v1 = msg
+            .wanted
+            .v1
+            .then(|| crate::frame::v1_message(&raw, sender, msg.from_name, time, None));
+        let v2 = msg.wanted.v2.then(|| {
+            crate::frame::v2_message(&raw, &channel.name, sender, msg.from_name, time, None)
+        });
+        let msg = Broadcast {
+            raw: Some(raw),
+            v1,
+            v2,
+            sender: msg.sender,
+            channel: channel.id,
+            framed_at: msg.framed_at,
+            cost: 0,
+            offset: 0,
+        };
+        relay.offer(&msg, &channel.name, from_name);
+        self.fanout.publish(msg, costs);
     }
 
     /// Stops publishing (shutdown).

@@ -99,9 +99,32 @@ impl<'a> Envelope<'a> {
     }
 }
 
+/// What the history's script publishes: `P<epoch>:<offset> <envelope>`
+/// (see `relay::APPEND`). Returns the offset, the epoch and the envelope;
+/// `None` for a plain envelope (history off on the sending node).
+pub(super) fn positioned(bytes: &[u8]) -> Option<(u64, &str, &[u8])> {
+    let rest = bytes.strip_prefix(b"P")?;
+    let space = rest.iter().position(|&b| b == b' ')?;
+    let head = std::str::from_utf8(&rest[..space]).ok()?;
+    let (epoch, offset) = head.split_once(':')?;
+    Some((offset.parse().ok()?, epoch, &rest[space + 1..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_are_read_from_what_the_script_publishes() {
+        let raw = crate::frame::frame_message(OpCode::Text, b"hi");
+        let envelope = Envelope::encode(1, &raw, "c", 2, "bob", 3);
+        let mut published = b"PXk3v9QaB:42 ".to_vec();
+        published.extend_from_slice(&envelope);
+        let (offset, epoch, rest) = positioned(&published).unwrap();
+        assert_eq!((offset, epoch, rest), (42, "Xk3v9QaB", &envelope[..]));
+        assert_eq!(positioned(&envelope), None);
+        assert_eq!(positioned(b"Pabc 1"), None);
+    }
 
     #[test]
     fn envelope_round_trip() {

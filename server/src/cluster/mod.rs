@@ -63,11 +63,13 @@ use crate::stats::Stats;
 mod envelope;
 mod link;
 mod presence;
+mod recover;
 mod relay;
 mod subscribe;
 
 use link::{Link, LinkLog};
 pub use presence::DEFAULT_LEASE;
+pub(crate) use recover::Claim;
 pub(crate) use relay::Relay;
 
 /// Default of `--redis-channel`.
@@ -200,6 +202,13 @@ pub(crate) fn start(
         queued: AtomicUsize::new(0),
         state: Mutex::new(LinkLog::default()),
         check_out: tokio::sync::Notify::new(),
+        history: channels.history().map(|h| h.limits()),
+        pending: Mutex::default(),
+        wake: tokio::sync::Notify::new(),
+        credit: Mutex::default(),
+        fanout: fanout.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        reader: Mutex::default(),
     });
     // Random per start (fastrand, seeded per process): a restarted node must
     // not be mistaken for its previous life (whose messages may still be in

@@ -243,6 +243,7 @@ pub(super) async fn presence_loop(mut task: PresenceTask) {
         .unwrap_or(u64::MAX)
         .max(1);
     let refresh = (task.lease / 5).max(Duration::from_millis(100));
+    let mut local_open = true;
     loop {
         let connected = async {
             let conn = task
@@ -258,13 +259,13 @@ pub(super) async fn presence_loop(mut task: PresenceTask) {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
                 tracing::debug!(cause = %e, "cluster presence: cannot connect");
-                if wait_or_bye(&mut task, &mut local, backoff.next_delay()).await {
+                if wait_or_bye(&mut task, &mut local, &mut local_open, backoff.next_delay()).await {
                     return;
                 }
                 continue;
             }
             Err(_) => {
-                if wait_or_bye(&mut task, &mut local, backoff.next_delay()).await {
+                if wait_or_bye(&mut task, &mut local, &mut local_open, backoff.next_delay()).await {
                     return;
                 }
                 continue;
@@ -282,9 +283,11 @@ pub(super) async fn presence_loop(mut task: PresenceTask) {
         leases.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let failure: String = loop {
             tokio::select! {
-                change = task.local.recv() => match change {
+                change = task.local.recv(), if local_open => match change {
                     Some(change) => local.take(change),
-                    None => return,
+                    // The local presence task stopped (shutdown): the
+                    // goodbye is still to come.
+                    None => local_open = false,
                 },
                 msg = stream.next() => match msg {
                     Some(msg) => task.receive(msg.get_payload_bytes(), &mut hello_due, &mut snapshot_due),
@@ -323,7 +326,7 @@ pub(super) async fn presence_loop(mut task: PresenceTask) {
             }
         };
         tracing::debug!(cause = %failure, "cluster presence: Redis connection lost");
-        if wait_or_bye(&mut task, &mut local, backoff.next_delay()).await {
+        if wait_or_bye(&mut task, &mut local, &mut local_open, backoff.next_delay()).await {
             return;
         }
     }
@@ -331,14 +334,19 @@ pub(super) async fn presence_loop(mut task: PresenceTask) {
 
 /// Sleeps `delay` between connection attempts, still taking local changes
 /// (into the next snapshot). True when shutdown came meanwhile.
-async fn wait_or_bye(task: &mut PresenceTask, local: &mut Local, delay: Duration) -> bool {
+async fn wait_or_bye(
+    task: &mut PresenceTask,
+    local: &mut Local,
+    local_open: &mut bool,
+    delay: Duration,
+) -> bool {
     let until = tokio::time::Instant::now() + delay;
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(until) => return false,
-            change = task.local.recv() => match change {
+            change = task.local.recv(), if *local_open => match change {
                 Some(change) => local.take(change),
-                None => return true,
+                None => *local_open = false,
             },
             reply = &mut task.bye => {
                 if let Ok(reply) = reply {

@@ -13,10 +13,10 @@ use protocol::backoff::Backoff;
 
 use super::envelope::Envelope;
 use super::link::{Link, Side};
+use super::recover;
 use super::{BACKOFF_CAP, BACKOFF_FIRST, IO_TIMEOUT, PING_EVERY};
 use crate::channels::Channels;
 use crate::fanout::{Broadcast, ConnId, Fanout};
-use crate::stats::Stats;
 
 /// The subscribing side: receives envelopes and delivers other nodes'
 /// messages to the local shards.
@@ -42,6 +42,25 @@ pub(super) async fn subscribe_loop(
                 continue;
             }
         };
+        // With history, a second connection reads the streams.
+        let mut data = None;
+        if channels.history().is_some() {
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(IO_TIMEOUT))
+                .set_response_timeout(Some(IO_TIMEOUT));
+            match link
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+            {
+                Ok(conn) => data = Some(conn),
+                Err(e) => {
+                    link.down(Side::In, &e);
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            }
+        }
         link.up(Side::In);
         backoff.reset();
         let (mut sink, mut stream) = pubsub.split();
@@ -54,16 +73,36 @@ pub(super) async fn subscribe_loop(
         let mut resync = true;
         let failure: String = loop {
             if std::mem::take(&mut resync) {
-                if let Err(e) = follow(&link, &channels, &mut sink, &mut subscribed).await {
-                    break e;
+                let added = match follow(&link, &channels, &mut sink, &mut subscribed).await {
+                    Ok(added) => added,
+                    Err(e) => break e,
+                };
+                if let (Some(data), false) = (&mut data, added.is_empty()) {
+                    let mut failed = None;
+                    for name in added {
+                        let at = Node {
+                            link: &link,
+                            fanout: &fanout,
+                            channels: &channels,
+                            node,
+                        };
+                        if let Err(e) = recover::catch_up(&at, data, &name, &mut costs).await {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    if let Some(e) = failed {
+                        break e;
+                    }
                 }
             }
             tokio::select! {
                 () = channels.changed() => resync = true,
+                () = link.wake.notified() => resync = true,
                 msg = stream.next() => match msg {
                     Some(msg) => {
-                        deliver(&link.stats, &fanout, &channels, node, msg.get_payload_bytes(), &mut costs)
-                            .await;
+                        let at = Node { link: &link, fanout: &fanout, channels: &channels, node };
+                        deliver(&at, msg.get_payload_bytes(), &mut costs).await;
                     }
                     None => break "connection closed".into(),
                 },
@@ -77,28 +116,34 @@ pub(super) async fn subscribe_loop(
             }
         };
         link.down(Side::In, &failure);
+        recover::unfollow(&link, &channels, subscribed.iter());
         tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
 /// Subscribes to the Redis channel of every local channel not yet
-/// subscribed to, and unsubscribes from those of channels gone: at most one
-/// `SUBSCRIBE` and one `UNSUBSCRIBE`, however many channels changed.
+/// subscribed to (and of those a connection is about to join), and
+/// unsubscribes from those of channels gone: at most one `SUBSCRIBE` and
+/// one `UNSUBSCRIBE`, however many channels changed. Returns the names
+/// subscribed to.
 async fn follow(
     link: &Link,
     channels: &Channels,
     sink: &mut redis::aio::PubSubSink,
     subscribed: &mut HashSet<Arc<str>>,
-) -> Result<(), String> {
-    let wanted: HashSet<Arc<str>> = channels.names().into_iter().collect();
-    let add: Vec<String> = wanted
-        .difference(subscribed)
-        .map(|name| link.topic(name))
-        .collect();
-    let drop: Vec<String> = subscribed
-        .difference(&wanted)
-        .map(|name| link.topic(name))
-        .collect();
+) -> Result<Vec<Arc<str>>, String> {
+    let mut wanted: HashSet<Arc<str>> = channels.names().into_iter().collect();
+    wanted.extend(
+        link.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned(),
+    );
+    let added: Vec<Arc<str>> = wanted.difference(subscribed).cloned().collect();
+    let gone: Vec<Arc<str>> = subscribed.difference(&wanted).cloned().collect();
+    let add: Vec<String> = added.iter().map(|name| link.topic(name)).collect();
+    let drop: Vec<String> = gone.iter().map(|name| link.topic(name)).collect();
     let io = |e: redis::RedisError| e.to_string();
     let timed_out = |_| "subscription change timed out".to_owned();
     if !add.is_empty() {
@@ -113,26 +158,39 @@ async fn follow(
             .map_err(timed_out)?
             .map_err(io)?;
     }
+    recover::unfollow(link, channels, gone.iter());
     *subscribed = wanted;
     link.stats
         .cluster
         .subscriptions
         .store(subscribed.len(), Ordering::Relaxed);
-    Ok(())
+    Ok(added)
+}
+
+/// What delivering a message from Redis needs.
+pub(super) struct Node<'a> {
+    pub(super) link: &'a Link,
+    pub(super) fanout: &'a Fanout,
+    pub(super) channels: &'a Channels,
+    /// This node's id.
+    pub(super) node: u64,
 }
 
 /// Frames a message from another node once per format and hands it to every
 /// local shard, like a message from a local client: through the same fan-out
 /// credit, so a busy node stops reading its Redis subscription (Redis then
 /// buffers, up to its `client-output-buffer-limit` for pub/sub clients).
-async fn deliver(
-    stats: &Stats,
-    fanout: &Fanout,
-    channels: &Channels,
-    node: u64,
-    bytes: &[u8],
-    costs: &mut Vec<u32>,
-) {
+async fn deliver(at: &Node<'_>, bytes: &[u8], costs: &mut Vec<u32>) {
+    let (stats, fanout, channels, node) = (&at.link.stats, at.fanout, at.channels, at.node);
+    let bytes = match super::envelope::positioned(bytes) {
+        Some((offset, epoch, envelope)) if channels.history().is_some() => {
+            recover::deliver_logged(at, offset, epoch, envelope, true, costs).await;
+            return;
+        }
+        // History is off here but not on the sender's node.
+        Some((_, _, envelope)) => envelope,
+        None => bytes,
+    };
     let Some(envelope) = Envelope::decode(bytes) else {
         tracing::debug!(len = bytes.len(), "cluster: ignoring a malformed message");
         return;

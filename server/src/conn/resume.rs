@@ -31,6 +31,15 @@ pub(crate) enum Start {
     Rewind(u64),
 }
 
+/// What [`Conn::follow`] prepared for a join.
+#[derive(Debug, Default)]
+pub(crate) struct Ready {
+    /// Keeps the node following the channel until the join is done.
+    _claim: Option<crate::cluster::Claim>,
+    /// Messages before the ring's first, from the Redis stream.
+    older: Vec<crate::history::Older>,
+}
+
 /// What joining found.
 #[derive(Debug)]
 pub(crate) struct Joined {
@@ -49,7 +58,7 @@ impl Conn {
     /// Puts this connection in channel `name` (valid, not joined yet),
     /// starting at `start`. The caller writes its answer (`subscribed`,
     /// `welcome`), then [`Joined::replay`], before returning to the shard.
-    pub(crate) fn join_at(self: &Rc<Self>, name: &str, start: Start) -> Joined {
+    pub(crate) fn join_at(self: &Rc<Self>, name: &str, start: Start, ready: Ready) -> Joined {
         let membership = &self.ctx.membership;
         let Some(history) = self.ctx.publisher.history() else {
             let outcome = (start != Start::Live).then_some(Err(Unrecovered::Disabled));
@@ -66,7 +75,7 @@ impl Conn {
         let (replay, outcome) = match &start {
             Start::Live => (Default::default(), None),
             Start::Since(p) => {
-                let r = locked.since(p.offset, &p.epoch, self.format);
+                let r = locked.since_with(p.offset, &p.epoch, self.format, ready.older);
                 let lost = r.lost;
                 (r, Some(lost.map_or(Ok(()), Err)))
             }
@@ -92,6 +101,33 @@ impl Conn {
             position: Some(position),
             outcome,
             replay: replay.frames,
+        }
+    }
+
+    /// Before [`Conn::join_at`], with `--redis` and history: waits until
+    /// this node follows channel `name` (see `cluster::Relay::follow`),
+    /// and for a `since` older than the ring's first message reads the
+    /// messages in between from the channel's Redis stream.
+    pub(crate) async fn follow(self: &Rc<Self>, name: &str, start: &Start) -> Ready {
+        let publisher = &self.ctx.publisher;
+        let (Some(history), Some(relay)) = (publisher.history(), publisher.relay()) else {
+            return Ready::default();
+        };
+        let claim = relay.follow(history, name).await;
+        let mut older = Vec::new();
+        if let Start::Since(p) = start {
+            let log = history.log(name);
+            let (epoch, first, last) = {
+                let locked = history.lock(&log);
+                (locked.epoch().to_owned(), locked.first(), locked.last())
+            };
+            if p.epoch == epoch && p.offset + 1 < first && p.offset < last {
+                older = relay.read_stream(name, p.offset + 1, first - 1).await;
+            }
+        }
+        Ready {
+            _claim: Some(claim),
+            older,
         }
     }
 

@@ -105,7 +105,7 @@ pub(super) async fn command(
                 (None, Some(n)) => Start::Rewind(n),
                 (None, None) => Start::Live,
             };
-            subscribe(conn, state, channel, id, start)
+            subscribe(conn, state, channel, id, start).await;
         }
         Command::Unsubscribe { channel, id } => match conn.ctx.membership.leave(conn, &channel) {
             Some(left) => conn.send_event(&Event::Unsubscribed {
@@ -160,7 +160,13 @@ async fn members(conn: &Rc<Conn>, state: &V2State, channel: String, id: Option<I
     });
 }
 
-fn subscribe(conn: &Rc<Conn>, state: &V2State, channel: String, id: Option<Id>, start: Start) {
+async fn subscribe(
+    conn: &Rc<Conn>,
+    state: &V2State,
+    channel: String,
+    id: Option<Id>,
+    start: Start,
+) {
     if !state.grant.allows(&channel) {
         return conn.refuse(
             id,
@@ -185,7 +191,11 @@ fn subscribe(conn: &Rc<Conn>, state: &V2State, channel: String, id: Option<Id>, 
             ),
         );
     }
-    let joined = conn.join_at(&channel, start);
+    let ready = conn.follow(&channel, &start).await;
+    if conn.subscription(&channel).is_some() {
+        return; // a subscribe of the same channel came first (pipelined)
+    }
+    let joined = conn.join_at(&channel, start, ready);
     let (offset, epoch) = joined
         .position
         .map_or((None, None), |p| (Some(p.offset), Some(p.epoch)));

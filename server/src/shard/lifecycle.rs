@@ -31,7 +31,7 @@ impl Shard {
         let shard = self.clone();
         tokio::task::spawn_local(async move {
             if let Some(upgraded) = http::serve(shard.http.clone(), stream, peer).await {
-                shard.adopt(upgraded, placement);
+                shard.adopt(upgraded, placement).await;
             }
         });
     }
@@ -39,7 +39,7 @@ impl Shard {
     /// Takes over a connection that completed the WebSocket upgrade, with
     /// its admission ticket and its place in this shard's load: both are
     /// given back when its task ends.
-    pub(super) fn adopt(self: &Rc<Self>, upgraded: Upgraded, placement: Placement) {
+    pub(super) async fn adopt(self: &Rc<Self>, upgraded: Upgraded, placement: Placement) {
         let Upgraded {
             stream,
             tls,
@@ -88,7 +88,8 @@ impl Shard {
             }
             Format::V1 => {
                 stats.v1_connections.fetch_add(1, Ordering::Relaxed);
-                let joined = conn.join_at(&channel, start);
+                let ready = conn.follow(&channel, &start).await;
+                let joined = conn.join_at(&channel, start, ready);
                 let welcome = protocol::v1::ServerEvent::Welcome {
                     id: id.0,
                     name: conn.name.to_string(),
@@ -104,7 +105,8 @@ impl Shard {
             Format::Raw => {
                 // A plain client cannot be told the outcome: it gets what
                 // is kept.
-                let joined = conn.join_at(&channel, start);
+                let ready = conn.follow(&channel, &start).await;
+                let joined = conn.join_at(&channel, start, ready);
                 conn.send_replay(joined.replay);
             }
         }

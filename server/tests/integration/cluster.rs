@@ -70,10 +70,10 @@ async fn two_nodes_exchange_both_ways() {
 /// Two senders on the first two nodes send `PER_SENDER` messages each as
 /// fast as they can; a receiver on every node, and each sender, must see
 /// every message of the other sender(s) exactly once, in order.
-async fn exact_and_ordered(node_count: usize) {
+async fn exact_and_ordered(node_count: usize, extra: &[&str]) {
     const PER_SENDER: u64 = 5_000;
     let redis = Redis::start().await;
-    let nodes = nodes(&redis, node_count, &[]).await;
+    let nodes = nodes(&redis, node_count, extra).await;
     // Clients: senders 0 (node 0) and 1 (node 1), then a receiver per node.
     let mut clients = Vec::new();
     for node in nodes.iter().take(2).chain(nodes.iter()) {
@@ -155,12 +155,19 @@ async fn exact_and_ordered(node_count: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_ten_thousand_messages_exactly_once_in_order() {
-    exact_and_ordered(2).await;
+    exact_and_ordered(2, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_ten_thousand_messages_exactly_once_in_order() {
-    exact_and_ordered(3).await;
+    exact_and_ordered(3, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_history_two_nodes_ten_thousand_messages_exactly_once_in_order() {
+    // `--history-size 0`: the path without positions (local delivery at
+    // once, PUBLISH), unchanged.
+    exact_and_ordered(2, &["--history-size", "0"]).await;
 }
 
 #[tokio::test]
@@ -381,4 +388,264 @@ async fn channels_cross_nodes_and_a_node_hears_only_its_own_channels() {
     // When y's last member on node 1 leaves, node 1 unsubscribes from it.
     drop((y1, y2));
     nodes[1].wait_health("cluster_subscriptions", 1).await;
+}
+
+// History in the cluster (docs/cluster.md, "History"): positions assigned
+// in Redis, resume on any node, outages. Default history flags throughout.
+
+/// One message as a subscriber saw it: offset, epoch, text.
+type Seen = (u64, String, String);
+
+/// A v2 client of `node` subscribed to `news` (from `since` when given),
+/// with its `subscribed` answer.
+async fn news_v2(node: &Server, since: Option<&Seen>) -> (Ws, serde_json::Value) {
+    let (mut ws, _) = crate::v2::connect_v2(node, "/ws", None).await;
+    let mut command = serde_json::json!({"type": "subscribe", "channel": "news", "id": 1});
+    if let Some((offset, epoch, _)) = since {
+        command["since"] = serde_json::json!({"offset": offset, "epoch": epoch});
+    }
+    crate::v2::send(&mut ws, command).await;
+    let answer = crate::v2::reply(&mut ws).await;
+    assert_eq!(answer["type"], "subscribed", "{answer}");
+    (ws, answer)
+}
+
+/// A `broadcast.v1` client of `node` on `/ws/news`, with its welcome.
+async fn news_v1(node: &Server, since: Option<&Seen>) -> (Ws, serde_json::Value) {
+    let query = since.map_or(String::new(), |(o, e, _)| format!("?since={e}:{o}"));
+    let url = format!("ws://{}/ws/news{query}", node.addr());
+    let (mut ws, _) = upgrade_with(&url, &[("Sec-WebSocket-Protocol", "broadcast.v1")])
+        .await
+        .unwrap_or_else(|e| panic!("v1 {url}: {e}"));
+    let welcome = crate::v2::event(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    (ws, welcome)
+}
+
+/// A message event (v1 or v2) as [`Seen`]; `None` for anything else.
+fn seen(event: &serde_json::Value) -> Option<Seen> {
+    (event["type"] == "message").then(|| {
+        (
+            event["offset"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no offset: {event}")),
+            event["epoch"].as_str().expect("epoch").to_owned(),
+            event["text"].as_str().expect("text").to_owned(),
+        )
+    })
+}
+
+/// Reads messages into `got` until `count` were read in all, or (with
+/// `None`) until the connection ends. Other events (presence) are skipped.
+async fn read_news(ws: &mut Ws, got: &mut Vec<Seen>, count: Option<usize>) {
+    while count.is_none_or(|n| got.len() < n) {
+        let m = match timeout(EVENT_TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(_) if count.is_none() => return,
+            Ok(other) => panic!("connection ended after {} messages: {other:?}", got.len()),
+            Err(_) => panic!("timed out after {} messages", got.len()),
+        };
+        let Message::Text(t) = m else { continue };
+        let event: serde_json::Value = serde_json::from_str(&t).unwrap();
+        assert_ne!(event["type"], "subscribed", "unexpected notice: {event}");
+        got.extend(seen(&event));
+    }
+}
+
+/// A plain client of `node` sending `0`, `1`, … `n - 1` to `news`, one
+/// every 5 ms (a steady stream rather than a burst: the default history
+/// keeps 100 messages, 0.5 s of it).
+fn publish_steadily(node: &Server, n: usize) -> tokio::task::JoinHandle<Ws> {
+    let url = format!("ws://{}/ws/news", node.addr());
+    tokio::spawn(async move {
+        let mut ws = connect(&url).await;
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        for i in 0..n {
+            tick.tick().await;
+            ws.send(Message::text(i.to_string())).await.unwrap();
+        }
+        ws
+    })
+}
+
+/// `got` is `0..n` exactly once, in order, at consecutive offsets of one
+/// epoch.
+fn assert_exactly_once(got: &[Seen], n: usize, who: &str) {
+    let texts: Vec<usize> = got.iter().map(|(_, _, t)| t.parse().unwrap()).collect();
+    let first_gap = texts.iter().enumerate().find(|(i, t)| *i != **t);
+    assert!(
+        texts.len() == n && first_gap.is_none(),
+        "{who}: {} messages, first out of place: {first_gap:?}",
+        texts.len()
+    );
+    for pair in got.windows(2) {
+        assert_eq!(pair[1].0, pair[0].0 + 1, "{who}: offsets {pair:?}");
+        assert_eq!(pair[1].1, pair[0].1, "{who}: epochs {pair:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_cut_on_one_node_resumes_on_another_exactly_once_in_order() {
+    const N: usize = 600;
+    let redis = Redis::start().await;
+    let nodes = nodes(&redis, 2, &[]).await;
+    let (mut a, answer) = news_v2(&nodes[0], None).await;
+    assert_eq!(answer["offset"], 0, "{answer}");
+    // The publisher is on the subscriber's first node: its own messages
+    // come back to that node through Redis, in offset order.
+    let publisher = publish_steadily(&nodes[0], N);
+    let mut got = Vec::new();
+    read_news(&mut a, &mut got, Some(150)).await;
+    drop(a); // cut: the TCP connection goes without a close
+    let last = got.last().unwrap().clone();
+    let (mut b, answer) = news_v2(&nodes[1], Some(&last)).await;
+    assert_eq!(answer["recovered"], true, "{answer}");
+    assert_eq!(answer["epoch"], last.1.as_str(), "{answer}");
+    read_news(&mut b, &mut got, Some(N)).await;
+    assert_exactly_once(&got, N, "subscriber");
+    assert_eq!(got[0].0, 1);
+    let _publisher = publisher.await.unwrap();
+    assert_quiet_but_presence(&mut b, "resumed subscriber").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_of_a_node_killed_mid_stream_resume_on_another_with_no_gap() {
+    const N: usize = 600;
+    let redis = Redis::start().await;
+    let mut nodes = nodes(&redis, 2, &[]).await;
+    let (mut v2, _) = news_v2(&nodes[0], None).await;
+    let (mut v1, welcome) = news_v1(&nodes[0], None).await;
+    assert_eq!(welcome["position"]["offset"], 0, "{welcome}");
+    let publisher = publish_steadily(&nodes[1], N);
+    let (mut got_v2, mut got_v1) = (Vec::new(), Vec::new());
+    read_news(&mut v2, &mut got_v2, Some(100)).await;
+    read_news(&mut v1, &mut got_v1, Some(100)).await;
+    nodes[0].signal("KILL");
+    nodes[0].wait_exit(Duration::from_secs(10)).await;
+    // Whatever reached them before the kill, then the end of the stream.
+    read_news(&mut v2, &mut got_v2, None).await;
+    read_news(&mut v1, &mut got_v1, None).await;
+
+    let (mut v2, answer) = news_v2(&nodes[1], got_v2.last()).await;
+    assert_eq!(answer["recovered"], true, "{answer}");
+    let (mut v1, welcome) = news_v1(&nodes[1], got_v1.last()).await;
+    assert_eq!(welcome["recovered"], true, "{welcome}");
+    read_news(&mut v2, &mut got_v2, Some(N)).await;
+    read_news(&mut v1, &mut got_v1, Some(N)).await;
+    assert_exactly_once(&got_v2, N, "v2 subscriber");
+    assert_exactly_once(&got_v1, N, "v1 subscriber");
+    let _publisher = publisher.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_link_was_cut_delivers_what_it_missed_from_the_stream() {
+    let redis = Redis::start().await;
+    let proxy = LinkProxy::start(&redis).await;
+    let url = proxy.url();
+    let a = Server::start(&["--redis", &url, "--max-message-rate", "0"]).await;
+    a.wait_health("cluster", "up").await;
+    let b = nodes(&redis, 1, &[]).await.remove(0);
+    let (mut sub, _) = news_v2(&a, None).await;
+    let (mut watch, _) = news_v2(&b, None).await;
+    let mut publisher = connect(&format!("ws://{}/ws/news", b.addr())).await;
+    let (mut got, mut watched) = (Vec::new(), Vec::new());
+    let mut sent = 0;
+    let mut publish = async |n: usize, watched: &mut Vec<Seen>| {
+        for _ in 0..n {
+            publisher
+                .send(Message::text(sent.to_string()))
+                .await
+                .unwrap();
+            sent += 1;
+        }
+        read_news(&mut watch, watched, Some(sent)).await;
+    };
+    publish(10, &mut watched).await;
+    read_news(&mut sub, &mut got, Some(10)).await;
+
+    proxy.cut();
+    a.wait_health("cluster", "degraded").await;
+    // In Redis (B's subscriber saw them), not on node A.
+    publish(50, &mut watched).await;
+    proxy.restore();
+    a.wait_health("cluster", "up").await;
+    read_news(&mut sub, &mut got, Some(60)).await;
+    publish(10, &mut watched).await;
+    read_news(&mut sub, &mut got, Some(70)).await;
+    assert_exactly_once(&got, 70, "subscriber on the cut node");
+    assert_eq!(got, watched);
+    assert_quiet_but_presence(&mut sub, "subscriber on the cut node").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_without_persistence_says_recovered_false_with_a_new_epoch() {
+    let mut redis = Redis::start().await;
+    let nodes = nodes(&redis, 2, &[]).await;
+    let (mut sub, _) = news_v2(&nodes[0], None).await;
+    let mut publisher = connect(&format!("ws://{}/ws/news", nodes[1].addr())).await;
+    for i in 0..10 {
+        publisher.send(Message::text(i.to_string())).await.unwrap();
+    }
+    let mut got = Vec::new();
+    read_news(&mut sub, &mut got, Some(10)).await;
+    let before = got.last().unwrap().clone();
+
+    redis.kill().await;
+    nodes[0].wait_health("cluster", "degraded").await;
+    redis.restart().await;
+    for node in &nodes {
+        node.wait_health("cluster", "up").await;
+    }
+    // The streams are gone with the data: the subscriber is told, with the
+    // channel's new position.
+    let notice = crate::v2::reply(&mut sub).await;
+    assert_eq!(notice["type"], "subscribed", "{notice}");
+    assert_eq!(notice["channel"], "news", "{notice}");
+    assert_eq!(notice["recovered"], false, "{notice}");
+    assert_eq!(notice["reason"], "epoch", "{notice}");
+    assert!(notice.get("id").is_none(), "{notice}");
+    let epoch = notice["epoch"].as_str().unwrap().to_owned();
+    assert_ne!(epoch, before.1);
+    assert_eq!(notice["offset"], 0, "{notice}");
+    // Resuming from the old position, on either node, is refused the same way.
+    let (_, answer) = news_v2(&nodes[1], Some(&before)).await;
+    assert_eq!(
+        (&answer["recovered"], &answer["reason"], &answer["epoch"]),
+        (
+            &serde_json::json!(false),
+            &serde_json::json!("epoch"),
+            &serde_json::json!(epoch)
+        ),
+        "{answer}"
+    );
+    // And the new history goes on from 1.
+    publisher.send(Message::text("10")).await.unwrap();
+    read_news(&mut sub, &mut got, Some(11)).await;
+    assert_eq!(got[10], (1, epoch, "10".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_before_the_nodes_ring_is_served_from_the_stream() {
+    let redis = Redis::start().await;
+    let a = nodes(&redis, 1, &[]).await.remove(0);
+    // Node B's ring holds about a dozen messages (its byte budget); the
+    // stream holds 100 (the default size).
+    let b = nodes(&redis, 1, &["--history-memory", "2000"])
+        .await
+        .remove(0);
+    let (mut sub, _) = news_v2(&a, None).await;
+    let mut publisher = connect(&format!("ws://{}/ws/news", a.addr())).await;
+    for i in 0..60 {
+        publisher.send(Message::text(i.to_string())).await.unwrap();
+    }
+    let mut got = Vec::new();
+    read_news(&mut sub, &mut got, Some(60)).await;
+    let since = got[9].clone();
+    let (mut resumed, answer) = news_v2(&b, Some(&since)).await;
+    assert_eq!(answer["recovered"], true, "{answer}");
+    let mut seen = got[..10].to_vec();
+    read_news(&mut resumed, &mut seen, Some(60)).await;
+    assert_exactly_once(&seen, 60, "resumed on B");
+    assert_eq!(seen, got);
+    assert_quiet_but_presence(&mut resumed, "resumed on B").await;
 }

@@ -100,3 +100,80 @@ impl Redis {
         }
     }
 }
+
+impl Redis {
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// A TCP relay between one node and Redis, so that a test can cut that
+/// node's link (both its connections) while Redis and the other nodes go
+/// on, and restore it.
+pub(crate) struct LinkProxy {
+    port: u16,
+    state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    cut: bool,
+    links: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl LinkProxy {
+    /// Relays a loopback port to `redis`.
+    pub(crate) async fn start(redis: &Redis) -> LinkProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().unwrap().port();
+        let to = redis.port();
+        let state = std::sync::Arc::new(std::sync::Mutex::new(ProxyState::default()));
+        let shared = state.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                let mut state = shared.lock().unwrap();
+                if state.cut {
+                    continue; // dropped: the node sees its connection closed
+                }
+                state.links.push(tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                }));
+            }
+        });
+        LinkProxy {
+            port,
+            state,
+            accept,
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Closes every relayed connection and refuses new ones.
+    pub(crate) fn cut(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.cut = true;
+        for link in state.links.drain(..) {
+            link.abort();
+        }
+    }
+
+    /// Relays new connections again.
+    pub(crate) fn restore(&self) {
+        self.state.lock().unwrap().cut = false;
+    }
+}
+
+impl Drop for LinkProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}

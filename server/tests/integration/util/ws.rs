@@ -147,6 +147,23 @@ pub(crate) async fn assert_quiet(ws: &mut Ws, who: &str) {
     }
 }
 
+/// [`assert_quiet`] for a `broadcast.v1` or `broadcast.v2` client:
+/// `presence` events may still come (with `--redis` they follow the other
+/// nodes' joins and leaves, and a node whose link came back relearns them),
+/// anything else may not.
+pub(crate) async fn assert_quiet_but_presence(ws: &mut Ws, who: &str) {
+    let until = tokio::time::Instant::now() + QUIET_PERIOD;
+    while let Ok(m) = tokio::time::timeout_at(until, next_data(ws)).await {
+        let presence = match &m {
+            Message::Text(t) => {
+                serde_json::from_str::<serde_json::Value>(t).is_ok_and(|e| e["type"] == "presence")
+            }
+            _ => false,
+        };
+        assert!(presence, "{who} unexpectedly received {m:?}");
+    }
+}
+
 /// Reads until a Close message and returns its code and reason.
 pub(crate) async fn expect_ws_close(ws: &mut Ws) -> (u16, String) {
     match recv(ws).await {
