@@ -115,6 +115,7 @@ impl Channels {
                     channel: channel.clone(),
                     id,
                     since: since.cloned(),
+                    rewind: None,
                 }
             }
             Sent::Unsubscribe(channel) => Command::Unsubscribe {
@@ -443,12 +444,14 @@ mod tests {
                 Command::Subscribe {
                     channel: "a".into(),
                     id: Some(Id::Num(1)),
-                    since: None
+                    since: None,
+                    rewind: None
                 },
                 Command::Subscribe {
                     channel: "b".into(),
                     id: Some(Id::Num(2)),
-                    since: None
+                    since: None,
+                    rewind: None
                 },
             ]
         );

@@ -395,6 +395,7 @@ impl Model {
                 channel: name.to_owned(),
                 id,
                 since: None,
+                rewind: None,
             }
         });
         if let Some(c) = self.channels.get_mut(name) {

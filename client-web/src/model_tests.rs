@@ -351,6 +351,7 @@ fn subscribe_cmd(channel: &str, id: u64) -> String {
         channel: channel.into(),
         id: Some(Id::Num(id)),
         since: None,
+        rewind: None,
     }
     .encode()
 }

@@ -186,7 +186,24 @@ fn expected(fields: &Fields) -> std::result::Result<Command, (ErrorCode, Option<
                     _ => return refuse(ErrorCode::BadRequest),
                 },
             };
-            Command::Subscribe { channel, id, since }
+            let rewind = match one("rewind") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n))
+                    if n.as_u64().is_some_and(|n| n <= protocol::history::MAX_REWIND) =>
+                {
+                    n.as_u64()
+                }
+                Some(_) => return refuse(ErrorCode::BadRequest),
+            };
+            if since.is_some() && rewind.is_some() {
+                return refuse(ErrorCode::BadRequest);
+            }
+            Command::Subscribe {
+                channel,
+                id,
+                since,
+                rewind,
+            }
         }
         "unsubscribe" => Command::Unsubscribe { channel, id },
         "members" => Command::Members { channel, id },
@@ -281,6 +298,7 @@ fn written_command(u: &mut Unstructured<'_>) -> Result<(String, Option<Command>)
                         channel,
                         id,
                         since: None,
+                        rewind: None,
                     },
                 ),
                 1 => ("unsubscribe", Command::Unsubscribe { channel, id }),

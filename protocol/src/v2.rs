@@ -16,7 +16,7 @@
 //!
 //! | `type` | fields | the server answers |
 //! | --- | --- | --- |
-//! | `subscribe` | `channel`, `id`?, `since`? (`{offset, epoch}`: resume after that position) | `subscribed`, then (with `since`) the missed `message`s, then the channel's `message`s and `presence` |
+//! | `subscribe` | `channel`, `id`?, `since`? (`{offset, epoch}`: resume after that position) or `rewind`? (N: the last N kept messages) | `subscribed`, then (with `since` or `rewind`) the kept `message`s, then the channel's `message`s and `presence` |
 //! | `unsubscribe` | `channel`, `id`? | `unsubscribed`; nothing more from that channel |
 //! | `publish` | `channel`, `id`?, and `text` (a string) or `data` (base64 of bytes): exactly one | `published` if it had an `id`, nothing otherwise; the channel's other subscribers get a `message` |
 //! | `members` | `channel`, `id`? | `members` (subscribing is not needed, the token must allow the channel) |
@@ -327,6 +327,9 @@ pub enum Command {
         /// Resume: replay every kept message after this position first.
         #[serde(skip_serializing_if = "Option::is_none")]
         since: Option<crate::history::Position>,
+        /// Replay the last N kept messages first (not with `since`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rewind: Option<u64>,
     },
     /// Stop receiving a channel.
     Unsubscribe {
@@ -469,11 +472,20 @@ impl Command {
         };
         let id = None;
         match kind.as_str() {
-            "subscribe" => Ok(Command::Subscribe {
-                channel: take_channel(&mut obj, "subscribe")?,
-                id,
-                since: take_since(&mut obj)?,
-            }),
+            "subscribe" => {
+                let channel = take_channel(&mut obj, "subscribe")?;
+                let since = take_since(&mut obj)?;
+                let rewind = take_rewind(&mut obj)?;
+                if since.is_some() && rewind.is_some() {
+                    return Err(bad_request("\"since\" and \"rewind\" exclude each other"));
+                }
+                Ok(Command::Subscribe {
+                    channel,
+                    id,
+                    since,
+                    rewind,
+                })
+            }
             "unsubscribe" => Ok(Command::Unsubscribe {
                 channel: take_channel(&mut obj, "unsubscribe")?,
                 id,
@@ -565,6 +577,22 @@ fn take_since(obj: &mut Map<String, Value>) -> Result<Option<crate::history::Pos
             }
             Ok(Some(position))
         }
+    }
+}
+
+/// Removes and checks the optional `rewind` field of a subscribe: how many
+/// of the last kept messages to replay, up to
+/// [`crate::history::MAX_REWIND`].
+fn take_rewind(obj: &mut Map<String, Value>) -> Result<Option<u64>, Refusal> {
+    match obj.remove("rewind") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= crate::history::MAX_REWIND) => {
+            Ok(n.as_u64())
+        }
+        Some(_) => Err(bad_request(format!(
+            "\"rewind\" is a whole number from 0 to {}",
+            crate::history::MAX_REWIND
+        ))),
     }
 }
 

@@ -14,6 +14,7 @@ fn commands_round_trip() {
             channel: "news".into(),
             id: Some(Id::Num(1)),
             since: None,
+            rewind: None,
         },
         Command::Subscribe {
             channel: "team/a".into(),
@@ -22,6 +23,13 @@ fn commands_round_trip() {
                 offset: 7,
                 epoch: "abcd1234".into(),
             }),
+            rewind: None,
+        },
+        Command::Subscribe {
+            channel: "team/b".into(),
+            id: None,
+            since: None,
+            rewind: Some(20),
         },
         Command::Unsubscribe {
             channel: "news".into(),
@@ -102,6 +110,7 @@ fn unknown_command_fields_are_ignored() {
             channel: "a".into(),
             id: None,
             since: None,
+            rewind: None,
         })
     );
     // `since` is checked: an offset and an epoch.
@@ -116,11 +125,25 @@ fn unknown_command_fields_are_ignored() {
             epoch: "e1".into()
         }))
     );
+    assert_eq!(
+        Command::decode(r#"{"type":"subscribe","channel":"a","rewind":1000000}"#).map(
+            |c| match c {
+                Command::Subscribe { rewind, .. } => rewind,
+                _ => None,
+            }
+        ),
+        Ok(Some(1_000_000))
+    );
     for bad in [
         r#"{"type":"subscribe","channel":"a","since":{"offset":3}}"#,
         r#"{"type":"subscribe","channel":"a","since":5}"#,
         r#"{"type":"subscribe","channel":"a","since":{"offset":-1,"epoch":"e"}}"#,
         r#"{"type":"subscribe","channel":"a","since":{"offset":1,"epoch":""}}"#,
+        r#"{"type":"subscribe","channel":"a","rewind":-1}"#,
+        r#"{"type":"subscribe","channel":"a","rewind":1.5}"#,
+        r#"{"type":"subscribe","channel":"a","rewind":"5"}"#,
+        r#"{"type":"subscribe","channel":"a","rewind":1000001}"#,
+        r#"{"type":"subscribe","channel":"a","rewind":2,"since":{"offset":1,"epoch":"e"}}"#,
     ] {
         assert_eq!(
             Command::decode(bad).map_err(|e| e.code),
@@ -572,7 +595,7 @@ proptest! {
     ) {
         for id in [None, Some(Id::Num(num)), Some(Id::try_from(s.clone()).unwrap())] {
             let commands = [
-                Command::Subscribe { channel: channel.clone(), id: id.clone(), since: None },
+                Command::Subscribe { channel: channel.clone(), id: id.clone(), since: None, rewind: None },
                 Command::Unsubscribe { channel: channel.clone(), id: id.clone() },
                 Command::Publish { channel: channel.clone(), id: id.clone(), body: Body::Text(text.clone()) },
                 Command::Publish { channel: channel.clone(), id: id.clone(), body: Body::Data(data.clone()) },

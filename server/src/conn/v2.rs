@@ -94,7 +94,19 @@ pub(super) async fn command(
         }
     };
     match command {
-        Command::Subscribe { channel, id, since } => subscribe(conn, state, channel, id, since),
+        Command::Subscribe {
+            channel,
+            id,
+            since,
+            rewind,
+        } => {
+            let start = match (since, rewind) {
+                (Some(p), _) => Start::Since(p),
+                (None, Some(n)) => Start::Rewind(n),
+                (None, None) => Start::Live,
+            };
+            subscribe(conn, state, channel, id, start)
+        }
         Command::Unsubscribe { channel, id } => match conn.ctx.membership.leave(conn, &channel) {
             Some(left) => conn.send_event(&Event::Unsubscribed {
                 id,
@@ -145,13 +157,7 @@ async fn members(conn: &Rc<Conn>, state: &V2State, channel: String, id: Option<I
     });
 }
 
-fn subscribe(
-    conn: &Rc<Conn>,
-    state: &V2State,
-    channel: String,
-    id: Option<Id>,
-    since: Option<protocol::history::Position>,
-) {
+fn subscribe(conn: &Rc<Conn>, state: &V2State, channel: String, id: Option<Id>, start: Start) {
     if !state.grant.allows(&channel) {
         return conn.refuse(
             id,
@@ -176,7 +182,6 @@ fn subscribe(
             ),
         );
     }
-    let start = since.map_or(Start::Live, Start::Since);
     let joined = conn.join_at(&channel, start);
     let (offset, epoch) = joined
         .position

@@ -356,6 +356,84 @@ async fn plain_clients_rewind_and_v1_clients_resume_on_the_url() {
     assert_eq!(status, 400);
 }
 
+/// A v2 `subscribe` with `rewind: N` gets `subscribed`, the last N kept
+/// messages in order, then live ones; asking for more than the channel
+/// ever had replays all of it and is still `recovered: true`.
+#[tokio::test]
+async fn v2_subscribe_with_rewind_replays_the_last_messages_then_live() {
+    let server = Server::start(&[]).await;
+    let mut publisher = plain(&server, "/ws/w").await;
+    let (mut watch, _) = watcher(&server, "w").await;
+    publish_seen(&mut publisher, &mut watch, "w", 5).await;
+
+    let (mut ws, _) = connect_v2(&server, "/ws", None).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "channel": "w", "id": 7, "rewind": 2}),
+    )
+    .await;
+    let answer = reply(&mut ws).await;
+    assert_eq!(
+        (
+            &answer["type"],
+            &answer["id"],
+            &answer["recovered"],
+            &answer["offset"]
+        ),
+        (&json!("subscribed"), &json!(7), &json!(true), &json!(5)),
+        "{answer}"
+    );
+    for (text, at) in [("w3", 4), ("w4", 5)] {
+        let m = message(&mut ws).await;
+        assert_eq!((&m["text"], offset(&m)), (&json!(text), at), "{m}");
+    }
+    publisher.send(Message::text("live")).await.unwrap();
+    let m = message(&mut ws).await;
+    assert_eq!((&m["text"], offset(&m)), (&json!("live"), 6), "{m}");
+
+    // More than the channel ever had: all of it, nothing was lost.
+    let (mut all, _) = connect_v2(&server, "/ws", None).await;
+    send(
+        &mut all,
+        json!({"type": "subscribe", "channel": "w", "rewind": 50}),
+    )
+    .await;
+    let answer = reply(&mut all).await;
+    assert_eq!(
+        (&answer["type"], &answer["recovered"]),
+        (&json!("subscribed"), &json!(true)),
+        "{answer}"
+    );
+    let texts: Vec<Value> = {
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            v.push(message(&mut all).await["text"].clone());
+        }
+        v
+    };
+    assert_eq!(
+        texts,
+        json!(["w0", "w1", "w2", "w3", "w4", "live"])
+            .as_array()
+            .unwrap()
+            .clone()
+    );
+
+    // `since` and `rewind` together are a bad request, not a close.
+    send(
+        &mut all,
+        json!({"type": "subscribe", "channel": "x", "id": 8, "rewind": 1,
+               "since": {"offset": 1, "epoch": "e"}}),
+    )
+    .await;
+    let error = reply(&mut all).await;
+    assert_eq!(
+        (&error["type"], &error["id"], &error["code"]),
+        (&json!("error"), &json!(8), &json!("bad_request")),
+        "{error}"
+    );
+}
+
 #[tokio::test]
 async fn history_size_and_memory_are_honoured_and_the_api_lists_what_is_kept() {
     let server = Server::start(&["--history-size", "10", "--api-key", KEY]).await;
