@@ -4,6 +4,15 @@
 //! connection), or falls back to the first channel's URL with `broadcast.v1`
 //! or raw mode when the server does not offer v2.
 //!
+//! Resuming: the client remembers the last position (offset, epoch) it
+//! received in each channel, and a new connection asks for what came after
+//! it (`since` in each v2 `subscribe`, `?since=` on a v1 URL). The server
+//! replays the missed messages first; the client prints one line per channel
+//! once the replay ends (`resumed: 12 missed messages delivered`), or at
+//! once when history could not cover the outage (`history expired: ...`).
+//! Nothing is printed when nothing was missed: the reconnect's own lines
+//! already say it is back.
+//!
 //! Why one file of this size: it is the client's event loop, and its parts
 //! (connecting, reconnecting, v1/v2 events, slash commands, pipe mode's
 //! ending) share one set of state; split by job, each piece would take most
@@ -27,8 +36,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::Connector;
 
 use protocol::backoff::{is_planned_close, Backoff};
+use protocol::history::{Cursor, Position, Resumed};
 
-use crate::channels::{Channels, Sent};
+use crate::channels::{Answer, Channels, Sent};
 use crate::conn::{connect, Connected, Format, Ws};
 use crate::input::{self, Input};
 use crate::output::Out;
@@ -55,6 +65,8 @@ const STABLE: Duration = Duration::from_secs(10);
 /// waits up to half a second, the ceiling doubles up to 30 s.
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// How many earlier connection ids a replay recognises as ours.
+const PAST_IDS: usize = 16;
 
 /// What `run` was asked to do.
 #[derive(Debug, Clone)]
@@ -127,6 +139,13 @@ struct Client {
     restart_expected: bool,
     /// This connection's id, from the welcome.
     my_id: Option<u64>,
+    /// The ids of earlier connections (the last few): a replay skips what
+    /// we sent ourselves.
+    past_ids: Vec<u64>,
+    /// A `broadcast.v1` session's place in its channel's history.
+    v1_cursor: Cursor,
+    /// This connection's URL asked to resume (`?since=`).
+    v1_resume: bool,
     /// The name the server gave us (for the prompt).
     my_name: Option<String>,
     /// What the current (or last) connection speaks.
@@ -172,6 +191,9 @@ pub(crate) async fn run(opts: Options, out: Out, tls: Connector) -> ExitCode {
         backoff: Backoff::new(BACKOFF_FIRST, BACKOFF_CAP),
         restart_expected: false,
         my_id: None,
+        past_ids: Vec::new(),
+        v1_cursor: Cursor::default(),
+        v1_resume: false,
         my_name: None,
         format: Format::Raw,
         welcomed: false,
@@ -343,8 +365,9 @@ impl Client {
                     },
                 }
             }
+            let url = self.resume_url();
             let attempt = tokio::select! {
-                r = connect(&self.connect_to.request, &self.tls, self.offer_v2()) => r,
+                r = connect(&url, &self.tls, self.offer_v2()) => r,
                 () = self.signals.recv() => return None,
             };
             match attempt {
@@ -357,6 +380,24 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// The URL to connect to again: a `broadcast.v1` session that has a
+    /// position asks to resume from it (`?since=EPOCH:OFFSET`). Not with
+    /// `--channel`: a v2 client resumes by command, and the server refuses
+    /// `?since=` from one.
+    fn resume_url(&mut self) -> String {
+        let request = &self.connect_to.request;
+        let since = match self.v1_cursor.since() {
+            Some(since) if self.format == Format::V1 && !self.offer_v2() => since,
+            _ => {
+                self.v1_resume = false;
+                return request.clone();
+            }
+        };
+        self.v1_resume = true;
+        let sep = if request.contains('?') { '&' } else { '?' };
+        format!("{request}{sep}{}={since}", protocol::history::SINCE_PARAM)
     }
 
     /// Pipe mode: stdin is read and sent until its end, and the exit status
@@ -390,7 +431,12 @@ impl Client {
                 Format::V1 | Format::Raw => None,
             };
         }
-        self.my_id = None;
+        if let Some(id) = self.my_id.take() {
+            if self.past_ids.len() == PAST_IDS {
+                self.past_ids.remove(0);
+            }
+            self.past_ids.push(id);
+        }
         // A v2 line must follow the subscribes, which the welcome sends.
         self.welcomed = format != Format::V2;
         let end = self.converse(&mut out, &mut stream, again).await;
@@ -619,20 +665,39 @@ impl Client {
     fn show_v1(&mut self, text: &str, again: bool, notice: &mut Option<String>) {
         match ServerEvent::decode(text) {
             Ok(Some(ServerEvent::Welcome {
-                id, name, online, ..
+                id,
+                name,
+                online,
+                recovered,
+                reason,
+                position,
+                ..
             })) => {
                 self.my_id = Some(id);
                 let line = render::welcome(&self.connect_to.display, &name, online, again);
                 self.my_name = Some(name);
                 self.update_prompt();
                 self.out.status(&line);
+                let resume = std::mem::take(&mut self.v1_resume);
+                let resumed = self.v1_cursor.joined(resume, recovered, reason, position);
+                self.show_resumed(None, resumed);
                 self.start_input();
             }
             Ok(Some(ServerEvent::Message {
-                name, time, body, ..
+                from,
+                name,
+                time,
+                offset,
+                epoch,
+                body,
             })) => {
-                let r = &self.out.render;
-                self.out.chat(r.message(time, Some(&name), (&body).into()));
+                let own = self.v1_cursor.replaying() && self.past_ids.contains(&from);
+                if !own {
+                    let r = &self.out.render;
+                    self.out.chat(r.message(time, Some(&name), (&body).into()));
+                }
+                let resumed = self.v1_cursor.message(offset, epoch.as_deref(), own);
+                self.show_resumed(None, resumed);
                 self.start_input();
             }
             Ok(Some(ServerEvent::Presence {
@@ -687,10 +752,23 @@ impl Client {
                 id,
                 channel,
                 online,
-                ..
+                offset,
+                epoch,
+                recovered,
+                reason,
             } => {
-                let rejoined = self.channels.subscribed(id.as_ref(), &channel, online);
+                let answer = Answer {
+                    recovered,
+                    reason,
+                    position: offset
+                        .zip(epoch)
+                        .map(|(offset, epoch)| Position { offset, epoch }),
+                };
+                let (rejoined, resumed) =
+                    self.channels
+                        .subscribed(id.as_ref(), &channel, online, answer);
                 self.out.status(&render::joined(&channel, online, rejoined));
+                self.show_resumed(self.channels.tag(&channel), resumed);
                 // Who was there before us (presence names only later
                 // arrivals); only `/who` shows it, so pipe mode skips it.
                 if self.opts.interactive {
@@ -718,15 +796,24 @@ impl Client {
             }
             Event::Message {
                 channel,
+                from,
                 name,
                 time,
+                offset,
+                epoch,
                 body,
-                ..
             } => {
-                let r = &self.out.render;
+                let own = self.channels.replaying(&channel) && self.past_ids.contains(&from);
                 let tag = self.channels.tag(&channel);
-                self.out
-                    .chat(r.message_in(tag, time, Some(&name), (&body).into()));
+                if !own {
+                    let r = &self.out.render;
+                    self.out
+                        .chat(r.message_in(tag, time, Some(&name), (&body).into()));
+                }
+                let resumed = self
+                    .channels
+                    .message(&channel, offset, epoch.as_deref(), own);
+                self.show_resumed(tag, resumed);
             }
             Event::Presence {
                 channel,
@@ -763,6 +850,13 @@ impl Client {
             Event::Published { .. } | Event::Pong { .. } => {}
         }
         None
+    }
+
+    /// The line that says how a resume went, if it says something.
+    fn show_resumed(&self, tag: Option<&str>, resumed: Option<Resumed>) {
+        if let Some(line) = resumed.and_then(render::resumed) {
+            self.out.status(&self.out.render.presence_in(tag, line));
+        }
     }
 
     /// `* bob joined (3 online)`, unless it only says we arrived (the

@@ -9,9 +9,14 @@
 //! `presence` events name who joined and left (or only count them when many
 //! changed at once). So the member list holds who is known to be there, and
 //! [`Channels::who`] says how many others are only counted.
+//!
+//! Each joined channel also has a [`Cursor`]: the last position received,
+//! kept across connections, so that the subscribe of the next connection
+//! resumes from it (`since`) and the replay's outcome can be told.
 
 use std::collections::{BTreeMap, HashMap};
 
+use protocol::history::{Cursor, Position, Resumed, Unrecovered};
 use protocol::v2::{Command, Id, Peer};
 
 use crate::render::sanitize;
@@ -30,10 +35,12 @@ struct Channel {
 /// A command sent with an id, waiting for its answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Sent {
-    /// `rejoin`: sent again on a new connection (not for a `/join`).
+    /// `rejoin`: sent again on a new connection (not for a `/join`);
+    /// `resume`: with `since`.
     Subscribe {
         channel: String,
         rejoin: bool,
+        resume: bool,
     },
     Unsubscribe(String),
     /// `members`; `show`: print the answer (a `/who`), not just keep it.
@@ -54,6 +61,8 @@ pub(crate) struct Channels {
     next_id: u64,
     /// This connection's id and name, from the welcome.
     me: Option<(u64, String)>,
+    /// Where each joined channel's messages got to (across connections).
+    cursors: HashMap<String, Cursor>,
 }
 
 impl Channels {
@@ -93,16 +102,22 @@ impl Channels {
         self.joined.iter().any(|c| c.name == name)
     }
 
-    fn command(&mut self, sent: Sent) -> Command {
+    fn command(&mut self, mut sent: Sent) -> Command {
         self.next_id += 1;
         let id = Some(Id::Num(self.next_id));
-        let command = match &sent {
-            Sent::Subscribe { channel, .. } => Command::Subscribe {
-                channel: channel.clone(),
-                id,
-                since: None,
-                rewind: None,
-            },
+        let command = match &mut sent {
+            Sent::Subscribe {
+                channel, resume, ..
+            } => {
+                let since = self.cursors.get(channel.as_str()).and_then(Cursor::since);
+                *resume = since.is_some();
+                Command::Subscribe {
+                    channel: channel.clone(),
+                    id,
+                    since: since.cloned(),
+                    rewind: None,
+                }
+            }
             Sent::Unsubscribe(channel) => Command::Unsubscribe {
                 channel: channel.clone(),
                 id,
@@ -132,6 +147,7 @@ impl Channels {
                 self.command(Sent::Subscribe {
                     channel,
                     rejoin: again,
+                    resume: false,
                 })
             })
             .collect()
@@ -145,6 +161,7 @@ impl Channels {
         self.command(Sent::Subscribe {
             channel: name.to_owned(),
             rejoin: false,
+            resume: false,
         })
     }
 
@@ -158,6 +175,7 @@ impl Channels {
     /// Drops `name` from the joined channels.
     fn forget(&mut self, name: &str) {
         self.joined.retain(|c| c.name != name);
+        self.cursors.remove(name);
         if self.current.as_deref() == Some(name) {
             self.current = self.joined.first().map(|c| c.name.clone());
         }
@@ -173,14 +191,28 @@ impl Channels {
     }
 
     /// `subscribed`: the channel has `online` subscribers, us included.
-    /// `true` if this joins it again after a reconnect.
-    pub(crate) fn subscribed(&mut self, id: Option<&Id>, channel: &str, online: u64) -> bool {
-        let rejoined = match id {
-            Some(Id::Num(n)) => matches!(
-                self.in_flight.remove(n),
-                Some(Sent::Subscribe { rejoin: true, .. })
-            ),
-            _ => false,
+    /// `true` if this joins it again after a reconnect; and the outcome of
+    /// its resume if known already (else [`Channels::message`] says it
+    /// when the replay ends).
+    pub(crate) fn subscribed(
+        &mut self,
+        id: Option<&Id>,
+        channel: &str,
+        online: u64,
+        answer: Answer,
+    ) -> (bool, Option<Resumed>) {
+        let (rejoined, resume) = match id {
+            Some(Id::Num(n)) => match self.in_flight.remove(n) {
+                Some(Sent::Subscribe { rejoin, resume, .. }) => (rejoin, resume),
+                _ => (false, false),
+            },
+            _ => (false, false),
+        };
+        let resumed = if self.is_joined(channel) {
+            let cursor = self.cursors.entry(channel.to_owned()).or_default();
+            cursor.joined(resume, answer.recovered, answer.reason, answer.position)
+        } else {
+            None
         };
         let me = self.me.clone();
         if let Some(c) = self.find(channel) {
@@ -190,7 +222,25 @@ impl Channels {
                 c.named.insert(id, name);
             }
         }
-        rejoined
+        (rejoined, resumed)
+    }
+
+    /// A replay of `channel` is under way.
+    pub(crate) fn replaying(&self, channel: &str) -> bool {
+        self.cursors.get(channel).is_some_and(Cursor::replaying)
+    }
+
+    /// A message on `channel` at `offset` of `epoch` (if history is on);
+    /// `own`: one this client sent on an earlier connection (replayed to
+    /// it). `Some`: it ends a replay, with the outcome.
+    pub(crate) fn message(
+        &mut self,
+        channel: &str,
+        offset: Option<u64>,
+        epoch: Option<&str>,
+        own: bool,
+    ) -> Option<Resumed> {
+        self.cursors.get_mut(channel)?.message(offset, epoch, own)
     }
 
     /// Whether `/who NAME` asks the server: for a channel not joined, or
@@ -308,6 +358,15 @@ impl Channels {
     }
 }
 
+/// The history fields of a `subscribed` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Answer {
+    pub(crate) recovered: Option<bool>,
+    pub(crate) reason: Option<Unrecovered>,
+    /// The channel's position when joined (the end of the replay).
+    pub(crate) position: Option<Position>,
+}
+
 impl Channel {
     fn new(name: &str) -> Self {
         Self {
@@ -362,6 +421,13 @@ mod tests {
         }
     }
 
+    impl Channels {
+        /// `subscribed` without history.
+        fn sub(&mut self, id: Option<&Id>, channel: &str, online: u64) -> bool {
+            self.subscribed(id, channel, online, Answer::default()).0
+        }
+    }
+
     fn welcomed(names: &[&str]) -> (Channels, Vec<Command>) {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut ch = Channels::new(&names);
@@ -394,9 +460,51 @@ mod tests {
         let again = ch.connected((9, "erin".into()), true);
         assert_eq!(again.len(), 2);
         assert_eq!(again[0].id(), Some(&Id::Num(3)));
-        assert!(ch.subscribed(again[0].id(), "a", 1), "joined again");
+        assert!(ch.sub(again[0].id(), "a", 1), "joined again");
         let join = ch.join("c");
-        assert!(!ch.subscribed(join.id(), "c", 1), "a /join is a first join");
+        assert!(!ch.sub(join.id(), "c", 1), "a /join is a first join");
+    }
+
+    fn at(offset: u64) -> Option<Position> {
+        Some(Position {
+            offset,
+            epoch: "e".into(),
+        })
+    }
+
+    #[test]
+    fn a_new_connection_resumes_each_channel_from_its_last_message() {
+        let (mut ch, subs) = welcomed(&["a", "b"]);
+        let live = Answer {
+            position: at(3),
+            ..Answer::default()
+        };
+        assert_eq!(ch.subscribed(subs[0].id(), "a", 1, live), (false, None));
+        ch.subscribed(subs[1].id(), "b", 1, Answer::default());
+        assert_eq!(ch.message("a", Some(4), Some("e"), false), None);
+        let again = ch.connected((9, "erin".into()), true);
+        assert!(matches!(&again[0], Command::Subscribe { since, .. } if since == &at(4)));
+        assert!(
+            matches!(&again[1], Command::Subscribe { since: None, .. }),
+            "no history, no since"
+        );
+        let resumed = Answer {
+            recovered: Some(true),
+            position: at(6),
+            ..Answer::default()
+        };
+        assert_eq!(ch.subscribed(again[0].id(), "a", 1, resumed), (true, None));
+        assert_eq!(ch.message("a", Some(5), Some("e"), false), None);
+        assert_eq!(
+            ch.message("a", Some(6), Some("e"), false),
+            Some(Resumed::Recovered { missed: 2 })
+        );
+        // Leaving forgets the position: a later /join starts live.
+        ch.leave("a");
+        assert!(matches!(
+            ch.join("a"),
+            Command::Subscribe { since: None, .. }
+        ));
     }
 
     #[test]
@@ -432,7 +540,8 @@ mod tests {
             ch.refused(cmd.id()),
             Some(Sent::Subscribe {
                 channel: "secret".into(),
-                rejoin: false
+                rejoin: false,
+                resume: false,
             })
         );
         assert_eq!(ch.current(), Some("a"));
@@ -445,7 +554,7 @@ mod tests {
     fn who_lists_named_members_and_says_what_is_only_counted() {
         let (mut ch, subs) = welcomed(&["a"]);
         assert_eq!(ch.who("a"), "#a: not joined yet (waiting for the server)");
-        ch.subscribed(subs[0].id(), "a", 2);
+        ch.sub(subs[0].id(), "a", 2);
         assert_eq!(
             ch.who("a"),
             "#a: 2 online: erin (you), and 1 more unnamed (plain clients, or too many to name)"
@@ -469,10 +578,10 @@ mod tests {
     #[test]
     fn who_with_only_counts() {
         let (mut ch, subs) = welcomed(&["a"]);
-        ch.subscribed(subs[0].id(), "a", 1);
+        ch.sub(subs[0].id(), "a", 1);
         assert_eq!(ch.who("a"), "#a: 1 online: erin (you)");
         ch.me = None;
-        ch.subscribed(None, "a", 5);
+        ch.sub(None, "a", 5);
         assert_eq!(
             ch.who("a"),
             "#a: 5 online, unnamed (plain clients, or too many to name)"
@@ -483,7 +592,7 @@ mod tests {
     fn a_members_answer_names_who_was_there_before() {
         let (mut ch, subs) = welcomed(&["a"]);
         // Asked on joining: the answer is kept, not printed.
-        ch.subscribed(subs[0].id(), "a", 4);
+        ch.sub(subs[0].id(), "a", 4);
         let ask = ch.ask("a", false);
         assert_eq!(
             ask,

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use anstyle::{AnsiColor, Style};
 use chrono::TimeZone;
+use protocol::history::Resumed;
 use protocol::v1::{Body, Peer};
 
 /// Turns events into lines, in local time `tz`, with ANSI colours or not.
@@ -182,6 +183,18 @@ pub(crate) fn welcome_v2(url: &str, name: &str, again: bool) -> String {
 pub(crate) fn joined(channel: &str, online: u64, again: bool) -> String {
     let verb = if again { "rejoined" } else { "joined" };
     format!("{verb} #{channel} ({online} online)")
+}
+
+/// How a resume went, for the user: `None` when nothing was missed.
+pub(crate) fn resumed(outcome: Resumed) -> Option<String> {
+    match outcome {
+        Resumed::Recovered { missed: 0 } => None,
+        Resumed::Recovered { missed: 1 } => Some("resumed: 1 missed message delivered".to_owned()),
+        Resumed::Recovered { missed } => {
+            Some(format!("resumed: {missed} missed messages delivered"))
+        }
+        Resumed::Unrecovered(_) => Some("history expired: some messages may be missing".to_owned()),
+    }
 }
 
 /// The server answered without `broadcast.v2`: the client is in the first

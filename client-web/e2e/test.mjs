@@ -4,12 +4,14 @@
 //
 // Headless Debian Chromium driven by playwright-core, pages with their own
 // browser contexts (storage) in one channel and in several (broadcast.v2),
-// plain WebSocket clients from the `ws` package, and a server restart. Loopback only; every wait is a bounded poll of a
+// plain WebSocket clients from the `ws` package, a server restart, and history and resume through a TCP
+// proxy the test severs. Loopback only; every wait is a bounded poll of a
 // condition, never a fixed sleep. Screenshots go to ./artifacts/.
 // E2E_DEBUG=1 prints every WebSocket frame the pages receive.
 
 import { spawn } from "node:child_process";
 import { mkdirSync } from "node:fs";
+import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
@@ -21,7 +23,7 @@ const SERVER = path.resolve(process.argv[2] || process.env.BROADCAST_SERVER || p
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const ARTIFACTS = path.join(here, "artifacts");
 const WAIT_MS = 10_000; // any single condition
-const TOTAL_MS = 150_000; // the whole run
+const TOTAL_MS = 180_000; // the whole run
 
 const t0 = Date.now();
 const log = (...args) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s]`, ...args);
@@ -128,6 +130,54 @@ function plainClient(port, scheme = "ws", path = "/ws") {
     ws.once("open", () => resolve({ ws, received }));
     ws.once("error", reject);
   });
+}
+
+// ---------------------------------------------------------------- a TCP proxy the test can sever
+
+/** A loopback TCP proxy to `targetPort`. `sever()` destroys every connection it carries and holds new ones
+ *  (accepted, not forwarded) until `release()`. */
+function tcpProxy(targetPort) {
+  const sockets = new Set();
+  const held = [];
+  let open = true;
+  const forward = (client) => {
+    const upstream = net.connect(targetPort, "127.0.0.1");
+    sockets.add(client);
+    sockets.add(upstream);
+    const close = () => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    for (const s of [client, upstream]) {
+      s.on("error", close);
+      s.on("close", close);
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  };
+  const server = net.createServer((c) => (open ? forward(c) : held.push(c)));
+  return new Promise((resolve) =>
+    server.listen(0, "127.0.0.1", () =>
+      resolve({
+        port: server.address().port,
+        sever() {
+          open = false;
+          for (const s of sockets) s.destroy();
+          sockets.clear();
+        },
+        release() {
+          open = true;
+          for (const c of held.splice(0)) forward(c);
+        },
+        close() {
+          server.close();
+          for (const s of [...sockets, ...held]) s.destroy();
+        },
+      }),
+    ),
+  );
 }
 
 // ---------------------------------------------------------------- page helpers
@@ -553,7 +603,52 @@ async function main() {
   );
   log("over https the page connects with wss:// and messages flow");
 
-  const problems = [...alice.problems, ...bob.problems, ...phone.problems, ...rita.problems, ...bert.problems, ...tlsPage.problems];
+  // History and resume, through a TCP proxy the test severs (a real cut:
+  // both sockets destroyed, no close frame) while the server keeps running.
+  const hist = await startServer();
+  cleanups.push(() => hist.proc.kill("SIGKILL"));
+  const proxy = await tcpProxy(hist.port);
+  cleanups.push(() => proxy.close());
+  const poster = await plainClient(hist.port, "ws", "/ws/hist");
+  cleanups.push(() => poster.ws.terminate());
+  // A second plain client straight to the server: once it has a message,
+  // the server has given it its position in the channel's history.
+  const witness = await plainClient(hist.port, "ws", "/ws/hist");
+  cleanups.push(() => witness.ws.terminate());
+  const post = async (n) => {
+    const m = `h-${String(n).padStart(2, "0")}`;
+    poster.ws.send(m);
+    await until(() => witness.received.includes(m), `${m} published`);
+  };
+  const shownHist = async (page) => (await lines(page)).filter((l) => /^h-\d\d$/.test(l.text ?? "")).map((l) => l.text);
+  const range = (a, b) => Array.from({ length: b - a + 1 }, (_, i) => `h-${String(a + i).padStart(2, "0")}`);
+  for (let n = 1; n <= 5; n++) await post(n);
+  const reader = await newPage(browser, `http://127.0.0.1:${proxy.port}/#hist`, "reader");
+  await join(reader, "reader");
+  await until(async () => (await shownHist(reader)).length === 5, "the recent history on opening");
+  check(JSON.stringify(await shownHist(reader)) === JSON.stringify(range(1, 5)), `history in order: ${await shownHist(reader)}`);
+  await reader.reload();
+  await join(reader, "reader");
+  await until(async () => (await shownHist(reader)).length === 5, "the recent history after a reload");
+  check(JSON.stringify(await shownHist(reader)) === JSON.stringify(range(1, 5)), `history after reload: ${await shownHist(reader)}`);
+  log("the page opens on the channel's recent history, after a reload too");
+
+  proxy.sever();
+  await waitText(reader, "#status", /^(reconnecting|connecting)/);
+  for (let n = 6; n <= 15; n++) await post(n);
+  proxy.release();
+  await waitLine(reader, { kind: "event", text: "resumed: 10 missed messages delivered" }, "the resume line");
+  await post(16);
+  await until(async () => (await shownHist(reader)).includes("h-16"), "a live message after the resume");
+  check(JSON.stringify(await shownHist(reader)) === JSON.stringify(range(1, 16)), `every message once, in order: ${await shownHist(reader)}`);
+  const all = await lines(reader);
+  const at = (t) => all.findIndex((l) => l.text === t);
+  check(at("h-15") < at("resumed: 10 missed messages delivered") && at("resumed: 10 missed messages delivered") < at("h-16"), "the resume line after the replay, before live");
+  check(!all.some((l) => /could not resume/.test(l.text ?? "")), "no resume failure shown");
+  await reader.screenshot({ path: path.join(ARTIFACTS, "resumed.png") });
+  log("a dropped connection resumes without a gap and says so");
+
+  const problems = [...alice.problems, ...bob.problems, ...phone.problems, ...rita.problems, ...bert.problems, ...tlsPage.problems, ...reader.problems];
   check(problems.length === 0, `no console errors or failed requests:\n  ${problems.join("\n  ")}`);
   check(alice.dialogs.length === 0 && bob.dialogs.length === 0, "no dialogs at all");
 

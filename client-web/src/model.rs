@@ -18,16 +18,26 @@
 //! single channel its URL names (`/ws/NAME`), as before channels existed.
 //! The per-channel bookkeeping is [`crate::channels`].
 //!
+//! History and resume (v2): a channel joined for the first time is
+//! subscribed with `rewind` [`REWIND_ON_OPEN`], so the page opens on its
+//! recent messages; each channel's last position is kept (a
+//! `protocol::history::Cursor`), and a new connection subscribes with
+//! `since` it: the server replays what was missed, then the page says
+//! `resumed: N missed messages delivered`, or, if the server no longer had
+//! it all, that some messages may be missing. Messages this page sent on an
+//! earlier connection are not shown twice.
+//!
 //! Why one file of this size: the page's whole state machine (connection,
 //! reconnection, v1/v2 events, channels) is kept apart from the DOM so that
 //! it runs and is tested natively; its tests are in `model_tests.rs`, the
 //! channel bookkeeping in `channels.rs`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use protocol::backoff::{is_planned_close, Backoff};
 use protocol::channel::{self, ChannelError};
+use protocol::history::{Cursor, Position, Resumed, Unrecovered};
 use protocol::v1::{self, Body, NameError, Peer, ServerEvent};
 use protocol::v2::{self, Command, ErrorCode, Event, Id};
 
@@ -42,6 +52,10 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// is retried quickly again. A server that accepts and then closes at once
 /// keeps growing the delay instead.
 pub const STABLE_MS: f64 = 10_000.0;
+/// Messages a channel joined afresh shows from its history (`rewind`).
+pub const REWIND_ON_OPEN: u64 = 50;
+/// How many earlier connection ids a replay recognises as this page's.
+const PAST_IDS: usize = 16;
 /// The subprotocols the page offers, preferred first.
 pub const OFFERED: [&str; 2] = [v2::SUBPROTOCOL, v1::SUBPROTOCOL];
 
@@ -256,6 +270,13 @@ pub struct Model {
     /// connection).
     pending: HashMap<u64, Pending>,
     next_id: u64,
+    /// Each joined channel's place in its history (v2), across connections.
+    cursors: HashMap<String, Cursor>,
+    /// The channels this connection subscribed to with `since`.
+    resuming: HashSet<String>,
+    /// The ids of earlier connections: a replay skips this page's own
+    /// messages (they are already shown).
+    past_ids: Vec<u64>,
 }
 
 impl Model {
@@ -282,6 +303,9 @@ impl Model {
             outbox: Vec::new(),
             pending: HashMap::new(),
             next_id: 0,
+            cursors: HashMap::new(),
+            resuming: HashSet::new(),
+            past_ids: Vec::new(),
         }
     }
 
@@ -315,7 +339,13 @@ impl Model {
     /// Forgets everything that lives as long as one connection.
     fn drop_connection(&mut self) {
         self.opened_at = None;
-        self.me = None;
+        if let Some(me) = self.me.take() {
+            if self.past_ids.len() == PAST_IDS {
+                self.past_ids.remove(0);
+            }
+            self.past_ids.push(me.id);
+        }
+        self.resuming.clear();
         self.notice = None;
         self.outbox.clear();
         self.pending.clear();
@@ -388,14 +418,21 @@ impl Model {
         }
     }
 
-    /// Queues a v2 `subscribe` to `name` (a joined channel).
+    /// Queues a v2 `subscribe` to `name` (a joined channel): with `since`
+    /// its last position when it has one, else with `rewind`
+    /// [`REWIND_ON_OPEN`] (its recent history).
     fn subscribe(&mut self, name: &str) {
+        let since = self.cursors.get(name).and_then(Cursor::since).cloned();
+        if since.is_some() {
+            self.resuming.insert(name.to_owned());
+        }
+        let rewind = since.is_none().then_some(REWIND_ON_OPEN);
         self.queue(Pending::Subscribe(name.to_owned()), |id| {
             Command::Subscribe {
                 channel: name.to_owned(),
                 id,
-                since: None,
-                rewind: None,
+                since,
+                rewind,
             }
         });
         if let Some(c) = self.channels.get_mut(name) {
@@ -559,8 +596,12 @@ impl Model {
                 id,
                 channel,
                 online,
-                ..
+                offset,
+                epoch,
+                recovered,
+                reason,
             } => {
+                let resumed = self.resuming.remove(&channel);
                 if self.answered(id.as_ref()) == Some(Pending::Abandoned) {
                     return;
                 }
@@ -575,6 +616,15 @@ impl Model {
                     format!("you joined #{channel} ({online} online)")
                 };
                 self.in_channel(&channel, Line::event(now, text), out);
+                let position = offset
+                    .zip(epoch)
+                    .map(|(offset, epoch)| Position { offset, epoch });
+                let outcome = self
+                    .cursors
+                    .entry(channel.clone())
+                    .or_default()
+                    .joined(resumed, recovered, reason, position);
+                self.resumed(now, &channel, outcome, out);
                 self.ask_members(&channel);
             }
             Event::Members {
@@ -600,13 +650,25 @@ impl Model {
             }
             Event::Message {
                 channel,
+                from,
                 name,
                 time,
+                offset,
+                epoch,
                 body,
-                ..
             } => {
-                let line = Line::message(LineKind::Theirs, time as f64, &name, &body);
-                self.in_channel(&channel, line, out);
+                let Some(cursor) = self.cursors.get_mut(&channel) else {
+                    let line = Line::message(LineKind::Theirs, time as f64, &name, &body);
+                    self.in_channel(&channel, line, out);
+                    return;
+                };
+                let own = cursor.replaying() && self.past_ids.contains(&from);
+                let outcome = cursor.message(offset, epoch.as_deref(), own);
+                if !own {
+                    let line = Line::message(LineKind::Theirs, time as f64, &name, &body);
+                    self.in_channel(&channel, line, out);
+                }
+                self.resumed(now, &channel, outcome, out);
             }
             Event::Presence {
                 channel,
@@ -652,6 +714,31 @@ impl Model {
             },
             Event::Notice { code, text } => self.notice(now, code, text, out),
         }
+    }
+
+    /// Tells how a resume of `channel` went, if there is something to tell.
+    fn resumed(&mut self, now: f64, channel: &str, outcome: Option<Resumed>, out: &mut Vec<Line>) {
+        let line = match outcome {
+            None | Some(Resumed::Recovered { missed: 0 }) => return,
+            Some(Resumed::Recovered { missed: 1 }) => {
+                Line::event(now, "resumed: 1 missed message delivered")
+            }
+            Some(Resumed::Recovered { missed }) => {
+                Line::event(now, format!("resumed: {missed} missed messages delivered"))
+            }
+            Some(Resumed::Unrecovered(why)) => {
+                let why = match why {
+                    Unrecovered::Epoch => "the server lost its history (restarted)",
+                    Unrecovered::Expired => "the server no longer had them all",
+                    Unrecovered::Disabled => "the server keeps no history",
+                };
+                Line::problem(
+                    now,
+                    format!("could not resume #{channel}: some messages may be missing ({why})"),
+                )
+            }
+        };
+        self.in_channel(channel, line, out);
     }
 
     /// The command with this id got its answer: what it was.
@@ -813,6 +900,8 @@ impl Model {
         let Some(channel) = self.channels.remove(name) else {
             return false;
         };
+        // Joined again later, it opens on its recent history.
+        self.cursors.remove(name);
         for pending in self.pending.values_mut() {
             if *pending == Pending::Subscribe(name.to_owned()) {
                 *pending = Pending::Abandoned;

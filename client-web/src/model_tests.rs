@@ -351,7 +351,7 @@ fn subscribe_cmd(channel: &str, id: u64) -> String {
         channel: channel.into(),
         id: Some(Id::Num(id)),
         since: None,
-        rewind: None,
+        rewind: Some(REWIND_ON_OPEN),
     }
     .encode()
 }
@@ -887,4 +887,108 @@ fn the_members_answer_names_who_was_there_before() {
     };
     assert_eq!(texts(&ev(&mut m, refused)), ["cannot list #blue: no"]);
     assert_eq!(m.members_text(), "alice (you)");
+}
+
+fn positioned(from: u64, text: &str, offset: u64) -> Event {
+    Event::Message {
+        channel: "red".into(),
+        from,
+        name: if from == 7 { "alice" } else { "bob" }.into(),
+        time: T as u64,
+        body: Body::Text(text.into()),
+        epoch: Some("e".into()),
+        offset: Some(offset),
+    }
+}
+
+fn subscribed_at(
+    id: u64,
+    offset: u64,
+    recovered: Option<bool>,
+    reason: Option<Unrecovered>,
+) -> Event {
+    Event::Subscribed {
+        id: Some(Id::Num(id)),
+        channel: "red".into(),
+        online: 1,
+        offset: Some(offset),
+        epoch: Some("e".into()),
+        recovered,
+        reason,
+    }
+}
+
+#[test]
+fn a_page_opens_on_recent_history_and_resumes_after_a_drop() {
+    let mut m = Model::new("http:", "h", SEED);
+    m.open_channel("red").unwrap();
+    m.join("alice").unwrap();
+    m.opened(T, v2::SUBPROTOCOL);
+    // A first join asks for the channel's recent history.
+    assert_eq!(m.take_outgoing(), [subscribe_cmd("red", 1)]);
+    let welcome = |client| Event::Welcome {
+        client,
+        name: "alice".into(),
+        time: T as u64,
+    };
+    ev(&mut m, welcome(7));
+    assert_eq!(
+        texts(&ev(&mut m, subscribed_at(1, 2, Some(true), None))),
+        ["you joined #red (1 online)"]
+    );
+    assert_eq!(texts(&ev(&mut m, positioned(8, "one", 1))), ["one"]);
+    assert_eq!(texts(&ev(&mut m, positioned(8, "two", 2))), ["two"]);
+    assert_eq!(texts(&ev(&mut m, positioned(8, "three", 3))), ["three"]);
+
+    // Dropped: the next connection resumes after offset 3.
+    m.closed(T + 1_000.0, 1006, "");
+    m.retry_now().unwrap();
+    m.opened(T + 2_000.0, v2::SUBPROTOCOL);
+    let resume = Command::Subscribe {
+        channel: "red".into(),
+        id: Some(Id::Num(3)),
+        since: Some(Position {
+            offset: 3,
+            epoch: "e".into(),
+        }),
+        rewind: None,
+    };
+    assert_eq!(m.take_outgoing(), [resume.encode()]);
+    ev(&mut m, welcome(9));
+    assert_eq!(
+        texts(&ev(&mut m, subscribed_at(3, 6, Some(true), None))),
+        ["rejoined #red (1 online)"]
+    );
+    assert_eq!(texts(&ev(&mut m, positioned(8, "four", 4))), ["four"]);
+    // Its own message of the last connection is not shown again.
+    assert!(ev(&mut m, positioned(7, "mine", 5)).is_empty());
+    assert_eq!(
+        texts(&ev(&mut m, positioned(8, "six", 6))),
+        ["six", "resumed: 2 missed messages delivered"]
+    );
+    assert_eq!(texts(&ev(&mut m, positioned(8, "seven", 7))), ["seven"]);
+
+    // History gone: the page says so.
+    m.closed(T + 3_000.0, 1006, "");
+    m.retry_now().unwrap();
+    m.opened(T + 4_000.0, v2::SUBPROTOCOL);
+    m.take_outgoing();
+    ev(&mut m, welcome(10));
+    let lost = subscribed_at(5, 900, Some(false), Some(Unrecovered::Expired));
+    assert_eq!(
+        texts(&ev(&mut m, lost)),
+        [
+            "rejoined #red (1 online)",
+            "could not resume #red: some messages may be missing (the server no longer had them all)"
+        ]
+    );
+    // Left and joined again, a channel opens on its recent history again.
+    m.open_channel("blue").unwrap();
+    m.leave_channel("red");
+    m.open_channel("red").unwrap();
+    let outgoing = m.take_outgoing();
+    assert!(
+        outgoing.last().unwrap().contains(r#""rewind":50"#),
+        "{outgoing:?}"
+    );
 }

@@ -129,6 +129,29 @@ pub(crate) struct Args {
     #[arg(long, value_name = "KEY", requires = "api")]
     pub(crate) api_key: Option<String>,
 
+    /// Resume test: every subscriber (not slow) drops its TCP connection
+    /// every D, without a close handshake, and connects again at once (after
+    /// --outage) with `?since=` its last position, so the server replays
+    /// what it missed; publishing goes on meanwhile. Needs --v1 (positions
+    /// come in v1 events). The first drops are spread evenly over the first
+    /// D after publishing starts (all at once with --reconnect-together).
+    /// The summary counts reconnects, messages recovered, resumes the
+    /// server could not cover, gaps and duplicates.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub(crate) reconnect_every: Option<Duration>,
+
+    /// With --reconnect-every: every subscriber drops at the same instants
+    /// (D after publishing starts, then every D) and all reconnect at once:
+    /// a recovery storm. The summary's "time to recover" is then how long
+    /// the slowest took.
+    #[arg(long, requires = "reconnect_every")]
+    pub(crate) reconnect_together: bool,
+
+    /// With --reconnect-every: how long a subscriber stays away before it
+    /// connects again (at --rate, about rate x outage messages behind).
+    #[arg(long, default_value = "0s", value_parser = parse_duration, requires = "reconnect_every")]
+    pub(crate) outage: Duration,
+
     /// Subscribers end by dropping the TCP connection instead of a close handshake.
     #[arg(long)]
     pub(crate) abrupt_close: bool,
@@ -281,6 +304,20 @@ impl Args {
                 Ok(())
             };
             checked.map_err(|e| format!("--url {url}: {e:#}"))?;
+        }
+        if let Some(every) = self.reconnect_every {
+            if !self.v1 {
+                return Err(
+                    "--reconnect-every needs --v1: raw messages carry no position to resume from"
+                        .into(),
+                );
+            }
+            if self.max_rate {
+                return Err("--reconnect-every works with --rate, not --max-rate".into());
+            }
+            if every.is_zero() || every <= self.outage {
+                return Err("--reconnect-every must be longer than --outage".into());
+            }
         }
         if let Some(url) = &self.api {
             crate::api::check_url(url).map_err(|e| format!("--api {url}: {e:#}"))?;

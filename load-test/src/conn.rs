@@ -123,6 +123,18 @@ impl Target {
         })
     }
 
+    /// The same target, resuming from `since` (`?since=EPOCH:OFFSET` added
+    /// to the request path).
+    pub(crate) fn with_since(&self, since: &protocol::history::Position) -> Self {
+        let sep = if self.path.contains('?') { '&' } else { '?' };
+        let query = format!("{sep}{}={since}", protocol::history::SINCE_PARAM);
+        Self {
+            url: format!("{}{query}", self.url),
+            path: format!("{}{query}", self.path),
+            ..self.clone()
+        }
+    }
+
     /// The channel this target's subscribers join (see [`url_channel`]).
     pub(crate) fn channel(&self) -> Result<String> {
         path_channel(&self.path)

@@ -155,6 +155,53 @@ impl SlowReport {
     }
 }
 
+/// `--reconnect-every`: subscribers that dropped their connection and
+/// resumed from their last position (`?since=`) while publishing went on.
+/// Gaps are the report's `lost` (a resume the history covered leaves
+/// none) and duplicates its `duplicates`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub(crate) struct ResumeReport {
+    /// `--reconnect-every`, seconds.
+    pub(crate) every_s: f64,
+    /// `--outage`, seconds.
+    pub(crate) outage_s: f64,
+    /// `--reconnect-together`: all at the same instants.
+    pub(crate) together: bool,
+    /// Connections opened again after a drop.
+    pub(crate) reconnects: u64,
+    /// Reconnects that failed (each stopped its subscriber; counted in `errors`).
+    pub(crate) failures: u64,
+    pub(crate) first_error: Option<String>,
+    /// Messages the server replayed to resuming subscribers (up to each seam).
+    pub(crate) recovered: u64,
+    /// Resumes the server could not cover (`recovered: false`: history expired).
+    pub(crate) unrecovered: u64,
+    /// Per resume: from the planned reconnect (drop + outage) until its
+    /// replay had arrived. With `--reconnect-together`, `max_ms` is the time
+    /// until all had recovered from the slowest wave.
+    pub(crate) time_to_recover: Latency,
+    /// `--reconnect-together` with `--server-pid`: the first wave.
+    pub(crate) storm: Option<StormReport>,
+}
+
+/// The first wave of `--reconnect-together`, seen from the server process:
+/// from the planned reconnect (drop + outage) until every subscriber that
+/// dropped had its replay.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub(crate) struct StormReport {
+    /// Subscribers in the wave.
+    pub(crate) subscribers: u64,
+    /// Seconds until all had recovered (or gave up: see `complete`).
+    pub(crate) all_recovered_s: f64,
+    /// Every subscriber of the wave recovered within the 60 s bound.
+    pub(crate) complete: bool,
+    /// Server CPU seconds over that span, and as % of one core.
+    pub(crate) server_cpu_s: f64,
+    pub(crate) server_cpu_pct: f64,
+    /// The server's peak RSS (VmHWM) at the end of the span, KiB.
+    pub(crate) server_rss_peak_kib: u64,
+}
+
 /// Publishers of one kind: `paced` (`--publishers`: a rate schedule or a
 /// window) or `flood` (`--flooders`: as fast as TCP takes).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -401,6 +448,9 @@ pub(crate) struct Report {
     /// `--v1`: notices received (before a server close), by the code they announce.
     pub(crate) notices: BTreeMap<u16, u64>,
 
+    /// `--reconnect-every`: the resumes.
+    pub(crate) resume: Option<ResumeReport>,
+
     /// Connections the server closed (or dropped: 1006) before the tool did, by code.
     pub(crate) server_closes: BTreeMap<u16, u64>,
     pub(crate) send_errors: u64,
@@ -467,7 +517,8 @@ impl Report {
             + self.server_closes.values().sum::<u64>()
             + self.send_errors
             + self.malformed
-            + self.misrouted;
+            + self.misrouted
+            + self.resume.as_ref().map_or(0, |r| r.failures);
         self.failures.clear();
         if self.loss_ratio > self.max_loss {
             self.failures.push(format!(
@@ -609,6 +660,50 @@ impl Report {
         );
         row("duplicates", self.duplicates.to_string());
         row("reordered", self.reordered.to_string());
+        if let Some(r) = &self.resume {
+            let how = if r.together { "all at once" } else { "spread" };
+            row(
+                "resumes",
+                format!(
+                    "{} reconnects (every {:.1} s, {how}, outage {:.3} s), failed {}; recovered {} msgs; not covered {}; gaps {}; duplicates {}",
+                    r.reconnects,
+                    r.every_s,
+                    r.outage_s,
+                    r.failures,
+                    r.recovered,
+                    r.unrecovered,
+                    self.lost,
+                    self.duplicates
+                ),
+            );
+            let t = &r.time_to_recover;
+            if t.samples > 0 {
+                row(
+                    "time to recover ms",
+                    format!(
+                        "p50 {:.3}  p99 {:.3}  max {:.3}  (drop + outage until replayed, n={})",
+                        t.p50_ms, t.p99_ms, t.max_ms, t.samples
+                    ),
+                );
+            }
+            if let Some(e) = &r.first_error {
+                row("first reconnect error", e.clone());
+            }
+            if let Some(st) = &r.storm {
+                row(
+                    "recovery storm",
+                    format!(
+                        "{} subscribers recovered{} in {:.3} s; server CPU {:.2} s ({:.0}% of a core), peak RSS {:.1} MiB",
+                        st.subscribers,
+                        if st.complete { "" } else { " (NOT all)" },
+                        st.all_recovered_s,
+                        st.server_cpu_s,
+                        st.server_cpu_pct,
+                        st.server_rss_peak_kib as f64 / 1024.0
+                    ),
+                );
+            }
+        }
         row("malformed", self.malformed.to_string());
         if let Some(ch) = &self.channels {
             let (first, last) = (

@@ -54,7 +54,7 @@ use crate::cli::{channel_name, Args};
 use crate::conn::{Target, TlsOptions};
 use crate::procstat;
 use crate::progress::{Phase, Progress};
-use crate::report::Report;
+use crate::report::{Report, StormReport};
 
 mod merge;
 mod observe;
@@ -97,6 +97,7 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle, flooders_rt: Handle) 
 
     // 2. Publishers: connect all, then start together; wait until they
     //    stopped sending (idle: hold the connections for --duration).
+    let storm = tokio::spawn(watch_storm(shared.clone(), args.server_pid));
     let publishers = publish::connect(&args, &targets, &shared, &rts).await?;
     shared.set_phase(Phase::Publish);
     let mut publishing = publishers.start(&args, &shared, &rts);
@@ -131,9 +132,56 @@ pub(crate) async fn run(args: Args, publishers_rt: Handle, flooders_rt: Handle) 
     };
     let mut report = merge::report(&args, &shared, finished).await?;
     observer.finish(&args, &mut report).await;
+    storm.abort();
+    if let (Some(r), Ok(s)) = (&mut report.resume, storm.await) {
+        r.storm = s;
+    }
     progress.finish();
     report.finish();
     Ok(report)
+}
+
+/// Longest a recovery storm is watched.
+const STORM_MAX: Duration = Duration::from_secs(60);
+
+/// `--reconnect-together` with `--server-pid`: the first wave, from its
+/// planned reconnect until every subscriber that dropped had its replay,
+/// with the server's CPU and peak RSS over that span.
+async fn watch_storm(shared: Arc<Shared>, pid: Option<u32>) -> Option<StormReport> {
+    let (plan, pid) = (shared.reconnect?, pid?);
+    if !plan.together {
+        return None;
+    }
+    let due = shared.drop_due(0, 0).await? + plan.outage;
+    // The live subscribers drop at the wave; slow and failed ones do not.
+    let wave = shared
+        .subs
+        .iter()
+        .filter(|l| !l.ended.load(Relaxed))
+        .count();
+    sleep_until(due).await;
+    let before = procstat::sample(procstat::Pid::Id(pid)).ok()?;
+    let give_up = due + STORM_MAX;
+    let mut complete = false;
+    while Instant::now() < give_up {
+        if shared.resumes.load(Relaxed) >= wave {
+            complete = true;
+            break;
+        }
+        sleep(Duration::from_millis(2)).await;
+    }
+    let all_recovered_s = due.elapsed().as_secs_f64();
+    let after = procstat::sample(procstat::Pid::Id(pid)).ok()?;
+    let server_cpu_s = after.cpu_s - before.cpu_s;
+    let wall = (after.at - before.at).as_secs_f64().max(1e-9);
+    Some(StormReport {
+        subscribers: wave as u64,
+        all_recovered_s,
+        complete,
+        server_cpu_s,
+        server_cpu_pct: 100.0 * server_cpu_s / wall,
+        server_rss_peak_kib: after.hwm_kib,
+    })
 }
 
 /// Raises RLIMIT_NOFILE to the hard limit and checks the connections fit.

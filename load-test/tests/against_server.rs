@@ -851,3 +851,89 @@ fn api_publishers_lose_nothing() {
     assert_eq!(u(&r, "send_errors"), 2, "{r}");
     assert_eq!(u(&r, "errors"), 2, "{r}");
 }
+
+/// `--reconnect-every` against a server on its default flags (history on:
+/// 100 messages per channel): every subscriber drops its TCP connection
+/// each second, stays away 100 ms (about 20 messages at 200/s) and resumes
+/// with `?since=`; every message arrives once, in order.
+#[test]
+fn reconnecting_subscribers_resume_without_gaps() {
+    let server = spawn_server(Command::new(server_binary()).arg("start"));
+    let (out, r) = run_json(
+        &[
+            "--url",
+            &server.url,
+            "--v1",
+            "--clients",
+            "50",
+            "--publishers",
+            "2",
+            "--rate",
+            "200",
+            "--size",
+            "64",
+            "--duration",
+            "3s",
+            "--drain",
+            "10s",
+            "--reconnect-every",
+            "1s",
+            "--outage",
+            "100ms",
+        ],
+        "reconnect",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{r}");
+    assert!(stdout.contains("resumes"), "{stdout}");
+    let published = u(&r, "published");
+    assert!(published > 0, "{r}");
+    assert_eq!(u(&r, "delivered"), published * 50, "{r}");
+    assert_eq!(u(&r, "lost"), 0, "{r}");
+    assert_eq!(u(&r, "duplicates"), 0, "{r}");
+    assert_eq!(u(&r, "reordered"), 0, "{r}");
+    assert_eq!(u(&r, "errors"), 0, "{r}");
+    let resume = &r["resume"];
+    // Subscriber i drops at (i + 1) / 50 s + k s after publishing starts,
+    // while that is before its end (3 s): 50 + 50 + 49.
+    assert_eq!(u(resume, "reconnects"), 149, "{r}");
+    assert_eq!(u(resume, "failures"), 0, "{r}");
+    assert_eq!(u(resume, "unrecovered"), 0, "{r}");
+    assert!(u(resume, "recovered") > 0, "{r}");
+    assert_eq!(u(&resume["time_to_recover"], "samples"), 149, "{r}");
+    // One welcome per connection, resumed ones included.
+    assert_eq!(u(&r, "welcomes"), 52 + 149, "{r}");
+}
+
+/// With history too short for the outage, the resumes are reported as not
+/// covered, the gaps as loss, and the run fails.
+#[test]
+fn resumes_history_cannot_cover_are_counted_and_fail_the_run() {
+    let server = spawn_server(Command::new(server_binary()).args(["start", "--history-size", "5"]));
+    let (out, r) = run_json(
+        &[
+            "--url",
+            &server.url,
+            "--v1",
+            "--clients",
+            "10",
+            "--rate",
+            "200",
+            "--size",
+            "64",
+            "--duration",
+            "2s",
+            "--reconnect-every",
+            "1s",
+            "--outage",
+            "200ms",
+        ],
+        "reconnect-expired",
+    );
+    assert_eq!(out.status.code(), Some(1), "{r}");
+    let resume = &r["resume"];
+    assert_eq!(u(resume, "reconnects"), 19, "{r}");
+    assert_eq!(u(resume, "unrecovered"), 19, "{r}");
+    assert!(u(&r, "lost") > 0, "{r}");
+    assert_eq!(u(&r, "duplicates"), 0, "{r}");
+}

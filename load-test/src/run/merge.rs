@@ -19,7 +19,8 @@ use super::subscribe::{SubResult, SubStats, Subscribers};
 use crate::cli::channel_name;
 use crate::cli::Args;
 use crate::report::{
-    percentile_curve, ChannelRow, ChannelsReport, ClassReport, Latency, Report, SlowReport,
+    percentile_curve, ChannelRow, ChannelsReport, ClassReport, Latency, Report, ResumeReport,
+    SlowReport,
 };
 use crate::series::{Activity, Series};
 use crate::v1::V1Counts;
@@ -59,6 +60,8 @@ struct Totals {
     last_delivery_ns: u64,
     /// By channel (one without `--channels`).
     channels: Vec<ChannelRow>,
+    /// `--reconnect-every`: the resumes, and their times to recover (µs).
+    resume: Option<(ResumeReport, Histogram<u64>)>,
 }
 
 /// Waits for every subscriber's result and builds the report, all but the
@@ -79,6 +82,18 @@ pub(super) async fn report(args: &Args, shared: &Shared, f: Finished) -> Result<
         v1: V1Counts::default(),
         last_delivery_ns: 0,
         channels: vec![ChannelRow::default(); shared.channels],
+        resume: shared.reconnect.map(|plan| {
+            let report = ResumeReport {
+                every_s: plan.every.as_secs_f64(),
+                outage_s: plan.outage.as_secs_f64(),
+                together: plan.together,
+                ..ResumeReport::default()
+            };
+            (
+                report,
+                Histogram::new(3).expect("3 significant figures is valid"),
+            )
+        }),
     };
     for e in &f.publisher_endings {
         t.add_ending(e);
@@ -148,6 +163,10 @@ pub(super) async fn report(args: &Args, shared: &Shared, f: Finished) -> Result<
     );
     report.api_errors = f.sent.api_errors.clone();
     report.first_send_error = f.sent.first_error.clone();
+    report.resume = t.resume.map(|(mut r, h)| {
+        r.time_to_recover = Latency::from_histogram_us(&h);
+        r
+    });
     report.server_closes = t.server_closes;
     report.welcomes = t.v1.welcomes;
     report.presence_events = t.v1.presence;
@@ -275,6 +294,18 @@ impl Totals {
             c.lost += lost;
         }
         r.malformed += s.malformed;
+        if let (Some((total, hist)), Some(one)) = (&mut self.resume, &s.resume) {
+            total.reconnects += one.reconnects;
+            total.failures += one.failures;
+            total.recovered += one.recovered;
+            total.unrecovered += one.unrecovered;
+            if total.first_error.is_none() {
+                total.first_error.clone_from(&one.first_error);
+            }
+            for &us in &one.recover_us {
+                let _ = hist.record(u64::from(us).max(1));
+            }
+        }
         self.last_delivery_ns = self.last_delivery_ns.max(s.last_delivery_ns);
         self.add_ending(&s.ending);
     }

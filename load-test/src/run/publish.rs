@@ -158,6 +158,7 @@ impl Publishers {
         let start = Instant::now() + Duration::from_millis(5);
         let deadline = start + args.duration;
         shared.start_ns.store(shared.ns(start), Relaxed);
+        shared.publishing.send_replace(Some((start, deadline)));
         let per_pub_rate = args.rate / paced.max(1) as f64;
         let times = Times {
             start,

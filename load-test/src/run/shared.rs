@@ -15,6 +15,15 @@ use crate::progress::{Phase, Snapshot};
 use crate::v1::V1Counts;
 use crate::window::Windows;
 
+/// `--reconnect-every`: when subscribers drop and resume.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Reconnect {
+    pub(super) every: std::time::Duration,
+    pub(super) outage: std::time::Duration,
+    /// All at the same instants (`--reconnect-together`).
+    pub(super) together: bool,
+}
+
 /// What one connection shares with the driver while it runs: written only by
 /// its own task, read by the progress and drain loops (one cache line each).
 #[repr(align(64))]
@@ -52,6 +61,13 @@ pub(super) struct Shared {
     /// `--channels`: subscriber `i` and publisher `p` are in channels
     /// `i % channels` and `p % channels` (see [`Shared::channel_of`]).
     pub(super) channels: usize,
+    /// `--reconnect-every`.
+    pub(super) reconnect: Option<Reconnect>,
+    /// `--reconnect-every`: resumes whose outcome is known, over all
+    /// subscribers.
+    pub(super) resumes: AtomicUsize,
+    /// When publishing starts and ends, once it is scheduled.
+    pub(super) publishing: watch::Sender<Option<(Instant, Instant)>>,
 }
 
 impl Shared {
@@ -76,7 +92,33 @@ impl Shared {
             rate_mode: !args.max_rate && paced > 0,
             v1: args.v1,
             channels: args.channels as usize,
+            reconnect: args.reconnect_every.map(|every| Reconnect {
+                every,
+                outage: args.outage,
+                together: args.reconnect_together,
+            }),
+            publishing: watch::channel(None).0,
+            resumes: AtomicUsize::new(0),
         }
+    }
+
+    /// `--reconnect-every`: when subscriber `i` drops its connection for
+    /// the `k`-th time (from 0), once publishing is scheduled; `None`: not
+    /// at all (no reconnects, or that would be after publishing ends). The
+    /// first drops are spread over the first period (all at its end with
+    /// `--reconnect-together`).
+    pub(super) async fn drop_due(&self, i: usize, k: u32) -> Option<Instant> {
+        let plan = self.reconnect?;
+        let mut rx = self.publishing.subscribe();
+        let (start, end) = (*rx.wait_for(Option::is_some).await.ok()?)?;
+        let first = if plan.together {
+            plan.every
+        } else {
+            plan.every
+                .mul_f64((i + 1) as f64 / self.subs.len().max(1) as f64)
+        };
+        let at = start + first + plan.every * k;
+        (at < end).then_some(at)
     }
 
     /// The channel (0-based, `lt-K` with `--channels`) of subscriber `i`,

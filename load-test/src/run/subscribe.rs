@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use protocol::close::{ABNORMAL, NORMAL, NO_STATUS, PROTOCOL_ERROR};
+use protocol::history::{Cursor, Resumed};
+use protocol::v1::ServerEvent;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
 
 use super::shared::{Ending, Shared, Targets};
 use crate::cli::{is_slow, slow_count, Args};
-use crate::conn::{max_message, subscriber_buffer, SubWs};
+use crate::conn::{max_message, subscriber_buffer, SubWs, Target};
 use crate::payload;
 use crate::rawws::Event;
 use crate::series::SubSeries;
@@ -55,6 +57,8 @@ pub(super) struct SubStats {
     pub(super) ending: Ending,
     /// Per-second deliveries and latency, created at the first delivery.
     pub(super) series: Option<SubSeries>,
+    /// `--reconnect-every`: its resumes.
+    pub(super) resume: Option<ResumeStats>,
 }
 
 /// How one subscriber's task ended.
@@ -119,7 +123,14 @@ pub(super) async fn connect(args: &Args, targets: &Targets, shared: &Arc<Shared>
                         shared.subs[i].ended.store(true, Relaxed);
                         SubResult::Slow(slow_subscriber(ws, took, &shared).await)
                     } else {
-                        SubResult::Done(Box::new(subscriber(ws, took, i, size, &shared).await))
+                        let redial = Redial {
+                            target,
+                            timeout,
+                            buf_size,
+                            max_msg,
+                        };
+                        let stats = subscriber(ws, took, i, size, &shared, redial).await;
+                        SubResult::Done(Box::new(stats))
                     }
                 }
                 Err(e) => {
@@ -140,7 +151,95 @@ pub(super) async fn connect(args: &Args, targets: &Targets, shared: &Arc<Shared>
     }
 }
 
-/// The subscriber read loop, then a clean close once told to stop.
+/// Where a subscriber connects again (`--reconnect-every`).
+pub(super) struct Redial {
+    target: Arc<Target>,
+    timeout: Duration,
+    buf_size: usize,
+    max_msg: usize,
+}
+
+/// One subscriber's resumes (`--reconnect-every`).
+#[derive(Debug, Default)]
+pub(super) struct ResumeStats {
+    /// Connections opened again after a drop.
+    pub(super) reconnects: u64,
+    /// Reconnects that failed (the subscriber then stops).
+    pub(super) failures: u64,
+    pub(super) first_error: Option<String>,
+    /// Messages replayed to it on resuming (up to each seam).
+    pub(super) recovered: u64,
+    /// Resumes the server could not cover (`recovered: false`).
+    pub(super) unrecovered: u64,
+    /// Per resume: µs from the planned reconnect (the drop plus
+    /// `--outage`) until its replay had arrived.
+    pub(super) recover_us: Vec<u32>,
+}
+
+/// A subscriber's place in its channel's history, and the resume under way.
+struct Resuming {
+    cursor: Cursor,
+    stats: ResumeStats,
+    /// This connection asked for `since`.
+    resumed: bool,
+    /// When the current resume was due (ns since the origin), until its
+    /// outcome is known.
+    due_ns: Option<u64>,
+}
+
+impl Resuming {
+    /// The v1 welcome of a connection (`json`), read at `now` (ns).
+    fn welcome(&mut self, json: &[u8], now: u64, shared: &Shared) {
+        let Ok(Some(ServerEvent::Welcome {
+            recovered,
+            reason,
+            position,
+            ..
+        })) = std::str::from_utf8(json).map(|t| ServerEvent::decode(t).unwrap_or(None))
+        else {
+            return;
+        };
+        let resumed = std::mem::take(&mut self.resumed);
+        let outcome = self.cursor.joined(resumed, recovered, reason, position);
+        self.outcome(outcome, now, shared);
+    }
+
+    fn message(&mut self, position: Option<(u64, &str)>, now: u64, shared: &Shared) {
+        let (offset, epoch) = position.unzip();
+        let outcome = self.cursor.message(offset, epoch, false);
+        self.outcome(outcome, now, shared);
+    }
+
+    /// A resume's outcome, once known: counted (and in `shared.resumes`).
+    fn outcome(&mut self, outcome: Option<Resumed>, now: u64, shared: &Shared) {
+        let Some(outcome) = outcome else { return };
+        shared.resumes.fetch_add(1, Relaxed);
+        match outcome {
+            Resumed::Recovered { missed } => self.stats.recovered += missed,
+            Resumed::Unrecovered(_) => self.stats.unrecovered += 1,
+        }
+        if let Some(due) = self.due_ns.take() {
+            let us = now.saturating_sub(due) / 1000;
+            self.stats
+                .recover_us
+                .push(u32::try_from(us).unwrap_or(u32::MAX));
+        }
+    }
+}
+
+/// Why a connection's read loop ended.
+enum Exit {
+    /// The run stopped: we close.
+    Stopped,
+    /// The server closed it, or it failed.
+    Ended,
+    /// `--reconnect-every`: time to drop it and resume (the planned instant).
+    Redial(Instant),
+}
+
+/// The subscriber read loop, then a clean close once told to stop. With
+/// `--reconnect-every` it drops the connection when due and resumes on a
+/// new one (see [`Redial`]), keeping its counts.
 ///
 /// Messages are taken from the read buffer in batches (everything one read
 /// returned) and timestamped once per read: they were all there when the
@@ -151,6 +250,7 @@ async fn subscriber(
     idx: usize,
     size: usize,
     shared: &Shared,
+    redial: Redial,
 ) -> SubStats {
     let live = &shared.subs[idx];
     let channel = shared.channel_of(idx);
@@ -169,6 +269,7 @@ async fn subscriber(
         last_delivery_ns: 0,
         ending: Ending::default(),
         series: None,
+        resume: None,
     };
     let mut unique = 0u64;
     let mut stop = pin!(shared.stopped());
@@ -176,82 +277,158 @@ async fn subscriber(
     let v1_mode = shared.v1;
     // `--v1`: the payload decoded from a message event's base64.
     let mut decoded = Vec::with_capacity(if v1_mode { size } else { 0 });
-    let stopped_by_us = 'read: loop {
-        loop {
-            let b = match ws.try_next() {
-                Ok(None) => break,
-                Ok(Some(Event::Data { text, payload })) if text == v1_mode => {
-                    if !v1_mode {
-                        payload
-                    } else {
-                        match v1::extract(payload, &mut decoded) {
-                            Ok(V1Event::Data) => &decoded[..],
-                            Ok(e) if st.ending.v1.count(e) => continue,
-                            // Text messages and garbage.
-                            _ => {
-                                st.malformed += 1;
-                                continue;
+    let mut resume = shared.reconnect.map(|_| Resuming {
+        cursor: Cursor::default(),
+        stats: ResumeStats::default(),
+        resumed: false,
+        due_ns: None,
+    });
+    let mut drops = 0u32;
+    let stopped_by_us = 'conn: loop {
+        let k = drops;
+        let mut due = pin!(async move {
+            match shared.drop_due(idx, k).await {
+                Some(at) => {
+                    sleep_until(at).await;
+                    at
+                }
+                None => std::future::pending().await,
+            }
+        });
+        let exit = 'read: loop {
+            loop {
+                let b = match ws.try_next() {
+                    Ok(None) => break,
+                    Ok(Some(Event::Data { text, payload })) if text == v1_mode => {
+                        if !v1_mode {
+                            payload
+                        } else {
+                            match v1::extract(payload, &mut decoded) {
+                                Ok(V1Event::Data) => {
+                                    if let Some(r) = &mut resume {
+                                        r.message(v1::position(payload), now, shared);
+                                    }
+                                    &decoded[..]
+                                }
+                                Ok(V1Event::Welcome) if resume.is_some() => {
+                                    if let Some(r) = &mut resume {
+                                        r.welcome(payload, now, shared);
+                                    }
+                                    st.ending.v1.count(V1Event::Welcome);
+                                    continue;
+                                }
+                                Ok(e) if st.ending.v1.count(e) => continue,
+                                // Text messages and garbage.
+                                _ => {
+                                    st.malformed += 1;
+                                    continue;
+                                }
                             }
                         }
                     }
-                }
-                // A binary frame in v1 mode, a text frame in raw mode.
-                Ok(Some(Event::Data { .. })) => {
-                    st.malformed += 1;
-                    continue;
-                }
-                Ok(Some(Event::Close(code))) => {
-                    st.ending.server_close = Some(code);
-                    break 'read false;
-                }
-                Err(_) => {
-                    st.ending.server_close = Some(PROTOCOL_ERROR);
-                    break 'read false;
-                }
-            };
-            match payload::decode(b) {
-                Ok(h) if b.len() == size && (h.publisher as usize) < st.trackers.len() => {
-                    let p = h.publisher as usize;
-                    if st.trackers[p].observe(h.seq) == Outcome::Duplicate {
+                    // A binary frame in v1 mode, a text frame in raw mode.
+                    Ok(Some(Event::Data { .. })) => {
+                        st.malformed += 1;
                         continue;
                     }
-                    // Auto-resizing, so this only fails past u32 counts.
-                    let us = (now.saturating_sub(h.sent_ns) / 1000).min(MAX_LATENCY_US);
-                    let _ = st.hist[shared.class_of(p)].record(us);
-                    if shared.rate_mode {
-                        let _ = st
-                            .hist_send
-                            .record(us.saturating_sub(u64::from(h.delay_us)));
+                    Ok(Some(Event::Close(code))) => {
+                        st.ending.server_close = Some(code);
+                        break 'read Exit::Ended;
                     }
-                    st.series
-                        .get_or_insert_with(|| SubSeries::new(shared.start_ns.load(Relaxed)))
-                        .record(now, us);
-                    st.last_delivery_ns = now;
-                    unique += 1;
-                    // A message from another channel (a server bug, counted
-                    // as misrouted by `merge`) must not free a window slot.
-                    if let (Some(w), true) = (acks, p < shared.paced) {
-                        if shared.channel_of(p) == channel {
-                            w.ack(p, h.seq);
+                    Err(_) => {
+                        st.ending.server_close = Some(PROTOCOL_ERROR);
+                        break 'read Exit::Ended;
+                    }
+                };
+                match payload::decode(b) {
+                    Ok(h) if b.len() == size && (h.publisher as usize) < st.trackers.len() => {
+                        let p = h.publisher as usize;
+                        if st.trackers[p].observe(h.seq) == Outcome::Duplicate {
+                            continue;
+                        }
+                        // Auto-resizing, so this only fails past u32 counts.
+                        let us = (now.saturating_sub(h.sent_ns) / 1000).min(MAX_LATENCY_US);
+                        let _ = st.hist[shared.class_of(p)].record(us);
+                        if shared.rate_mode {
+                            let _ = st
+                                .hist_send
+                                .record(us.saturating_sub(u64::from(h.delay_us)));
+                        }
+                        st.series
+                            .get_or_insert_with(|| SubSeries::new(shared.start_ns.load(Relaxed)))
+                            .record(now, us);
+                        st.last_delivery_ns = now;
+                        unique += 1;
+                        // A message from another channel (a server bug, counted
+                        // as misrouted by `merge`) must not free a window slot.
+                        if let (Some(w), true) = (acks, p < shared.paced) {
+                            if shared.channel_of(p) == channel {
+                                w.ack(p, h.seq);
+                            }
                         }
                     }
+                    _ => st.malformed += 1,
                 }
-                _ => st.malformed += 1,
             }
-        }
-        live.unique.store(unique, Relaxed);
-        let more = tokio::select! {
-            biased;
-            _ = &mut stop => break true,
-            more = ws.fill() => more,
+            live.unique.store(unique, Relaxed);
+            let more = tokio::select! {
+                biased;
+                _ = &mut stop => break Exit::Stopped,
+                at = &mut due => break Exit::Redial(at),
+                more = ws.fill() => more,
+            };
+            now = shared.ns(Instant::now());
+            if !matches!(more, Ok(true)) {
+                st.ending.server_close = Some(ABNORMAL);
+                break Exit::Ended;
+            }
         };
-        now = shared.ns(Instant::now());
-        if !matches!(more, Ok(true)) {
-            st.ending.server_close = Some(ABNORMAL);
-            break false;
+        let at = match exit {
+            Exit::Stopped => break 'conn true,
+            Exit::Ended => break 'conn false,
+            Exit::Redial(at) => at,
+        };
+        // A real cut: the TCP connection dropped, no close handshake.
+        drop(ws);
+        drops += 1;
+        let r = resume.as_mut().expect("redial only with --reconnect-every");
+        let due_at = at + shared.reconnect.map_or(Duration::ZERO, |p| p.outage);
+        tokio::select! {
+            biased;
+            _ = &mut stop => {
+                live.ended.store(true, Relaxed);
+                st.resume = resume.map(|r| r.stats);
+                return st;
+            }
+            () = sleep_until(due_at) => {}
+        }
+        let target = match r.cursor.since() {
+            Some(since) => redial.target.with_since(since),
+            None => (*redial.target).clone(),
+        };
+        r.resumed = r.cursor.since().is_some();
+        r.due_ns = Some(shared.ns(due_at));
+        match target
+            .connect_raw(idx, redial.timeout, None, redial.buf_size, redial.max_msg)
+            .await
+        {
+            Ok(new) => {
+                ws = new;
+                r.stats.reconnects += 1;
+            }
+            Err(e) => {
+                r.stats.failures += 1;
+                r.stats.first_error.get_or_insert(format!("{e:#}"));
+                live.ended.store(true, Relaxed);
+                st.ending.server_close = Some(ABNORMAL);
+                st.ending.closed_at = Some(Instant::now());
+                st.resume = resume.map(|r| r.stats);
+                return st;
+            }
         }
     };
     live.ended.store(true, Relaxed);
+    st.resume = resume.map(|r| r.stats);
     if st.ending.server_close.is_some() {
         st.ending.closed_at = Some(Instant::now());
     }

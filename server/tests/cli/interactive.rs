@@ -16,7 +16,7 @@ const ROWS: u16 = 24;
 const COLS: u16 = 100;
 
 /// `broadcast-server connect ...` on a pty.
-struct Term {
+pub(crate) struct Term {
     parser: Arc<Mutex<vt100::Parser>>,
     writer: Arc<Mutex<Box<dyn Write + Send>>>,
     child: Box<dyn portable_pty::Child + Send + Sync>,
@@ -27,9 +27,14 @@ struct Term {
 
 impl Term {
     fn spawn(args: &[&str]) -> Term {
+        Self::spawn_sized(args, ROWS)
+    }
+
+    /// On a pty of `rows` rows (room for a long transcript).
+    pub(crate) fn spawn_sized(args: &[&str], rows: u16) -> Term {
         let pair = native_pty_system()
             .openpty(PtySize {
-                rows: ROWS,
+                rows,
                 cols: COLS,
                 pixel_width: 0,
                 pixel_height: 0,
@@ -45,7 +50,7 @@ impl Term {
         let mut reader = pair.master.try_clone_reader().unwrap();
         let writer = Arc::new(Mutex::new(pair.master.take_writer().unwrap()));
         let parser = Arc::new(Mutex::new(vt100::Parser::new(
-            std::num::NonZeroU16::new(ROWS).unwrap(),
+            std::num::NonZeroU16::new(rows).unwrap(),
             std::num::NonZeroU16::new(COLS).unwrap(),
             0,
         )));
@@ -78,7 +83,7 @@ impl Term {
     }
 
     /// The screen's rows and the cursor's row.
-    fn screen(&self) -> (Vec<String>, usize) {
+    pub(crate) fn screen(&self) -> (Vec<String>, usize) {
         let parser = self.parser.lock().unwrap();
         let screen = parser.screen();
         let rows = screen
@@ -89,7 +94,11 @@ impl Term {
     }
 
     /// Waits until `ok(rows, cursor_row)` holds.
-    async fn wait_for(&self, what: &str, ok: impl Fn(&[String], usize) -> bool) -> Vec<String> {
+    pub(crate) async fn wait_for(
+        &self,
+        what: &str,
+        ok: impl Fn(&[String], usize) -> bool,
+    ) -> Vec<String> {
         let deadline = Instant::now() + EVENT_TIMEOUT;
         loop {
             let (rows, cursor) = self.screen();

@@ -7,4 +7,5 @@ mod interactive;
 mod jwt;
 mod pipe;
 mod plain;
+mod resume;
 mod util;
