@@ -31,6 +31,8 @@ pub(crate) struct Recipient {
     /// Messages of the channel up to this offset were replayed to it when
     /// it joined (0: none): their live copies are skipped.
     pub(crate) after: u64,
+    /// What it negotiated of permessage-deflate (`None`: not used).
+    pub(crate) deflate: Option<crate::deflate::Negotiated>,
 }
 
 impl Plan {
@@ -72,7 +74,7 @@ pub(crate) fn pick<'a>(
             .filter(|f| echo || f.sender != to.id)
             .filter(|f| f.raw.is_some() || f.framed_at >= to.joined_at)
             .filter(|f| f.offset == 0 || f.offset > to.after)
-            .filter_map(|f| f.frame_for(to.format)),
+            .filter_map(|f| f.frame_for(to.format, to.deflate)),
     );
 }
 
@@ -92,6 +94,7 @@ mod tests {
             framed_at: at,
             cost: 0,
             offset: 0,
+            deflated: None,
         }
     }
 
@@ -105,6 +108,7 @@ mod tests {
             framed_at: at,
             cost: 0,
             offset: 0,
+            deflated: None,
         }
     }
 
@@ -149,6 +153,7 @@ mod tests {
             format: Format::Raw,
             joined_at: t,
             after: 0,
+            deflate: None,
         };
         pick(&frames, &run, raw, false, &mut out);
         assert_eq!(texts(&out), ["y"]);
@@ -178,6 +183,7 @@ mod tests {
             format: Format::V1,
             joined_at: joined,
             after: 0,
+            deflate: None,
         };
         pick(&frames, &[0, 1, 2], to, false, &mut out);
         assert_eq!(texts(&out), ["v1:old message", "new presence"]);

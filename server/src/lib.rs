@@ -35,6 +35,7 @@ mod channels;
 mod cluster;
 mod config;
 mod conn;
+mod deflate;
 mod dispatch;
 mod fanout;
 mod flow;
@@ -65,6 +66,7 @@ pub use config::{
     DEFAULT_MAX_CHANNELS_PER_CONNECTION, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_MESSAGE_RATE,
     DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
 };
+pub use deflate::{CompressionMode, DEFAULT_COMPRESSION_MIN_SIZE};
 use fanout::{Fanout, Peers, ShardHandle, ShardMsg};
 pub use history::{DEFAULT_HISTORY_MEMORY, DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL};
 use stats::Stats;
@@ -171,9 +173,15 @@ impl Server {
             handles.push(Arc::new(ShardHandle::new(tx)));
             inboxes.push(rx);
         }
-        let fanout = Fanout::new(Peers {
+        let mut fanout = Fanout::new(Peers {
             shards: handles.clone(),
         });
+        if config.compression == CompressionMode::On {
+            fanout = fanout.with_compression(fanout::Compression {
+                min_size: config.compression_min_size,
+                stats: stats.clone(),
+            });
+        }
         let history = match (config.history_size, &config.cluster) {
             (0, _) => None,
             (_, Some(_)) => {

@@ -225,6 +225,7 @@ fn publish(channel: &Arc<Channel>, mut pending: Pending, fanout: &Fanout, stats:
         framed_at: std::time::Instant::now(),
         cost: 0,
         offset: 0,
+        deflated: None,
     };
     fanout.publish_free(msg, channel);
 }

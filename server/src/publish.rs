@@ -122,6 +122,7 @@ impl Publisher {
                     framed_at: msg.framed_at,
                     cost: 0,
                     offset,
+                    deflated: None,
                 },
                 costs,
                 channel,

@@ -168,6 +168,7 @@ async fn deliver(
             framed_at,
             cost: 0,
             offset: 0,
+            deflated: None,
         },
         costs,
     );
