@@ -161,7 +161,9 @@ fn parse_offer<'a>(params: impl Iterator<Item = &'a str>) -> Option<Offer> {
 /// permessage-deflate offer the server can accept, and the response
 /// header value for it. `None`: no acceptable offer (the upgrade goes on
 /// without the extension).
-pub(crate) fn negotiate<'a>(headers: impl Iterator<Item = &'a str>) -> Option<(Negotiated, String)> {
+pub(crate) fn negotiate<'a>(
+    headers: impl Iterator<Item = &'a str>,
+) -> Option<(Negotiated, String)> {
     for offer in headers.flat_map(|h| h.split(',')) {
         let mut parts = offer.split(';');
         let name = parts.next().unwrap_or_default().trim();
@@ -229,7 +231,11 @@ pub(crate) fn compress_frame(frame: &[u8], min_size: usize, bits: u8) -> Option<
     COMPRESSORS.with_borrow_mut(|all| -> Option<()> {
         let bits = bits.clamp(MIN_WINDOW_BITS, MAX_WINDOW_BITS);
         let z = all[usize::from(bits - MIN_WINDOW_BITS)].get_or_insert_with(|| {
-            Box::new(Compress::new_with_window_bits(Compression::new(LEVEL), false, bits))
+            Box::new(Compress::new_with_window_bits(
+                Compression::new(LEVEL),
+                false,
+                bits,
+            ))
         });
         z.reset();
         loop {
@@ -270,12 +276,14 @@ pub(crate) struct Inflater {
 
 impl std::fmt::Debug for Inflater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inflater").field("ended", &self.ended).finish()
+        f.debug_struct("Inflater")
+            .field("ended", &self.ended)
+            .finish()
     }
 }
 
-/// Output is grown in steps of at most this many bytes, so that a bomb
-/// allocates no more than the limit plus one step.
+/// Output is inflated in steps of at most this many bytes, into a buffer
+/// never grown past the limit (plus one byte, which proves a bomb).
 const INFLATE_STEP: usize = 16 * 1024;
 
 impl Inflater {
@@ -323,6 +331,14 @@ impl Inflater {
                 return Err(CloseReason::MESSAGE_TOO_BIG);
             }
             let start = out.len();
+            if out.capacity() - start < room {
+                // Grow by doubling, but never past the limit (which
+                // `reserve` could: it doubles whatever the need).
+                let want = (out.capacity() * 2).clamp(start + room, skip + max + 1);
+                let mut grown = BytesMut::with_capacity(want);
+                grown.extend_from_slice(out);
+                *out = grown;
+            }
             out.resize(start + room, 0);
             let (in0, out0) = (self.z.total_in(), self.z.total_out());
             let status = self
@@ -355,5 +371,111 @@ impl Inflater {
             self.z.reset(false);
             self.ended = false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::frame::{encode_server_frame, OpCode};
+
+    #[test]
+    fn window_bits_values_follow_the_rfc_grammar() {
+        for (v, want) in [
+            ("8", Some(8)),
+            ("15", Some(15)),
+            ("\"10\"", Some(10)),
+            ("16", None),
+        ] {
+            assert_eq!(window_bits(v), want, "{v}");
+        }
+        for v in ["", "08", "7", "1x", "\"9", "150"] {
+            assert_eq!(window_bits(v), None, "{v}");
+        }
+    }
+
+    #[test]
+    fn the_first_acceptable_offer_wins() {
+        let (n, answer) = negotiate(
+            ["x-webkit-deflate-frame", "permessage-deflate; foo, permessage-deflate; client_no_context_takeover; server_max_window_bits=12"]
+                .into_iter(),
+        )
+        .unwrap();
+        assert_eq!(
+            answer,
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=12"
+        );
+        assert_eq!((n.server_window_bits, n.client_window_bits), (12, 15));
+        assert!(n.client_no_context_takeover);
+        assert_eq!(
+            negotiate(["permessage-deflate; server_max_window_bits=8"].into_iter()),
+            None
+        );
+        assert_eq!(negotiate(std::iter::empty()), None);
+    }
+
+    fn round_trip(payload: &[u8], bits: u8) -> Vec<u8> {
+        let frame = encode_server_frame(OpCode::Binary, payload);
+        let z = compress_frame(&frame, 0, bits).expect("compressed");
+        assert_eq!(z[0], 0x80 | RSV1 | OpCode::Binary as u8);
+        let body = &z[server_header_len(&z)..];
+        let mut inflater = Inflater::new(Negotiated {
+            server_window_bits: 15,
+            client_window_bits: bits,
+            client_no_context_takeover: true,
+        });
+        let mut out = BytesMut::new();
+        inflater
+            .inflate(body, true, &mut out, 0, usize::MAX >> 1)
+            .unwrap();
+        inflater.finish_message();
+        out.to_vec()
+    }
+
+    #[test]
+    fn compressed_frames_inflate_to_the_payload_at_every_window() {
+        let text: Vec<u8> = (0..20_000u32)
+            .flat_map(|i| format!("{{\"n\":{}}}", i % 977).into_bytes())
+            .collect();
+        for bits in [9, 12, 15] {
+            assert_eq!(round_trip(&text, bits), text, "{bits} bits");
+        }
+        assert_eq!(round_trip(b"", 15), b"");
+        // Below the minimum size: not compressed.
+        let small = encode_server_frame(OpCode::Text, b"hi");
+        assert!(compress_frame(&small, 3, 15).is_none());
+    }
+
+    #[test]
+    fn inflating_stops_at_the_limit() {
+        let zeros = vec![0u8; 1 << 22];
+        let frame = encode_server_frame(OpCode::Binary, &zeros);
+        let z = compress_frame(&frame, 0, 15).unwrap();
+        let body = &z[server_header_len(&z)..];
+        let mut inflater = Inflater::new(Negotiated {
+            server_window_bits: 15,
+            client_window_bits: 15,
+            client_no_context_takeover: false,
+        });
+        let mut out = BytesMut::new();
+        let limit = 100_000;
+        assert_eq!(
+            inflater.inflate(body, true, &mut out, 0, limit),
+            Err(CloseReason::MESSAGE_TOO_BIG)
+        );
+        assert!(
+            out.capacity() <= limit + 2 * INFLATE_STEP,
+            "{}",
+            out.capacity()
+        );
+        let mut fresh = Inflater::new(Negotiated {
+            server_window_bits: 15,
+            client_window_bits: 15,
+            client_no_context_takeover: false,
+        });
+        assert_eq!(
+            fresh.inflate(&[0xff; 8], true, &mut BytesMut::new(), 0, limit),
+            Err(INVALID_DATA)
+        );
     }
 }

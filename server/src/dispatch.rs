@@ -216,6 +216,7 @@ mod tests {
             format: Format::V1,
             joined_at: t,
             after: 4,
+            deflate: None,
         };
         pick(&frames, &run, to, false, &mut out);
         assert_eq!(texts(&out), ["v1:m5", "v1:m6", "presence"]);
@@ -228,5 +229,59 @@ mod tests {
         // A replay past the whole batch: only the presence update.
         pick(&frames, &run, Recipient { after: 6, ..to }, false, &mut out);
         assert_eq!(texts(&out), ["presence"]);
+    }
+
+    #[test]
+    fn a_deflate_member_gets_the_compressed_frame_its_window_allows() {
+        use crate::deflate::Negotiated;
+        use crate::fanout::Deflated;
+        let t = Instant::now();
+        let long =
+            protocol::frame::encode_server_frame(protocol::frame::OpCode::Text, &[b'a'; 600]);
+        let mut deflated = Deflated::default();
+        deflated.push(Format::Raw, 15, Bytes::from_static(b"z15"));
+        deflated.push(Format::Raw, 9, Bytes::from_static(b"z9"));
+        let frames = [Broadcast {
+            raw: Some(Bytes::from(long)),
+            deflated: Some(std::sync::Arc::new(deflated)),
+            ..frame(1, 2, "x", t)
+        }];
+        let mut out = Vec::new();
+        let plain = Recipient {
+            id: ConnId(9),
+            format: Format::Raw,
+            joined_at: t,
+            after: 0,
+            deflate: None,
+        };
+        let with = |bits| Recipient {
+            deflate: Some(Negotiated {
+                server_window_bits: bits,
+                client_window_bits: 15,
+                client_no_context_takeover: false,
+            }),
+            ..plain
+        };
+        pick(&frames, &[0], plain, false, &mut out);
+        assert_eq!(out[0].len(), 604, "plain frame");
+        pick(&frames, &[0], with(15), false, &mut out);
+        assert_eq!(texts(&out), ["z15"]);
+        // 600 bytes do not fit a 512-byte window, but do a 1 KiB one.
+        pick(&frames, &[0], with(9), false, &mut out);
+        assert_eq!(texts(&out), ["z9"]);
+        pick(&frames, &[0], with(10), false, &mut out);
+        assert_eq!(texts(&out), ["z15"]);
+        // A v1 member: no compressed v1 frame, so the plain one.
+        pick(
+            &frames,
+            &[0],
+            Recipient {
+                format: Format::V1,
+                ..with(15)
+            },
+            false,
+            &mut out,
+        );
+        assert_eq!(texts(&out), ["v1:x"]);
     }
 }

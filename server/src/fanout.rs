@@ -85,6 +85,13 @@ pub(crate) struct Deflated {
     frames: smallvec::SmallVec<[(Format, u8, Bytes); 2]>,
 }
 
+impl Deflated {
+    /// Adds the compressed frame of `format` made with a window of `bits`.
+    pub(crate) fn push(&mut self, format: Format, bits: u8, frame: Bytes) {
+        self.frames.push((format, bits, frame));
+    }
+}
+
 /// What a shard's inbox carries. Everything goes through one FIFO queue so
 /// that a shard sees broadcasts and control messages in the order they were
 /// sent.
@@ -155,9 +162,13 @@ impl Broadcast {
                 };
                 let payload = |f: &[u8]| (f.len() - crate::frame::server_header_len(f)) as u64;
                 stats.messages.fetch_add(1, Ordering::Relaxed);
-                stats.bytes_before.fetch_add(payload(plain), Ordering::Relaxed);
-                stats.bytes_after.fetch_add(payload(&frame), Ordering::Relaxed);
-                deflated.frames.push((format, bits, frame));
+                stats
+                    .bytes_before
+                    .fetch_add(payload(plain), Ordering::Relaxed);
+                stats
+                    .bytes_after
+                    .fetch_add(payload(&frame), Ordering::Relaxed);
+                deflated.push(format, bits, frame);
             }
         }
         if !deflated.frames.is_empty() {

@@ -88,7 +88,10 @@ impl Assembly {
     ) -> Result<Option<Bytes>, CloseReason> {
         let buf = self.buf.as_mut().expect("a message is in progress");
         if self.compressed {
-            let inflater = self.inflater.as_mut().expect("a compressed message has one");
+            let inflater = self
+                .inflater
+                .as_mut()
+                .expect("a compressed message has one");
             inflater.inflate(payload, fin, buf, MAX_SERVER_HEADER, max)?;
         } else {
             if buf.len() - MAX_SERVER_HEADER + payload.len() > max {

@@ -82,7 +82,8 @@ impl Headers {
         let mut i = 0;
         while i < bytes.len() {
             if self.skip > 0 {
-                let n = usize::try_from(self.skip).map_or(bytes.len() - i, |s| s.min(bytes.len() - i));
+                let n =
+                    usize::try_from(self.skip).map_or(bytes.len() - i, |s| s.min(bytes.len() - i));
                 i += n;
                 self.skip -= n as u64;
                 continue;
