@@ -170,11 +170,11 @@ EXPECT=
 # kosoku prints nothing until the end; its own exit code is 1 when any case is
 # not OK/NON-STRICT/INFORMATIONAL in *both* verdicts (stricter than our rule),
 # so the verdict is taken from index.json below, not from rc.
-run_kosoku() {   # DIR ARGS...: one kosoku run writing its report into DIR
-    local dir=$1
-    shift
+run_kosoku() {   # URL DIR ARGS...: one kosoku run writing its report into DIR
+    local url=$1 dir=$2
+    shift 2
     mkdir -p "$dir"
-    timeout -k 10 "$RUN_TIMEOUT" "$VENV/bin/kosoku" "$URL" "$@" -o "$dir" >"$dir/kosoku.log" 2>&1
+    timeout -k 10 "$RUN_TIMEOUT" "$VENV/bin/kosoku" "$url" "$@" -o "$dir" >"$dir/kosoku.log" 2>&1
 }
 start=$(date +%s)
 rc=0
@@ -182,12 +182,14 @@ if [[ $JOBS -ge 2 && -n $EXPECT ]]; then
     # The whole suite in two runs at once: 12.* (the slowest section) and
     # the rest. Each case echoes 1000 messages one at a time, so a run
     # alternates between kosoku's CPU and the server's; two runs keep both
-    # cores busy. Their reports are merged into one.
+    # cores busy. Their reports are merged into one. Each run is in a
+    # channel of its own (/ws/NAME): with --echo a message reaches every
+    # member of its channel, so the runs must not share one.
     log "running kosoku in 2 parts (-i 12.* | -i * -x 12.*; timeout ${RUN_TIMEOUT}s), report: $OUT"
-    run_kosoku "$OUT/part1" -i '12.*' &
+    run_kosoku "$URL/autobahn-12" "$OUT/part1" -i '12.*' &
     part1=$!
     rc2=0
-    run_kosoku "$OUT/part2" -i '*' -x '12.*' || rc2=$?
+    run_kosoku "$URL/autobahn" "$OUT/part2" -i '*' -x '12.*' || rc2=$?
     wait "$part1" || rc=$?
     [[ $rc -eq 0 || ( $rc -eq 1 && $rc2 -ne 0 ) ]] && rc=$rc2
     cat "$OUT/part1/kosoku.log" "$OUT/part2/kosoku.log" >"$OUT/kosoku.log"
@@ -210,7 +212,7 @@ PY
     fi
 else
     log "running kosoku ${ARGS[*]} (timeout ${RUN_TIMEOUT}s), report: $OUT"
-    run_kosoku "$OUT" "${ARGS[@]}" || rc=$?
+    run_kosoku "$URL" "$OUT" "${ARGS[@]}" || rc=$?
 fi
 elapsed=$(( $(date +%s) - start ))
 log "kosoku finished in ${elapsed}s (exit $rc)"
