@@ -63,6 +63,8 @@ print_timings() {
 }
 
 # --locked once Cargo.lock is committed: CI must build exactly what was reviewed.
+# Python websockets for the permessage-deflate interoperability test.
+WEBSOCKETS_VERSION=15.0.1
 LOCKED=()
 [[ -f Cargo.lock ]] && LOCKED=(--locked)
 
@@ -115,6 +117,18 @@ setup() {
         export DEBIAN_FRONTEND=noninteractive
         retry apt-get update -q
         retry apt-get install -y -q --no-install-recommends "$pkg"
+    fi
+
+    # Python websockets for the permessage-deflate interoperability test
+    # (server/tests/integration/compression.rs looks for it here), in a venv
+    # of its own; kept while it holds the pinned version.
+    local ws_venv=$HOME/.cache/broadcast-server/websockets-$WEBSOCKETS_VERSION
+    if ! "$ws_venv/bin/python" -c "import sys, websockets; sys.exit(websockets.__version__ != '$WEBSOCKETS_VERSION')" >/dev/null 2>&1; then
+        echo "installing websockets==$WEBSOCKETS_VERSION into $ws_venv"
+        rm -rf "$ws_venv"
+        mkdir -p "$(dirname "$ws_venv")"
+        python3 -m venv "$ws_venv"
+        retry "$ws_venv/bin/python" -m pip install -q --disable-pip-version-check "websockets==$WEBSOCKETS_VERSION"
     fi
 
     rustc --version

@@ -402,6 +402,7 @@ async fn publish(ctx: ApiCtx<'_>, req: Request<Incoming>) -> Result<Response<Bod
             framed_at: read_at,
             cost: 0,
             offset: 0,
+            deflated: None,
         };
         let len = raw.len() + v1.as_ref().map_or(0, Bytes::len) + v2.as_ref().map_or(0, Bytes::len);
         if publisher.history().is_some() {

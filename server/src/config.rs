@@ -69,6 +69,10 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// When set, every connection speaks TLS (`wss://`, `https://`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Whether permessage-deflate is negotiated (`--compression`).
+    pub compression: crate::deflate::CompressionMode,
+    /// Messages shorter than this many bytes are sent uncompressed.
+    pub compression_min_size: usize,
     /// With `--redis`: the Redis server and channel that join this node to
     /// others as one broadcast domain (see `cluster`). `None`: a lone node.
     pub cluster: Option<ClusterConfig>,
@@ -125,6 +129,8 @@ impl Default for Config {
             metrics_addr: None,
             tls: None,
             cluster: None,
+            compression: crate::deflate::CompressionMode::On,
+            compression_min_size: crate::deflate::DEFAULT_COMPRESSION_MIN_SIZE,
         }
     }
 }

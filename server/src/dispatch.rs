@@ -31,6 +31,8 @@ pub(crate) struct Recipient {
     /// Messages of the channel up to this offset were replayed to it when
     /// it joined (0: none): their live copies are skipped.
     pub(crate) after: u64,
+    /// What it negotiated of permessage-deflate (`None`: not used).
+    pub(crate) deflate: Option<crate::deflate::Negotiated>,
 }
 
 impl Plan {
@@ -72,7 +74,7 @@ pub(crate) fn pick<'a>(
             .filter(|f| echo || f.sender != to.id)
             .filter(|f| f.raw.is_some() || f.framed_at >= to.joined_at)
             .filter(|f| f.offset == 0 || f.offset > to.after)
-            .filter_map(|f| f.frame_for(to.format)),
+            .filter_map(|f| f.frame_for(to.format, to.deflate)),
     );
 }
 
@@ -92,6 +94,7 @@ mod tests {
             framed_at: at,
             cost: 0,
             offset: 0,
+            deflated: None,
         }
     }
 
@@ -105,6 +108,7 @@ mod tests {
             framed_at: at,
             cost: 0,
             offset: 0,
+            deflated: None,
         }
     }
 
@@ -149,6 +153,7 @@ mod tests {
             format: Format::Raw,
             joined_at: t,
             after: 0,
+            deflate: None,
         };
         pick(&frames, &run, raw, false, &mut out);
         assert_eq!(texts(&out), ["y"]);
@@ -178,6 +183,7 @@ mod tests {
             format: Format::V1,
             joined_at: joined,
             after: 0,
+            deflate: None,
         };
         pick(&frames, &[0, 1, 2], to, false, &mut out);
         assert_eq!(texts(&out), ["v1:old message", "new presence"]);
@@ -210,6 +216,7 @@ mod tests {
             format: Format::V1,
             joined_at: t,
             after: 4,
+            deflate: None,
         };
         pick(&frames, &run, to, false, &mut out);
         assert_eq!(texts(&out), ["v1:m5", "v1:m6", "presence"]);
@@ -222,5 +229,59 @@ mod tests {
         // A replay past the whole batch: only the presence update.
         pick(&frames, &run, Recipient { after: 6, ..to }, false, &mut out);
         assert_eq!(texts(&out), ["presence"]);
+    }
+
+    #[test]
+    fn a_deflate_member_gets_the_compressed_frame_its_window_allows() {
+        use crate::deflate::Negotiated;
+        use crate::fanout::Deflated;
+        let t = Instant::now();
+        let long =
+            protocol::frame::encode_server_frame(protocol::frame::OpCode::Text, &[b'a'; 600]);
+        let mut deflated = Deflated::default();
+        deflated.push(Format::Raw, 15, Bytes::from_static(b"z15"));
+        deflated.push(Format::Raw, 9, Bytes::from_static(b"z9"));
+        let frames = [Broadcast {
+            raw: Some(Bytes::from(long)),
+            deflated: Some(std::sync::Arc::new(deflated)),
+            ..frame(1, 2, "x", t)
+        }];
+        let mut out = Vec::new();
+        let plain = Recipient {
+            id: ConnId(9),
+            format: Format::Raw,
+            joined_at: t,
+            after: 0,
+            deflate: None,
+        };
+        let with = |bits| Recipient {
+            deflate: Some(Negotiated {
+                server_window_bits: bits,
+                client_window_bits: 15,
+                client_no_context_takeover: false,
+            }),
+            ..plain
+        };
+        pick(&frames, &[0], plain, false, &mut out);
+        assert_eq!(out[0].len(), 604, "plain frame");
+        pick(&frames, &[0], with(15), false, &mut out);
+        assert_eq!(texts(&out), ["z15"]);
+        // 600 bytes do not fit a 512-byte window, but do a 1 KiB one.
+        pick(&frames, &[0], with(9), false, &mut out);
+        assert_eq!(texts(&out), ["z9"]);
+        pick(&frames, &[0], with(10), false, &mut out);
+        assert_eq!(texts(&out), ["z15"]);
+        // A v1 member: no compressed v1 frame, so the plain one.
+        pick(
+            &frames,
+            &[0],
+            Recipient {
+                format: Format::V1,
+                ..with(15)
+            },
+            false,
+            &mut out,
+        );
+        assert_eq!(texts(&out), ["v1:x"]);
     }
 }

@@ -69,6 +69,27 @@ pub(crate) struct Broadcast {
     /// Its offset in the channel's history (0: none, e.g. history off or
     /// a presence update).
     pub(crate) offset: u64,
+    /// The permessage-deflate frames of the encodings above, compressed
+    /// once by the fan-out (`None`: no such encoding, or no client that
+    /// negotiated the extension wants one).
+    pub(crate) deflated: Option<Arc<Deflated>>,
+}
+
+/// A message's compressed frames (RSV1 set), one per format, shared by
+/// every recipient that negotiated permessage-deflate.
+#[derive(Debug, Default)]
+pub(crate) struct Deflated {
+    /// (format, window bits, frame): the 15-bit encoding of each format,
+    /// and a narrower one where a client asked for it and the message is
+    /// longer than its window.
+    frames: smallvec::SmallVec<[(Format, u8, Bytes); 2]>,
+}
+
+impl Deflated {
+    /// Adds the compressed frame of `format` made with a window of `bits`.
+    pub(crate) fn push(&mut self, format: Format, bits: u8, frame: Bytes) {
+        self.frames.push((format, bits, frame));
+    }
 }
 
 /// What a shard's inbox carries. Everything goes through one FIFO queue so
@@ -94,14 +115,74 @@ pub(crate) enum ShardMsg {
 }
 
 impl Broadcast {
-    /// The frame a connection of `format` gets, if any.
-    pub(crate) fn frame_for(&self, format: Format) -> Option<&Bytes> {
+    /// The frame a connection of `format` gets, if any: the compressed one
+    /// when it negotiated permessage-deflate (`deflate`) and its window
+    /// allows it, else the plain one.
+    pub(crate) fn frame_for(
+        &self,
+        format: Format,
+        deflate: Option<crate::deflate::Negotiated>,
+    ) -> Option<&Bytes> {
+        let plain = self.plain(format)?;
+        if let (Some(n), Some(z)) = (deflate, &self.deflated) {
+            let bits = n.encoding(plain);
+            if let Some((_, _, frame)) = z.frames.iter().find(|f| f.0 == format && f.1 == bits) {
+                return Some(frame);
+            }
+        }
+        Some(plain)
+    }
+
+    fn plain(&self, format: Format) -> Option<&Bytes> {
         match format {
             Format::Raw => self.raw.as_ref(),
             Format::V1 => self.v1.as_ref(),
             Format::V2 => self.v2.as_ref(),
         }
     }
+
+    /// Compresses each encoding that some connected client of its format
+    /// negotiated permessage-deflate for: once per message, on the shard
+    /// that publishes it, before it is copied to the other shards.
+    fn deflate(&mut self, min_size: usize, stats: &crate::stats::DeflateStats) {
+        use crate::deflate::{compress_frame, window_covers, MAX_WINDOW_BITS, MIN_WINDOW_BITS};
+        let mut deflated = Deflated::default();
+        for format in [Format::Raw, Format::V1, Format::V2] {
+            if stats.clients_of(format).load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let Some(plain) = self.plain(format) else {
+                continue;
+            };
+            let narrower = (MIN_WINDOW_BITS..MAX_WINDOW_BITS)
+                .filter(|&bits| !window_covers(bits, plain) && stats.with_window(format, bits));
+            for bits in std::iter::once(MAX_WINDOW_BITS).chain(narrower) {
+                let Some(frame) = compress_frame(plain, min_size, bits) else {
+                    break;
+                };
+                let payload = |f: &[u8]| (f.len() - crate::frame::server_header_len(f)) as u64;
+                stats.messages.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .bytes_before
+                    .fetch_add(payload(plain), Ordering::Relaxed);
+                stats
+                    .bytes_after
+                    .fetch_add(payload(&frame), Ordering::Relaxed);
+                deflated.push(format, bits, frame);
+            }
+        }
+        if !deflated.frames.is_empty() {
+            self.deflated = Some(Arc::new(deflated));
+        }
+    }
+}
+
+/// What the fan-out needs to compress messages (`--compression on`).
+#[derive(Debug)]
+pub(crate) struct Compression {
+    /// `--compression-min-size`.
+    pub(crate) min_size: usize,
+    pub(crate) stats: Arc<crate::stats::Stats>,
 }
 
 /// The sending side of one shard's inbox, plus its load for placement.
@@ -161,13 +242,22 @@ pub(crate) struct Peers {
 #[derive(Debug, Clone)]
 pub(crate) struct Fanout {
     peers: Arc<ArcSwap<Peers>>,
+    /// `None`: `--compression off`.
+    compression: Option<Arc<Compression>>,
 }
 
 impl Fanout {
     pub(crate) fn new(peers: Peers) -> Self {
         Self {
             peers: Arc::new(ArcSwap::from_pointee(peers)),
+            compression: None,
         }
+    }
+
+    /// Compresses messages for the clients that negotiate permessage-deflate.
+    pub(crate) fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = Some(Arc::new(compression));
+        self
     }
 
     /// Reserves the fan-out credit a message of `frame_len` bytes to
@@ -251,6 +341,9 @@ impl Fanout {
         let Some(last) = (0..peers.shards.len()).rev().find(|&i| cost(i).is_some()) else {
             return;
         };
+        if let Some(c) = &self.compression {
+            msg.deflate(c.min_size, &c.stats.deflate);
+        }
         let send = |shard: &ShardHandle, msg: Broadcast| {
             let cost = msg.cost;
             if !shard.send(ShardMsg::Broadcast(msg)) {
@@ -313,6 +406,7 @@ mod tests {
             framed_at: Instant::now(),
             cost: 0,
             offset: 0,
+            deflated: None,
         }
     }
 

@@ -19,7 +19,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
+use hyper::header::{
+    HeaderValue, CACHE_CONTROL, CONTENT_TYPE, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL,
+    UPGRADE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -73,6 +76,8 @@ pub(crate) struct Upgraded {
     /// What its credentials allow (v2 clients choose channels later).
     pub(crate) grant: Grant,
     pub(crate) ticket: Ticket,
+    /// What it negotiated of permessage-deflate, if anything.
+    pub(crate) deflate: Option<crate::deflate::Negotiated>,
 }
 
 /// An upgrade the service accepted, completed once hyper lets go of the
@@ -85,6 +90,7 @@ struct Pending {
     start: Start,
     grant: Grant,
     ticket: Ticket,
+    deflate: Option<crate::deflate::Negotiated>,
 }
 
 /// The format a client's `Sec-WebSocket-Protocol` offer chooses:
@@ -170,6 +176,7 @@ async fn complete_upgrade(pending: Pending) -> Option<Upgraded> {
         start,
         grant,
         ticket,
+        deflate,
     } = pending;
     let upgraded = match upgrade.await {
         Ok(ws) => ws.into_inner().into_inner(),
@@ -198,6 +205,7 @@ async fn complete_upgrade(pending: Pending) -> Option<Upgraded> {
             start,
             grant,
             ticket,
+            deflate,
         }),
         Err(_) => {
             tracing::error!("upgraded connection is neither TCP nor TLS over TCP");
@@ -510,6 +518,16 @@ fn upgrade(
             );
         }
     };
+    let deflate = match ctx.config.compression {
+        crate::deflate::CompressionMode::Off => None,
+        crate::deflate::CompressionMode::On => crate::deflate::negotiate(
+            req.headers()
+                .get_all(SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        ),
+    };
+    let (deflate, extensions) = deflate.unzip();
     // Completed by `serve_http` once hyper has written the 101 and lets go.
     *slot.borrow_mut() = Some(Pending {
         upgrade,
@@ -519,11 +537,15 @@ fn upgrade(
         start,
         grant,
         ticket,
+        deflate,
     });
     let (mut parts, _empty) = response.into_parts();
     parts
         .headers
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(value) = extensions.and_then(|v| HeaderValue::try_from(v).ok()) {
+        parts.headers.insert(SEC_WEBSOCKET_EXTENSIONS, value);
+    }
     let subprotocol = match format {
         Format::V1 => Some(protocol::v1::SUBPROTOCOL),
         Format::V2 => Some(protocol::v2::SUBPROTOCOL),

@@ -35,6 +35,7 @@ mod channels;
 mod cluster;
 mod config;
 mod conn;
+mod deflate;
 mod dispatch;
 mod fanout;
 mod flow;
@@ -66,6 +67,7 @@ pub use config::{
     DEFAULT_MAX_CHANNELS_PER_CONNECTION, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_MESSAGE_RATE,
     DEFAULT_MAX_NEW_CONNECTIONS_PER_SEC,
 };
+pub use deflate::{CompressionMode, DEFAULT_COMPRESSION_MIN_SIZE};
 use fanout::{Fanout, Peers, ShardHandle, ShardMsg};
 pub use history::{DEFAULT_HISTORY_MEMORY, DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL};
 use stats::Stats;
@@ -172,9 +174,15 @@ impl Server {
             handles.push(Arc::new(ShardHandle::new(tx)));
             inboxes.push(rx);
         }
-        let fanout = Fanout::new(Peers {
+        let mut fanout = Fanout::new(Peers {
             shards: handles.clone(),
         });
+        if config.compression == CompressionMode::On {
+            fanout = fanout.with_compression(fanout::Compression {
+                min_size: config.compression_min_size,
+                stats: stats.clone(),
+            });
+        }
         let history = match config.history_size {
             0 => None,
             size => Some(Arc::new(history::History::new(history::Limits {

@@ -138,6 +138,13 @@ struct StartArgs {
     #[arg(long, value_name = "BYTES", default_value_t = server::DEFAULT_HISTORY_MEMORY,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=(1 << 40)))]
     history_memory: usize,
+    /// permessage-deflate (RFC 7692): `on` accepts a client's offer (each message is compressed once for all such clients), `off` never negotiates it.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = server::CompressionMode::On)]
+    compression: server::CompressionMode,
+    /// Messages shorter than this many bytes are sent uncompressed even to clients that negotiated compression.
+    #[arg(long, value_name = "BYTES", default_value_t = server::DEFAULT_COMPRESSION_MIN_SIZE,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=(1 << 30)))]
+    compression_min_size: usize,
     /// Serve GET /metrics on this address only (e.g. 127.0.0.1:9100); the main port's /metrics then answers 404.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
@@ -201,6 +208,8 @@ impl StartArgs {
             history_ttl: Duration::from_secs(self.history_ttl),
             history_memory: self.history_memory,
             metrics_addr: self.metrics_addr,
+            compression: self.compression,
+            compression_min_size: self.compression_min_size,
             tls,
         })
     }

@@ -122,6 +122,21 @@ impl Snapshot {
                     get(&stats.api_messages),
                 ),
                 (
+                    "broadcast_deflate_messages",
+                    "Message encodings compressed for permessage-deflate clients (once per message and format, whatever the number of recipients)",
+                    get(&stats.deflate.messages),
+                ),
+                (
+                    "broadcast_deflate_bytes_before",
+                    "Payload bytes of those encodings before compression",
+                    get(&stats.deflate.bytes_before),
+                ),
+                (
+                    "broadcast_deflate_bytes_after",
+                    "Payload bytes of those encodings after compression",
+                    get(&stats.deflate.bytes_after),
+                ),
+                (
                     "broadcast_cluster_relayed_out",
                     "Messages of local clients published to Redis (--redis)",
                     get(&stats.cluster.relayed_out),
@@ -162,6 +177,11 @@ impl Snapshot {
                     "broadcast_v2_connections_open",
                     "Open WebSocket connections speaking broadcast.v2",
                     stats.v2_connections.load(Ordering::Relaxed) as u64,
+                ),
+                (
+                    "broadcast_deflate_connections_open",
+                    "Open WebSocket connections that negotiated permessage-deflate",
+                    stats.deflate.clients.iter().map(|c| c.load(Ordering::Relaxed) as u64).sum(),
                 ),
                 (
                     "broadcast_channels",

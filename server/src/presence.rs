@@ -269,6 +269,7 @@ fn publish(channel: &Arc<Channel>, mut pending: Pending, to: &Targets) {
         framed_at: std::time::Instant::now(),
         cost: 0,
         offset: 0,
+        deflated: None,
     };
     to.fanout.publish_free(msg, channel);
 }

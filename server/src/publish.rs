@@ -130,6 +130,7 @@ impl Publisher {
                     framed_at: msg.framed_at,
                     cost: 0,
                     offset,
+                    deflated: None,
                 },
                 costs,
                 channel,
@@ -185,6 +186,7 @@ impl Publisher {
             framed_at: msg.framed_at,
             cost: 0,
             offset: 0,
+            deflated: None,
         };
         relay.offer(&msg, &channel.name, from_name);
         self.fanout.publish(msg, costs);

@@ -66,6 +66,59 @@ pub(crate) struct Stats {
     pub(crate) tls_failures: AtomicU64,
     /// The Redis relay's link state and counters (`--redis`).
     pub(crate) cluster: ClusterStats,
+    /// permessage-deflate: who negotiated it, what was compressed.
+    pub(crate) deflate: DeflateStats,
+}
+
+/// permessage-deflate counters (see `deflate`).
+#[derive(Debug, Default)]
+pub(crate) struct DeflateStats {
+    /// Open connections that negotiated the extension, by format (raw, v1,
+    /// v2): a format's encoding is compressed only while this is non-zero.
+    pub(crate) clients: [AtomicUsize; 3],
+    /// Encodings compressed (once per message and format, on the shard
+    /// that received the message).
+    pub(crate) messages: AtomicU64,
+    /// Payload bytes of those encodings before compression.
+    pub(crate) bytes_before: AtomicU64,
+    /// Payload bytes of those encodings after compression.
+    pub(crate) bytes_after: AtomicU64,
+    /// Of `clients`, those that limited the server's window, by format and
+    /// window bits (9 to 14).
+    windows: [[AtomicUsize; 6]; 3],
+}
+
+impl DeflateStats {
+    /// The counter of open deflate connections of `format`.
+    pub(crate) fn clients_of(&self, format: crate::fanout::Format) -> &AtomicUsize {
+        &self.clients[format as usize]
+    }
+
+    /// Counts a connection that negotiated `deflate` (`opened`), or one
+    /// that ended.
+    pub(crate) fn count(
+        &self,
+        format: crate::fanout::Format,
+        deflate: crate::deflate::Negotiated,
+        opened: bool,
+    ) {
+        let window = self.windows[format as usize].get(usize::from(deflate.server_window_bits) - 9);
+        for counter in std::iter::once(self.clients_of(format)).chain(window) {
+            if opened {
+                counter.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counter.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether a connection of `format` limited the server's window to
+    /// `bits` (below 15).
+    pub(crate) fn with_window(&self, format: crate::fanout::Format, bits: u8) -> bool {
+        self.windows[format as usize]
+            .get(usize::from(bits) - 9)
+            .is_some_and(|c| c.load(Ordering::Relaxed) > 0)
+    }
 }
 
 impl Stats {
@@ -98,6 +151,7 @@ impl Stats {
             channels: AtomicUsize::new(0),
             tls_failures: AtomicU64::new(0),
             cluster: ClusterStats::default(),
+            deflate: DeflateStats::default(),
         }
     }
 

@@ -392,6 +392,7 @@ pub(super) async fn deliver_logged(
                 framed_at,
                 cost: 0,
                 offset,
+                deflated: None,
             },
             costs,
             &channel,
@@ -430,6 +431,7 @@ fn notice(at: &Node<'_>, name: &str, reason: Unrecovered, epoch: &str, offset: u
             framed_at: Instant::now(),
             cost: 0,
             offset: 0,
+            deflated: None,
         },
         &channel,
     );

@@ -226,6 +226,7 @@ async fn deliver(at: &Node<'_>, bytes: &[u8], costs: &mut Vec<u32>) {
             framed_at,
             cost: 0,
             offset: 0,
+            deflated: None,
         },
         costs,
     );

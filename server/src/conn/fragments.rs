@@ -1,11 +1,14 @@
 //! Reassembly of fragmented messages, with the total size capped and UTF-8
-//! validated as fragments arrive (fail fast).
+//! validated as fragments arrive (fail fast); and the inflation of
+//! permessage-deflate messages (fragmented or not), capped the same way
+//! as the inflated bytes come out.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use protocol::close::CloseReason;
 use protocol::frame::MAX_SERVER_HEADER;
 use protocol::utf8::Utf8Validator;
 
+use crate::deflate::{Inflater, Negotiated};
 use crate::frame::seal;
 
 /// A fragmented message being reassembled.
@@ -18,6 +21,11 @@ pub(super) struct Assembly {
     pub(super) buf: Option<BytesMut>,
     pub(super) opcode: Option<protocol::frame::OpCode>,
     utf8: Utf8Validator,
+    /// The message in progress is compressed (RSV1 on its first frame).
+    compressed: bool,
+    /// The connection's inflate state (permessage-deflate), created at
+    /// its first compressed message; see [`Assembly::idle`].
+    inflater: Option<Box<Inflater>>,
 }
 
 impl Assembly {
@@ -31,12 +39,44 @@ impl Assembly {
         payload: &[u8],
         max: usize,
     ) -> Result<(), CloseReason> {
-        let mut buf = BytesMut::with_capacity(MAX_SERVER_HEADER + payload.len().max(256));
+        self.begin(opcode, payload.len());
+        self.extend(payload, false, max).map(|_| ())
+    }
+
+    fn begin(&mut self, opcode: protocol::frame::OpCode, len: usize) {
+        let mut buf = BytesMut::with_capacity(MAX_SERVER_HEADER + len.max(256));
         buf.put_bytes(0, MAX_SERVER_HEADER);
         self.buf = Some(buf);
         self.opcode = Some(opcode);
         self.utf8 = Utf8Validator::new();
-        self.extend(payload, false, max).map(|_| ())
+    }
+
+    /// Starts a compressed message (its first frame, `fin` if it is the
+    /// only one), inflated as `deflate` says; returns the framed message
+    /// when it is complete.
+    pub(super) fn start_compressed(
+        &mut self,
+        opcode: protocol::frame::OpCode,
+        payload: &[u8],
+        fin: bool,
+        max: usize,
+        deflate: Negotiated,
+    ) -> Result<Option<Bytes>, CloseReason> {
+        // Inflated JSON is often 3-5 times its compressed size.
+        self.begin(opcode, (payload.len() * 4).min(max));
+        self.compressed = true;
+        self.inflater
+            .get_or_insert_with(|| Box::new(Inflater::new(deflate)));
+        self.extend(payload, fin, max)
+    }
+
+    /// Between bursts of input (the socket read empty): a client that does
+    /// not take its context over has its inflate state dropped, so an idle
+    /// connection holds none.
+    pub(super) fn idle(&mut self, no_context_takeover: bool) {
+        if no_context_takeover && !self.in_progress() {
+            self.inflater = None;
+        }
     }
 
     /// Appends a fragment; returns the framed message after the last one.
@@ -47,10 +87,18 @@ impl Assembly {
         max: usize,
     ) -> Result<Option<Bytes>, CloseReason> {
         let buf = self.buf.as_mut().expect("a message is in progress");
-        if buf.len() - MAX_SERVER_HEADER + payload.len() > max {
-            return Err(CloseReason::MESSAGE_TOO_BIG);
+        if self.compressed {
+            let inflater = self
+                .inflater
+                .as_mut()
+                .expect("a compressed message has one");
+            inflater.inflate(payload, fin, buf, MAX_SERVER_HEADER, max)?;
+        } else {
+            if buf.len() - MAX_SERVER_HEADER + payload.len() > max {
+                return Err(CloseReason::MESSAGE_TOO_BIG);
+            }
+            buf.put_slice(payload);
         }
-        buf.put_slice(payload);
         let opcode = self.opcode.expect("a message is in progress");
         if opcode == protocol::frame::OpCode::Text
             && self.utf8.feed(&buf[MAX_SERVER_HEADER..], fin).is_err()
@@ -59,6 +107,11 @@ impl Assembly {
         }
         if !fin {
             return Ok(None);
+        }
+        if std::mem::take(&mut self.compressed) {
+            if let Some(inflater) = &mut self.inflater {
+                inflater.finish_message();
+            }
         }
         let buf = self.buf.take().expect("a message is in progress");
         Ok(Some(seal(buf, opcode)))

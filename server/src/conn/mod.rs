@@ -154,6 +154,8 @@ pub(crate) struct Conn {
     pub(crate) subs: RefCell<SmallVec<[Subscription; 1]>>,
     /// `broadcast.v2` state (commands), for v2 clients only.
     pub(crate) v2: Option<Box<V2State>>,
+    /// What it negotiated of permessage-deflate (`None`: not used).
+    pub(crate) deflate: Option<crate::deflate::Negotiated>,
     writer: OwnedWriteHalf,
     /// The TLS session, on a `--tls-cert` server (boxed: plain connections
     /// pay one pointer).
@@ -208,6 +210,7 @@ impl Conn {
             slot: Cell::new(usize::MAX),
             subs: RefCell::default(),
             v2: None,
+            deflate: None,
             writer,
             tls,
             out: RefCell::new(Outbox::default()),
@@ -307,6 +310,7 @@ impl Conn {
             format: self.format,
             joined_at: sub.joined_at,
             after: sub.after.get(),
+            deflate: self.deflate,
         })
     }
 

@@ -2,8 +2,18 @@
 //! reader exists only while bytes arrive), the checks fastwebsockets leaves
 //! out, fragment reassembly, and the admission of each message through the
 //! rate limit and the fan-out credit before it is published.
+//!
+//! permessage-deflate: fastwebsockets refuses any frame with RSV1 set and
+//! checks the UTF-8 of whole text frames itself, which compressed text
+//! never is. On a connection that negotiated the extension, [`Source`]
+//! follows the frame headers in the bytes it hands over ([`Headers`]):
+//! it records each frame's first byte as sent, and on a compressed frame
+//! clears RSV1 and turns a text opcode into binary before fastwebsockets
+//! sees it. The reader takes the recorded byte back for each frame it
+//! parses, inflates, and checks the UTF-8 of the inflated text itself.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::io::{self};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -44,6 +54,73 @@ pub(super) struct Source<'a> {
     pub(super) rd: &'a mut OwnedReadHalf,
     pub(super) delivered: &'a Cell<u64>,
     pub(super) conn: &'a Rc<Conn>,
+    /// With permessage-deflate: the frame headers in the bytes handed over.
+    pub(super) headers: Option<&'a RefCell<Headers>>,
+}
+
+/// Follows the frame headers in a connection's byte stream as [`Source`]
+/// hands it to fastwebsockets (permessage-deflate only; see the module
+/// doc). Lives as long as a read burst, which ends at a frame boundary.
+#[derive(Debug, Default)]
+pub(super) struct Headers {
+    /// The header being read, and how many of its bytes are in.
+    head: [u8; 14],
+    have: usize,
+    /// Its length once its second byte is in.
+    need: usize,
+    /// Payload bytes of the current frame still to pass.
+    skip: u64,
+    /// The first byte of each frame handed over and not yet parsed, as the
+    /// peer sent it.
+    firsts: VecDeque<u8>,
+}
+
+impl Headers {
+    /// Scans bytes about to be handed over, rewriting the first byte of
+    /// each compressed frame (RSV1 cleared, text made binary).
+    fn scan(&mut self, bytes: &mut [u8]) {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.skip > 0 {
+                let n =
+                    usize::try_from(self.skip).map_or(bytes.len() - i, |s| s.min(bytes.len() - i));
+                i += n;
+                self.skip -= n as u64;
+                continue;
+            }
+            if self.have == 0 {
+                let first = bytes[i];
+                self.firsts.push_back(first);
+                if first & crate::deflate::RSV1 != 0 {
+                    let mut plain = first & !crate::deflate::RSV1;
+                    if plain & 0x0f == protocol::frame::OpCode::Text as u8 {
+                        plain = (plain & 0xf0) | protocol::frame::OpCode::Binary as u8;
+                    }
+                    bytes[i] = plain;
+                }
+                self.need = 2;
+            }
+            self.head[self.have] = bytes[i];
+            self.have += 1;
+            i += 1;
+            if self.have == 2 {
+                let extended = match self.head[1] & 0x7f {
+                    126 => 2,
+                    127 => 8,
+                    _ => 0,
+                };
+                self.need = 2 + extended + if self.head[1] & 0x80 != 0 { 4 } else { 0 };
+            }
+            if self.have == self.need {
+                self.skip = match self.head[1] & 0x7f {
+                    126 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
+                    127 => u64::from_be_bytes(self.head[2..10].try_into().unwrap_or_default()),
+                    n => u64::from(n),
+                };
+                self.have = 0;
+            }
+        }
+    }
 }
 
 impl AsyncRead for Source<'_> {
@@ -53,9 +130,13 @@ impl AsyncRead for Source<'_> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let before = buf.filled().len();
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
+            if let Some(headers) = this.headers {
+                headers.borrow_mut().scan(&mut buf.filled_mut()[before..]);
+            }
             this.prefix.advance(n);
             if this.prefix.is_empty() {
                 // Release hyper's read buffer, which the prefix points into.
@@ -64,12 +145,14 @@ impl AsyncRead for Source<'_> {
             this.delivered.set(this.delivered.get() + n as u64);
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
         match &this.conn.tls {
             None => ready!(Pin::new(&mut *this.rd).poll_read(cx, buf))?,
             Some(tls) => ready!(poll_read_tls(this.conn, tls, this.rd, cx, buf))?,
         }
         let n = buf.filled().len() - before;
+        if let Some(headers) = this.headers {
+            headers.borrow_mut().scan(&mut buf.filled_mut()[before..]);
+        }
         if n > 0 {
             this.delivered.set(this.delivered.get() + n as u64);
             this.conn.touch();
@@ -97,6 +180,9 @@ pub(super) async fn read_loop(conn: &Rc<Conn>, rd: &mut OwnedReadHalf, mut prefi
             if ready.await.is_pending() {
                 // Read empty: whatever backlog forgiven tokens were for is gone.
                 conn.adjust_bucket(None);
+                if let Some(deflate) = conn.deflate {
+                    message.idle(deflate.client_no_context_takeover);
+                }
                 if readable(rd).await.is_err() {
                     return End::Gone;
                 }
@@ -121,11 +207,13 @@ pub(super) async fn read_burst(
 ) -> Option<End> {
     let max_message = conn.ctx.config.max_message_size;
     let delivered = Cell::new(0u64);
+    let headers = conn.deflate.map(|_| RefCell::new(Headers::default()));
     let source = Source {
         prefix,
         rd,
         delivered: &delivered,
         conn,
+        headers: headers.as_ref(),
     };
     let (mut ws, _) =
         fastwebsockets::after_handshake_split(source, tokio::io::sink(), Role::Server);
@@ -156,8 +244,11 @@ pub(super) async fn read_burst(
                     "unmasked client frame",
                 )));
             }
+            let first = headers
+                .as_ref()
+                .map(|h| h.borrow_mut().firsts.pop_front().unwrap_or_default());
             let read_at = Instant::now();
-            match on_frame(conn, message, max_message, frame) {
+            match on_frame(conn, message, max_message, frame, first) {
                 Step::Next => {}
                 Step::End(end) => return Some(end),
                 Step::Message(raw) => {
@@ -198,14 +289,19 @@ pub(super) enum Step {
     End(End),
 }
 
-/// Handles one frame.
+/// Handles one frame; `first`: its first byte as sent, on a connection
+/// that negotiated permessage-deflate (see [`Headers`]).
 pub(super) fn on_frame(
     conn: &Rc<Conn>,
     message: &mut Assembly,
     max: usize,
     frame: Frame<'_>,
+    first: Option<u8>,
 ) -> Step {
     let payload: &[u8] = &frame.payload;
+    if let Some(first) = first.filter(|b| b & crate::deflate::RSV1 != 0) {
+        return on_compressed(conn, message, max, &frame, first);
+    }
     match frame.opcode {
         OpCode::Text | OpCode::Binary => {
             if message.in_progress() {
@@ -248,6 +344,40 @@ pub(super) fn on_frame(
         OpCode::Close => return Step::End(on_close(payload)),
     }
     Step::Next
+}
+
+/// Handles a frame with RSV1 set, on a connection that negotiated
+/// permessage-deflate: only the first frame of a data message may carry it
+/// (RFC 7692 §6.1); the message is inflated as it arrives.
+fn on_compressed(
+    conn: &Rc<Conn>,
+    message: &mut Assembly,
+    max: usize,
+    frame: &Frame<'_>,
+    first: u8,
+) -> Step {
+    let opcode = match first & 0x0f {
+        1 => protocol::frame::OpCode::Text,
+        2 => protocol::frame::OpCode::Binary,
+        _ => {
+            return Step::End(End::Violation(CloseReason::protocol(
+                "RSV1 set on a control or continuation frame",
+            )))
+        }
+    };
+    if message.in_progress() {
+        return Step::End(End::Violation(CloseReason::protocol(
+            "expected a continuation frame",
+        )));
+    }
+    let Some(deflate) = conn.deflate else {
+        return Step::End(End::Violation(CloseReason::protocol("RSV1 set")));
+    };
+    match message.start_compressed(opcode, &frame.payload, frame.fin, max, deflate) {
+        Ok(Some(whole)) => Step::Message(whole),
+        Ok(None) => Step::Next,
+        Err(reason) => Step::End(End::Violation(reason)),
+    }
 }
 
 /// Lets a plain or v1 client's message through the rate limit and the
@@ -335,6 +465,7 @@ pub(super) async fn publish(
         framed_at: read_at,
         cost: 0,
         offset: 0,
+        deflated: None,
     };
     let Some(channel) = channel else {
         publisher.relay_only(&msg, name, &conn.name);

@@ -50,6 +50,7 @@ impl Shard {
             start,
             grant,
             ticket,
+            deflate,
         } = upgraded;
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(cause = %e, "set_nodelay failed");
@@ -70,9 +71,13 @@ impl Shard {
         if format == Format::V2 {
             conn.v2 = Some(Box::new(V2State::new(grant)));
         }
+        conn.deflate = deflate;
         let conn = Rc::new(conn);
         self.ctx.audience.joined();
         let stats = &self.hub.stats;
+        if let Some(deflate) = deflate {
+            stats.deflate.count(format, deflate, true);
+        }
         stats.connections_total.fetch_add(1, Ordering::Relaxed);
         self.membership.add(&conn);
         let time = crate::frame::unix_millis();
@@ -133,6 +138,9 @@ impl Shard {
             Format::V2 => stats.v2_connections.fetch_sub(1, Ordering::Relaxed),
             Format::Raw => 0,
         };
+        if let Some(deflate) = conn.deflate {
+            stats.deflate.count(conn.format, deflate, false);
+        }
         self.hub.names.release(&conn.name);
         tracing::trace!(conn = conn.id.0, "disconnected");
         self.departed.notify_waiters();

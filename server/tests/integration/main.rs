@@ -5,6 +5,7 @@ mod access;
 mod broadcast;
 mod channels;
 mod cluster;
+mod compression;
 mod deploy;
 mod flow;
 mod hardening;

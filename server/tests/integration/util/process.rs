@@ -149,6 +149,11 @@ impl Server {
         self.stderr()
     }
 
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().expect("server already reaped")
+    }
+
     /// Sends a signal by name ("TERM", "INT") with the `kill` utility.
     pub(crate) fn signal(&self, sig: &str) {
         let pid = self.child.id().expect("server already reaped");

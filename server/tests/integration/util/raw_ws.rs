@@ -112,6 +112,25 @@ impl RawClient {
         Self::handshake(stream, server.port).await
     }
 
+    /// Connects offering `extensions` (a `Sec-WebSocket-Extensions`
+    /// value); returns the client and the server's answer to it, if any.
+    pub(crate) async fn connect_offering(
+        server: &Server,
+        extensions: &str,
+    ) -> (RawClient, Option<String>) {
+        let stream = TcpStream::connect(server.addr())
+            .await
+            .expect("tcp connect");
+        let extra = format!("Sec-WebSocket-Extensions: {extensions}\r\n");
+        let (client, head) = Self::handshake_with(stream, server.port, &extra).await;
+        let answer = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("sec-websocket-extensions"))
+            .map(|(_, v)| v.trim().to_owned());
+        (client, answer)
+    }
+
     /// Like [`RawClient::connect`] but with a small receive buffer, so the
     /// kernel holds little on this side for a client that never reads.
     pub(crate) async fn connect_small_rcvbuf(server: &Server, size: u32) -> RawClient {
@@ -124,11 +143,16 @@ impl RawClient {
         Self::handshake(stream, server.port).await
     }
 
-    async fn handshake(mut stream: TcpStream, port: u16) -> RawClient {
+    async fn handshake(stream: TcpStream, port: u16) -> RawClient {
+        Self::handshake_with(stream, port, "").await.0
+    }
+
+    /// The upgrade with `extra` header lines; returns the response head too.
+    async fn handshake_with(mut stream: TcpStream, port: u16, extra: &str) -> (RawClient, String) {
         let req = format!(
             "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\n\
-             Sec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Version: 13\r\n{extra}\r\n"
         );
         stream.write_all(req.as_bytes()).await.unwrap();
         let mut client = RawClient {
@@ -149,7 +173,7 @@ impl RawClient {
             .find(|(k, _)| k.trim().eq_ignore_ascii_case("sec-websocket-accept"))
             .map(|(_, v)| v.trim().to_owned());
         assert_eq!(accept.as_deref(), Some(WS_ACCEPT), "bad accept in {head:?}");
-        client
+        (client, head)
     }
 
     /// Reads the HTTP response head; leaves any bytes after it in `buf`.
