@@ -156,22 +156,37 @@ impl Conn {
     }
 }
 
+/// How long a connection whose socket broke may still take to publish the
+/// message its reader holds (its join's announcement waits at most 1 s,
+/// following a channel in the cluster at most 3 s; fan-out credit comes
+/// back as the shards write).
+const FINISH_READING: Duration = Duration::from_secs(5);
+
 /// Serves an upgraded connection until it is closed (the caller then
 /// forgets it).
 ///
 /// `prefix` holds bytes the client sent right behind its upgrade request,
 /// which the HTTP layer had already read.
 pub(crate) async fn serve(conn: Rc<Conn>, mut reader: OwnedReadHalf, prefix: Bytes) {
-    let end = tokio::select! {
+    let end = {
+        let reading = read_loop(&conn, &mut reader, prefix);
+        tokio::pin!(reading);
+        tokio::select! {
         biased;
         () = conn.abandoned() => {
             if conn.close_unsent() {
                 // Our close frame is stuck behind data the peer does not read.
                 conn.abort();
+            } else if conn.close.get() == CloseState::Broken {
+                // The socket broke (the peer went away) while the reader
+                // may hold a whole message waiting to be published: let it
+                // finish, bounded; its next read ends it.
+                let _ = tokio::time::timeout(FINISH_READING, &mut reading).await;
             }
             End::Gone
         }
-        end = read_loop(&conn, &mut reader, prefix) => end,
+        end = &mut reading => end,
+        }
     };
     // Closes the server started were counted by reason where it decided.
     if conn.close_deadline.get().is_none() {

@@ -356,6 +356,15 @@ impl Conn {
         self.close.get() == CloseState::Open
     }
 
+    /// Whether a message read from this connection is still published: yes
+    /// unless the server has started its closing handshake (data after a
+    /// close is discarded). A connection whose socket broke while its
+    /// message waited (for fan-out credit, or for its join to be announced)
+    /// still publishes it: it was received whole.
+    pub(crate) fn takes_input(&self) -> bool {
+        matches!(self.close.get(), CloseState::Open | CloseState::Broken)
+    }
+
     /// Whether the TLS session already holds input to parse (so waiting for
     /// the socket to become readable could wait forever).
     fn tls_has_input(&self) -> bool {

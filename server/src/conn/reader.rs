@@ -444,7 +444,7 @@ pub(super) async fn publish(
     read_at: Instant,
     costs: &mut Vec<u32>,
 ) {
-    if !conn.is_open() {
+    if !conn.takes_input() {
         // Data after a close is discarded (RFC 6455 §5.5.1).
         return;
     }
@@ -484,7 +484,7 @@ pub(super) async fn publish(
         conn.held(HELD_FANOUT, waited);
         conn.adjust_bucket(Some(waited));
     }
-    if conn.is_open() {
+    if conn.takes_input() {
         publisher.publish(msg, channel, &conn.name, costs);
     } else {
         publisher.give_back(costs);
@@ -516,7 +516,7 @@ async fn publish_logged(
             conn.held(HELD_FANOUT, waited);
             conn.adjust_bucket(Some(waited));
         }
-        if !conn.is_open() {
+        if !conn.takes_input() {
             publisher.give_back(costs);
             return;
         }

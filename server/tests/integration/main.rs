@@ -7,6 +7,7 @@ mod channels;
 mod cluster;
 mod compression;
 mod deploy;
+mod drain_cluster;
 mod flow;
 mod hardening;
 mod history;
