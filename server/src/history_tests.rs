@@ -249,3 +249,15 @@ fn positions_from_redis_adopt_the_epoch_skip_duplicates_and_never_leave_a_gap_in
     drop(locked);
     assert_eq!(h.bytes(), 0);
 }
+
+#[test]
+fn frames_are_counted_at_their_allocator_size_class() {
+    use super::held;
+    assert_eq!(held(1), 16);
+    assert_eq!(held(100), 112);
+    assert_eq!(held(4096), 4096);
+    assert_eq!(held(4100), 5120);
+    assert_eq!(held(66), 80);
+    assert_eq!(held(1 << 20), 1 << 20);
+    assert_eq!(held((1 << 20) + 1), (1 << 20) + (1 << 18));
+}
