@@ -527,3 +527,35 @@ async fn with_history_off_there_are_no_offsets_and_no_history_api() {
     let (status, doc) = api_get(&server, "/api/history?channel=off", Some(KEY)).await;
     assert_eq!(status, 404, "{doc}");
 }
+
+/// History lives in the server's memory: after a restart the channel has a
+/// new epoch, and a client resuming from a position of the old one is told
+/// `recovered: false` (`"epoch"`) instead of silently missing messages.
+#[tokio::test]
+async fn after_a_restart_a_resume_is_told_the_epoch_changed() {
+    let mut first = Server::start(&[]).await;
+    let mut publisher = plain(&first, "/ws/r").await;
+    let (mut watch, _) = watcher(&first, "r").await;
+    let last = publish_seen(&mut publisher, &mut watch, "r", 3).await;
+    let (_, welcome) = v1(&first, "/ws/r").await;
+    let old = welcome["position"]["epoch"].as_str().unwrap().to_owned();
+    drop((publisher, watch));
+    first.signal("TERM");
+    first.wait_exit(std::time::Duration::from_secs(10)).await;
+
+    let second = Server::start(&[]).await;
+    let (mut ws, _) = connect_v2(&second, "/ws", None).await;
+    let answer = subscribe_since(&mut ws, "r", Some(json!({"offset": last, "epoch": old}))).await;
+    assert_eq!(
+        (&answer["recovered"], &answer["reason"]),
+        (&json!(false), &json!("epoch")),
+        "{answer}"
+    );
+    assert_ne!(answer["epoch"], old.as_str(), "a new epoch: {answer}");
+    let (_, welcome) = v1(&second, &format!("/ws/r?since={old}:{last}")).await;
+    assert_eq!(
+        (&welcome["recovered"], &welcome["reason"]),
+        (&json!(false), &json!("epoch")),
+        "{welcome}"
+    );
+}
