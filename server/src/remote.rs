@@ -108,6 +108,11 @@ impl RemoteMembers {
         self.nodes().keys().copied().collect()
     }
 
+    /// How many nodes have been heard from.
+    pub(crate) fn node_count(&self) -> usize {
+        self.nodes().len()
+    }
+
     /// Whether `node` has been heard from (and not forgotten since).
     pub(crate) fn knows(&self, node: NodeId) -> bool {
         self.nodes().contains_key(&node)

@@ -226,7 +226,7 @@ impl PresenceTask {
             Wire::Hello { .. } => *snapshot_due = true,
             Wire::Bye { node } => self.tell_local(remote.forget(node)),
         }
-        stats.nodes.store(remote.known().len(), Ordering::Relaxed);
+        stats.nodes.store(remote.node_count(), Ordering::Relaxed);
     }
 }
 
@@ -255,16 +255,15 @@ pub(super) async fn presence_loop(mut task: PresenceTask) {
             pubsub.subscribe(task.topic()).await?;
             Ok::<_, redis::RedisError>((conn, pubsub))
         };
-        let (mut conn, pubsub) = match tokio::time::timeout(IO_TIMEOUT, connected).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                tracing::debug!(cause = %e, "cluster presence: cannot connect");
-                if wait_or_bye(&mut task, &mut local, &mut local_open, backoff.next_delay()).await {
-                    return;
-                }
-                continue;
-            }
-            Err(_) => {
+        let failed = match tokio::time::timeout(IO_TIMEOUT, connected).await {
+            Ok(Ok(pair)) => Ok(pair),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("connect timed out".to_owned()),
+        };
+        let (mut conn, pubsub) = match failed {
+            Ok(pair) => pair,
+            Err(cause) => {
+                tracing::debug!(%cause, "cluster presence: cannot connect");
                 if wait_or_bye(&mut task, &mut local, &mut local_open, backoff.next_delay()).await {
                     return;
                 }
