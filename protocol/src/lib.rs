@@ -5,8 +5,9 @@
 //! server uses, the RFC 6455 server-frame encoding the server applies once
 //! per message, the one frame-header decoder every hand-written reader
 //! uses, channel names (and the token patterns that grant them), the
-//! `broadcast.v1` events, the `broadcast.v2` commands and events, and the
-//! reconnection backoff.
+//! `broadcast.v1` events, the `broadcast.v2` commands and events, the
+//! reconnection backoff, and (feature `deflate`) the client's side of
+//! permessage-deflate.
 //!
 //! Its dependencies are few and runtime-free: serde and serde_json (the
 //! `broadcast.v1` and `broadcast.v2` JSON), base64 (binary bodies in it) and fastrand (the
@@ -18,6 +19,8 @@
 pub mod backoff;
 pub mod channel;
 pub mod close;
+#[cfg(feature = "deflate")]
+pub mod deflate;
 pub mod frame;
 pub mod history;
 mod json;
