@@ -649,3 +649,35 @@ async fn a_resume_from_before_the_nodes_ring_is_served_from_the_stream() {
     assert_eq!(seen, got);
     assert_quiet_but_presence(&mut resumed, "resumed on B").await;
 }
+
+/// A client that connects to one node, sends two messages and goes at
+/// once (its socket dropped, no close frame): a subscriber on another node
+/// still gets both, with history on (its messages are positioned in Redis
+/// after it has left) and off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_messages_of_a_client_that_leaves_at_once_still_cross_the_nodes() {
+    for extra in [&[][..], &["--history-size", "0"][..]] {
+        let redis = Redis::start().await;
+        let nodes = nodes(&redis, 2, extra).await;
+        let (mut sub, _) = news_v1(&nodes[0], None).await;
+        for round in 0..20 {
+            // It does not wait for its welcome: its node may not follow
+            // the channel yet when its messages arrive.
+            let url = format!("ws://{}/ws/news", nodes[1].addr());
+            let proto = [("Sec-WebSocket-Protocol", "broadcast.v1")];
+            let (mut publisher, _) = upgrade_with(&url, &proto).await.unwrap();
+            let (one, end) = (format!("one {round}"), format!("end {round}"));
+            publisher.send(Message::text(one.clone())).await.unwrap();
+            publisher.send(Message::text(end.clone())).await.unwrap();
+            drop(publisher);
+            let mut texts = Vec::new();
+            while texts.len() < 2 {
+                let event = crate::v2::event(&mut sub).await;
+                if event["type"] == "message" {
+                    texts.push(event["text"].as_str().unwrap().to_owned());
+                }
+            }
+            assert_eq!(texts, [one, end], "{extra:?}");
+        }
+    }
+}
