@@ -27,7 +27,7 @@
 //! build a missing one at replay time, once, and then keeps that too.
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,7 @@ use protocol::history::Unrecovered;
 
 use crate::fanout::Format;
 use crate::frame::{self, Wanted};
+use crate::stats::HistoryStats;
 
 /// Default `--history-size`: messages kept per channel.
 pub const DEFAULT_HISTORY_SIZE: usize = 100;
@@ -69,8 +70,9 @@ pub(crate) type Clock = fn() -> Instant;
 pub(crate) struct History {
     limits: Limits,
     logs: Mutex<HashMap<Arc<str>, Arc<Log>>>,
-    /// Bytes held by all entries (see [`Entry::size`]).
-    bytes: AtomicUsize,
+    /// Bytes and messages held by all entries (see [`Entry::size`]),
+    /// evictions: shared with the server's `Stats`.
+    stats: Arc<HistoryStats>,
     /// Held by whoever evicts over the byte budget.
     evicting: Mutex<()>,
     clock: Clock,
@@ -186,15 +188,15 @@ pub(crate) struct Replay {
 
 impl History {
     /// An empty history with these limits (`limits.size > 0`).
-    pub(crate) fn new(limits: Limits) -> Self {
-        Self::with_clock(limits, Instant::now)
+    pub(crate) fn new(limits: Limits, stats: Arc<HistoryStats>) -> Self {
+        Self::with_clock(limits, Instant::now, stats)
     }
 
-    pub(crate) fn with_clock(limits: Limits, clock: Clock) -> Self {
+    pub(crate) fn with_clock(limits: Limits, clock: Clock, stats: Arc<HistoryStats>) -> Self {
         Self {
             limits,
             logs: Mutex::default(),
-            bytes: AtomicUsize::new(0),
+            stats,
             evicting: Mutex::new(()),
             clock,
             base: (clock(), frame::unix_millis()),
@@ -213,7 +215,16 @@ impl History {
 
     /// Bytes its entries hold now.
     pub(crate) fn bytes(&self) -> usize {
-        self.bytes.load(Ordering::Relaxed)
+        self.stats.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Counts an entry gone (`evicted`: for the byte budget).
+    fn forget(&self, entry: &Entry, evicted: bool) {
+        self.stats.bytes.fetch_sub(entry.size(), Ordering::Relaxed);
+        self.stats.messages.fetch_sub(1, Ordering::Relaxed);
+        if evicted {
+            self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn logs(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Log>>> {
@@ -285,7 +296,7 @@ impl History {
             let Some((_, i)) = heap.pop() else { break };
             let mut ring = logs[i].lock_ring();
             if let Some(entry) = ring.entries.pop_front() {
-                self.bytes.fetch_sub(entry.size(), Ordering::Relaxed);
+                self.forget(&entry, true);
             }
             if let Some(next) = ring.entries.front() {
                 heap.push((std::cmp::Reverse(next.at), i));
@@ -387,9 +398,7 @@ impl Locked<'_> {
 
     fn drop_front(&mut self) {
         if let Some(entry) = self.ring.entries.pop_front() {
-            self.history
-                .bytes
-                .fetch_sub(entry.size(), Ordering::Relaxed);
+            self.history.forget(&entry, false);
         }
     }
 
@@ -465,9 +474,9 @@ impl Locked<'_> {
         let (v1, v2) = (entry.v1.clone(), entry.v2.clone());
         self.ring.last = offset;
         self.ring.touched = entry.at;
-        self.history
-            .bytes
-            .fetch_add(entry.size(), Ordering::Relaxed);
+        let stats = &self.history.stats;
+        stats.bytes.fetch_add(entry.size(), Ordering::Relaxed);
+        stats.messages.fetch_add(1, Ordering::Relaxed);
         self.ring.entries.push_back(entry);
         while self.ring.entries.len() > self.history.limits.size {
             self.drop_front();
@@ -504,6 +513,7 @@ impl Locked<'_> {
         }
         let built = self.build(entry, format);
         self.history
+            .stats
             .bytes
             .fetch_add(held(built.len()), Ordering::Relaxed);
         let entry = &mut self.ring.entries[i];

@@ -27,6 +27,7 @@ fn history(size: usize, ttl_secs: u64, memory: usize) -> History {
             memory,
         },
         clock,
+        Default::default(),
     )
 }
 

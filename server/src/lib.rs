@@ -185,11 +185,14 @@ impl Server {
         }
         let history = match config.history_size {
             0 => None,
-            size => Some(Arc::new(history::History::new(history::Limits {
-                size,
-                ttl: config.history_ttl,
-                memory: config.history_memory,
-            }))),
+            size => Some(Arc::new(history::History::new(
+                history::Limits {
+                    size,
+                    ttl: config.history_ttl,
+                    memory: config.history_memory,
+                },
+                stats.history.clone(),
+            ))),
         };
         let sweeper = history.clone().map(|history| {
             let every =

@@ -32,6 +32,7 @@ struct Snapshot {
     closes: Vec<(&'static str, u64)>,
     refused: Vec<(&'static str, u64)>,
     v2_errors: Vec<(&'static str, u64)>,
+    resumes: Vec<(&'static str, u64)>,
     shard_connections: Vec<u64>,
     shard_deliveries: Vec<u64>,
     paused: Vec<(&'static str, f64)>,
@@ -120,6 +121,26 @@ impl Snapshot {
                     "broadcast_api_messages",
                     "Messages published through POST /api/publish (one per channel)",
                     get(&stats.api_messages),
+                ),
+                (
+                    "broadcast_history_evicted",
+                    "History messages dropped before their time to stay within --history-memory",
+                    get(&stats.history.evicted),
+                ),
+                (
+                    "broadcast_history_rewinds",
+                    "Joins that asked for the last N messages (rewind)",
+                    get(&stats.history.rewinds),
+                ),
+                (
+                    "broadcast_history_replayed",
+                    "Messages written from history to resuming or rewinding clients",
+                    get(&stats.history.replayed),
+                ),
+                (
+                    "broadcast_history_stream_reads",
+                    "With --redis: reads of a channel's Redis stream for a resume older than the node's ring",
+                    get(&stats.history.stream_reads),
                 ),
                 (
                     "broadcast_deflate_messages",
@@ -218,6 +239,16 @@ impl Snapshot {
                     "Seconds since the server started",
                     stats.uptime().as_secs(),
                 ),
+                (
+                    "broadcast_history_bytes",
+                    "Bytes the channels' history holds (at allocator size classes), what --history-memory bounds",
+                    stats.history.bytes.load(Ordering::Relaxed) as u64,
+                ),
+                (
+                    "broadcast_history_messages",
+                    "Messages the channels' history holds, over all channels",
+                    stats.history.messages.load(Ordering::Relaxed) as u64,
+                ),
             ],
             closes: vec![
                 ("normal", get(&stats.peer_closes)),
@@ -242,6 +273,7 @@ impl Snapshot {
                 .zip(&stats.v2_errors)
                 .map(|(code, n)| (code.as_str(), get(n)))
                 .collect(),
+            resumes: stats.history.resumes().collect(),
             shard_connections: shards
                 .iter()
                 .map(|s| s.load.load(Ordering::Relaxed) as u64)
@@ -314,6 +346,17 @@ impl Collector for Snapshot {
         for &(code, v) in &self.v2_errors {
             v2_errors
                 .encode_family(&[("code", code)])?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        let mut resumes = encoder.encode_descriptor(
+            "broadcast_history_resumes",
+            "Joins that resumed from a position (since), by outcome: recovered (everything missed replayed), epoch (another history), expired (no longer kept), disabled (no history)",
+            None,
+            MetricType::Counter,
+        )?;
+        for &(outcome, v) in &self.resumes {
+            resumes
+                .encode_family(&[("outcome", outcome)])?
                 .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         }
         let mut conns = encoder.encode_descriptor(

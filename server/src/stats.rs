@@ -7,6 +7,7 @@
 //! per-shard counters are written only by their own shard.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -68,6 +69,67 @@ pub(crate) struct Stats {
     pub(crate) cluster: ClusterStats,
     /// permessage-deflate: who negotiated it, what was compressed.
     pub(crate) deflate: DeflateStats,
+    /// The channels' history: what it holds and drops, how resumes went
+    /// (shared with `history::History`, which updates it).
+    pub(crate) history: Arc<HistoryStats>,
+}
+
+/// History counters (see `history` and `conn::resume`).
+#[derive(Debug, Default)]
+pub(crate) struct HistoryStats {
+    /// Bytes its entries hold, counted at their allocator size class: what
+    /// `--history-memory` bounds.
+    pub(crate) bytes: AtomicUsize,
+    /// Messages kept, over all channels.
+    pub(crate) messages: AtomicUsize,
+    /// Messages dropped before their time to stay within `--history-memory`.
+    pub(crate) evicted: AtomicU64,
+    /// Joins with a `since` position, by outcome ([`RESUME_OUTCOMES`] order).
+    resumes: [AtomicU64; RESUME_OUTCOMES.len()],
+    /// Joins with `rewind`.
+    pub(crate) rewinds: AtomicU64,
+    /// Messages written from history to resuming or rewinding clients.
+    pub(crate) replayed: AtomicU64,
+    /// With `--redis`: reads of a channel's stream for a resume older than
+    /// the node's ring.
+    pub(crate) stream_reads: AtomicU64,
+}
+
+/// The outcomes a resume is counted by: everything missed was replayed,
+/// or not because the epoch differs, the messages are gone, or history is off.
+pub(crate) const RESUME_OUTCOMES: [&str; 4] = ["recovered", "epoch", "expired", "disabled"];
+
+impl HistoryStats {
+    /// Counts a join that asked for history: a resume (`since`) with its
+    /// outcome, or a rewind; and the `replayed` messages it was sent.
+    pub(crate) fn joined(
+        &self,
+        rewind: bool,
+        outcome: Result<(), protocol::history::Unrecovered>,
+        replayed: usize,
+    ) {
+        use protocol::history::Unrecovered;
+        if rewind {
+            self.rewinds.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let i = match outcome {
+                Ok(()) => 0,
+                Err(Unrecovered::Epoch) => 1,
+                Err(Unrecovered::Expired) => 2,
+                Err(Unrecovered::Disabled) => 3,
+            };
+            self.resumes[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.replayed.fetch_add(replayed as u64, Ordering::Relaxed);
+    }
+
+    /// Resumes by outcome, in [`RESUME_OUTCOMES`] order.
+    pub(crate) fn resumes(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        RESUME_OUTCOMES
+            .into_iter()
+            .zip(&self.resumes)
+            .map(|(name, n)| (name, n.load(Ordering::Relaxed)))
+    }
 }
 
 /// permessage-deflate counters (see `deflate`).
@@ -152,6 +214,7 @@ impl Stats {
             tls_failures: AtomicU64::new(0),
             cluster: ClusterStats::default(),
             deflate: DeflateStats::default(),
+            history: Arc::default(),
         }
     }
 

@@ -12,6 +12,7 @@
 //! (`dispatch::pick`). Nothing lost, nothing doubled.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -62,6 +63,10 @@ impl Conn {
         let membership = &self.ctx.membership;
         let Some(history) = self.ctx.publisher.history() else {
             let outcome = (start != Start::Live).then_some(Err(Unrecovered::Disabled));
+            if let Some(outcome) = outcome {
+                let rewind = matches!(start, Start::Rewind(_));
+                self.ctx.stats.history.joined(rewind, outcome, 0);
+            }
             return Joined {
                 channel: membership.join(self, name),
                 position: None,
@@ -90,6 +95,13 @@ impl Conn {
             epoch: locked.epoch().to_owned(),
         };
         drop(locked);
+        if let Some(outcome) = outcome {
+            let rewind = matches!(start, Start::Rewind(_));
+            self.ctx
+                .stats
+                .history
+                .joined(rewind, outcome, replay.frames.len());
+        }
         if replay.after > 0 {
             let subs = self.subs.borrow();
             if let Some(sub) = subs.iter().find(|s| s.channel.id == channel.id) {
@@ -122,6 +134,11 @@ impl Conn {
                 (locked.epoch().to_owned(), locked.first(), locked.last())
             };
             if p.epoch == epoch && p.offset + 1 < first && p.offset < last {
+                self.ctx
+                    .stats
+                    .history
+                    .stream_reads
+                    .fetch_add(1, Ordering::Relaxed);
                 older = relay.read_stream(name, p.offset + 1, first - 1).await;
             }
         }

@@ -648,6 +648,14 @@ async fn a_resume_from_before_the_nodes_ring_is_served_from_the_stream() {
     assert_exactly_once(&seen, 60, "resumed on B");
     assert_eq!(seen, got);
     assert_quiet_but_presence(&mut resumed, "resumed on B").await;
+    let m = b.metrics().await;
+    assert_eq!(metric(&m, "broadcast_history_stream_reads_total", ""), 1.0);
+    let recovered = "outcome=\"recovered\"";
+    assert_eq!(
+        metric(&m, "broadcast_history_resumes_total", recovered),
+        1.0
+    );
+    assert_eq!(metric(&m, "broadcast_history_replayed_total", ""), 50.0);
 }
 
 /// A client that connects to one node, sends two messages and goes at

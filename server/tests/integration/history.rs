@@ -150,6 +150,20 @@ async fn a_subscriber_that_resumes_gets_all_500_missed_messages_once_in_order() 
     publisher.send(Message::text("live")).await.unwrap();
     let m = message(&mut back).await;
     assert_eq!((offset(&m), &m["text"]), (501, &json!("live")), "{m}");
+
+    let m = server.metrics().await;
+    let resumes = |outcome: &str| {
+        metric(
+            &m,
+            "broadcast_history_resumes_total",
+            &format!("outcome=\"{outcome}\""),
+        )
+    };
+    assert_eq!(resumes("recovered"), 1.0);
+    assert_eq!(resumes("expired") + resumes("epoch"), 0.0);
+    assert_eq!(metric(&m, "broadcast_history_replayed_total", ""), 500.0);
+    assert_eq!(metric(&m, "broadcast_history_messages", ""), 501.0);
+    assert!(metric(&m, "broadcast_history_bytes", "") > 501.0 * 10.0);
 }
 
 #[tokio::test]
@@ -285,6 +299,17 @@ async fn a_wrong_epoch_or_a_position_older_than_the_ring_is_not_recovered() {
         let m = message(&mut ws).await;
         assert_eq!(offset(&m), at, "{m}");
     }
+    let m = server.metrics().await;
+    for (outcome, n) in [("recovered", 0.0), ("epoch", 1.0), ("expired", 1.0)] {
+        let label = format!("outcome=\"{outcome}\"");
+        assert_eq!(
+            metric(&m, "broadcast_history_resumes_total", &label),
+            n,
+            "{outcome}"
+        );
+    }
+    assert_eq!(metric(&m, "broadcast_history_replayed_total", ""), 10.0);
+    assert_eq!(metric(&m, "broadcast_history_messages", ""), 10.0);
 
     // A malformed since is a bad request, and the connection stays.
     send(
@@ -499,6 +524,10 @@ async fn history_size_and_memory_are_honoured_and_the_api_lists_what_is_kept() {
     let kept = doc["messages"].as_array().unwrap();
     assert!((1..5).contains(&kept.len()), "{} kept", kept.len());
     assert_eq!(offset(kept.last().unwrap()), 10);
+    let m = server.metrics().await;
+    let evicted = metric(&m, "broadcast_history_evicted_total", "");
+    assert_eq!(evicted, 10.0 - kept.len() as f64);
+    assert!(metric(&m, "broadcast_history_bytes", "") <= 4500.0);
 }
 
 #[tokio::test]
