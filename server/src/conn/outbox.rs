@@ -32,6 +32,9 @@ pub(super) const MAX_IOV: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
     Data,
+    /// A frame replayed from the channel's history on a resume or rewind:
+    /// counted in the backlog at [`REPLAY_COST`], not at its length.
+    Replay,
     Ping,
     Pong,
     /// A `broadcast.v1` notice explaining the close that follows; like
@@ -39,6 +42,14 @@ pub(super) enum Kind {
     Notice,
     Close,
 }
+
+/// What a replayed frame counts toward `--max-backlog`: its queue entry,
+/// not its bytes. Those are the history's own frames (shared by reference
+/// count with the log and every client replaying them), so a replay larger
+/// than the backlog limit is no sign of a slow consumer, and it adds
+/// little memory of its own. Still counted, so that a client asking for
+/// replays again and again without reading is closed like any other.
+pub(super) const REPLAY_COST: usize = 64;
 
 /// A frame waiting to be written.
 #[derive(Debug)]
@@ -87,6 +98,9 @@ impl Outbox {
             }
             n -= step;
             if step == rest {
+                if front.kind == Kind::Replay {
+                    self.data_bytes -= REPLAY_COST;
+                }
                 close_written |= front.kind == Kind::Close;
                 if front.kind == Kind::Data {
                     oldest = Some(oldest.map_or(front.at, |o| o.min(front.at)));
@@ -106,6 +120,7 @@ impl Outbox {
         self.queue.truncate(keep);
         self.data_bytes = match self.queue.front() {
             Some(front) if front.kind == Kind::Data => front.bytes.len() - self.head_written,
+            Some(front) if front.kind == Kind::Replay => REPLAY_COST,
             _ => 0,
         };
     }
@@ -264,6 +279,24 @@ impl Conn {
             bytes: frame,
             at: Instant::now(),
         });
+        drop(out);
+        self.kick();
+    }
+
+    /// Queues the frames replayed from history for a join, after its
+    /// answer and before anything live (see [`REPLAY_COST`]).
+    pub(crate) fn send_replay(self: &Rc<Self>, frames: Vec<Bytes>) {
+        if !self.is_open() || frames.is_empty() {
+            return;
+        }
+        let mut out = self.out.borrow_mut();
+        let at = Instant::now();
+        out.data_bytes += frames.len() * REPLAY_COST;
+        out.queue.extend(frames.into_iter().map(|bytes| Out {
+            kind: Kind::Replay,
+            bytes,
+            at,
+        }));
         drop(out);
         self.kick();
     }
@@ -474,5 +507,29 @@ mod tests {
         assert_eq!(o.consume(3), (true, Some(t0)));
         assert!(o.queue.is_empty());
         assert_eq!(o.data_bytes, 0);
+    }
+
+    #[test]
+    fn replayed_frames_count_their_queue_entry_not_their_bytes() {
+        let mut o = Outbox::default();
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            o.data_bytes += REPLAY_COST;
+            o.queue.push_back(Out {
+                kind: Kind::Replay,
+                bytes: Bytes::from(vec![b'r'; 10_000]),
+                at: t0,
+            });
+        }
+        // Partly written: still counted at its entry's cost, until done.
+        assert_eq!(o.consume(9_999), (false, None));
+        assert_eq!(o.data_bytes, 2 * REPLAY_COST);
+        assert_eq!(o.consume(1), (false, None));
+        assert_eq!(o.data_bytes, REPLAY_COST);
+        o.consume(5);
+        o.drop_unstarted();
+        assert_eq!((o.queue.len(), o.data_bytes), (1, REPLAY_COST));
+        o.consume(9_995);
+        assert_eq!((o.queue.len(), o.data_bytes), (0, 0));
     }
 }

@@ -147,11 +147,4 @@ impl Conn {
             older,
         }
     }
-
-    /// Queues the replay of a join, after its answer.
-    pub(crate) fn send_replay(self: &Rc<Self>, frames: Vec<Bytes>) {
-        for frame in frames {
-            self.send_own(frame);
-        }
-    }
 }

@@ -588,3 +588,43 @@ async fn after_a_restart_a_resume_is_told_the_epoch_changed() {
         "{welcome}"
     );
 }
+
+/// A resume whose replay is far larger than `--max-backlog` (1 MiB by
+/// default; here 20 MiB of kept messages) is not taken for a slow
+/// consumer, even when live messages arrive before the client has read
+/// any of it: the replayed frames are the history's own bytes.
+#[tokio::test]
+async fn a_replay_larger_than_the_backlog_limit_is_delivered_whole() {
+    let server = Server::start(&["--history-size", "1000"]).await;
+    let (mut watch, subscribed) = watcher(&server, "big").await;
+    let epoch = subscribed["epoch"].as_str().unwrap().to_owned();
+    let mut publisher = plain(&server, "/ws/big").await;
+    // Sent while the watcher reads (it would be a slow consumer otherwise).
+    let sending = tokio::spawn(async move {
+        let pad = "p".repeat(20 * 1024);
+        for i in 0..1000 {
+            publisher
+                .send(Message::text(format!("{i} {pad}")))
+                .await
+                .unwrap();
+        }
+        publisher
+    });
+    for at in 1..=1000 {
+        assert_eq!(offset(&message(&mut watch).await), at);
+    }
+    let mut publisher = sending.await.unwrap();
+
+    let (mut back, _) = connect_v2(&server, "/ws", None).await;
+    let answer =
+        subscribe_since(&mut back, "big", Some(json!({"offset": 0, "epoch": epoch}))).await;
+    assert_eq!(answer["recovered"], true, "{answer}");
+    // Live messages reach the shard while the replay waits, unread.
+    publish_seen(&mut publisher, &mut watch, "live", 3).await;
+    for at in 1..=1003 {
+        let m = message(&mut back).await;
+        assert_eq!(offset(&m), at, "{}", &m["text"].as_str().unwrap()[..8]);
+    }
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, "broadcast_slow_consumer_closes_total", ""), 0.0);
+}
