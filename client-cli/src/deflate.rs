@@ -250,16 +250,18 @@ impl Inbound {
         let Some(marks) = &self.marks else {
             return Ok(msg);
         };
-        let Message::Binary(data) = &msg else {
-            if matches!(msg, Message::Text(_)) {
-                // A text message is never one the shim changed.
-                self.take(marks.clone())?;
-            }
+        if !matches!(msg, Message::Text(_) | Message::Binary(_)) {
             return Ok(msg);
-        };
-        let text = match self.take(marks.clone())? {
-            Mark::Plain => return Ok(msg),
-            Mark::Compressed { text } => text,
+        }
+        let mark = marks.lock().ok().and_then(|mut m| m.pop_front());
+        let text = match (mark, &msg) {
+            (Some(Mark::Compressed { text }), Message::Binary(_)) => text,
+            (Some(_), _) => return Ok(msg),
+            (None, _) => {
+                return Err(WsError::Io(io::Error::other(
+                    "internal error: a message the frame tracker did not see",
+                )))
+            }
         };
         let Some(inflater) = &mut self.inflater else {
             // RSV1 without the extension: what tungstenite itself says.
@@ -267,22 +269,13 @@ impl Inbound {
         };
         let mut out = Vec::new();
         inflater
-            .inflate(data, self.max, &mut out)
+            .inflate(&msg.into_data(), self.max, &mut out)
             .map_err(|e| WsError::Io(io::Error::new(io::ErrorKind::InvalidData, e)))?;
         if text {
             Ok(Message::text(String::from_utf8(out)?))
         } else {
             Ok(Message::binary(out))
         }
-    }
-
-    fn take(&self, marks: Marks) -> Result<Mark, WsError> {
-        let mark = marks.lock().ok().and_then(|mut m| m.pop_front());
-        mark.ok_or_else(|| {
-            WsError::Io(io::Error::other(
-                "internal error: a message the frame tracker did not see",
-            ))
-        })
     }
 }
 
