@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use futures_util::Stream;
-use protocol::deflate::{Accepted, Inflater, RSV1};
+use protocol::deflate::{Accepted, InflateError, Inflater, RSV1};
 use protocol::frame::{decode_header, OpCode, MAX_HEADER};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
@@ -246,7 +246,7 @@ impl Inbound {
 
     /// `msg` as the server meant it: a compressed message inflated (and,
     /// if it was text, checked as UTF-8); anything else as it is.
-    fn restore(&mut self, msg: Message) -> Result<Message, WsError> {
+    fn restore(&mut self, msg: Message) -> Result<Message, Unrestorable> {
         let Some(marks) = &self.marks else {
             return Ok(msg);
         };
@@ -257,24 +257,46 @@ impl Inbound {
         let text = match (mark, &msg) {
             (Some(Mark::Compressed { text }), Message::Binary(_)) => text,
             (Some(_), _) => return Ok(msg),
-            (None, _) => {
-                return Err(WsError::Io(io::Error::other(
-                    "internal error: a message the frame tracker did not see",
-                )))
-            }
+            (None, _) => return Err(Unrestorable::Untracked),
         };
-        let Some(inflater) = &mut self.inflater else {
-            // RSV1 without the extension: what tungstenite itself says.
-            return Err(WsError::Protocol(ProtocolError::NonZeroReservedBits));
-        };
+        let inflater = self.inflater.as_mut().ok_or(Unrestorable::NotNegotiated)?;
         let mut out = Vec::new();
         inflater
             .inflate(&msg.into_data(), self.max, &mut out)
-            .map_err(|e| WsError::Io(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+            .map_err(Unrestorable::Inflate)?;
         if text {
-            Ok(Message::text(String::from_utf8(out)?))
+            let text = String::from_utf8(out).map_err(|e| Unrestorable::Utf8(e.utf8_error()))?;
+            Ok(Message::text(text))
         } else {
             Ok(Message::binary(out))
+        }
+    }
+}
+
+/// Why a message from the server cannot be restored: each fails the
+/// connection (as the tungstenite error it becomes).
+#[derive(Debug)]
+enum Unrestorable {
+    /// RSV1 set although the server did not accept the extension.
+    NotNegotiated,
+    /// Too big once inflated, or not deflate data.
+    Inflate(InflateError),
+    /// Inflated text that is not UTF-8.
+    Utf8(std::str::Utf8Error),
+    /// A message the shim saw no first frame of (a bug of ours).
+    Untracked,
+}
+
+impl From<Unrestorable> for WsError {
+    fn from(e: Unrestorable) -> Self {
+        match e {
+            // What tungstenite itself says of RSV1 without an extension.
+            Unrestorable::NotNegotiated => WsError::Protocol(ProtocolError::NonZeroReservedBits),
+            Unrestorable::Inflate(e) => WsError::Io(io::Error::new(io::ErrorKind::InvalidData, e)),
+            Unrestorable::Utf8(e) => WsError::Utf8(e.to_string()),
+            Unrestorable::Untracked => WsError::Io(io::Error::other(
+                "internal error: a message the frame tracker did not see",
+            )),
         }
     }
 }
@@ -300,8 +322,10 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        let next = ready!(Pin::new(&mut this.stream).poll_next(cx));
-        Poll::Ready(next.map(|r| r.and_then(|msg| this.inbound.restore(msg))))
+        Poll::Ready(match ready!(Pin::new(&mut this.stream).poll_next(cx)) {
+            Some(Ok(msg)) => Some(this.inbound.restore(msg).map_err(WsError::from)),
+            other => other,
+        })
     }
 }
 
