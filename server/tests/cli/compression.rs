@@ -158,6 +158,7 @@ async fn server_answering(answer: &'static str) -> u16 {
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
+                #[allow(clippy::result_large_err, reason = "tungstenite's callback type")]
                 let answer = |_: &Request, mut resp: Response| {
                     resp.headers_mut()
                         .insert("Sec-WebSocket-Extensions", HeaderValue::from_static(answer));
