@@ -33,13 +33,13 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::Connector;
 
 use protocol::backoff::{is_planned_close, Backoff};
 use protocol::history::{Cursor, Position, Resumed};
 
 use crate::channels::{Answer, Channels, Sent};
-use crate::conn::{connect, Connected, Format, Ws};
+use crate::conn::{connect, Connected, Format, Tls, Ws};
+use crate::deflate::Incoming as Inflating;
 use crate::input::{self, Input};
 use crate::output::Out;
 use crate::render::{self, BodyView};
@@ -77,6 +77,8 @@ pub(crate) struct Options {
     /// Do not read stdin at all.
     pub(crate) listen: bool,
     pub(crate) reconnect: bool,
+    /// Offer permessage-deflate (not `--no-compression`).
+    pub(crate) compression: bool,
     /// `--channel` names (valid, distinct, in order): speak `broadcast.v2`.
     pub(crate) channels: Vec<String>,
 }
@@ -95,8 +97,8 @@ enum End {
     Refused(String),
 }
 
-/// The reading half of a connection.
-type Incoming = SplitStream<Ws>;
+/// The reading half of a connection, compressed messages inflated.
+type Incoming = Inflating<SplitStream<Ws>>;
 
 /// SIGINT, SIGTERM and SIGHUP: each means "leave cleanly".
 struct Signals(Vec<Signal>);
@@ -123,7 +125,7 @@ impl Signals {
 struct Client {
     opts: Options,
     out: Out,
-    tls: Connector,
+    tls: Tls,
     /// Where to connect: the URL, or with `--channel` the first channel's
     /// (which a server without `broadcast.v2` puts us in).
     connect_to: Target,
@@ -172,7 +174,7 @@ struct Client {
 }
 
 /// Runs the client; returns the process exit code.
-pub(crate) async fn run(opts: Options, out: Out, tls: Connector) -> ExitCode {
+pub(crate) async fn run(opts: Options, out: Out, tls: Tls) -> ExitCode {
     let connect_to = match opts.channels.first() {
         Some(first) => opts.target.in_channel(first),
         None => opts.target.clone(),
@@ -212,7 +214,7 @@ impl Client {
         // The first attempt: failing it ends the client (the URL is likely
         // wrong or the server not started; looping would hide that).
         let first = tokio::select! {
-            r = connect(&self.connect_to.request, &self.tls, self.offer_v2()) => r,
+            r = connect(&self.connect_to.request, &self.tls, self.offer_v2(), self.opts.compression) => r,
             () = self.signals.recv() => return self.exit(ExitCode::SUCCESS, None),
         };
         let mut conn = match first {
@@ -367,7 +369,7 @@ impl Client {
             }
             let url = self.resume_url();
             let attempt = tokio::select! {
-                r = connect(&url, &self.tls, self.offer_v2()) => r,
+                r = connect(&url, &self.tls, self.offer_v2(), self.opts.compression) => r,
                 () = self.signals.recv() => return None,
             };
             match attempt {
@@ -407,9 +409,14 @@ impl Client {
     }
 
     async fn session(&mut self, conn: Connected, again: bool) -> End {
-        let Connected { ws, format } = conn;
+        let Connected {
+            ws,
+            format,
+            inbound,
+        } = conn;
         self.format = format;
-        let (sink, mut stream) = ws.split();
+        let (sink, stream) = ws.split();
+        let mut stream = Inflating::new(stream, inbound);
         let mut out = Outgoing::new(sink, self.pipe());
         if let (Some(first), true) = (self.opts.channels.first(), format != Format::V2) {
             let others = self.opts.channels.len() - 1;

@@ -13,6 +13,10 @@
 //! With `--channel` it offers `broadcast.v2` first and subscribes to each
 //! channel over one connection; interactive mode then has slash commands
 //! (`/join`, `/leave`, `/switch`, `/who`; see `slash`).
+//!
+//! It offers permessage-deflate (unless `--no-compression`), so a server
+//! may send it messages compressed; it sends its own uncompressed (see
+//! `deflate`).
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -20,6 +24,7 @@ use std::process::ExitCode;
 mod app;
 mod channels;
 mod conn;
+mod deflate;
 mod input;
 mod output;
 mod render;
@@ -47,6 +52,11 @@ pub struct ConnectArgs {
     /// Do not reconnect after the connection drops (exit 1 instead).
     #[arg(long)]
     pub no_reconnect: bool,
+    /// Do not offer permessage-deflate: the server then sends every message
+    /// uncompressed (by default the client offers it, and a server that
+    /// does not support it answers without).
+    #[arg(long)]
+    pub no_compression: bool,
     /// Shared secret for a server started with `--auth-token` (sent as the
     /// `token` query parameter; never printed).
     #[arg(long, value_name = "TOKEN")]
@@ -148,6 +158,7 @@ pub fn run(args: ConnectArgs) -> ExitCode {
         interactive,
         listen: args.listen,
         reconnect: !args.no_reconnect,
+        compression: !args.no_compression,
         channels,
     };
     let out = output::Out::new(interactive, colour);

@@ -189,6 +189,12 @@ async function newPage(browser, url, name, viewport = { width: 1280, height: 800
   page.problems = [];
   page.sockets = [];
   page.on("websocket", (ws) => page.sockets.push(ws.url()));
+  // The upgrade's headers as Chromium sent and got them (the page's
+  // WebSocket is the wasm client's own; Playwright does not show headers).
+  page.handshakes = [];
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("Network.enable");
+  cdp.on("Network.webSocketHandshakeResponseReceived", (e) => page.handshakes.push(e.response));
   page.on("dialog", async (d) => {
     page.dialogs.push(d.message());
     await d.dismiss();
@@ -299,6 +305,17 @@ async function say(page, message) {
   await until(async () => (await page.inputValue("#message")) === "", `${message} sent (input cleared)`);
 }
 
+/** A header of a CDP request or response (their names keep the case they were sent in). */
+const header = (headers, name) => Object.entries(headers ?? {}).find(([k]) => k.toLowerCase() === name)?.[1];
+
+/** The unlabelled sample `name` of the server's /metrics. */
+async function metric(base, name) {
+  const body = await (await fetch(base + "/metrics")).text();
+  const line = body.split("\n").find((l) => l.startsWith(name + " "));
+  check(line, `${name} in /metrics`);
+  return Number(line.slice(name.length + 1));
+}
+
 // ---------------------------------------------------------------- the test
 
 async function main() {
@@ -393,6 +410,24 @@ async function main() {
   check(aliceLines.find((l) => l.text === "hello from alice").kind === "mine", "alice's own message is marked as hers");
   check((await lines(bob)).filter((l) => l.text === "hi alice, bob here").length === 1, "bob's own message shows once");
   log("pages exchanged messages both ways");
+
+  // permessage-deflate: Chromium offers it, the server accepts it, and a
+  // message of several KiB goes compressed (once) and arrives intact.
+  for (const [who, page] of [["alice", alice], ["bob", bob]]) {
+    const answers = () => page.handshakes.map((r) => `${r.status} ${header(r.headers, "sec-websocket-extensions") ?? "(no extension)"}`);
+    await until(() => page.handshakes.length > 0, `${who}'s upgrade response`);
+    const [answer, ...more] = answers();
+    check(more.length === 0 && /^101 permessage-deflate(;|$)/.test(answer) && /server_no_context_takeover/.test(answer), `${who}'s Chromium negotiated permessage-deflate: ${JSON.stringify(answers())}`);
+  }
+  check((await metric(base, "broadcast_deflate_connections_open")) === 2, "the server counts both pages as compressing");
+  const compressedBefore = await metric(base, "broadcast_deflate_messages_total");
+  const big = Array.from({ length: 600 }, (_, i) => `${i}:${(i * 7919) % 1000}`).join(" ");
+  check(big.length > 4096, `a message of ${big.length} characters`);
+  await alice.fill("#message", big);
+  await alice.press("#message", "Enter");
+  await waitLine(bob, { kind: "theirs", who: "alice", text: big }, "bob gets alice's long message intact");
+  await until(async () => (await metric(base, "broadcast_deflate_messages_total")) === compressedBefore + 1, "the long message compressed once");
+  log(`permessage-deflate negotiated by Chromium; a ${big.length}-byte message went compressed`);
 
   // A plain WebSocket client in the same room, both ways, text and binary.
   const plain = await plainClient(port);

@@ -3,6 +3,7 @@
 //! (`connect`), on loopback ports chosen by the kernel.
 
 mod channels;
+mod compression;
 mod interactive;
 mod jwt;
 mod pipe;

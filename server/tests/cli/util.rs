@@ -1,5 +1,6 @@
 //! Helpers: a server process, CLI processes whose output lines are awaited
-//! with bounded timeouts, tungstenite peers, and `/healthz` polling.
+//! with bounded timeouts, tungstenite peers, and `/healthz` and `/metrics`
+//! polling.
 
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -98,18 +99,25 @@ impl Server {
         assert!(st.success(), "server exit status {st}");
     }
 
-    /// The `connections` count from `/healthz`.
-    async fn connections(&self) -> u64 {
+    /// The body of `GET path` (HTTP/1.1, `Connection: close`).
+    async fn get(&self, path: &str) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))
             .await
-            .expect("connect for /healthz");
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("connect for {path}: {e}"));
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes()).await.unwrap();
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.unwrap();
         let text = String::from_utf8_lossy(&raw);
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        text.split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned()
+    }
+
+    /// The `connections` count from `/healthz`.
+    async fn connections(&self) -> u64 {
+        let body = self.get("/healthz").await;
         let start = body.find('{').unwrap_or(0);
         let end = body.rfind('}').map_or(body.len(), |e| e + 1);
         let json: serde_json::Value = serde_json::from_str(&body[start..end])
@@ -117,6 +125,30 @@ impl Server {
         json["connections"]
             .as_u64()
             .unwrap_or_else(|| panic!("no connections in {json}"))
+    }
+
+    /// The value of the unlabelled sample `name` in `/metrics`.
+    pub(crate) async fn metric(&self, name: &str) -> f64 {
+        let body = self.get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics: {body}"))
+    }
+
+    /// Polls `/metrics` until `name` is `want`.
+    pub(crate) async fn wait_metric(&self, name: &str, want: f64) {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let got = self.metric(name).await;
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} stayed at {got}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Polls `/healthz` until `want` WebSocket clients are connected.

@@ -5,7 +5,7 @@
 use std::process::Stdio;
 
 use futures_util::SinkExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -75,6 +75,59 @@ async fn tls_reader_that_pauses_gets_every_message_in_order() {
             m => panic!("message {i}: got {m:?}"),
         }
     }
+}
+
+/// The console client's deflate shim sits above TLS: over `wss://` a long
+/// message reaches it compressed and is printed intact.
+#[tokio::test]
+async fn console_client_inflates_over_wss() {
+    let pki = Pki::new("cli-deflate");
+    let server = pki.server(&[]).await;
+    let url = format!("wss://127.0.0.1:{}/ws", server.port);
+    let mut c = pki.connect_many(&server, 1).await;
+    let mut child = tokio::process::Command::new(server_bin())
+        .args(["connect", "--url", &url, "--ca", &pki.path("ca.pem")])
+        .args(["--listen", "--no-reconnect"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let welcome = async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("(2 online)") {
+                return;
+            }
+        }
+        panic!("the console client ended before its welcome");
+    };
+    timeout(EVENT_TIMEOUT, welcome).await.expect("welcome");
+    let text = "compressed over tls, inflated under tungstenite; ".repeat(100);
+    c[0].send(Message::text(text.clone())).await.unwrap();
+    let printed = async {
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            if line.ends_with(&format!(": {text}")) {
+                return;
+            }
+        }
+        panic!("the console client ended before the message");
+    };
+    timeout(EVENT_TIMEOUT, printed)
+        .await
+        .expect("the message printed");
+    let m = pki.https_get(&server, "/metrics").await;
+    let samples = parse_metrics(&m.body);
+    assert_eq!(
+        metric(&samples, "broadcast_deflate_connections_open", ""),
+        1.0
+    );
+    assert_eq!(
+        metric(&samples, "broadcast_deflate_messages_total", ""),
+        1.0
+    );
 }
 
 #[tokio::test]
