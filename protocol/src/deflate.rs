@@ -374,7 +374,9 @@ mod tests {
         }
         // A whole message afterwards still inflates from a fresh state.
         let mut out = Vec::new();
-        inflater.inflate(&compress(&big), 1 << 20, &mut out).unwrap();
+        inflater
+            .inflate(&compress(&big), 1 << 20, &mut out)
+            .unwrap();
         assert_eq!(out, big);
         assert_eq!(
             inflater.inflate_prefix(&[0xff, 0xff, 0xff, 0xff], 24, &mut Vec::new()),
