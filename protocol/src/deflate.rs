@@ -251,8 +251,12 @@ impl Inflater {
                 return Err(InflateError::TooBig);
             }
             // Room for one byte past the limit: producing it proves the
-            // message too big.
-            let room = (max + 1 - produced).min(64 * 1024);
+            // message too big. Steps of about 4 times what is left to read
+            // (at least 4 KiB, at most 64 KiB): the room is zeroed first,
+            // which for a message of a few KiB would cost more than
+            // inflating it if every step were 64 KiB.
+            let step = (input.len() - at).saturating_mul(4).clamp(4096, 64 * 1024);
+            let room = (max + 1 - produced).min(step);
             let len = out.len();
             out.resize(len + room, 0);
             let (in0, out0) = (self.z.total_in(), self.z.total_out());
