@@ -267,7 +267,7 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   echo "# Benchmark results $NAME"
   echo
   echo "Produced by \`bash bench/run.sh\` (BENCH_RUNS=$RUNS, BENCH_DURATION=$DURATION) on $(date -u '+%Y-%m-%d %H:%M UTC'), $(( (T_END - T_START) / 60 )) min $(( (T_END - T_START) % 60 )) s."
-  echo "Each figure is the **median of $RUNS runs** (loss and errors: the worst run). Ratio = ours ÷ baseline:"
+  echo "Each figure is the **median of $RUNS runs** (loss and errors: the worst run). Ratio = ours ÷ baseline (scenario 9: on ÷ off):"
   echo "for latency and memory lower is better, for throughput and connect rate higher is better."
   echo
   echo "## Machine"

@@ -1004,7 +1004,9 @@ fn compressing_subscribers_lose_nothing_on_default_server_flags() {
         assert_eq!(w["compression"], how, "{r}");
         assert_eq!(u(w, "negotiated"), 20, "{r}");
         // JSON compresses: well under the 1,024 + 4 bytes of a plain frame.
-        let per = w["bytes_per_delivery"].as_f64().expect("bytes_per_delivery");
+        let per = w["bytes_per_delivery"]
+            .as_f64()
+            .expect("bytes_per_delivery");
         assert!(per > 0.0 && per < 600.0, "{how}: {per} bytes per delivery");
         // The server compressed each message once, not once per recipient.
         assert_eq!(deflate_messages(&server.url), published, "{how}: {r}");
@@ -1033,7 +1035,10 @@ fn without_compression_the_wire_carries_whole_frames() {
     );
     assert_eq!(out.status.code(), Some(0), "{r}");
     let w = &r["wire"];
-    assert_eq!((w["compression"].as_str(), u(w, "negotiated")), (Some("off"), 0));
+    assert_eq!(
+        (w["compression"].as_str(), u(w, "negotiated")),
+        (Some("off"), 0)
+    );
     // Every delivery is a 1,024-byte binary frame with a 4-byte header.
     assert_eq!(u(w, "socket_bytes"), u(&r, "delivered") * 1028, "{r}");
     assert_eq!(deflate_messages(&server.url), 0);
