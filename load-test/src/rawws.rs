@@ -172,8 +172,10 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         check_response(&buf[..head_len], &derive_accept_key(key.as_bytes()))?;
     check_subprotocol(subprotocol, selected.as_deref())?;
     let inflating = match (deflate, extensions) {
-        (Deflate::Off, Some(e)) => bail!("the server answered extensions `{e}`, none was offered"),
-        (Deflate::Off, None) => None,
+        (Deflate::Off, Some(e)) if !e.trim().is_empty() => {
+            bail!("the server answered extensions `{e}`, none was offered")
+        }
+        (Deflate::Off, _) => None,
         (_, e) => protocol::deflate::accepted(e.as_deref())?.map(|accepted| Inflating {
             inflater: Inflater::new(accepted),
             prefix: match deflate {
