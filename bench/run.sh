@@ -33,6 +33,14 @@
 #      (--channels 1000), 100 publishers (one per channel) at --max-rate,
 #      64 B; ours only (the baseline has no channels): server CPU per
 #      delivery against scenario 2a's (one room of 100) in the same run
+#   9  compression (permessage-deflate), ours only, DEFAULT flags, each run
+#      with load-test --compression ("on": subscribers and the publisher
+#      offer it) and without ("off": no offer): 9 saturation, 100
+#      subscribers, 1 publisher, --max-rate, 4 KiB of JSON (--payload
+#      json); 9s the same with 64 B messages (under --compression-min-size:
+#      nothing is compressed); 9m memory, 2,000 idle subscribers (RSS per
+#      connection, negotiated or not). The broadcast_deflate_* counters are
+#      read from /metrics after each run (one fresh server per run).
 # Output: bench/results/<date>-<short git rev>.md (hardware, OS, toolchain,
 # the exact commands, one table per scenario: ours, baseline, ratio), and
 # next to it a directory of the same name with every run's JSON and, for the
@@ -66,6 +74,8 @@ OURS_DEFAULT="$REL/broadcast-server start --host 127.0.0.1 --port 0"
 declare -A SERVER_CMD=(
   [ours]="$OURS_DEFAULT"
   [baseline]="$REL/baseline-server --host 127.0.0.1 --port 0"
+  [on]="$OURS_DEFAULT"
+  [off]="$OURS_DEFAULT"
 )
 server_cmd() { # kind scenario
   echo "${SERVER_CMD[$1]}"
@@ -101,7 +111,7 @@ stop_server() {
 }
 
 # Scenario definitions: id, title, load-test arguments.
-ALL_SCENARIOS=(s1 s2a s2b s3 s4 s5 s5r s6 s7 s8)
+ALL_SCENARIOS=(s1 s2a s2b s3 s4 s5 s5r s6 s7 s8 s9 s9s s9m)
 read -r -a SCENARIOS <<<"${BENCH_SCENARIOS:-${ALL_SCENARIOS[*]}}"
 for sc in "${SCENARIOS[@]}"; do
   [[ " ${ALL_SCENARIOS[*]} " == *" $sc "* ]] || { echo "bench/run.sh: unknown scenario $sc (${ALL_SCENARIOS[*]})" >&2; exit 2; }
@@ -118,6 +128,9 @@ declare -A TITLE=(
   [s6]="6. Overload: 1,000 subscribers, 30 publishers at 900 msg/s each (27,000 msg/s), 64 B, $DURATION, default server flags"
   [s7]="7. Flood fairness: 200 subscribers, 1 publisher as fast as TCP allows + 1 at 50 msg/s, 64 B, $DURATION, default server flags"
   [s8]="8. Many small rooms: 10,000 subscribers in 1,000 channels of 10, 100 publishers at --max-rate (window 64 each), 64 B, $DURATION, ours only"
+  [s9]="9. Compression: 100 subscribers, 1 publisher, --max-rate (window 64), 4 KiB JSON, $DURATION, default server flags, load-test --compression vs no offer"
+  [s9s]="9s. Compression, small messages: the same with 64 B JSON (under --compression-min-size 256)"
+  [s9m]="9m. Compression, memory: 2,000 idle subscribers (ramp 2,000/s), held 3 s, negotiated vs not"
 )
 COMMON="--source-addrs 8 --no-progress"
 declare -A ARGS=(
@@ -131,33 +144,52 @@ declare -A ARGS=(
   [s6]="--clients 1000 --publishers 30 --rate 27000 --size 64 --duration $DURATION --drain 120s --drain-quiet 5s --after-close 10s"
   [s7]="--clients 200 --publishers 1 --rate 50 --flooders 1 --size 64 --duration $DURATION --drain 120s --drain-quiet 5s --after-close 10s"
   [s8]="--clients 10000 --channels 1000 --publishers 100 --max-rate --window 64 --size 64 --duration $DURATION --drain 10s"
+  [s9]="--clients 100 --publishers 1 --max-rate --window 64 --size 4096 --payload json --duration $DURATION --drain 5s"
+  [s9s]="--clients 100 --publishers 1 --max-rate --window 64 --size 64 --payload json --duration $DURATION --drain 5s"
+  [s9m]="--clients 2000 --idle --ramp 2000 --settle 1s --duration 3s --after-close 1s"
 )
+# The two sides of each scenario: ours and the baseline, or for the
+# compression scenarios ours twice, with and without the offer.
+declare -A KINDS=([s9]="on off" [s9s]="on off" [s9m]="on off")
+declare -A KIND_ARGS=([on]="--compression" [off]="")
+kinds() { echo "${KINDS[$1]:-ours baseline}"; }
 # Scenarios the baseline cannot run (it has no channels).
 declare -A OURS_ONLY=([s8]=1)
 # Ours serves /metrics on its main port: the server-side latency histogram
 # and the flow-control counters (the baseline has none).
-declare -A WITH_METRICS=([s6]=1 [s7]=1)
+declare -A WITH_METRICS=([s6]=1 [s7]=1 [s9]=1 [s9s]=1)
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(date +%s)
 for sc in "${SCENARIOS[@]}"; do
   for i in $(seq "$RUNS"); do
-    for kind in ours baseline; do
+    for kind in $(kinds "$sc"); do
       [ "$kind" = baseline ] && [ -n "${OURS_ONLY[$sc]:-}" ] && continue
       base="$OUT/$sc-$kind-$i"
       start_server "$kind" "$sc" "$base.server"
       report=()
       [ "$i" = 1 ] && report=(--report "$base.html")
-      if [ "$kind" = ours ] && [ -n "${WITH_METRICS[$sc]:-}" ]; then
-        metrics_url=${SERVER_URL/#ws:/http:}
-        report+=(--metrics "${metrics_url%/ws}/metrics")
+      metrics_url=${SERVER_URL/#ws:/http:}
+      metrics_url="${metrics_url%/ws}/metrics"
+      if [ "$kind" != baseline ] && [ -n "${WITH_METRICS[$sc]:-}" ]; then
+        report+=(--metrics "$metrics_url")
       fi
       echo "== $sc $kind run $i/$RUNS ($SERVER_URL, pid $SERVER_PID)" >&2
       rc=0
       # shellcheck disable=SC2086
-      "$LOADTEST" --url "$SERVER_URL" --server-pid "$SERVER_PID" ${ARGS[$sc]} $COMMON \
+      "$LOADTEST" --url "$SERVER_URL" --server-pid "$SERVER_PID" ${ARGS[$sc]} ${KIND_ARGS[$kind]:-} $COMMON \
         --json "$base.json" "${report[@]}" >"$base.txt" 2>&1 || rc=$?
       echo "$rc" >"$base.rc"
+      if [ -n "${KINDS[$sc]:-}" ] && [ -s "$base.json" ]; then
+        # The server's permessage-deflate counters over the run (a fresh
+        # server per run), as .deflate in the run's JSON.
+        deflate=$(curl -fsS "$metrics_url" | awk '
+          $1 == "broadcast_deflate_messages_total" { m = $2 }
+          $1 == "broadcast_deflate_bytes_before_total" { b = $2 }
+          $1 == "broadcast_deflate_bytes_after_total" { a = $2 }
+          END { printf "{\"messages\": %d, \"bytes_before\": %d, \"bytes_after\": %d}", m, b, a }')
+        jq --argjson d "$deflate" '. + {deflate: $d}' "$base.json" >"$base.json.tmp" && mv "$base.json.tmp" "$base.json"
+      fi
       stop_server
       rm -f "$base.server.out"
       [ -s "$base.server.err" ] || rm -f "$base.server.err"
@@ -194,13 +226,15 @@ ratio() { # ours baseline
     printf "%.2f" "$(jq -n "$1 / $2")"
   fi
 }
-# row LABEL SCENARIO JQ-EXPR DECIMALS [worst]
+# row LABEL SCENARIO JQ-EXPR DECIMALS [worst]: ours, baseline, ratio (for
+# the compression scenarios: on, off, on ÷ off).
 row() {
   local agg=median
   [ "${5:-}" = worst ] && agg=worst
-  local o b
-  o=$($agg "$2" ours "$3")
-  b=$($agg "$2" baseline "$3")
+  local o b a z
+  read -r a z <<<"$(kinds "$2")"
+  o=$($agg "$2" "$a" "$3")
+  b=$($agg "$2" "$z" "$3")
   echo "| $1 | $(fmt "$o" "$4") | $(fmt "$b" "$4") | $(ratio "$o" "$b") |"
 }
 val() { median "$1" "$2" "$3"; }
@@ -215,6 +249,14 @@ codes() {
     | map("\(.[0].key): \(map(.value) | add)") | join(", ")
     | if . == "" then "none" else . end' "${files[@]}"
 }
+# quot A B: A ÷ B, null when either is null or B is 0.
+quot() {
+  if [ "$1" = null ] || [ "$2" = null ] || [ "$(jq -n "$2 == 0")" = true ]; then
+    echo null
+  else
+    jq -n "$1 / $2"
+  fi
+}
 yesno() { if [ "$1" = true ]; then echo "**met**"; else echo "**not met**"; fi; }
 
 CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
@@ -225,7 +267,7 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   echo "# Benchmark results $NAME"
   echo
   echo "Produced by \`bash bench/run.sh\` (BENCH_RUNS=$RUNS, BENCH_DURATION=$DURATION) on $(date -u '+%Y-%m-%d %H:%M UTC'), $(( (T_END - T_START) / 60 )) min $(( (T_END - T_START) % 60 )) s."
-  echo "Each figure is the **median of $RUNS runs** (loss and errors: the worst run). Ratio = ours ÷ baseline:"
+  echo "Each figure is the **median of $RUNS runs** (loss and errors: the worst run). Ratio = ours ÷ baseline (scenario 9: on ÷ off):"
   echo "for latency and memory lower is better, for throughput and connect rate higher is better."
   echo
   echo "## Machine"
@@ -257,7 +299,11 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   for sc in "${SCENARIOS[@]}"; do
     m=""
     [ -n "${WITH_METRICS[$sc]:-}" ] && m=" [ours: --metrics http://\$HOST:\$PORT/metrics]"
-    echo "target/release/load-test --url \$URL --server-pid \$PID ${ARGS[$sc]} $COMMON$m --json $sc-\$SERVER-\$RUN.json  # $sc"
+    if [ -n "${KINDS[$sc]:-}" ]; then
+      echo "target/release/load-test --url \$URL --server-pid \$PID ${ARGS[$sc]} [on: --compression] $COMMON --metrics http://\$HOST:\$PORT/metrics --json $sc-\$SIDE-\$RUN.json  # $sc, ours only; then curl /metrics for broadcast_deflate_*"
+    else
+      echo "target/release/load-test --url \$URL --server-pid \$PID ${ARGS[$sc]} $COMMON$m --json $sc-\$SERVER-\$RUN.json  # $sc"
+    fi
   done
   echo '```'
   echo
@@ -440,6 +486,49 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   echo
   fi
 
+  for sc in s9 s9s; do
+    ran $sc || continue
+    echo "### ${TITLE[$sc]}"
+    echo
+    echo "Both sides run ours on its default flags (\`--compression on\`, \`--compression-min-size 256\`);"
+    echo "\"on\": load-test --compression (subscribers offer permessage-deflate and inflate each message's"
+    echo "24-byte header; the publisher offers it too and sends uncompressed), \"off\": no offer. Wire bytes:"
+    echo "what the subscribers read from their sockets (frame headers included) per delivery."
+    echo
+    echo "| metric | on | off | ratio on ÷ off |"
+    echo "| --- | ---: | ---: | ---: |"
+    row "**wire bytes per delivery**" $sc .wire.bytes_per_delivery 1
+    row "**server CPU per delivery (µs)**" $sc '.server.cpu_run_s * 1e6 / .delivered' 3
+    row "**deliveries/s**" $sc .deliveries_per_s 0
+    row "loss ratio (worst run)" $sc .loss_ratio 6 worst
+    row "errors (worst run)" $sc .errors 0 worst
+    row "subscribers that negotiated it" $sc .wire.negotiated 0
+    row "messages published" $sc .published 0
+    row "server: messages compressed (broadcast_deflate_messages_total)" $sc .deflate.messages 0
+    row "server: compressed ÷ published" $sc 'if .published > 0 then .deflate.messages / .published else null end' 3
+    row "server: deflate ratio (bytes before ÷ after)" $sc 'if .deflate.bytes_after > 0 then .deflate.bytes_before / .deflate.bytes_after else null end' 2
+    row "latency p50 (ms)" $sc .latency.p50_ms 3
+    row "latency p99 (ms)" $sc .latency.p99_ms 3
+    row "server CPU (% of one core)" $sc .server.cpu_run_pct 0
+    row "load-test CPU (% of one core)" $sc .tool_cpu_run_pct 0
+    echo
+  done
+
+  if ran s9m; then
+  echo "### ${TITLE[s9m]}"
+  echo
+  echo "Subscribers promise \`client_no_context_takeover\` and send nothing, so the server keeps no"
+  echo "inflater for them; the deflater is per shard, not per connection."
+  echo
+  echo "| metric | on | off | ratio on ÷ off |"
+  echo "| --- | ---: | ---: | ---: |"
+  row "**server RSS per connection (bytes)**" s9m .server.rss_per_connection_b 0
+  row "subscribers that negotiated it" s9m .wire.negotiated 0
+  row "server RSS with 2,000 idle (MiB)" s9m ".server.rss_idle_kib / 1024" 1
+  row "connections failed (worst run)" s9m .clients_failed 0 worst
+  echo
+  fi
+
   # Targets (ours only, as the issue states them).
   echo "## Targets"
   echo
@@ -491,6 +580,22 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
     c2=$(val s2a ours '.server.cpu_run_s * 1e6 / .delivered')
     l8=$(worst s8 ours .lost)
     echo "| 8: CPU per delivery ≤ 1.5 × one room's (2a), zero loss | $(fmt "$c8" 3) µs vs 1.5 × $(fmt "$c2" 3) µs; lost $l8 | $(yesno "$(jq -n "$c8 != null and $c2 != null and $c8 <= 1.5 * $c2 and $l8 == 0")") |"
+  fi
+  if ran s9; then
+    w9=$(quot "$(val s9 on .wire.bytes_per_delivery)" "$(val s9 off .wire.bytes_per_delivery)")
+    c9=$(quot "$(val s9 on '.server.cpu_run_s * 1e6 / .delivered')" "$(val s9 off '.server.cpu_run_s * 1e6 / .delivered')")
+    l9=$(jq -n "[$(worst s9 on .lost), $(worst s9 off .lost)] | max")
+    k9=$(val s9 on 'if .published > 0 then .deflate.messages / .published else null end')
+    echo "| 9: wire bytes per delivery on ≤ 0.35 × off | $(fmt "$w9" 2) × | $(yesno "$(jq -n "$w9 != null and $w9 <= 0.35")") |"
+    echo "| 9: server CPU per delivery on ≤ 1.3 × off | $(fmt "$c9" 2) × | $(yesno "$(jq -n "$c9 != null and $c9 <= 1.3")") |"
+    echo "| 9: no loss, either side (worst run) | lost $l9 | $(yesno "$(jq -n "$l9 == 0")") |"
+    echo "| 9: compressed once per message (compressed ÷ published ≈ 1) | $(fmt "$k9" 3) | $(yesno "$(jq -n "$k9 != null and $k9 >= 0.99 and $k9 <= 1.01")") |"
+  fi
+  if ran s9s; then
+    k9s=$(worst s9s on .deflate.messages)
+    c9s=$(quot "$(val s9s on '.server.cpu_run_s * 1e6 / .delivered')" "$(val s9s off '.server.cpu_run_s * 1e6 / .delivered')")
+    echo "| 9s: 64 B: nothing compressed (worst run) | $k9s compressed | $(yesno "$(jq -n "$k9s != null and $k9s == 0")") |"
+    echo "| 9s: 64 B: CPU per delivery on ≈ off (within ±20 %) | $(fmt "$c9s" 2) × | $(yesno "$(jq -n "$c9s != null and $c9s >= 0.8 and $c9s <= 1.2")") |"
   fi
   echo
   echo "## Files"

@@ -4,6 +4,30 @@ use std::time::Duration;
 
 use clap::Parser;
 
+/// `--compression`: what subscribers offer and inflate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Compression {
+    /// No offer (the default).
+    Off,
+    /// Offer it; inflate only the 24-byte header of each message.
+    Header,
+    /// Offer it; inflate every message whole.
+    Full,
+}
+
+impl Compression {
+    /// What a subscriber's connection does; `--v1` (the header is inside
+    /// a JSON event's base64) inflates whole.
+    pub(crate) fn deflate(self, v1: bool) -> crate::rawws::Deflate {
+        match self {
+            Self::Off => crate::rawws::Deflate::Off,
+            Self::Header if v1 => crate::rawws::Deflate::Full,
+            Self::Header => crate::rawws::Deflate::Prefix(crate::payload::HEADER_LEN),
+            Self::Full => crate::rawws::Deflate::Full,
+        }
+    }
+}
+
 /// Load generator for broadcast-server.
 ///
 /// Opens `--clients` subscribers (read only), then `--publishers` publishers
@@ -105,6 +129,42 @@ pub(crate) struct Args {
     /// presence and notice events. Publishers still send binary frames.
     #[arg(long)]
     pub(crate) v1: bool,
+
+    /// Offer permessage-deflate (RFC 7692, `client_no_context_takeover`)
+    /// and inflate what the server sends compressed. Off by default, so
+    /// that runs without it stay comparable with earlier ones (and with
+    /// servers that compress: the server then compresses nothing).
+    /// `--compression` alone is `header`: a compressed message is inflated
+    /// only as far as its 24-byte header (what the subscriber decodes),
+    /// which needs the server's `server_no_context_takeover` (otherwise
+    /// whole); the rest is neither inflated nor checked, and the message
+    /// length is not compared with `--size` (with `--v1`, whose payload is
+    /// inside the event's base64, messages are inflated whole). Inflating
+    /// every message whole
+    /// (`full`) made this tool, not the server, the bottleneck at
+    /// saturation (docs/compression.md). Publishers offer it too, except
+    /// when they share a channel with other publishers (they read with
+    /// tokio-tungstenite, which cannot inflate); they always send
+    /// uncompressed (RFC 7692 allows it). The report counts the bytes
+    /// subscribers read from their sockets either way.
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = Compression::Off,
+        num_args = 0..=1,
+        default_missing_value = "header",
+        value_name = "HOW"
+    )]
+    pub(crate) compression: Compression,
+
+    /// What fills a payload after its 24-byte binary header: `dots`
+    /// (`.` repeated, as always) or `json` (an array of realistic records:
+    /// ids, names, prices, timestamps, nested objects and arrays, from a
+    /// fixed seed; it compresses about as JSON does, see --help of
+    /// --compression). The binary header stays, so subscribers decode
+    /// the same fixed offsets either way.
+    #[arg(long, value_enum, default_value_t = crate::payload::Body::Dots, value_name = "KIND")]
+    pub(crate) payload: crate::payload::Body,
 
     /// Spread subscribers and publishers over N channels `lt-0` ..
     /// `lt-{N-1}`: subscriber i joins `lt-{i mod N}`, publisher p (paced,

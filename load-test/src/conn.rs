@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
+use tokio_tungstenite::tungstenite::http::header::{
+    SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL,
+};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Error as WsError;
@@ -44,6 +46,9 @@ pub(crate) struct Target {
     pub(crate) sources: Vec<IpAddr>,
     /// Subprotocol every connection offers and requires (`--v1`).
     pub(crate) subprotocol: Option<&'static str>,
+    /// `--compression`: subscribers offer permessage-deflate and inflate
+    /// (see [`rawws::Deflate`]); publishers offer it unless `Off`.
+    pub(crate) deflate: rawws::Deflate,
     /// For `wss://`: the TLS client and the name the certificate must carry.
     tls: Option<(
         Arc<rustls::ClientConfig>,
@@ -108,6 +113,7 @@ impl Target {
             addr,
             sources,
             subprotocol: None,
+            deflate: rawws::Deflate::Off,
             tls,
         })
     }
@@ -146,6 +152,12 @@ impl Target {
         self
     }
 
+    /// Every connection offers permessage-deflate unless `deflate` is `Off`.
+    pub(crate) fn with_deflate(mut self, deflate: rawws::Deflate) -> Self {
+        self.deflate = deflate;
+        self
+    }
+
     /// Connection number `n`: TCP connect (from source `n mod sources`), then
     /// the WebSocket handshake, within `timeout`.
     /// `rcvbuf`: SO_RCVBUF to set before connecting (None: the kernel's default).
@@ -178,6 +190,7 @@ impl Target {
                 &self.host_port,
                 &self.path,
                 self.subprotocol,
+                self.deflate,
                 buf_size,
                 max_message,
             )
@@ -203,6 +216,15 @@ impl Target {
         if let Some(p) = self.subprotocol {
             req.headers_mut()
                 .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+        }
+        // Publishers send uncompressed (allowed by RFC 7692) and the
+        // caller offers only when nothing will be sent to them compressed:
+        // tokio-tungstenite refuses RSV1.
+        if self.deflate != rawws::Deflate::Off {
+            req.headers_mut().insert(
+                SEC_WEBSOCKET_EXTENSIONS,
+                HeaderValue::from_static(protocol::deflate::CLIENT_OFFER),
+            );
         }
         let (ws, resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
             .await

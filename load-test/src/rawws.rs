@@ -18,11 +18,19 @@
 //!
 //! The connection is generic over its byte stream, so this module depends
 //! on no other of load-test's: `conn` opens the stream and hands it here.
+//!
+//! `--compression`: the upgrade offers permessage-deflate
+//! ([`protocol::deflate::CLIENT_OFFER`]); when the server accepts, RSV1 is
+//! allowed on the first frame of a data message, and such a message is
+//! inflated (whole, or only its first bytes: [`Deflate::Prefix`]) into a
+//! buffer of the connection before it is handed out. Without the
+//! extension RSV1 stays a protocol error.
 
 use std::io;
 
 use anyhow::{bail, Context, Result};
 use protocol::close::NO_STATUS;
+use protocol::deflate::{Inflater, CLIENT_OFFER, RSV1};
 use protocol::frame::{decode_header, OpCode, MAX_HEADER};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -31,6 +39,30 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// Largest HTTP response head accepted during the handshake.
 const MAX_HEAD: usize = 16 * 1024;
+
+/// What a subscriber does about permessage-deflate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Deflate {
+    /// No offer: RSV1 is a protocol error.
+    #[default]
+    Off,
+    /// Offer it and inflate every compressed message whole.
+    Full,
+    /// Offer it and inflate only the first `n` bytes of each compressed
+    /// message (needs `server_no_context_takeover`, else `Full`): what
+    /// the subscriber decodes costs `n` bytes of inflation, whatever the
+    /// message's size, and the rest is neither inflated nor checked.
+    Prefix(usize),
+}
+
+/// A connection's inflation, once the server accepted the extension.
+struct Inflating {
+    inflater: Inflater,
+    /// Inflate only this many bytes of each message (None: all).
+    prefix: Option<usize>,
+    /// The last inflated message.
+    out: Vec<u8>,
+}
 
 /// One thing read from the server.
 #[derive(Debug, PartialEq, Eq)]
@@ -54,6 +86,10 @@ enum Parsed {
     Assembled {
         text: bool,
     },
+    /// A compressed message, inflated into `inflating.out`.
+    Inflated {
+        text: bool,
+    },
     /// A frame consumed with nothing to report (pong, non-final fragment, ping).
     Nothing,
     Close(u16),
@@ -69,9 +105,15 @@ pub(crate) struct RawWs<S> {
     start: usize,
     end: usize,
     max_message: usize,
-    /// A fragmented message being assembled (opcode, bytes); the opcode
-    /// becomes `Continuation` once the whole message was handed out.
-    frag: Option<(OpCode, Vec<u8>)>,
+    /// A fragmented message being assembled (opcode, bytes, compressed);
+    /// the opcode becomes `Continuation` once the whole message was handed
+    /// out.
+    frag: Option<(OpCode, Vec<u8>, bool)>,
+    /// The server accepted permessage-deflate.
+    inflating: Option<Inflating>,
+    /// Bytes read from the socket after the upgrade's head (the wire bytes
+    /// of what the server sent, compressed or not).
+    read_bytes: u64,
     /// Pongs (and our close) owed to the server, written by `fill`/`flush`.
     out: Vec<u8>,
     mask_seed: u32,
@@ -80,19 +122,26 @@ pub(crate) struct RawWs<S> {
 /// Sends the upgrade request for `host_port` and `path` on `stream` and
 /// checks the `101` answer; returns the connection with any bytes read past
 /// the response head already buffered. With `subprotocol`, offers it in
-/// `Sec-WebSocket-Protocol` and fails unless the server selects it.
+/// `Sec-WebSocket-Protocol` and fails unless the server selects it. Unless
+/// `deflate` is `Off`, offers permessage-deflate and fails on an answer
+/// the offer does not allow (RFC 7692 §7.1).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     host_port: &str,
     path: &str,
     subprotocol: Option<&str>,
+    deflate: Deflate,
     buf_size: usize,
     max_message: usize,
 ) -> Result<RawWs<S>> {
     let key = generate_key();
-    let offer = subprotocol
+    let mut offer = subprotocol
         .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
         .unwrap_or_default();
+    if deflate != Deflate::Off {
+        offer += &format!("Sec-WebSocket-Extensions: {CLIENT_OFFER}\r\n");
+    }
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
@@ -119,8 +168,23 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         }
         end += n;
     };
-    let selected = check_response(&buf[..head_len], &derive_accept_key(key.as_bytes()))?;
+    let (selected, extensions) =
+        check_response(&buf[..head_len], &derive_accept_key(key.as_bytes()))?;
     check_subprotocol(subprotocol, selected.as_deref())?;
+    let inflating = match (deflate, extensions) {
+        (Deflate::Off, Some(e)) if !e.trim().is_empty() => {
+            bail!("the server answered extensions `{e}`, none was offered")
+        }
+        (Deflate::Off, _) => None,
+        (_, e) => protocol::deflate::accepted(e.as_deref())?.map(|accepted| Inflating {
+            inflater: Inflater::new(accepted),
+            prefix: match deflate {
+                Deflate::Prefix(n) if accepted.server_no_context_takeover => Some(n),
+                _ => None,
+            },
+            out: Vec::new(),
+        }),
+    };
     buf.truncate(buf_size.max(end));
     Ok(RawWs {
         stream,
@@ -129,6 +193,8 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         end,
         max_message,
         frag: None,
+        inflating,
+        read_bytes: (end - head_len) as u64,
         out: Vec::new(),
         mask_seed: key.bytes().fold(0x9e37_79b9, |h, b| {
             h.rotate_left(5) ^ u32::from(b).wrapping_mul(0x0100_0193)
@@ -141,8 +207,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Checks a `101 Switching Protocols` head with the expected accept key;
-/// returns the `Sec-WebSocket-Protocol` the server selected, if any.
-fn check_response(head: &[u8], accept: &str) -> Result<Option<String>> {
+/// returns the `Sec-WebSocket-Protocol` the server selected and its
+/// `Sec-WebSocket-Extensions` answer, if any.
+fn check_response(head: &[u8], accept: &str) -> Result<(Option<String>, Option<String>)> {
     let head = std::str::from_utf8(head).context("WebSocket handshake: response is not UTF-8")?;
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap_or("");
@@ -157,8 +224,9 @@ fn check_response(head: &[u8], accept: &str) -> Result<Option<String>> {
         })
     };
     let selected = header("sec-websocket-protocol").map(str::to_string);
+    let extensions = header("sec-websocket-extensions").map(str::to_string);
     match header("sec-websocket-accept") {
-        Some(v) if v == accept => Ok(selected),
+        Some(v) if v == accept => Ok((selected, extensions)),
         Some(v) => bail!("WebSocket handshake: wrong Sec-WebSocket-Accept `{v}`"),
         None => bail!("WebSocket handshake: no Sec-WebSocket-Accept header"),
     }
@@ -183,22 +251,45 @@ fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-/// A server frame's header at the start of `b`: (fin, opcode, header
-/// length, payload length), or Err(bytes needed, at most) when it is not
-/// all there.
-/// Beyond the framing, checks what a client requires of a server's frame.
-fn frame_header(b: &[u8]) -> io::Result<Result<(bool, OpCode, usize, usize), usize>> {
+/// A server frame's header at the start of `b`, read as a frame header:
+/// fin, opcode, header length, payload length, and whether RSV1 is set.
+struct Head {
+    fin: bool,
+    opcode: OpCode,
+    hlen: usize,
+    len: usize,
+    compressed: bool,
+}
+
+/// The frame header at the start of `b`, or Err(bytes needed, at most)
+/// when it is not all there. Beyond the framing, checks what a client
+/// requires of a server's frame: RSV1 only with `deflate` (the extension
+/// was negotiated) and only on a message's first frame (§6.1), no other
+/// reserved bit, no mask.
+fn frame_header(b: &[u8], deflate: bool) -> io::Result<Result<Head, usize>> {
     let Some(h) = decode_header(b).map_err(|e| invalid(e.to_string()))? else {
         return Ok(Err(MAX_HEADER));
     };
-    if h.rsv != 0 {
-        return Err(invalid("reserved bits set (no extension was negotiated)"));
+    let rsv1 = h.rsv == RSV1;
+    let first_of_message = matches!(h.opcode, OpCode::Text | OpCode::Binary);
+    if h.rsv != 0 && !(rsv1 && deflate && first_of_message) {
+        return Err(invalid(if deflate {
+            "reserved bits set (RSV1 is only for a message's first frame)"
+        } else {
+            "reserved bits set (no extension was negotiated)"
+        }));
     }
     if h.mask.is_some() {
         return Err(invalid("masked frame from the server"));
     }
     let len = usize::try_from(h.payload_len).map_err(|_| invalid("frame too long"))?;
-    Ok(Ok((h.fin, h.opcode, h.header_len, len)))
+    Ok(Ok(Head {
+        fin: h.fin,
+        opcode: h.opcode,
+        hlen: h.header_len,
+        len,
+        compressed: rsv1,
+    }))
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> RawWs<S> {
@@ -216,7 +307,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawWs<S> {
                     }))
                 }
                 Parsed::Assembled { text } => {
-                    let payload = self.frag.as_ref().map_or(&[][..], |(_, v)| v.as_slice());
+                    let payload = self.frag.as_ref().map_or(&[][..], |(_, v, _)| v.as_slice());
+                    return Ok(Some(Event::Data { text, payload }));
+                }
+                Parsed::Inflated { text } => {
+                    let payload = self
+                        .inflating
+                        .as_ref()
+                        .map_or(&[][..], |i| i.out.as_slice());
                     return Ok(Some(Event::Data { text, payload }));
                 }
                 Parsed::Close(code) => return Ok(Some(Event::Close(code))),
@@ -225,12 +323,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawWs<S> {
     }
 
     fn parse(&mut self) -> io::Result<Parsed> {
-        if matches!(self.frag, Some((OpCode::Continuation, _))) {
+        if matches!(self.frag, Some((OpCode::Continuation, ..))) {
             // The previous event was an assembled message: release it.
             self.frag = None;
         }
         let avail = &self.buf[self.start..self.end];
-        let (fin, opcode, hlen, len) = match frame_header(avail)? {
+        let Head {
+            fin,
+            opcode,
+            hlen,
+            len,
+            compressed,
+        } = match frame_header(avail, self.inflating.is_some())? {
             Ok(h) => h,
             Err(need) => return Ok(Parsed::Need(need)),
         };
@@ -249,17 +353,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawWs<S> {
             OpCode::Text | OpCode::Binary if self.frag.is_some() => {
                 Err(invalid("new message inside a fragmented one"))
             }
+            OpCode::Text | OpCode::Binary if fin && compressed => {
+                let text = opcode == OpCode::Text;
+                self.inflate(start, end, None)?;
+                Ok(Parsed::Inflated { text })
+            }
             OpCode::Text | OpCode::Binary if fin => Ok(Parsed::Data {
                 text: opcode == OpCode::Text,
                 start,
                 end,
             }),
             OpCode::Text | OpCode::Binary => {
-                self.frag = Some((opcode, self.buf[start..end].to_vec()));
+                self.frag = Some((opcode, self.buf[start..end].to_vec(), compressed));
                 Ok(Parsed::Nothing)
             }
             OpCode::Continuation => {
-                let Some((op, data)) = self.frag.as_mut() else {
+                let Some((op, data, compressed)) = self.frag.as_mut() else {
                     return Err(invalid("continuation frame without a message"));
                 };
                 if data.len() + len > self.max_message {
@@ -272,6 +381,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawWs<S> {
                 let text = *op == OpCode::Text;
                 // Marks the message as handed out; the next parse drops it.
                 *op = OpCode::Continuation;
+                if *compressed {
+                    let data = std::mem::take(data);
+                    self.inflate(0, data.len(), Some(&data))?;
+                    return Ok(Parsed::Inflated { text });
+                }
                 Ok(Parsed::Assembled { text })
             }
             OpCode::Ping => {
@@ -289,6 +403,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawWs<S> {
                 ]))),
             },
         }
+    }
+
+    /// Inflates one compressed message, `buf[start..end]` (or `from`, an
+    /// assembled one), into `inflating.out`; a message that does not
+    /// inflate within the limit is an error of the connection.
+    fn inflate(&mut self, start: usize, end: usize, from: Option<&[u8]>) -> io::Result<()> {
+        let Some(z) = self.inflating.as_mut() else {
+            return Err(invalid("compressed message without the extension"));
+        };
+        let compressed = from.unwrap_or(&self.buf[start..end]);
+        z.out.clear();
+        match z.prefix {
+            Some(n) => z.inflater.inflate_prefix(compressed, n, &mut z.out),
+            None => z.inflater.inflate(compressed, self.max_message, &mut z.out),
+        }
+        .map_err(|e| invalid(e.to_string()))
+    }
+
+    /// Whether the server accepted permessage-deflate.
+    pub(crate) fn compressed(&self) -> bool {
+        self.inflating.is_some()
+    }
+
+    /// Whether compressed messages are handed out cut to their first bytes
+    /// ([`Deflate::Prefix`], accepted with `server_no_context_takeover`):
+    /// their length is then not the message's.
+    pub(crate) fn cuts_messages(&self) -> bool {
+        self.inflating.as_ref().is_some_and(|i| i.prefix.is_some())
+    }
+
+    /// Bytes read from the socket since the upgrade (frames as sent).
+    pub(crate) fn read_bytes(&self) -> u64 {
+        self.read_bytes
     }
 
     /// Writes owed frames (pongs), then reads more bytes; Ok(false) at EOF.
@@ -310,14 +457,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawWs<S> {
         }
         let n = self.stream.read(&mut self.buf[self.end..]).await?;
         self.end += n;
+        self.read_bytes += n as u64;
         Ok(n > 0)
     }
 
     /// Bytes the frame at the front needs in all (capped at the message limit).
     fn parse_need(&self) -> io::Result<usize> {
         let avail = &self.buf[self.start..self.end];
-        Ok(match frame_header(avail)? {
-            Ok((_, _, hlen, len)) => hlen + len.min(self.max_message),
+        Ok(match frame_header(avail, self.inflating.is_some())? {
+            Ok(h) => h.hlen + h.len.min(self.max_message),
             Err(n) => n,
         })
     }

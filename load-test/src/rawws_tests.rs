@@ -5,6 +5,15 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A connected pair: our RawWs (after a fake handshake) and the server side.
 async fn pair(max_message: usize) -> (RawWs<TcpStream>, TcpStream) {
+    pair_with(max_message, Deflate::Off, None).await.unwrap()
+}
+
+/// [`pair`], offering `deflate`; the server answers `extensions`.
+async fn pair_with(
+    max_message: usize,
+    deflate: Deflate,
+    extensions: Option<&'static str>,
+) -> Result<(RawWs<TcpStream>, TcpStream)> {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -21,9 +30,14 @@ async fn pair(max_message: usize) -> (RawWs<TcpStream>, TcpStream) {
             .lines()
             .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
             .unwrap();
+        let offered = text.contains(&format!("Sec-WebSocket-Extensions: {CLIENT_OFFER}\r\n"));
+        assert_eq!(offered, deflate != Deflate::Off, "{text}");
+        let answer = extensions
+            .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+            .unwrap_or_default();
         let resp = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             SEC-WEBSOCKET-ACCEPT: {}\r\n\r\n",
+             SEC-WEBSOCKET-ACCEPT: {}\r\n{answer}\r\n",
             derive_accept_key(key.trim().as_bytes())
         );
         // A frame right behind the head must not be lost.
@@ -33,11 +47,58 @@ async fn pair(max_message: usize) -> (RawWs<TcpStream>, TcpStream) {
         s
     });
     let c = TcpStream::connect(addr).await.unwrap();
-    let ws = handshake(c, &addr.to_string(), "/ws", None, 64, max_message)
-        .await
-        .unwrap();
-    (ws, server.await.unwrap())
+    let ws = handshake(c, &addr.to_string(), "/ws", None, deflate, 64, max_message).await;
+    let s = server.await.unwrap();
+    Ok((ws?, s))
 }
+
+/// What a compressing server sends: raw deflate at level 1, sync flushed,
+/// its 4-byte tail removed (RFC 7692 §7.2.1).
+fn compress(payload: &[u8]) -> Vec<u8> {
+    let mut z = flate2::Compress::new(flate2::Compression::new(1), false);
+    let mut out = Vec::with_capacity(payload.len() + 64);
+    z.compress_vec(payload, &mut out, flate2::FlushCompress::Sync)
+        .unwrap();
+    assert!(
+        out.capacity() > out.len(),
+        "room left: the flush is complete"
+    );
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+/// A server frame: first byte `b0`, then the payload with its length.
+fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![b0];
+    match payload.len() {
+        n @ 0..=125 => f.push(n as u8),
+        n @ 126..=0xffff => {
+            f.push(126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Reads until the connection fails; the error.
+async fn error_of(ws: &mut RawWs<TcpStream>) -> io::Error {
+    loop {
+        match ws.try_next() {
+            Ok(Some(e)) => panic!("unexpected {e:?}"),
+            Ok(None) => assert!(ws.fill().await.unwrap(), "EOF before an error"),
+            Err(e) => break e,
+        }
+    }
+}
+
+const SERVER_ANSWER: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
 /// Reads events until one is there.
 async fn next(ws: &mut RawWs<TcpStream>) -> (bool, Vec<u8>, Option<u16>) {
@@ -115,14 +176,111 @@ async fn protocol_errors_and_limits() {
     }
 }
 
+#[tokio::test]
+async fn compressed_messages_are_inflated_whole_or_cut_to_their_header() {
+    let big: Vec<u8> = b"{\"id\":1,\"name\":\"x\"}"
+        .iter()
+        .copied()
+        .cycle()
+        .take(5000)
+        .collect();
+    for (deflate, want) in [(Deflate::Full, big.len()), (Deflate::Prefix(24), 24)] {
+        let (mut ws, mut s) = pair_with(1 << 20, deflate, Some(SERVER_ANSWER))
+            .await
+            .unwrap();
+        assert!(ws.compressed());
+        assert_eq!(ws.cuts_messages(), want == 24);
+        assert_eq!(next(&mut ws).await.1, b"abc", "uncompressed still read");
+        let z = compress(&big);
+        let mut bytes = frame(0x82 | RSV1, &z);
+        // Fragmented: RSV1 on the first frame only; a text message.
+        let (a, b) = z.split_at(z.len() / 2);
+        bytes.extend(frame(0x01 | RSV1, a));
+        bytes.extend(frame(0x89, b"p"));
+        bytes.extend(frame(0x80, b));
+        // A short message sent uncompressed between compressed ones.
+        bytes.extend(frame(0x82, b"plain"));
+        bytes.extend(frame(0x82 | RSV1, &compress(b"tiny")));
+        s.write_all(&bytes).await.unwrap();
+        let before = ws.read_bytes();
+        assert_eq!(next(&mut ws).await, (false, big[..want].to_vec(), None));
+        assert_eq!(next(&mut ws).await, (true, big[..want].to_vec(), None));
+        assert_eq!(next(&mut ws).await.1, b"plain");
+        assert_eq!(next(&mut ws).await.1, b"tiny");
+        assert_eq!(
+            ws.read_bytes() - before,
+            bytes.len() as u64,
+            "wire bytes counted"
+        );
+        assert!(ws.read_bytes() < big.len() as u64, "compressed on the wire");
+    }
+}
+
+#[tokio::test]
+async fn rsv1_needs_the_extension_and_invalid_data_fails_the_connection() {
+    // Not offered, or offered and not accepted: RSV1 is a protocol error.
+    for deflate in [Deflate::Off, Deflate::Full] {
+        let (mut ws, mut s) = pair_with(1000, deflate, None).await.unwrap();
+        assert!(!ws.compressed());
+        assert_eq!(next(&mut ws).await.1, b"abc");
+        s.write_all(&frame(0x82 | RSV1, &compress(b"hello")))
+            .await
+            .unwrap();
+        let e = error_of(&mut ws).await;
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("no extension was negotiated"), "{e}");
+    }
+    // An answer the offer did not allow fails the upgrade.
+    for (deflate, answer) in [
+        (Deflate::Off, SERVER_ANSWER),
+        (
+            Deflate::Full,
+            "permessage-deflate; client_max_window_bits=10",
+        ),
+        (Deflate::Full, "x-webkit-deflate-frame"),
+    ] {
+        assert!(
+            pair_with(1000, deflate, Some(answer)).await.is_err(),
+            "{answer}"
+        );
+    }
+    for deflate in [Deflate::Full, Deflate::Prefix(24)] {
+        for bad in [
+            frame(0x82 | RSV1, &[0xff, 0xff, 0xff, 0xff]), // not deflate
+            [frame(0x02 | RSV1, b""), frame(0x80 | RSV1, b"")].concat(), // RSV1 on a continuation
+            frame(0x89 | RSV1, b""),                       // on a ping
+            frame(0x82 | 0x20, b""),                       // RSV2
+        ] {
+            let (mut ws, mut s) = pair_with(1000, deflate, Some(SERVER_ANSWER)).await.unwrap();
+            assert_eq!(next(&mut ws).await.1, b"abc");
+            s.write_all(&bad).await.unwrap();
+            assert_eq!(
+                error_of(&mut ws).await.kind(),
+                io::ErrorKind::InvalidData,
+                "{bad:?}"
+            );
+        }
+    }
+    // Full inflation keeps to the message limit (a deflate bomb).
+    let (mut ws, mut s) = pair_with(1000, Deflate::Full, Some(SERVER_ANSWER))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut ws).await.1, b"abc");
+    s.write_all(&frame(0x82 | RSV1, &compress(&[b'a'; 100_000])))
+        .await
+        .unwrap();
+    let e = error_of(&mut ws).await;
+    assert!(e.to_string().contains("size limit"), "{e}");
+}
+
 #[test]
 fn responses_are_checked() {
     let ok = "HTTP/1.1 101 Switching Protocols\r\nsec-websocket-accept: abc\r\n\r\n";
-    assert_eq!(check_response(ok.as_bytes(), "abc").unwrap(), None);
+    assert_eq!(check_response(ok.as_bytes(), "abc").unwrap(), (None, None));
     let v1 = "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Protocol: broadcast.v1\r\n\
               sec-websocket-accept: abc\r\n\r\n";
     assert_eq!(
-        check_response(v1.as_bytes(), "abc").unwrap().as_deref(),
+        check_response(v1.as_bytes(), "abc").unwrap().0.as_deref(),
         Some("broadcast.v1")
     );
     assert!(check_response(ok.as_bytes(), "abd").is_err());

@@ -358,6 +358,23 @@ fn ratio(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// What subscribers read from their sockets: compressed or not, the cost
+/// on the wire of a delivery.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub(crate) struct WireReport {
+    /// `--compression`: `off`, `header` or `full`.
+    pub(crate) compression: &'static str,
+    /// `--payload`: `dots` or `json`.
+    pub(crate) payload: &'static str,
+    /// Reading subscribers whose connection negotiated permessage-deflate.
+    pub(crate) negotiated: u64,
+    /// Bytes the reading subscribers read from their sockets after the
+    /// upgrade (frame headers included; TLS: the decrypted bytes).
+    pub(crate) socket_bytes: u64,
+    /// `socket_bytes / delivered` (0 without deliveries).
+    pub(crate) bytes_per_delivery: f64,
+}
+
 /// Everything the run measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Report {
@@ -416,6 +433,8 @@ pub(crate) struct Report {
     pub(crate) duplicates: u64,
     pub(crate) reordered: u64,
     pub(crate) malformed: u64,
+    /// Bytes on the subscribers' sockets (`--compression`).
+    pub(crate) wire: WireReport,
     /// Publishing start until the last delivery.
     pub(crate) delivery_window_s: f64,
     pub(crate) deliveries_per_s: f64,
@@ -506,6 +525,11 @@ impl Report {
             0.0
         } else {
             self.lost as f64 / self.expected_deliveries as f64
+        };
+        self.wire.bytes_per_delivery = if self.delivered == 0 {
+            0.0
+        } else {
+            self.wire.socket_bytes as f64 / self.delivered as f64
         };
         self.deliveries_per_s = if self.delivery_window_s > 0.0 {
             self.delivered as f64 / self.delivery_window_s
@@ -705,6 +729,14 @@ impl Report {
             }
         }
         row("malformed", self.malformed.to_string());
+        let w = &self.wire;
+        row(
+            "wire bytes",
+            format!(
+                "{} read by subscribers, {:.1} per delivery (compression {}, negotiated by {}; payload {})",
+                w.socket_bytes, w.bytes_per_delivery, w.compression, w.negotiated, w.payload
+            ),
+        );
         if let Some(ch) = &self.channels {
             let (first, last) = (
                 ch.table.first().map_or("", |r| r.channel.as_str()),

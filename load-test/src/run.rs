@@ -209,7 +209,8 @@ async fn resolve(args: &Args) -> Result<Targets> {
     for url in &args.urls {
         let target = Target::resolve(url, args.source_addrs, &tls)
             .await?
-            .with_subprotocol(args.v1.then_some(protocol::v1::SUBPROTOCOL));
+            .with_subprotocol(args.v1.then_some(protocol::v1::SUBPROTOCOL))
+            .with_deflate(args.compression.deflate(args.v1));
         let by_channel = if args.channels == 1 {
             vec![Arc::new(target)]
         } else {

@@ -937,3 +937,109 @@ fn resumes_history_cannot_cover_are_counted_and_fail_the_run() {
     assert!(u(&r, "lost") > 0, "{r}");
     assert_eq!(u(&r, "duplicates"), 0, "{r}");
 }
+
+/// `broadcast_deflate_messages_total` from the server's /metrics page.
+fn deflate_messages(ws_url: &str) -> u64 {
+    use std::io::{Read, Write};
+    let addr = ws_url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .expect("host:port");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect for /metrics");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send GET /metrics");
+    let mut page = String::new();
+    s.read_to_string(&mut page).expect("read /metrics");
+    page.lines()
+        .find_map(|l| l.strip_prefix("broadcast_deflate_messages_total "))
+        .unwrap_or_else(|| panic!("no broadcast_deflate_messages_total in\n{page}"))
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+#[test]
+fn compressing_subscribers_lose_nothing_on_default_server_flags() {
+    for how in ["header", "full"] {
+        // Default flags: --compression on, --compression-min-size 256.
+        let server = spawn_server(Command::new(server_binary()).arg("start"));
+        assert_eq!(deflate_messages(&server.url), 0);
+        let (out, r) = run_json(
+            &[
+                "--url",
+                &server.url,
+                "--clients",
+                "20",
+                // Two publishers share the channel: they do not offer it
+                // (tokio-tungstenite cannot inflate what they would get).
+                "--publishers",
+                "2",
+                "--rate",
+                "100",
+                "--size",
+                "1024",
+                "--payload",
+                "json",
+                "--compression",
+                how,
+                "--duration",
+                "1s",
+                "--drain",
+                "10s",
+            ],
+            &format!("deflate-{how}"),
+        );
+        assert_eq!(out.status.code(), Some(0), "{how}: {r}");
+        let published = u(&r, "published");
+        assert!(published > 0, "{r}");
+        assert_eq!(u(&r, "delivered"), published * 20, "{how}: {r}");
+        assert_eq!(u(&r, "lost"), 0, "{how}: {r}");
+        assert_eq!(u(&r, "malformed"), 0, "{how}: {r}");
+        assert_eq!(u(&r, "errors"), 0, "{how}: {r}");
+        let w = &r["wire"];
+        assert_eq!(w["compression"], how, "{r}");
+        assert_eq!(u(w, "negotiated"), 20, "{r}");
+        // JSON compresses: well under the 1,024 + 4 bytes of a plain frame.
+        let per = w["bytes_per_delivery"]
+            .as_f64()
+            .expect("bytes_per_delivery");
+        assert!(per > 0.0 && per < 600.0, "{how}: {per} bytes per delivery");
+        // The server compressed each message once, not once per recipient.
+        assert_eq!(deflate_messages(&server.url), published, "{how}: {r}");
+    }
+}
+
+#[test]
+fn without_compression_the_wire_carries_whole_frames() {
+    let server = start_server();
+    let (out, r) = run_json(
+        &[
+            "--url",
+            &server.url,
+            "--clients",
+            "5",
+            "--publishers",
+            "1",
+            "--rate",
+            "50",
+            "--size",
+            "1024",
+            "--duration",
+            "1s",
+        ],
+        "no-deflate",
+    );
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    let w = &r["wire"];
+    assert_eq!(
+        (w["compression"].as_str(), u(w, "negotiated")),
+        (Some("off"), 0)
+    );
+    // Every delivery is a 1,024-byte binary frame with a 4-byte header.
+    assert_eq!(u(w, "socket_bytes"), u(&r, "delivered") * 1028, "{r}");
+    assert_eq!(deflate_messages(&server.url), 0);
+}

@@ -186,6 +186,56 @@ impl Inflater {
         }
     }
 
+    /// Appends only the first `n` bytes of one compressed message's payload
+    /// (fewer if it is shorter) to `out`, and drops the rest: the cost is
+    /// that of inflating `n` bytes, not the message. Only for a server that
+    /// said `server_no_context_takeover`, whose messages each inflate on
+    /// their own; the rest of the message is not checked.
+    ///
+    /// # Errors
+    /// [`InflateError::Invalid`] when the first bytes are not valid deflate
+    /// data, or when the server takes its context over (a later message
+    /// could refer to the part not inflated).
+    pub fn inflate_prefix(
+        &mut self,
+        compressed: &[u8],
+        n: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), InflateError> {
+        if !self.reset_each {
+            return Err(InflateError::Invalid);
+        }
+        let start = out.len();
+        out.resize(start + n, 0);
+        let mut done = start;
+        for input in [compressed, &SYNC_TAIL[..]] {
+            let mut at = 0;
+            while done < start + n {
+                let (in0, out0) = (self.z.total_in(), self.z.total_out());
+                let status =
+                    self.z
+                        .decompress(&input[at..], &mut out[done..], FlushDecompress::None);
+                let read = (self.z.total_in() - in0) as usize;
+                let wrote = (self.z.total_out() - out0) as usize;
+                at += read;
+                done += wrote;
+                match status {
+                    Err(_) => {
+                        out.truncate(start);
+                        self.z.reset(false);
+                        return Err(InflateError::Invalid);
+                    }
+                    Ok(Status::StreamEnd) => break,
+                    Ok(_) if read == 0 && wrote == 0 => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        out.truncate(done);
+        self.z.reset(false);
+        Ok(())
+    }
+
     /// Feeds `input`; `Ok(true)` when the stream reached its final block.
     fn feed(
         &mut self,
@@ -201,8 +251,12 @@ impl Inflater {
                 return Err(InflateError::TooBig);
             }
             // Room for one byte past the limit: producing it proves the
-            // message too big.
-            let room = (max + 1 - produced).min(64 * 1024);
+            // message too big. Steps of about 4 times what is left to read
+            // (at least 4 KiB, at most 64 KiB): the room is zeroed first,
+            // which for a message of a few KiB would cost more than
+            // inflating it if every step were 64 KiB.
+            let step = (input.len() - at).saturating_mul(4).clamp(4096, 64 * 1024);
+            let room = (max + 1 - produced).min(step);
             let len = out.len();
             out.resize(len + room, 0);
             let (in0, out0) = (self.z.total_in(), self.z.total_out());
@@ -309,6 +363,38 @@ mod tests {
             assert_eq!(&out[..4], b"kept");
             assert_eq!(&out[4..], &payload[..], "{n} bytes");
         }
+    }
+
+    #[test]
+    fn a_prefix_inflates_alone_and_messages_stay_independent() {
+        let mut inflater = fresh();
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 13) as u8 + b'a').collect();
+        for (payload, n) in [(&big[..], 24), (b"short".as_slice(), 24), (&big[..], 0)] {
+            let mut out = b"kept".to_vec();
+            inflater
+                .inflate_prefix(&compress(payload), n, &mut out)
+                .unwrap();
+            assert_eq!(&out[4..], &payload[..n.min(payload.len())]);
+        }
+        // A whole message afterwards still inflates from a fresh state.
+        let mut out = Vec::new();
+        inflater
+            .inflate(&compress(&big), 1 << 20, &mut out)
+            .unwrap();
+        assert_eq!(out, big);
+        assert_eq!(
+            inflater.inflate_prefix(&[0xff, 0xff, 0xff, 0xff], 24, &mut Vec::new()),
+            Err(InflateError::Invalid)
+        );
+        // A server that takes its context over: prefixes would lose it.
+        let mut takes_over = Inflater::new(Accepted {
+            server_no_context_takeover: false,
+            server_window_bits: 15,
+        });
+        assert_eq!(
+            takes_over.inflate_prefix(&compress(b"abc"), 2, &mut Vec::new()),
+            Err(InflateError::Invalid)
+        );
     }
 
     #[test]

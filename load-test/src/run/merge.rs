@@ -17,10 +17,11 @@ use super::publish::Sent;
 use super::shared::{Ending, Shared};
 use super::subscribe::{SubResult, SubStats, Subscribers};
 use crate::cli::channel_name;
-use crate::cli::Args;
+use crate::cli::{Args, Compression};
+use crate::payload::Body;
 use crate::report::{
     percentile_curve, ChannelRow, ChannelsReport, ClassReport, Latency, Report, ResumeReport,
-    SlowReport,
+    SlowReport, WireReport,
 };
 use crate::series::{Activity, Series};
 use crate::v1::V1Counts;
@@ -228,6 +229,18 @@ fn settings_and_counts(args: &Args, shared: &Shared, f: &Finished) -> Report {
         published,
         published_per_s: published as f64 / (f.publish_end - f.start).as_secs_f64().max(1e-9),
         send_errors: f.sent.send_errors,
+        wire: WireReport {
+            compression: match args.compression {
+                Compression::Off => "off",
+                Compression::Header => "header",
+                Compression::Full => "full",
+            },
+            payload: match args.payload {
+                Body::Dots => "dots",
+                Body::Json => "json",
+            },
+            ..WireReport::default()
+        },
         max_loss: args.max_loss,
         max_errors: args.max_errors,
         ..Report::default()
@@ -294,6 +307,8 @@ impl Totals {
             c.lost += lost;
         }
         r.malformed += s.malformed;
+        r.wire.socket_bytes += s.read_bytes;
+        r.wire.negotiated += u64::from(s.compressed);
         if let (Some((total, hist)), Some(one)) = (&mut self.resume, &s.resume) {
             total.reconnects += one.reconnects;
             total.failures += one.failures;

@@ -31,6 +31,7 @@ use crate::api::{ApiConn, PublishError};
 use crate::cli::Args;
 use crate::conn::{publisher_config, Ws};
 use crate::payload::{self, Header};
+use crate::rawws::Deflate;
 use crate::report::Shortfall;
 use crate::v1::{self as v1, V1Counts};
 
@@ -69,7 +70,15 @@ pub(super) async fn connect(
     let pub_cfg = publisher_config(args.size as usize);
     let mut pending = Vec::with_capacity(shared.publishers);
     for p in 0..shared.publishers {
-        let target = targets.of(p);
+        let mut target = targets.of(p);
+        // `--compression`: a publisher that shares its channel would be
+        // sent the others' messages compressed, which tokio-tungstenite
+        // cannot read: it does not offer the extension.
+        let mates =
+            (0..shared.publishers).filter(|&q| shared.channel_of(q) == shared.channel_of(p));
+        if target.deflate != Deflate::Off && mates.count() > 1 {
+            target = Arc::new((*target).clone().with_deflate(Deflate::Off));
+        }
         let (api, timeout, n) = (targets.api.clone(), args.connect_timeout, clients + p);
         pending.push(rts.of_publisher(p, shared.paced).spawn(async move {
             let link = async {
@@ -322,7 +331,7 @@ async fn publisher(
             batch_ns
         }
     };
-    let mut framer = Framer::new(id, size);
+    let mut framer = Framer::new(id, size, shared.body);
     let mut next_msg = |seq: u64, sent_ns: u64, delay_us: u32| framer.next(seq, sent_ns, delay_us);
     let live = &shared.published[id];
     let mut seq = 0u64;
@@ -623,9 +632,9 @@ struct Framer {
 }
 
 impl Framer {
-    fn new(id: usize, size: usize) -> Self {
+    fn new(id: usize, size: usize, body: payload::Body) -> Self {
         let mut template = vec![0u8; size];
-        payload::encode_into(
+        payload::encode_body_into(
             &mut template,
             Header {
                 publisher: id as u32,
@@ -633,6 +642,7 @@ impl Framer {
                 sent_ns: 0,
                 delay_us: 0,
             },
+            body,
         );
         Self {
             id: id as u32,

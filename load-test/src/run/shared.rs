@@ -68,6 +68,8 @@ pub(super) struct Shared {
     pub(super) resumes: AtomicUsize,
     /// When publishing starts and ends, once it is scheduled.
     pub(super) publishing: watch::Sender<Option<(Instant, Instant)>>,
+    /// `--payload`: what follows each payload's header.
+    pub(super) body: crate::payload::Body,
 }
 
 impl Shared {
@@ -99,6 +101,7 @@ impl Shared {
             }),
             publishing: watch::channel(None).0,
             resumes: AtomicUsize::new(0),
+            body: args.payload,
         }
     }
 

@@ -59,6 +59,10 @@ pub(super) struct SubStats {
     pub(super) series: Option<SubSeries>,
     /// `--reconnect-every`: its resumes.
     pub(super) resume: Option<ResumeStats>,
+    /// Bytes read from its sockets (all its connections), and whether
+    /// its (first) connection negotiated permessage-deflate.
+    pub(super) read_bytes: u64,
+    pub(super) compressed: bool,
 }
 
 /// How one subscriber's task ended.
@@ -270,7 +274,11 @@ async fn subscriber(
         ending: Ending::default(),
         series: None,
         resume: None,
+        read_bytes: 0,
+        compressed: ws.compressed(),
     };
+    // `--compression header`: compressed messages arrive cut to their header.
+    let mut cut = ws.cuts_messages();
     let mut unique = 0u64;
     let mut stop = pin!(shared.stopped());
     let mut now = shared.ns(Instant::now());
@@ -341,7 +349,10 @@ async fn subscriber(
                     }
                 };
                 match payload::decode(b) {
-                    Ok(h) if b.len() == size && (h.publisher as usize) < st.trackers.len() => {
+                    Ok(h)
+                        if (b.len() == size || (cut && b.len() == payload::HEADER_LEN))
+                            && (h.publisher as usize) < st.trackers.len() =>
+                    {
                         let p = h.publisher as usize;
                         if st.trackers[p].observe(h.seq) == Outcome::Duplicate {
                             continue;
@@ -389,6 +400,7 @@ async fn subscriber(
             Exit::Redial(at) => at,
         };
         // A real cut: the TCP connection dropped, no close handshake.
+        st.read_bytes += ws.read_bytes();
         drop(ws);
         drops += 1;
         let r = resume.as_mut().expect("redial only with --reconnect-every");
@@ -414,6 +426,7 @@ async fn subscriber(
         {
             Ok(new) => {
                 ws = new;
+                cut = ws.cuts_messages();
                 r.stats.reconnects += 1;
             }
             Err(e) => {
@@ -429,6 +442,7 @@ async fn subscriber(
     };
     live.ended.store(true, Relaxed);
     st.resume = resume.map(|r| r.stats);
+    st.read_bytes += ws.read_bytes();
     if st.ending.server_close.is_some() {
         st.ending.closed_at = Some(Instant::now());
     }
