@@ -119,7 +119,7 @@ async fn lines_from_two_channels_are_tagged_and_from_one_are_not() {
 
 #[tokio::test]
 async fn a_reconnect_subscribes_to_every_channel_again() {
-    let server = Server::start().await;
+    let server = Server::start_restartable().await;
     let port = server.port;
     let port_arg = port.to_string();
     let mut cli = Cli::spawn(

@@ -59,7 +59,7 @@ async fn fifty_thousand_piped_lines_arrive_in_order_and_exit_0() {
 /// rest (if stdin had not all been sent yet).
 #[tokio::test]
 async fn server_killed_mid_pipe_is_reported_and_the_exit_status_is_1() {
-    let server = Server::start().await;
+    let server = Server::start_restartable().await;
     let port = server.port;
     let mut listener = raw_client(&server.url()).await;
     server.wait_connections(1).await;

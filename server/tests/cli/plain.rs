@@ -86,7 +86,7 @@ async fn piped_stdin_is_sent_then_the_client_exits_0() {
 
 #[tokio::test]
 async fn shutdown_is_reported_and_the_client_reconnects() {
-    let server = Server::start().await;
+    let server = Server::start_restartable().await;
     let port = server.port;
     let mut cli = Cli::spawn(
         &[

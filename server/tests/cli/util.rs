@@ -39,6 +39,23 @@ impl Server {
         Self::start_on(0).await
     }
 
+    /// On a port below the kernel's ephemeral range (32768 and up here), for
+    /// a test that kills the server and starts it again on the same port:
+    /// no other test's server on port 0, and no outgoing connection, can
+    /// take that port meanwhile (one did, and the restarted client talked
+    /// to another test's server).
+    pub(crate) async fn start_restartable() -> Server {
+        use std::hash::{BuildHasher, RandomState};
+        for attempt in 0u64.. {
+            let seed = RandomState::new().hash_one((attempt, std::process::id()));
+            let port = 20_000 + (seed % 12_000) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Self::start_on(port).await;
+            }
+        }
+        unreachable!()
+    }
+
     /// On `port` (0: any). Retries briefly while the port is still taken.
     pub(crate) async fn start_on(port: u16) -> Server {
         Self::start_with(port, &[]).await

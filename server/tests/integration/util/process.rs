@@ -236,12 +236,19 @@ fn start_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
     full
 }
 
-/// A loopback port nothing listens on (just released by the kernel; another
-/// process could take it, so callers that bind it retry).
+/// A loopback port nothing listens on, below the kernel's ephemeral range
+/// (32768 and up here), so that no other test's server on port 0, and no
+/// outgoing connection, can take it while a test restarts something on it
+/// (Redis). Another process could still bind it, so callers that bind it
+/// retry.
 pub(crate) fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, RandomState};
+    for attempt in 0u64.. {
+        let seed = RandomState::new().hash_one((attempt, std::process::id()));
+        let port = 20_000 + (seed % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    unreachable!()
 }
