@@ -124,7 +124,7 @@ async fn route(ctx: ApiCtx<'_>, req: Request<Incoming>) -> Result<Response<Body>
     match rest {
         "publish" if req.method() == Method::POST => publish(ctx, req).await,
         "channels" if get => Ok(json(StatusCode::OK, &list(ctx))),
-        "history" if get => history(ctx, req.uri().query()),
+        "history" if get => history(ctx, req.uri().query()).await,
         "publish" | "channels" | "history" => Err(method_not_allowed()),
         _ => match rest.strip_prefix("channels/") {
             Some(name) if get => channel(ctx, name).await,
@@ -226,7 +226,7 @@ struct HistoryMessage {
 }
 
 /// `GET /api/history?channel=NAME&since=OFFSET&limit=N`.
-fn history(ctx: ApiCtx<'_>, query: Option<&str>) -> Result<Response<Body>, Failure> {
+async fn history(ctx: ApiCtx<'_>, query: Option<&str>) -> Result<Response<Body>, Failure> {
     let Some(history) = ctx.channels.history() else {
         return Err(Failure(
             StatusCode::NOT_FOUND,
@@ -255,14 +255,38 @@ fn history(ctx: ApiCtx<'_>, query: Option<&str>) -> Result<Response<Body>, Failu
             "limit is from 1 to {MAX_HISTORY_LIMIT}"
         )));
     }
-    let log = history.log(&name);
-    let (offset, epoch, kept) = {
-        let locked = history.lock(&log);
-        (
-            locked.last(),
-            locked.epoch().to_owned(),
-            locked.list(since, limit),
-        )
+    let (offset, epoch, kept) = match ctx.publisher.relay() {
+        // In a cluster, what every node agrees on: Redis's.
+        Some(relay) => {
+            let (epoch, last, older) = relay.read_page(&name, since).await.ok_or_else(|| {
+                Failure(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the cluster's Redis cannot be reached to read the history".into(),
+                )
+            })?;
+            let kept = older
+                .into_iter()
+                .filter(|o| o.offset > since)
+                .take(limit)
+                .map(|o| crate::history::Kept {
+                    offset: o.offset,
+                    from: o.from,
+                    name: o.name.into(),
+                    time: o.time,
+                    raw: o.raw,
+                })
+                .collect();
+            (last, epoch, kept)
+        }
+        None => {
+            let log = history.log(&name);
+            let locked = history.lock(&log);
+            (
+                locked.last(),
+                locked.epoch().to_owned(),
+                locked.list(since, limit),
+            )
+        }
     };
     let messages = kept
         .into_iter()

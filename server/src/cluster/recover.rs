@@ -110,10 +110,48 @@ impl Relay {
     /// first message; empty if Redis cannot say (the resume is then told
     /// `expired`). Runs on the server's runtime.
     pub(crate) async fn read_stream(&self, name: &str, from: u64, to: u64) -> Vec<Older> {
+        let (_, stream) = self.link.keys(name);
+        let mut xrange = redis::cmd("XRANGE");
+        xrange.arg(&stream).arg(from).arg(to);
+        let entries = match self.query(xrange).await {
+            Some(redis::Value::Array(entries)) => parse_entries(&entries),
+            _ => None,
+        };
+        self.older(entries.unwrap_or_default())
+    }
+
+    /// `GET /api/history` in a cluster: channel `name`'s epoch, last
+    /// offset and the messages after `since` (those older than the TTL
+    /// left out), from Redis, where every node's agree (this node's ring
+    /// holds them only while it follows the channel). Like a node starting
+    /// to follow it, the read gives a channel without a history its epoch.
+    /// `None`: Redis could not be asked.
+    pub(crate) async fn read_page(
+        &self,
+        name: &str,
+        since: u64,
+    ) -> Option<(String, u64, Vec<Older>)> {
+        let (position, stream) = self.link.keys(name);
+        let ttl = self.link.history.map_or(1, |l| l.ttl.as_secs().max(1));
+        let mut read = redis::cmd("EVAL");
+        read.arg(READ)
+            .arg(2)
+            .arg(&position)
+            .arg(&stream)
+            .arg(crate::history::new_epoch())
+            .arg(ttl)
+            .arg(since.saturating_add(1))
+            .arg(0);
+        let (epoch, last, entries) = parse(self.query(read).await?)?;
+        Some((epoch, last, self.older(entries)))
+    }
+
+    /// Runs `cmd` on the connection that reads streams (opened on first
+    /// use, dropped after a failure), on the server's runtime; `None` when
+    /// Redis cannot be reached or refused it.
+    async fn query(&self, cmd: redis::Cmd) -> Option<redis::Value> {
         let link = self.link.clone();
-        let (_, stream) = link.keys(name);
-        let ttl = link.history.map_or(0, |l| l.ttl.as_millis() as u64);
-        let read = self.link.runtime.spawn(async move {
+        let ask = self.link.runtime.spawn(async move {
             let cached = link
                 .reader
                 .lock()
@@ -134,21 +172,18 @@ impl Relay {
                     conn
                 }
             };
-            let reply = redis::cmd("XRANGE")
-                .arg(&stream)
-                .arg(from)
-                .arg(to)
-                .query_async::<redis::Value>(&mut conn)
-                .await;
-            match reply {
-                Ok(redis::Value::Array(entries)) => parse_entries(&entries),
-                _ => {
-                    link.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
-                    None
-                }
+            let reply = cmd.query_async::<redis::Value>(&mut conn).await;
+            if reply.is_err() {
+                link.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
             }
+            reply.ok()
         });
-        let entries = read.await.ok().flatten().unwrap_or_default();
+        ask.await.ok().flatten()
+    }
+
+    /// The messages of stream `entries` still within the history's TTL.
+    fn older(&self, entries: Entries) -> Vec<Older> {
+        let ttl = self.link.history.map_or(0, |l| l.ttl.as_millis() as u64);
         let oldest = crate::frame::unix_millis().saturating_sub(ttl);
         entries
             .iter()

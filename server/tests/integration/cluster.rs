@@ -689,3 +689,47 @@ async fn the_last_messages_of_a_client_that_leaves_at_once_still_cross_the_nodes
         }
     }
 }
+
+/// `GET /api/history` answers the same on every node, from Redis: on a
+/// node that has no member of the channel (so its ring is empty) as on the
+/// publisher's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_api_answers_the_same_on_every_node() {
+    const KEY: &str = "cluster-api-key-0123";
+    let redis = Redis::start().await;
+    let nodes = nodes(&redis, 2, &["--api-key", KEY]).await;
+    let (mut sub, _) = news_v2(&nodes[0], None).await;
+    let mut publisher = connect(&format!("ws://{}/ws/news", nodes[0].addr())).await;
+    for i in 0..10 {
+        publisher.send(Message::text(i.to_string())).await.unwrap();
+    }
+    let mut got = Vec::new();
+    read_news(&mut sub, &mut got, Some(10)).await;
+    let path = "/api/history?channel=news&since=4&limit=3";
+    let (status, a) = crate::history::api_get(&nodes[0], path, Some(KEY)).await;
+    assert_eq!(status, 200, "{a}");
+    let (status, b) = crate::history::api_get(&nodes[1], path, Some(KEY)).await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(a, b);
+    assert_eq!(
+        (&a["epoch"], &a["offset"]),
+        (&serde_json::json!(got[0].1), &serde_json::json!(10))
+    );
+    let texts: Vec<&str> = a["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["4", "5", "6"], "{a}");
+    // A channel nobody used: no messages, and the epoch it will have.
+    let (_, empty) =
+        crate::history::api_get(&nodes[1], "/api/history?channel=quiet", Some(KEY)).await;
+    assert_eq!(
+        (&empty["offset"], &empty["messages"]),
+        (&serde_json::json!(0), &serde_json::json!([]))
+    );
+    let (_, again) =
+        crate::history::api_get(&nodes[0], "/api/history?channel=quiet", Some(KEY)).await;
+    assert_eq!(again["epoch"], empty["epoch"], "{again} {empty}");
+}

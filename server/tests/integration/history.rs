@@ -96,7 +96,7 @@ async fn refused(server: &Server, path: &str, subprotocol: Option<&str>) -> (u16
     }
 }
 
-async fn api_get(server: &Server, path: &str, key: Option<&str>) -> (u16, Value) {
+pub(crate) async fn api_get(server: &Server, path: &str, key: Option<&str>) -> (u16, Value) {
     let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\n{auth}Connection: close\r\n\r\n",
