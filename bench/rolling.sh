@@ -105,6 +105,7 @@ for mode in "${MODES[@]}"; do
   LT=$!
   PIDS+=("$LT")
   sleep "$LEAD"
+  date +%s.%N >"$OUT/$mode.restarts_from"
   restart A
   sleep "$GAP"
   restart B
@@ -116,15 +117,16 @@ for mode in "${MODES[@]}"; do
   stop_pid "$B_PID"
   stop_pid "$REDIS_PID"
   PIDS=()
-  # Peak accepted connections per second on either node: deltas between
-  # samples about 1 s apart (a restarted node's counter starts again at 0).
-  peak=$(awk '
-    { t[NR] = $1; a[NR] = $2; b[NR] = $3 }
+  # Peak accepted connections per second on either node once the restarts
+  # began (not the initial ramp): deltas between samples about 1 s apart (a
+  # restarted node's counter starts again at 0).
+  peak=$(awk -v from="$(cat "$OUT/$mode.restarts_from")" '
+    $1 >= from { n++; t[n] = $1; a[n] = $2; b[n] = $3 }
     END {
       best = 0
-      for (i = 1; i <= NR; i++) {
-        for (j = i + 1; j <= NR && t[j] - t[i] < 0.99; j++) {}
-        if (j > NR) break
+      for (i = 1; i <= n; i++) {
+        for (j = i + 1; j <= n && t[j] - t[i] < 0.99; j++) {}
+        if (j > n) break
         dt = t[j] - t[i]
         if (a[i] != "" && a[j] != "" && a[j] >= a[i] && (a[j] - a[i]) / dt > best) best = (a[j] - a[i]) / dt
         if (b[i] != "" && b[j] != "" && b[j] >= b[i] && (b[j] - b[i]) / dt > best) best = (b[j] - b[i]) / dt

@@ -443,6 +443,8 @@ async fn subscriber(
                 match move_subscriber(idx, shared, &mut redial, &mut resume, &mut stop).await {
                     Some(Ok(new)) => {
                         ws = new;
+                        // What the handshake read already is timed now.
+                        now = shared.ns(Instant::now());
                         gap_from = Some(last);
                         st.moves.moves += 1;
                         let since_start = shared
@@ -494,6 +496,7 @@ async fn subscriber(
         {
             Ok(new) => {
                 ws = new;
+                now = shared.ns(Instant::now());
                 r.stats.reconnects += 1;
             }
             Err(e) => {
