@@ -148,10 +148,10 @@ jq . "$OUT/summary.json" >&2
     "| presence messages B received /s (`broadcast_cluster_presence_in_total`) | \(.presence_in_b_per_s | . * 100 | round / 100) |\n" +
     "| presence messages A received /s (B'"'"'s deltas, none expected) | \(.presence_in_a_per_s | . * 100 | round / 100) |\n" +
     "| presence events the client on B got /s | \(.watcher_presence_events_per_s | . * 100 | round / 100) |\n" +
-    "| CPU node A / node B / redis-server (% of a core) | \(.cpu_pct.node_a | round) / \(.cpu_pct.node_b | round) / \(.cpu_pct.redis | round) |"' \
+    "| CPU node A / node B / redis-server (% of a core) | \(.cpu_pct.node_a * 10 | round / 10) / \(.cpu_pct.node_b * 10 | round / 10) / \(.cpu_pct.redis * 10 | round / 10) |"' \
     "$OUT/summary.json"
   echo
-  echo "Redis commands per second over the window:"
+  echo "Redis commands per second over the window (\`info\`: this script's own two snapshots):"
   echo
   echo "| command | calls/s |"
   echo "| --- | ---: |"

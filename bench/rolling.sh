@@ -11,6 +11,8 @@
 #          BENCH_RATE=40          messages/s over all publishers
 #          BENCH_DRAIN=10         --drain-period of the "paced" mode, seconds
 #          BENCH_JITTER=100ms     load-test --move-jitter
+#          BENCH_LEAD=8           seconds from load-test's start to node A's SIGTERM
+#          BENCH_NODE_ARGS=""     more flags for both nodes (e.g. "--history-size 1000")
 #          BENCH_MODES="paced at-once"   paced: --drain-period BENCH_DRAIN;
 #                                 at-once: --drain-period 0 (everyone at once)
 #          BENCH_OUT=DIR          results directory (default bench/results)
@@ -50,7 +52,7 @@ trap kill_all EXIT
 # The timeline, from load-test's start: subscribers connect (about 1 s at
 # --ramp 2000), LEAD s later node A restarts, GAP s after it is back node B
 # does, and load-test publishes until TAIL s after that.
-LEAD=8
+LEAD=${BENCH_LEAD:-8}
 GAP=5
 TAIL=6
 DURATION=$((LEAD + 2 * (DRAIN + 3) + GAP + TAIL))
@@ -89,7 +91,8 @@ for mode in "${MODES[@]}"; do
   esac
   echo "== $mode (--drain-period $period)" >&2
   start_redis "$OUT/$mode.redis.log"
-  NODE_ARGS=(--redis "redis://127.0.0.1:$REDIS_PORT" --drain-period "$period")
+  # shellcheck disable=SC2206
+  NODE_ARGS=(--redis "redis://127.0.0.1:$REDIS_PORT" --drain-period "$period" ${BENCH_NODE_ARGS:-})
   A_PORT=$(free_port) A_MPORT=$(free_port) B_PORT=$(free_port) B_MPORT=$(free_port)
   start_node_at "$A_PORT" "$A_MPORT" "$OUT/$mode.nodeA.log" "${NODE_ARGS[@]}"
   A_PID=$NODE_PID
@@ -138,7 +141,8 @@ for mode in "${MODES[@]}"; do
     --argjson peak "$peak" --slurpfile lt "$OUT/$mode.json" \
     '{mode: $mode, drain_period_s: $period, load_test_rc: $rc, drain_a_s: $drain_a, drain_b_s: $drain_b,
       peak_accepted_per_s: $peak, published: $lt[0].published, lost: $lt[0].lost,
-      duplicates: $lt[0].duplicates, errors: $lt[0].errors, moves: $lt[0].moves}' >"$OUT/$mode.summary.json"
+      duplicates: $lt[0].duplicates, errors: $lt[0].errors, latency: $lt[0].latency,
+      moves: $lt[0].moves}' >"$OUT/$mode.summary.json"
   jq -c '{mode, drain_a_s, drain_b_s, peak_accepted_per_s, lost, duplicates, errors,
           sub_moves: .moves.subscriber_moves, pub_moves: .moves.publisher_moves,
           unrecovered: .moves.unrecovered, worst_gap_ms: .moves.worst_gap_ms,
@@ -156,15 +160,15 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
   echo
   echo '```sh'
   echo "redis-server --port \$REDIS_PORT --bind 127.0.0.1 --save '' --appendonly no"
-  echo "target/release/broadcast-server start --host 127.0.0.1 --port \$PORT --metrics-addr 127.0.0.1:\$MPORT --redis redis://127.0.0.1:\$REDIS_PORT --drain-period \$P   # nodes A and B"
+  echo "target/release/broadcast-server start --host 127.0.0.1 --port \$PORT --metrics-addr 127.0.0.1:\$MPORT --redis redis://127.0.0.1:\$REDIS_PORT --drain-period \$P ${BENCH_NODE_ARGS:-}  # nodes A and B"
   echo "target/release/load-test --url ws://127.0.0.1:\$A/ws --url ws://127.0.0.1:\$B/ws $LOAD --json \$MODE.json"
   echo "# ${LEAD} s after load-test starts: SIGTERM A, wait for its exit, start it again; ${GAP} s later the same for B"
   echo '```'
   echo
-  echo "| mode | drain A / B (s) | subscriber / publisher moves | recovered msgs | not covered | lost | duplicates | worst gap (ms) | gap p50 / p99 (ms) | peak accepted/s (/metrics) | peak moves/s (load-test) |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| mode | drain A / B (s) | subscriber / publisher moves | recovered msgs | not covered | lost | duplicates | worst gap (ms) | gap p50 / p99 (ms) | peak accepted/s (/metrics) | peak moves/s (load-test) | delivery latency p50 / p99 (ms) |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for mode in "${MODES[@]}"; do
-    jq -r '"| \(.mode) (--drain-period \(.drain_period_s)) | \(.drain_a_s * 100 | round / 100) / \(.drain_b_s * 100 | round / 100) | \(.moves.subscriber_moves) / \(.moves.publisher_moves) | \(.moves.recovered) | \(.moves.unrecovered) | \(.lost) | \(.duplicates) | \(.moves.worst_gap_ms | round) | \(.moves.gap.p50_ms | round) / \(.moves.gap.p99_ms | round) | \(.peak_accepted_per_s) | \(.moves.peak_per_s) |"' \
+    jq -r '"| \(.mode) (--drain-period \(.drain_period_s)) | \(.drain_a_s * 100 | round / 100) / \(.drain_b_s * 100 | round / 100) | \(.moves.subscriber_moves) / \(.moves.publisher_moves) | \(.moves.recovered) | \(.moves.unrecovered) | \(.lost) | \(.duplicates) | \(.moves.worst_gap_ms | round) | \(.moves.gap.p50_ms | round) / \(.moves.gap.p99_ms | round) | \(.peak_accepted_per_s) | \(.moves.peak_per_s) | \(.latency.p50_ms | round) / \(.latency.p99_ms | round) |"' \
       "$OUT/$mode.summary.json"
   done
   echo

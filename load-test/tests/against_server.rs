@@ -1029,7 +1029,7 @@ fn drained_connections_move_to_the_other_url_and_lose_nothing() {
     }
     let json = std::env::temp_dir().join(format!("load-test-it-move-{}.json", std::process::id()));
     // 20 subscribers and 2 publishers, alternating: 10 and one on each node.
-    let mut run = Command::new(LOAD_TEST)
+    let run = Command::new(LOAD_TEST)
         .args(["--url", &a.url, "--url", &b.url, "--v1", "--clients", "20"])
         .args(["--publishers", "2", "--rate", "100", "--size", "64"])
         .args(["--duration", "6s", "--drain", "10s", "--no-progress"])

@@ -190,7 +190,12 @@ async fn a_drained_publishers_messages_before_its_answer_are_published() {
     let mut subscriber = connect(&b.ws_url()).await;
     let mut publisher = RawClient::connect(&a).await;
     publisher.send_raw(&masked(OP_TEXT, b"before")).await;
-    assert_eq!(next_data(&mut subscriber).await, Message::text("before"));
+    assert_eq!(
+        timeout(EVENT_TIMEOUT, next_data(&mut subscriber))
+            .await
+            .expect("before"),
+        Message::text("before")
+    );
     a.signal("TERM");
     let close = publisher.read_until(OP_CLOSE).await;
     assert_eq!(close.close_code().map(|c| c.0), Some(1012), "{close:?}");
@@ -199,7 +204,9 @@ async fn a_drained_publishers_messages_before_its_answer_are_published() {
         .await;
     publisher.finish_close().await;
     assert_eq!(
-        next_data(&mut subscriber).await,
+        timeout(EVENT_TIMEOUT, next_data(&mut subscriber))
+            .await
+            .expect("the message sent after the close"),
         Message::text("after the close")
     );
     let status = a.wait_exit(EVENT_TIMEOUT).await;
