@@ -69,10 +69,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 start_redis() { # logfile
   REDIS_PORT=$(free_port)
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$1" 2>&1 &
@@ -122,10 +118,6 @@ stop_all() {
   NODE_PIDS=()
   NODE_URLS=()
   REDIS_PID=""
-}
-
-cpu_ticks() { # pid -> utime+stime in clock ticks
-  awk '{print $14 + $15}' "/proc/$1/stat"
 }
 
 read -r -a SETUPS <<<"${BENCH_SETUPS:-one one-redis two two-nohist}"

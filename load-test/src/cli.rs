@@ -212,6 +212,22 @@ pub(crate) struct Args {
     #[arg(long, default_value = "0s", value_parser = parse_duration, requires = "reconnect_every")]
     pub(crate) outage: Duration,
 
+    /// With several --url (the nodes of a cluster): a subscriber or
+    /// publisher the server closes with 1012 (restarting: a drain) or 1001
+    /// (going away) answers the close, waits a random pause of up to this
+    /// long, and connects to the next URL (then the one after, every 100 ms,
+    /// for up to --connect-timeout), a subscriber resuming with `?since=`
+    /// its last position (--v1), a publisher going on with its sequence.
+    /// The summary's "moves" line counts them, the messages recovered, and
+    /// the longest time a subscriber went without a message around a move.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub(crate) move_jitter: Duration,
+
+    /// With several --url: a connection the server closes ends there, as
+    /// with one URL (no moves).
+    #[arg(long)]
+    pub(crate) no_move: bool,
+
     /// Subscribers end by dropping the TCP connection instead of a close handshake.
     #[arg(long)]
     pub(crate) abrupt_close: bool,

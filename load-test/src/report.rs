@@ -184,6 +184,36 @@ pub(crate) struct ResumeReport {
     pub(crate) storm: Option<StormReport>,
 }
 
+/// Several `--url`s: connections the server closed with 1012 (a drain) or
+/// 1001 that moved to another URL, subscribers resuming with `?since=`
+/// (`--v1`). Gaps are the report's `lost` and duplicates its `duplicates`
+/// (both 0 when every resume was covered).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub(crate) struct MovesReport {
+    /// `--move-jitter`, seconds.
+    pub(crate) jitter_s: f64,
+    pub(crate) subscriber_moves: u64,
+    pub(crate) publisher_moves: u64,
+    /// Moves that found no URL to connect to within --connect-timeout
+    /// (counted in `errors`).
+    pub(crate) failures: u64,
+    pub(crate) first_error: Option<String>,
+    /// Messages replayed to subscribers that moved (up to each seam).
+    pub(crate) recovered: u64,
+    /// Their resumes the new node could not cover (history expired).
+    pub(crate) unrecovered: u64,
+    /// Per subscriber move: from its last message before the close to its
+    /// first after (replayed or live), the longest it went without one.
+    pub(crate) gap: Latency,
+    /// The worst of them, ms (`gap.max_ms`).
+    pub(crate) worst_gap_ms: f64,
+    /// Subscriber moves by the second (since publishing started) in which
+    /// they connected again: the connection rate the nodes took.
+    pub(crate) per_second: Vec<u64>,
+    /// The busiest of those seconds.
+    pub(crate) peak_per_s: u64,
+}
+
 /// The first wave of `--reconnect-together`, seen from the server process:
 /// from the planned reconnect (drop + outage) until every subscriber that
 /// dropped had its replay.
@@ -469,6 +499,8 @@ pub(crate) struct Report {
 
     /// `--reconnect-every`: the resumes.
     pub(crate) resume: Option<ResumeReport>,
+    /// Several `--url`s: the moves after a 1012 or 1001 close.
+    pub(crate) moves: Option<MovesReport>,
 
     /// Connections the server closed (or dropped: 1006) before the tool did, by code.
     pub(crate) server_closes: BTreeMap<u16, u64>,
@@ -542,7 +574,8 @@ impl Report {
             + self.send_errors
             + self.malformed
             + self.misrouted
-            + self.resume.as_ref().map_or(0, |r| r.failures);
+            + self.resume.as_ref().map_or(0, |r| r.failures)
+            + self.moves.as_ref().map_or(0, |m| m.failures);
         self.failures.clear();
         if self.loss_ratio > self.max_loss {
             self.failures.push(format!(
@@ -726,6 +759,34 @@ impl Report {
                         st.server_rss_peak_kib as f64 / 1024.0
                     ),
                 );
+            }
+        }
+        if let Some(m) = &self.moves {
+            row(
+                "moves",
+                format!(
+                    "{} subscribers, {} publishers moved (1012/1001, jitter {:.3} s), failed {}; recovered {} msgs; not covered {}; gaps {}; duplicates {}",
+                    m.subscriber_moves,
+                    m.publisher_moves,
+                    m.jitter_s,
+                    m.failures,
+                    m.recovered,
+                    m.unrecovered,
+                    self.lost,
+                    self.duplicates
+                ),
+            );
+            if m.gap.samples > 0 {
+                row(
+                    "move gap ms",
+                    format!(
+                        "p50 {:.1}  p99 {:.1}  max {:.1}  (last message before the close to the first after, n={}); peak {} moves/s",
+                        m.gap.p50_ms, m.gap.p99_ms, m.worst_gap_ms, m.gap.samples, m.peak_per_s
+                    ),
+                );
+            }
+            if let Some(e) = &m.first_error {
+                row("first move error", e.clone());
             }
         }
         row("malformed", self.malformed.to_string());

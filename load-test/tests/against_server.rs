@@ -1043,3 +1043,141 @@ fn without_compression_the_wire_carries_whole_frames() {
     assert_eq!(u(w, "socket_bytes"), u(&r, "delivered") * 1028, "{r}");
     assert_eq!(deflate_messages(&server.url), 0);
 }
+
+/// A redis-server on a free loopback port, killed when the test ends.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server (apt-get install redis-server)");
+        let redis = Redis { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// `GET path` on the server of `ws_url`: the status and the body.
+fn http_get(ws_url: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let host = ws_url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .expect("host:port");
+    let Ok(mut tcp) = std::net::TcpStream::connect(host) else {
+        return (0, String::new());
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let mut resp = String::new();
+    if tcp.write_all(req.as_bytes()).is_err() || tcp.read_to_string(&mut resp).is_err() {
+        return (0, String::new());
+    }
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+/// A rolling restart's drain with two `--url`s: node A (`--drain-period
+/// 1`) closes its subscribers and its publisher with 1012; each answers,
+/// moves to node B (joined through one redis-server) and goes on there,
+/// the subscribers resuming with `?since=`, the publisher with its next
+/// message: every message arrives once, in order.
+#[test]
+fn drained_connections_move_to_the_other_url_and_lose_nothing() {
+    let redis = Redis::start();
+    let node = |extra: &[&str]| {
+        let mut cmd = Command::new(server_binary());
+        cmd.args(["start", "--redis", &redis.url()]).args(extra);
+        spawn_server(&mut cmd)
+    };
+    let a = node(&["--drain-period", "1"]);
+    let b = node(&[]);
+    for n in [&a, &b] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while http_get(&n.url, "/readyz").0 != 200 {
+            assert!(std::time::Instant::now() < deadline, "{} not ready", n.url);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    let json = std::env::temp_dir().join(format!("load-test-it-move-{}.json", std::process::id()));
+    // 20 subscribers and 2 publishers, alternating: 10 and one on each node.
+    let run = Command::new(LOAD_TEST)
+        .args(["--url", &a.url, "--url", &b.url, "--v1", "--clients", "20"])
+        .args(["--publishers", "2", "--rate", "100", "--size", "64"])
+        .args(["--duration", "6s", "--drain", "10s", "--no-progress"])
+        .arg("--json")
+        .arg(&json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run load-test");
+    // Once A holds its 10 subscribers and its publisher, SIGTERM it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, body) = http_get(&a.url, "/healthz");
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if health["connections"].as_u64() == Some(11) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "A has {health}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &a.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let out = run.wait_with_output().expect("load-test ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let text = std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("{e}\n{stdout}"));
+    let _ = std::fs::remove_file(&json);
+    let r: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("moves"), "{stdout}");
+    let moves = &r["moves"];
+    assert_eq!(u(moves, "subscriber_moves"), 10, "{r}");
+    assert_eq!(u(moves, "publisher_moves"), 1, "{r}");
+    assert_eq!(u(moves, "failures"), 0, "{r}");
+    assert_eq!(u(moves, "unrecovered"), 0, "{r}");
+    assert_eq!(u(&moves["gap"], "samples"), 10, "{r}");
+    let published = u(&r, "published");
+    assert!(published > 0, "{r}");
+    assert_eq!(u(&r, "delivered"), published * 20, "{r}");
+    assert_eq!(u(&r, "lost"), 0, "{r}");
+    assert_eq!(u(&r, "duplicates"), 0, "{r}");
+    assert_eq!(u(&r, "errors"), 0, "{r}");
+}

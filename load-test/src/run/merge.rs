@@ -20,8 +20,8 @@ use crate::cli::channel_name;
 use crate::cli::{Args, Compression};
 use crate::payload::Body;
 use crate::report::{
-    percentile_curve, ChannelRow, ChannelsReport, ClassReport, Latency, Report, ResumeReport,
-    SlowReport, WireReport,
+    percentile_curve, ChannelRow, ChannelsReport, ClassReport, Latency, MovesReport, Report,
+    ResumeReport, SlowReport, WireReport,
 };
 use crate::series::{Activity, Series};
 use crate::v1::V1Counts;
@@ -63,6 +63,8 @@ struct Totals {
     channels: Vec<ChannelRow>,
     /// `--reconnect-every`: the resumes, and their times to recover (µs).
     resume: Option<(ResumeReport, Histogram<u64>)>,
+    /// Several `--url`s: the moves, and their delivery gaps (µs).
+    moves: Option<(MovesReport, Histogram<u64>)>,
 }
 
 /// Waits for every subscriber's result and builds the report, all but the
@@ -83,6 +85,16 @@ pub(super) async fn report(args: &Args, shared: &Shared, f: Finished) -> Result<
         v1: V1Counts::default(),
         last_delivery_ns: 0,
         channels: vec![ChannelRow::default(); shared.channels],
+        moves: shared.follow.map(|jitter| {
+            let report = MovesReport {
+                jitter_s: jitter.as_secs_f64(),
+                ..MovesReport::default()
+            };
+            (
+                report,
+                Histogram::new(3).expect("3 significant figures is valid"),
+            )
+        }),
         resume: shared.reconnect.map(|plan| {
             let report = ResumeReport {
                 every_s: plan.every.as_secs_f64(),
@@ -98,6 +110,14 @@ pub(super) async fn report(args: &Args, shared: &Shared, f: Finished) -> Result<
     };
     for e in &f.publisher_endings {
         t.add_ending(e);
+        if let Some((m, _)) = &mut t.moves {
+            m.publisher_moves += e.moves;
+            if let Some(err) = &e.move_error {
+                m.failures += 1;
+                m.first_error
+                    .get_or_insert_with(|| format!("publisher: {err}"));
+            }
+        }
     }
     let mut slow = (f.subscribers.slow > 0).then(|| SlowReport {
         clients: f.subscribers.slow as u64,
@@ -167,6 +187,12 @@ pub(super) async fn report(args: &Args, shared: &Shared, f: Finished) -> Result<
     report.resume = t.resume.map(|(mut r, h)| {
         r.time_to_recover = Latency::from_histogram_us(&h);
         r
+    });
+    report.moves = t.moves.map(|(mut m, h)| {
+        m.gap = Latency::from_histogram_us(&h);
+        m.worst_gap_ms = m.gap.max_ms;
+        m.peak_per_s = m.per_second.iter().copied().max().unwrap_or(0);
+        m
     });
     report.server_closes = t.server_closes;
     report.welcomes = t.v1.welcomes;
@@ -309,6 +335,28 @@ impl Totals {
         r.malformed += s.malformed;
         r.wire.socket_bytes += s.read_bytes;
         r.wire.negotiated += u64::from(s.compressed);
+        if let Some((total, hist)) = &mut self.moves {
+            let one = &s.moves;
+            total.subscriber_moves += one.moves;
+            total.failures += one.failures;
+            if total.first_error.is_none() {
+                total.first_error.clone_from(&one.first_error);
+            }
+            if let Some(r) = &s.resume {
+                total.recovered += r.move_recovered;
+                total.unrecovered += r.move_unrecovered;
+            }
+            for &us in &one.gap_us {
+                let _ = hist.record(u64::from(us).max(1));
+            }
+            for &sec in &one.at_s {
+                let sec = sec as usize;
+                if sec >= total.per_second.len() {
+                    total.per_second.resize(sec + 1, 0);
+                }
+                total.per_second[sec] += 1;
+            }
+        }
         if let (Some((total, hist)), Some(one)) = (&mut self.resume, &s.resume) {
             total.reconnects += one.reconnects;
             total.failures += one.failures;

@@ -26,10 +26,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::shared::{Ending, Runtimes, Shared, Targets};
+use super::shared::{move_to, moves_on, Ending, Runtimes, Shared, Targets};
 use crate::api::{ApiConn, PublishError};
 use crate::cli::Args;
-use crate::conn::{publisher_config, Ws};
+use crate::conn::{publisher_config, Target, Ws};
 use crate::payload::{self, Header};
 use crate::rawws::Deflate;
 use crate::report::Shortfall;
@@ -52,6 +52,11 @@ enum Link {
 pub(super) struct Publishers {
     /// By publisher index; None: it failed to connect.
     links: Vec<Option<Link>>,
+    /// By publisher index: its target on every URL and the one it is on
+    /// (where it moves, see [`Mover`]).
+    rings: Vec<(Vec<Arc<Target>>, usize)>,
+    connect_timeout: Duration,
+    size: usize,
     failed: Vec<usize>,
     /// When each of `failed` failed.
     failed_at: Vec<Instant>,
@@ -99,6 +104,9 @@ pub(super) async fn connect(
     }
     let mut out = Publishers {
         links: Vec::with_capacity(shared.publishers),
+        rings: (0..shared.publishers).map(|p| targets.ring(p)).collect(),
+        connect_timeout: args.connect_timeout,
+        size: args.size as usize,
         failed: Vec::new(),
         failed_at: Vec::new(),
         first_connect_error: None,
@@ -176,8 +184,22 @@ impl Publishers {
         };
         let mut tasks = Vec::with_capacity(self.links.len());
         let mut counts = Vec::with_capacity(self.links.len());
+        let mut rings = self.rings.into_iter();
         for (p, link) in self.links.into_iter().enumerate() {
+            let ring = rings.next();
             let Some(link) = link else { continue };
+            // Only WebSocket publishers move (`--api` posts to one URL).
+            let mover = match (shared.follow, ring, &link) {
+                (Some(jitter), Some((ring, url)), Link::Ws(_)) => Some(Mover {
+                    ring,
+                    url,
+                    n: args.clients as usize + p,
+                    config: publisher_config(self.size),
+                    timeout: self.connect_timeout,
+                    jitter,
+                }),
+                _ => None,
+            };
             let plan = if p >= paced {
                 Plan::Flood
             } else if args.max_rate {
@@ -191,7 +213,7 @@ impl Publishers {
             let (tx, rx) = oneshot::channel();
             let size = args.size as usize;
             let task = publisher(
-                link,
+                (link, mover),
                 p,
                 shared.clone(),
                 plan,
@@ -303,7 +325,7 @@ struct Times {
 /// `counts` when it stops sending, then closes once the run stops.
 #[allow(clippy::too_many_arguments)]
 async fn publisher(
-    link: Link,
+    (link, mover): (Link, Option<Mover>),
     id: usize,
     shared: Arc<Shared>,
     plan: Plan,
@@ -312,14 +334,9 @@ async fn publisher(
     readers: Handle,
     counts: oneshot::Sender<PubStats>,
 ) -> Ending {
-    let (done_tx, done_rx) = watch::channel(false);
-    let (mut out, reader) = match link {
-        Link::Ws(ws) => {
-            let (sink, stream) = (*ws).split();
-            let reader = readers.spawn(read_broadcasts(stream, done_rx, shared.v1));
-            (Out::Ws(sink), Some(reader))
-        }
-        Link::Api { conn, channel } => (Out::Api { conn, channel }, None),
+    let mut out = match link {
+        Link::Ws(ws) => Out::Ws(Box::new(WsOut::new(*ws, &readers, shared.v1, mover))),
+        Link::Api { conn, channel } => Out::Api { conn, channel },
     };
     // One request at a time: each message is stamped when it is written,
     // not once per batch (a batch of requests takes many round trips).
@@ -459,15 +476,11 @@ async fn publisher(
 
     // Close once the subscribers are told to stop.
     shared.stopped().await;
-    let (Out::Ws(mut sink), Some(reader)) = (out, reader) else {
+    let Out::Ws(ws) = out else {
         // An API connection just closes.
         return Ending::default();
     };
-    if !reader.is_finished() {
-        let _ = sink.send(normal_close()).await;
-        let _ = done_tx.send(true);
-    }
-    reader.await.unwrap_or_default()
+    ws.close().await
 }
 
 /// Rate mode: the messages `sent..total` of a schedule not sent, after a
@@ -518,10 +531,152 @@ impl PerSecond {
     }
 }
 
-/// Where a publisher writes: its WebSocket's sending half, or the API.
+/// Where a publisher writes: its WebSocket, or the API.
 enum Out {
-    Ws(SplitSink<Ws, Message>),
+    Ws(Box<WsOut>),
     Api { conn: Box<ApiConn>, channel: String },
+}
+
+/// A publisher's WebSocket: the sending half, the task reading the other
+/// half, and where it moves when the server closes it with 1012 or 1001.
+struct WsOut {
+    sink: SplitSink<Ws, Message>,
+    /// Tells the reader we sent our Close (read until the answer).
+    done: watch::Sender<bool>,
+    reader: JoinHandle<Ending>,
+    /// How the last connection ended, once the reader's result was taken.
+    ended: Option<Ending>,
+    readers: Handle,
+    v1: bool,
+    mover: Option<Mover>,
+    moves: u64,
+    move_error: Option<String>,
+    /// What the readers of the connections it moved away from counted.
+    earlier: V1Counts,
+}
+
+/// Where a publisher's connection moves (several `--url`s): its target
+/// on every URL, the one it is on, and how it connects.
+struct Mover {
+    ring: Vec<Arc<Target>>,
+    url: usize,
+    /// Its connection number (for the source address).
+    n: usize,
+    config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+    timeout: Duration,
+    /// `--move-jitter`.
+    jitter: Duration,
+}
+
+/// Longest a publisher waits for its reader to tell how the server
+/// closed the connection, after a failed send.
+const CLOSE_SEEN: Duration = Duration::from_secs(2);
+
+impl WsOut {
+    fn new(ws: Ws, readers: &Handle, v1: bool, mover: Option<Mover>) -> Self {
+        let (done, done_rx) = watch::channel(false);
+        let (sink, stream) = ws.split();
+        Self {
+            sink,
+            done,
+            reader: readers.spawn(read_broadcasts(stream, done_rx, v1)),
+            ended: None,
+            readers: readers.clone(),
+            v1,
+            mover,
+            moves: 0,
+            move_error: None,
+            earlier: V1Counts::default(),
+        }
+    }
+
+    /// Sends `batch` (see [`send_all`]); when the server closed the
+    /// connection with 1012 or 1001 meanwhile, moves to the next URL and
+    /// sends there what the old one did not take.
+    async fn send(&mut self, batch: &[Bytes], give_up: Instant) -> Result<(), ()> {
+        let mut from = 0;
+        loop {
+            match send_all(&mut self.sink, batch[from..].iter().cloned(), give_up).await {
+                Ok(()) => return Ok(()),
+                // The last one fed waited in the split sink's slot: it is
+                // the one tungstenite refused (see `send_all`).
+                Err(fed) => from += fed.saturating_sub(1),
+            }
+            if !self.try_move(give_up).await {
+                return Err(());
+            }
+        }
+    }
+
+    /// After a failed send: if the reader saw a 1012 or 1001 close, a
+    /// random pause of up to `--move-jitter`, then a connection to the next
+    /// URL that takes it (see [`move_to`]). False: no move.
+    async fn try_move(&mut self, give_up: Instant) -> bool {
+        if self.mover.is_none() || self.ended.is_some() {
+            return false;
+        }
+        let ending = match tokio::time::timeout(CLOSE_SEEN, &mut self.reader).await {
+            Ok(Ok(ending)) => ending,
+            Ok(Err(_)) => Ending::default(),
+            Err(_) => return false,
+        };
+        if !moves_on(ending.server_close) {
+            self.ended = Some(ending);
+            return false;
+        }
+        // Our answer to the close, queued by tungstenite when the reader
+        // read it, goes out behind what was queued before.
+        let _ = self.sink.flush().await;
+        let Some(m) = &mut self.mover else {
+            return false;
+        };
+        tokio::time::sleep(m.jitter.mul_f64(fastrand::f64())).await;
+        let (n, config, timeout) = (m.n, m.config, m.timeout);
+        let deadline = (Instant::now() + timeout).min(give_up);
+        let moved = move_to(&m.ring, m.url, deadline, |target| async move {
+            target.connect(n, config, timeout, None).await
+        })
+        .await;
+        match moved {
+            Ok((url, ws)) => {
+                m.url = url;
+                let earlier = std::mem::take(&mut self.earlier);
+                let next = Self::new(ws, &self.readers, self.v1, self.mover.take());
+                let moves = self.moves + 1;
+                *self = Self {
+                    moves,
+                    earlier,
+                    ..next
+                };
+                self.earlier.add(&ending.v1);
+                true
+            }
+            Err(e) => {
+                self.move_error = Some(e);
+                self.ended = Some(ending);
+                false
+            }
+        }
+    }
+
+    /// Closes (once the run stops) and returns how the connection ended,
+    /// with its moves.
+    async fn close(mut self) -> Ending {
+        let mut ending = match self.ended.take() {
+            Some(ending) => ending,
+            None => {
+                if !self.reader.is_finished() {
+                    let _ = self.sink.send(normal_close()).await;
+                    let _ = self.done.send(true);
+                }
+                (&mut self.reader).await.unwrap_or_default()
+            }
+        };
+        ending.v1.add(&self.earlier);
+        ending.moves = self.moves;
+        ending.move_error = self.move_error;
+        ending
+    }
 }
 
 /// Why [`Out::send_all`] stopped before the end of its batch.
@@ -544,11 +699,14 @@ impl Out {
         give_up: Instant,
     ) -> Result<(), Stop> {
         match self {
-            Out::Ws(sink) => send_all(sink, batch, give_up).await.map_err(|()| Stop {
-                published: 0,
-                status: None,
-                error: None,
-            }),
+            Out::Ws(ws) => {
+                let batch: Vec<Bytes> = batch.collect();
+                ws.send(&batch, give_up).await.map_err(|()| Stop {
+                    published: 0,
+                    status: None,
+                    error: None,
+                })
+            }
             Out::Api { conn, channel } => {
                 let mut published = 0;
                 for payload in batch {
@@ -619,6 +777,7 @@ async fn read_broadcasts(
         server_close: close,
         closed_at: close.map(|_| Instant::now()),
         v1: counts,
+        ..Ending::default()
     }
 }
 
@@ -671,24 +830,33 @@ impl Framer {
 }
 
 /// Queues every payload of `batch` as a binary message, then flushes once;
-/// fails when that is not done by `give_up` (the server stopped reading).
+/// fails when that is not done by `give_up` (the server stopped reading),
+/// with how many payloads were fed before the failure. All but the last
+/// of those precede our answer to a close from the server on the wire
+/// (tungstenite queues the answer behind them and refuses later ones), so
+/// a server that takes messages until the answer (a drain's 1012) has
+/// them; the last one waited in the [`SplitSink`]'s slot, and tungstenite
+/// refused it when the sink passed it on.
 async fn send_all<S>(
     sink: &mut S,
     batch: impl Iterator<Item = Bytes>,
     give_up: Instant,
-) -> Result<(), ()>
+) -> Result<(), usize>
 where
     S: futures_util::Sink<Message> + Unpin,
 {
+    let mut fed = 0;
     let send = async {
         for payload in batch {
             sink.feed(Message::Binary(payload)).await?;
+            fed += 1;
         }
         sink.flush().await
     };
-    match tokio::time::timeout_at(give_up, send).await {
+    let sent = tokio::time::timeout_at(give_up, send).await;
+    match sent {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) | Err(_) => Err(()),
+        Ok(Err(_)) | Err(_) => Err(fed),
     }
 }
 

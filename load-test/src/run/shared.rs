@@ -63,6 +63,10 @@ pub(super) struct Shared {
     pub(super) channels: usize,
     /// `--reconnect-every`.
     pub(super) reconnect: Option<Reconnect>,
+    /// Several `--url`s (and no `--no-move`): a connection the server
+    /// closes with 1012 or 1001 moves to the next URL after a random pause
+    /// of up to this long (`--move-jitter`).
+    pub(super) follow: Option<std::time::Duration>,
     /// `--reconnect-every`: resumes whose outcome is known, over all
     /// subscribers.
     pub(super) resumes: AtomicUsize,
@@ -99,6 +103,7 @@ impl Shared {
                 outage: args.outage,
                 together: args.reconnect_together,
             }),
+            follow: (args.urls.len() > 1 && !args.no_move).then_some(args.move_jitter),
             publishing: watch::channel(None).0,
             resumes: AtomicUsize::new(0),
             body: args.payload,
@@ -204,7 +209,51 @@ impl Targets {
         let channels = &self.by_url[i % self.by_url.len()];
         channels[i % channels.len()].clone()
     }
+
+    /// Connection `i`'s target on every URL (its channel), and the index of
+    /// the one [`Targets::of`] gives: where it can move.
+    pub(super) fn ring(&self, i: usize) -> (Vec<Arc<Target>>, usize) {
+        let ring = self.by_url.iter().map(|c| c[i % c.len()].clone()).collect();
+        (ring, i % self.by_url.len())
+    }
 }
+
+/// Close codes a connection moves on (`--url` given several times): the
+/// server is restarting (1012, a drain) or going away (1001).
+pub(super) fn moves_on(code: Option<u16>) -> bool {
+    matches!(
+        code,
+        Some(protocol::close::SERVICE_RESTART | protocol::close::GOING_AWAY)
+    )
+}
+
+/// A moving connection's next home: tries the URLs of `ring` after `from`
+/// in turn (a node still draining turns it away, a restarting one is not
+/// listening), pausing [`MOVE_RETRY`] after each, until `connect` succeeds
+/// or `give_up`; the index it connected to, or the last error.
+pub(super) async fn move_to<T, F, Fut>(
+    ring: &[Arc<Target>],
+    from: usize,
+    give_up: Instant,
+    mut connect: F,
+) -> Result<(usize, T), String>
+where
+    F: FnMut(Arc<Target>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut at = from;
+    loop {
+        at = (at + 1) % ring.len();
+        match connect(ring[at].clone()).await {
+            Ok(conn) => return Ok((at, conn)),
+            Err(e) if Instant::now() + MOVE_RETRY >= give_up => return Err(format!("{e:#}")),
+            Err(_) => tokio::time::sleep(MOVE_RETRY).await,
+        }
+    }
+}
+
+/// Pause between two attempts of a moving connection.
+const MOVE_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The runtimes tasks are spawned on (see `run`).
 #[derive(Clone)]
@@ -237,4 +286,8 @@ pub(super) struct Ending {
     pub(super) closed_at: Option<Instant>,
     /// `--v1`: the events other than messages it received.
     pub(super) v1: V1Counts,
+    /// A publisher's moves to another URL (1012, 1001), and why the last
+    /// one failed if it did.
+    pub(super) moves: u64,
+    pub(super) move_error: Option<String>,
 }

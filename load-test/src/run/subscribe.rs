@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
 
-use super::shared::{Ending, Shared, Targets};
+use super::shared::{move_to, moves_on, Ending, Shared, Targets};
 use crate::cli::{is_slow, slow_count, Args};
 use crate::conn::{max_message, subscriber_buffer, SubWs, Target};
 use crate::payload;
@@ -57,12 +57,30 @@ pub(super) struct SubStats {
     pub(super) ending: Ending,
     /// Per-second deliveries and latency, created at the first delivery.
     pub(super) series: Option<SubSeries>,
-    /// `--reconnect-every`: its resumes.
+    /// `--reconnect-every`: its resumes (with several `--url`s and `--v1`:
+    /// the outcomes of its moves' resumes too).
     pub(super) resume: Option<ResumeStats>,
     /// Bytes read from its sockets (all its connections), and whether
     /// its (first) connection negotiated permessage-deflate.
     pub(super) read_bytes: u64,
     pub(super) compressed: bool,
+    /// Several `--url`s: its moves to another one.
+    pub(super) moves: MoveStats,
+}
+
+/// One subscriber's moves to another URL after a 1012 or 1001 close.
+#[derive(Debug, Default)]
+pub(super) struct MoveStats {
+    pub(super) moves: u64,
+    /// Moves that found no URL to connect to (the subscriber then stops).
+    pub(super) failures: u64,
+    pub(super) first_error: Option<String>,
+    /// Per move: µs from the last message before the close to the first
+    /// one after it (replayed or live), the subscriber's delivery gap.
+    pub(super) gap_us: Vec<u32>,
+    /// Per move: when it connected again, whole seconds since publishing
+    /// started (0 for a move before it).
+    pub(super) at_s: Vec<u32>,
 }
 
 /// How one subscriber's task ended.
@@ -97,6 +115,7 @@ pub(super) async fn connect(args: &Args, targets: &Targets, shared: &Arc<Shared>
     let mut tasks = Vec::with_capacity(clients);
     for i in 0..clients {
         let (target, shared, storm) = (targets.of(i), shared.clone(), storm.clone());
+        let ring = targets.ring(i);
         let at = step.map(|s| t0 + s.mul_f64(i as f64));
         let timeout = args.connect_timeout;
         let is_slow = is_slow(i, clients, slow);
@@ -127,8 +146,10 @@ pub(super) async fn connect(args: &Args, targets: &Targets, shared: &Arc<Shared>
                         shared.subs[i].ended.store(true, Relaxed);
                         SubResult::Slow(slow_subscriber(ws, took, &shared).await)
                     } else {
+                        let (ring, url) = ring;
                         let redial = Redial {
-                            target,
+                            ring,
+                            url,
                             timeout,
                             buf_size,
                             max_msg,
@@ -155,9 +176,11 @@ pub(super) async fn connect(args: &Args, targets: &Targets, shared: &Arc<Shared>
     }
 }
 
-/// Where a subscriber connects again (`--reconnect-every`).
+/// Where a subscriber connects again (`--reconnect-every`, a move): its
+/// target on every URL, and the one it is on.
 pub(super) struct Redial {
-    target: Arc<Target>,
+    ring: Vec<Arc<Target>>,
+    url: usize,
     timeout: Duration,
     buf_size: usize,
     max_msg: usize,
@@ -178,6 +201,9 @@ pub(super) struct ResumeStats {
     /// Per resume: µs from the planned reconnect (the drop plus
     /// `--outage`) until its replay had arrived.
     pub(super) recover_us: Vec<u32>,
+    /// The same two counts for the resumes of its moves.
+    pub(super) move_recovered: u64,
+    pub(super) move_unrecovered: u64,
 }
 
 /// A subscriber's place in its channel's history, and the resume under way.
@@ -189,6 +215,8 @@ struct Resuming {
     /// When the current resume was due (ns since the origin), until its
     /// outcome is known.
     due_ns: Option<u64>,
+    /// This connection is a move's (its outcome is counted as such).
+    moving: bool,
 }
 
 impl Resuming {
@@ -218,9 +246,12 @@ impl Resuming {
     fn outcome(&mut self, outcome: Option<Resumed>, now: u64, shared: &Shared) {
         let Some(outcome) = outcome else { return };
         shared.resumes.fetch_add(1, Relaxed);
-        match outcome {
-            Resumed::Recovered { missed } => self.stats.recovered += missed,
-            Resumed::Unrecovered(_) => self.stats.unrecovered += 1,
+        let s = &mut self.stats;
+        match (outcome, std::mem::take(&mut self.moving)) {
+            (Resumed::Recovered { missed }, false) => s.recovered += missed,
+            (Resumed::Unrecovered(_), false) => s.unrecovered += 1,
+            (Resumed::Recovered { missed }, true) => s.move_recovered += missed,
+            (Resumed::Unrecovered(_), true) => s.move_unrecovered += 1,
         }
         if let Some(due) = self.due_ns.take() {
             let us = now.saturating_sub(due) / 1000;
@@ -276,6 +307,7 @@ async fn subscriber(
         resume: None,
         read_bytes: 0,
         compressed: ws.compressed(),
+        moves: MoveStats::default(),
     };
     // `--compression header`: compressed messages arrive cut to their header.
     let mut cut = ws.cuts_messages();
@@ -285,12 +317,20 @@ async fn subscriber(
     let v1_mode = shared.v1;
     // `--v1`: the payload decoded from a message event's base64.
     let mut decoded = Vec::with_capacity(if v1_mode { size } else { 0 });
-    let mut resume = shared.reconnect.map(|_| Resuming {
+    // A v1 subscriber keeps its position to resume from, when it drops
+    // (`--reconnect-every`) or moves (several `--url`s).
+    let keeps_position = shared.reconnect.is_some() || (v1_mode && shared.follow.is_some());
+    let mut resume = keeps_position.then(|| Resuming {
         cursor: Cursor::default(),
         stats: ResumeStats::default(),
         resumed: false,
         due_ns: None,
+        moving: false,
     });
+    let mut redial = redial;
+    // After a move: when its last message before the close arrived (ns),
+    // until the next one does.
+    let mut gap_from: Option<u64> = None;
     let mut drops = 0u32;
     let stopped_by_us = 'conn: loop {
         let k = drops;
@@ -353,6 +393,10 @@ async fn subscriber(
                         if (b.len() == size || (cut && b.len() == payload::HEADER_LEN))
                             && (h.publisher as usize) < st.trackers.len() =>
                     {
+                        if let Some(from) = gap_from.take() {
+                            let us = now.saturating_sub(from) / 1000;
+                            st.moves.gap_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                        }
                         let p = h.publisher as usize;
                         if st.trackers[p].observe(h.seq) == Outcome::Duplicate {
                             continue;
@@ -396,6 +440,44 @@ async fn subscriber(
         };
         let at = match exit {
             Exit::Stopped => break 'conn true,
+            Exit::Ended if shared.follow.is_some() && moves_on(st.ending.server_close) => {
+                let code = st.ending.server_close.take();
+                // Answered on the side: the node is not kept waiting, and
+                // neither is the move.
+                tokio::spawn(end_connection(ws, Close::After(code), false));
+                let closed_ns = shared.ns(Instant::now());
+                let last = if st.last_delivery_ns > 0 {
+                    st.last_delivery_ns
+                } else {
+                    closed_ns
+                };
+                match move_subscriber(idx, shared, &mut redial, &mut resume, &mut stop).await {
+                    Some(Ok(new)) => {
+                        ws = new;
+                        cut = ws.cuts_messages();
+                        // What the handshake read already is timed now.
+                        now = shared.ns(Instant::now());
+                        gap_from = Some(last);
+                        st.moves.moves += 1;
+                        let since_start = shared
+                            .ns(Instant::now())
+                            .saturating_sub(shared.start_ns.load(Relaxed));
+                        st.moves.at_s.push((since_start / 1_000_000_000) as u32);
+                        continue 'conn;
+                    }
+                    Some(Err(e)) => {
+                        st.moves.failures += 1;
+                        st.moves.first_error.get_or_insert(e);
+                        st.ending.server_close = code;
+                        st.ending.closed_at = Some(Instant::now());
+                    }
+                    // Stopped meanwhile.
+                    None => {}
+                }
+                live.ended.store(true, Relaxed);
+                st.resume = resume.map(|r| r.stats);
+                return st;
+            }
             Exit::Ended => break 'conn false,
             Exit::Redial(at) => at,
         };
@@ -414,9 +496,10 @@ async fn subscriber(
             }
             () = sleep_until(due_at) => {}
         }
+        let on = &redial.ring[redial.url];
         let target = match r.cursor.since() {
-            Some(since) => redial.target.with_since(since),
-            None => (*redial.target).clone(),
+            Some(since) => on.with_since(since),
+            None => (**on).clone(),
         };
         r.resumed = r.cursor.since().is_some();
         r.due_ns = Some(shared.ns(due_at));
@@ -427,6 +510,7 @@ async fn subscriber(
             Ok(new) => {
                 ws = new;
                 cut = ws.cuts_messages();
+                now = shared.ns(Instant::now());
                 r.stats.reconnects += 1;
             }
             Err(e) => {
@@ -456,6 +540,48 @@ async fn subscriber(
     };
     end_connection(ws, how, shared.abrupt_close).await;
     st
+}
+
+/// A subscriber's move after the server closed it with 1012 or 1001: a
+/// random pause of up to `--move-jitter`, then the next URL that takes it
+/// (see [`move_to`]), resuming from its position (`?since=`) if it has
+/// one. None: the run stopped meanwhile.
+async fn move_subscriber(
+    idx: usize,
+    shared: &Shared,
+    redial: &mut Redial,
+    resume: &mut Option<Resuming>,
+    stop: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> Option<Result<SubWs, String>> {
+    let jitter = shared.follow.unwrap_or_default().mul_f64(fastrand::f64());
+    tokio::select! {
+        biased;
+        () = &mut *stop => return None,
+        () = sleep(jitter) => {}
+    }
+    let since = resume.as_ref().and_then(|r| r.cursor.since().cloned());
+    let give_up = Instant::now() + redial.timeout;
+    let (timeout, buf, max) = (redial.timeout, redial.buf_size, redial.max_msg);
+    let moved = move_to(&redial.ring, redial.url, give_up, |target| {
+        let target = match &since {
+            Some(since) => Arc::new(target.with_since(since)),
+            None => target,
+        };
+        async move { target.connect_raw(idx, timeout, None, buf, max).await }
+    });
+    let moved = tokio::select! {
+        biased;
+        () = &mut *stop => return None,
+        moved = moved => moved,
+    };
+    Some(moved.map(|(url, ws)| {
+        redial.url = url;
+        if let Some(r) = resume {
+            r.resumed = since.is_some();
+            r.moving = true;
+        }
+        ws
+    }))
 }
 
 /// A slow subscriber: reads nothing until the run stops, then reads what the

@@ -59,7 +59,8 @@ impl Conn {
         self.wake.notify_waiters();
     }
 
-    /// Closes with `reason` (see [`Conn::start_close`]).
+    /// Closes with `reason` (see [`Conn::start_close`]); after 1012, the
+    /// peer's messages are still published until it answers.
     pub(crate) fn close_with(
         self: &Rc<Self>,
         reason: CloseReason,
@@ -67,6 +68,10 @@ impl Conn {
         timeout: Duration,
     ) {
         let notice = (self.format != Format::Raw).then(|| frame::notice(reason));
+        if self.is_open() {
+            self.input_until_answer
+                .set(reason == CloseReason::RESTARTING);
+        }
         self.start_close(&reason.payload(), notice, drop_data, timeout);
     }
 

@@ -164,6 +164,11 @@ pub(crate) struct Conn {
     close: Cell<CloseState>,
     /// When a close we started is given up on.
     close_deadline: Cell<Option<Instant>>,
+    /// A drain's close (1012): the peer's messages are still published
+    /// until its close frame arrives. A publisher moving to another node
+    /// cannot tell which of the messages it sent after our close would be
+    /// dropped; this way none is (they all precede its answer).
+    input_until_answer: Cell<bool>,
     /// Last time bytes arrived from the peer.
     last_seen: Cell<Instant>,
     /// A keepalive ping was sent since the peer was last heard from.
@@ -216,6 +221,7 @@ impl Conn {
             out: RefCell::new(Outbox::default()),
             close: Cell::new(CloseState::Open),
             close_deadline: Cell::new(None),
+            input_until_answer: Cell::new(false),
             last_seen: Cell::new(now),
             pinged: Cell::new(false),
             wake: Notify::new(),
@@ -360,9 +366,11 @@ impl Conn {
     /// unless the server has started its closing handshake (data after a
     /// close is discarded). A connection whose socket broke while its
     /// message waited (for fan-out credit, or for its join to be announced)
-    /// still publishes it: it was received whole.
+    /// still publishes it: it was received whole. After a drain's close
+    /// (1012), input is taken until the peer's answer.
     pub(crate) fn takes_input(&self) -> bool {
         matches!(self.close.get(), CloseState::Open | CloseState::Broken)
+            || self.input_until_answer.get()
     }
 
     /// Whether the TLS session already holds input to parse (so waiting for

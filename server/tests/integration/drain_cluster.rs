@@ -2,7 +2,9 @@
 //! node A, holding 1,000 `broadcast.v1` clients, gets SIGTERM while a
 //! publisher on node B keeps sending. A is unready at once, closes its
 //! clients with 1012 spread over the period, and each client that resumes
-//! on B with `?since=` gets every message exactly once, in order.
+//! on B with `?since=` gets every message exactly once, in order. A
+//! publisher A drains loses nothing either: what it sends before answering
+//! its 1012 is still published.
 
 use std::time::Duration;
 
@@ -171,4 +173,58 @@ async fn a_drained_nodes_clients_resume_on_another_with_nothing_lost() {
         "closes per second after SIGTERM: {:?}",
         &per_second[..8]
     );
+}
+
+/// A publisher on a draining node keeps publishing until it answers the
+/// drain's 1012: a message it sends after the close arrived (it cannot know
+/// the close is coming) still reaches a subscriber on another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_publishers_messages_before_its_answer_are_published() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let mut a = Server::start(&["--redis", &url, "--drain-period", "1"]).await;
+    let b = Server::start(&["--redis", &url]).await;
+    for node in [&a, &b] {
+        node.wait_health("cluster", "up").await;
+    }
+    // A v1 subscriber has its welcome once its node follows the channel:
+    // from then on it gets every message.
+    let mut subscriber = v1(&b.ws_url()).await;
+    next_event(&mut subscriber, "welcome").await;
+    let mut publisher = RawClient::connect(&a).await;
+    publisher.send_raw(&masked(OP_TEXT, b"before")).await;
+    assert_eq!(
+        next_event(&mut subscriber, "message").await["text"],
+        "before"
+    );
+    a.signal("TERM");
+    let close = publisher.read_until(OP_CLOSE).await;
+    assert_eq!(close.close_code().map(|c| c.0), Some(1012), "{close:?}");
+    publisher
+        .send_raw(&masked(OP_TEXT, b"after the close"))
+        .await;
+    publisher.finish_close().await;
+    assert_eq!(
+        next_event(&mut subscriber, "message").await["text"],
+        "after the close"
+    );
+    let status = a.wait_exit(EVENT_TIMEOUT).await;
+    assert_eq!(status.code(), Some(0));
+}
+
+/// The next v1 event of type `kind` on `ws` (others skipped), each within
+/// the event timeout.
+async fn next_event(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let m = match timeout(EVENT_TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(m))) => m,
+            other => panic!("waiting for a {kind} event: {other:?}"),
+        };
+        if let Message::Text(t) = m {
+            let e: Value = serde_json::from_str(&t).unwrap();
+            if e["type"] == kind {
+                return e;
+            }
+        }
+    }
 }

@@ -412,3 +412,21 @@ async fn a_second_sigterm_ends_the_drain_at_once() {
     let status = server.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0));
 }
+
+/// A drained client that takes its 1012 but never answers it (a tungstenite
+/// client that moves to another node at once sends its answer only on its
+/// next read or write) does not hold the node for the shutdown timeout:
+/// its connection is dropped soon after, and the node exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_client_that_never_answers_does_not_hold_the_node() {
+    let mut server = Server::start(&["--drain-period", "1", "--shutdown-timeout", "600"]).await;
+    let mut client = RawClient::connect(&server).await;
+    server.signal("TERM");
+    let close = client.read_until(OP_CLOSE).await;
+    assert_eq!(close.close_code().map(|c| c.0), Some(1012), "{close:?}");
+    // No answer: within the test's event timeout (not the 600 s shutdown
+    // timeout) the server gives up on it.
+    client.expect_eof().await;
+    let status = server.wait_exit(EVENT_TIMEOUT).await;
+    assert_eq!(status.code(), Some(0), "exit status after the drain");
+}
