@@ -940,20 +940,8 @@ fn resumes_history_cannot_cover_are_counted_and_fail_the_run() {
 
 /// `broadcast_deflate_messages_total` from the server's /metrics page.
 fn deflate_messages(ws_url: &str) -> u64 {
-    use std::io::{Read, Write};
-    let addr = ws_url
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .expect("host:port");
-    let mut s = std::net::TcpStream::connect(addr).expect("connect for /metrics");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send GET /metrics");
-    let mut page = String::new();
-    s.read_to_string(&mut page).expect("read /metrics");
+    let (status, page) = http_get(ws_url, "/metrics");
+    assert_eq!(status, 200, "GET /metrics: {page}");
     page.lines()
         .find_map(|l| l.strip_prefix("broadcast_deflate_messages_total "))
         .unwrap_or_else(|| panic!("no broadcast_deflate_messages_total in\n{page}"))

@@ -40,8 +40,18 @@ end
 return {epoch, last, entries}
 ";
 
+/// [`READ`], sent as `EVALSHA` (loaded again if Redis lost it): built
+/// once, for every node's catch-up and `GET /api/history`.
+fn read_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| redis::Script::new(READ))
+}
+
 /// A stream's entries: offset and envelope, oldest first.
 type Entries = Vec<(u64, Bytes)>;
+
+/// The connection a query runs on.
+type Conn = redis::aio::MultiplexedConnection;
 
 /// A connection's claim on a channel it is about to join: while it lasts,
 /// the node follows the channel even though it has no member here yet.
@@ -73,20 +83,65 @@ impl Relay {
     /// after it. Returns at once if it does, or if the link is down (the
     /// ring then serves what it has). Keep the claim until joined.
     pub(crate) async fn follow(&self, history: &History, name: &str) -> Claim {
-        let mut claim = Claim {
-            link: self.link.clone(),
-            name: None,
-        };
         if !self.link.stats.cluster.link_up() {
-            return claim;
+            return self.no_claim();
         }
         let log = history.log(name);
         let followed = log.followed.notified();
         tokio::pin!(followed);
         followed.as_mut().enable();
         if log.following() {
-            return claim;
+            return self.no_claim();
         }
+        let claim = self.claim(name);
+        if tokio::time::timeout(IO_TIMEOUT, followed).await.is_err() {
+            tracing::debug!(channel = %log.name, "cluster: joining before the stream was read");
+        }
+        claim
+    }
+
+    /// Before a connection joins channel `name` with history off: waits
+    /// (at most [`IO_TIMEOUT`]) until this node is subscribed to its Redis
+    /// channel, so that a member told it joined hears every node's
+    /// messages sent after that. Returns at once if it is, or if the link
+    /// is down. Keep the claim until joined.
+    pub(crate) async fn subscribed(&self, name: &str) -> Claim {
+        let link = &self.link;
+        let is_in = || {
+            link.subscribed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(name)
+        };
+        if !link.stats.cluster.link_up() || is_in() {
+            return self.no_claim();
+        }
+        let claim = self.claim(name);
+        let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+        loop {
+            let changed = link.resubscribed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if is_in() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                tracing::debug!(channel = name, "cluster: joining before the subscription");
+                break;
+            }
+        }
+        claim
+    }
+
+    fn no_claim(&self) -> Claim {
+        Claim {
+            link: self.link.clone(),
+            name: None,
+        }
+    }
+
+    /// Makes the subscribing task follow `name` until the claim is dropped.
+    fn claim(&self, name: &str) -> Claim {
         let name: Arc<str> = name.into();
         *self
             .link
@@ -95,12 +150,11 @@ impl Relay {
             .unwrap_or_else(|e| e.into_inner())
             .entry(name.clone())
             .or_default() += 1;
-        claim.name = Some(name);
         self.link.wake.notify_one();
-        if tokio::time::timeout(IO_TIMEOUT, followed).await.is_err() {
-            tracing::debug!(channel = %log.name, "cluster: joining before the stream was read");
+        Claim {
+            link: self.link.clone(),
+            name: Some(name),
         }
-        claim
     }
 }
 
@@ -113,7 +167,8 @@ impl Relay {
         let (_, stream) = self.link.keys(name);
         let mut xrange = redis::cmd("XRANGE");
         xrange.arg(&stream).arg(from).arg(to);
-        let entries = match self.query(xrange).await {
+        let ask = |mut conn: Conn| async move { xrange.query_async(&mut conn).await };
+        let entries = match self.query(ask).await {
             Some(redis::Value::Array(entries)) => parse_entries(&entries),
             _ => None,
         };
@@ -133,31 +188,36 @@ impl Relay {
     ) -> Option<(String, u64, Vec<Older>)> {
         let (position, stream) = self.link.keys(name);
         let ttl = self.link.history.map_or(1, |l| l.ttl.as_secs().max(1));
-        let mut read = redis::cmd("EVAL");
-        read.arg(READ)
-            .arg(2)
-            .arg(&position)
-            .arg(&stream)
-            .arg(crate::history::new_epoch())
-            .arg(ttl)
-            .arg(since.saturating_add(1))
-            .arg(0);
-        let (epoch, last, entries) = parse(self.query(read).await?)?;
+        let ask = move |mut conn: Conn| async move {
+            let mut read = read_script().prepare_invoke();
+            read.key(position)
+                .key(stream)
+                .arg(crate::history::new_epoch())
+                .arg(ttl)
+                .arg(since.saturating_add(1))
+                .arg(0);
+            read.invoke_async(&mut conn).await
+        };
+        let (epoch, last, entries) = parse(self.query(ask).await?)?;
         Some((epoch, last, self.older(entries)))
     }
 
-    /// Runs `cmd` on the connection that reads streams (opened on first
+    /// Runs `ask` on the connection that reads streams (opened on first
     /// use, dropped after a failure), on the server's runtime; `None` when
     /// Redis cannot be reached or refused it.
-    async fn query(&self, cmd: redis::Cmd) -> Option<redis::Value> {
+    async fn query<F, R>(&self, ask: F) -> Option<redis::Value>
+    where
+        F: FnOnce(Conn) -> R + Send + 'static,
+        R: std::future::Future<Output = redis::RedisResult<redis::Value>> + Send,
+    {
         let link = self.link.clone();
-        let ask = self.link.runtime.spawn(async move {
+        let asked = self.link.runtime.spawn(async move {
             let cached = link
                 .reader
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            let mut conn = match cached {
+            let conn = match cached {
                 Some(conn) => conn,
                 None => {
                     let config = redis::AsyncConnectionConfig::new()
@@ -172,13 +232,13 @@ impl Relay {
                     conn
                 }
             };
-            let reply = cmd.query_async::<redis::Value>(&mut conn).await;
+            let reply = ask(conn).await;
             if reply.is_err() {
                 link.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
             }
             reply.ok()
         });
-        ask.await.ok().flatten()
+        asked.await.ok().flatten()
     }
 
     /// The messages of stream `entries` still within the history's TTL.
@@ -252,16 +312,14 @@ pub(super) async fn catch_up(
         "-".into()
     };
     let (position, stream) = at.link.keys(name);
-    let mut read = redis::cmd("EVAL");
-    read.arg(READ)
-        .arg(2)
-        .arg(&position)
-        .arg(&stream)
+    let mut read = read_script().prepare_invoke();
+    read.key(&position)
+        .key(&stream)
         .arg(crate::history::new_epoch())
         .arg(limits.ttl.as_secs().max(1))
         .arg(&from)
         .arg(limits.size);
-    let read = read.query_async::<redis::Value>(data);
+    let read = read.invoke_async::<redis::Value>(data);
     let reply = match tokio::time::timeout(IO_TIMEOUT, read).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) => return Err(e.to_string()),

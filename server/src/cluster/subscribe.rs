@@ -70,6 +70,10 @@ pub(super) async fn subscribe_loop(
         // A new connection has no subscriptions: take every local channel's.
         let mut subscribed = HashSet::new();
         link.stats.cluster.subscriptions.store(0, Ordering::Relaxed);
+        link.subscribed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let mut resync = true;
         let failure: String = loop {
             if std::mem::take(&mut resync) {
@@ -159,6 +163,14 @@ async fn follow(
             .map_err(io)?;
     }
     recover::unfollow(link, channels, gone.iter());
+    {
+        let mut mirror = link.subscribed.lock().unwrap_or_else(|e| e.into_inner());
+        mirror.extend(added.iter().cloned());
+        for name in &gone {
+            mirror.remove(name);
+        }
+    }
+    link.resubscribed.notify_waiters();
     *subscribed = wanted;
     link.stats
         .cluster
