@@ -59,6 +59,9 @@ type Conn = redis::aio::MultiplexedConnection;
 pub(crate) struct Claim {
     link: Arc<Link>,
     name: Option<Arc<str>>,
+    /// Whether the subscribing task looks again once it is dropped (not
+    /// for a channel already followed: joined or not, nothing changes).
+    wake: bool,
 }
 
 impl Drop for Claim {
@@ -72,7 +75,9 @@ impl Drop for Claim {
             }
         }
         drop(pending);
-        self.link.wake.notify_one();
+        if self.wake {
+            self.link.wake.notify_one();
+        }
     }
 }
 
@@ -107,16 +112,26 @@ impl Relay {
     /// is down. Keep the claim until joined.
     pub(crate) async fn subscribed(&self, name: &str) -> Claim {
         let link = &self.link;
+        if !link.stats.cluster.link_up() {
+            return self.no_claim();
+        }
         let is_in = || {
             link.subscribed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .contains(name)
         };
-        if !link.stats.cluster.link_up() || is_in() {
-            return self.no_claim();
-        }
-        let claim = self.claim(name);
+        let claim = {
+            // See `subscribe::follow`: checked and claimed under one lock.
+            let mirror = link.subscribed.lock().unwrap_or_else(|e| e.into_inner());
+            let mut claim = self.register(name);
+            if mirror.contains(name) {
+                claim.wake = false;
+                return claim;
+            }
+            claim
+        };
+        link.wake.notify_one();
         let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
         loop {
             let changed = link.resubscribed.notified();
@@ -137,11 +152,19 @@ impl Relay {
         Claim {
             link: self.link.clone(),
             name: None,
+            wake: false,
         }
     }
 
     /// Makes the subscribing task follow `name` until the claim is dropped.
     fn claim(&self, name: &str) -> Claim {
+        let claim = self.register(name);
+        self.link.wake.notify_one();
+        claim
+    }
+
+    /// [`Relay::claim`] without waking the subscribing task.
+    fn register(&self, name: &str) -> Claim {
         let name: Arc<str> = name.into();
         *self
             .link
@@ -150,10 +173,10 @@ impl Relay {
             .unwrap_or_else(|e| e.into_inner())
             .entry(name.clone())
             .or_default() += 1;
-        self.link.wake.notify_one();
         Claim {
             link: self.link.clone(),
             name: Some(name),
+            wake: true,
         }
     }
 }

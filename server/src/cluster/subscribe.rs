@@ -130,22 +130,36 @@ pub(super) async fn subscribe_loop(
 /// unsubscribes from those of channels gone: at most one `SUBSCRIBE` and
 /// one `UNSUBSCRIBE`, however many channels changed. Returns the names
 /// subscribed to.
+///
+/// What is wanted is read, and the channels gone are taken out of
+/// `Link::subscribed`, under that set's lock, which a joining connection
+/// holds while it checks the set and registers its claim
+/// (`Relay::subscribed`): either the claim is seen here and the channel
+/// stays, or the join finds it gone and waits for the next `SUBSCRIBE`.
 async fn follow(
     link: &Link,
     channels: &Channels,
     sink: &mut redis::aio::PubSubSink,
     subscribed: &mut HashSet<Arc<str>>,
 ) -> Result<Vec<Arc<str>>, String> {
-    let mut wanted: HashSet<Arc<str>> = channels.names().into_iter().collect();
-    wanted.extend(
-        link.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned(),
-    );
-    let added: Vec<Arc<str>> = wanted.difference(subscribed).cloned().collect();
-    let gone: Vec<Arc<str>> = subscribed.difference(&wanted).cloned().collect();
+    let (wanted, added, gone) = {
+        let mut mirror = link.subscribed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wanted: HashSet<Arc<str>> = channels.names().into_iter().collect();
+        wanted.extend(
+            link.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned(),
+        );
+        let added: Vec<Arc<str>> = wanted.difference(subscribed).cloned().collect();
+        let gone: Vec<Arc<str>> = subscribed.difference(&wanted).cloned().collect();
+        for name in &gone {
+            mirror.remove(name);
+        }
+        (wanted, added, gone)
+    };
+    recover::unfollow(link, channels, gone.iter());
     let add: Vec<String> = added.iter().map(|name| link.topic(name)).collect();
     let drop: Vec<String> = gone.iter().map(|name| link.topic(name)).collect();
     let io = |e: redis::RedisError| e.to_string();
@@ -162,15 +176,13 @@ async fn follow(
             .map_err(timed_out)?
             .map_err(io)?;
     }
-    recover::unfollow(link, channels, gone.iter());
-    {
-        let mut mirror = link.subscribed.lock().unwrap_or_else(|e| e.into_inner());
-        mirror.extend(added.iter().cloned());
-        for name in &gone {
-            mirror.remove(name);
-        }
+    if !added.is_empty() {
+        link.subscribed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(added.iter().cloned());
+        link.resubscribed.notify_waiters();
     }
-    link.resubscribed.notify_waiters();
     *subscribed = wanted;
     link.stats
         .cluster

@@ -744,3 +744,40 @@ async fn the_history_api_answers_the_same_on_every_node() {
         crate::history::api_get(&nodes[0], "/api/history?channel=quiet", Some(KEY)).await;
     assert_eq!(again["epoch"], empty["epoch"], "{again} {empty}");
 }
+
+/// A member told it has joined (its v1 `welcome`, its raw upgrade) hears
+/// every node's messages sent after that, even when its node's link to
+/// Redis is slow: the join waits for the node's `SUBSCRIBE`, here 300 ms
+/// away. Each round joins the channel afresh, while its node may still be
+/// unsubscribing from the last one. History on and off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_member_hears_what_other_nodes_send_next_over_a_slow_link() {
+    for extra in [&[][..], &["--history-size", "0"][..]] {
+        let redis = Redis::start().await;
+        let proxy = LinkProxy::start_delayed(&redis, Duration::from_millis(300)).await;
+        let url = proxy.url();
+        let mut args = vec!["--redis", &url, "--max-message-rate", "0"];
+        args.extend_from_slice(extra);
+        let slow = Server::start(&args).await;
+        slow.wait_health("cluster", "up").await;
+        let other = nodes(&redis, 1, extra).await.remove(0);
+        let mut publisher = connect(&format!("ws://{}/ws/news", other.addr())).await;
+        for round in 0..4 {
+            let text = format!("after the join {round}");
+            let (mut sub, _) = news_v1(&slow, None).await;
+            publisher.send(Message::text(text.clone())).await.unwrap();
+            let got = loop {
+                let event = crate::v2::event(&mut sub).await;
+                if event["type"] == "message" {
+                    break event["text"].clone();
+                }
+            };
+            assert_eq!(got, text.as_str(), "{extra:?}");
+            // A raw client has only its upgrade to go by.
+            let mut raw = connect(&format!("ws://{}/ws/news", slow.addr())).await;
+            let text = format!("after the upgrade {round}");
+            publisher.send(Message::text(text.clone())).await.unwrap();
+            assert_eq!(recv(&mut raw).await, Message::text(text), "{extra:?}");
+        }
+    }
+}

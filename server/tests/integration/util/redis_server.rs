@@ -5,6 +5,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::time::{sleep, Instant};
 
@@ -125,6 +126,12 @@ struct ProxyState {
 impl LinkProxy {
     /// Relays a loopback port to `redis`.
     pub(crate) async fn start(redis: &Redis) -> LinkProxy {
+        LinkProxy::start_delayed(redis, Duration::ZERO).await
+    }
+
+    /// Relays a loopback port to `redis`, holding what the node sends for
+    /// `delay` before passing it on (in order): a slow link to Redis.
+    pub(crate) async fn start_delayed(redis: &Redis, delay: Duration) -> LinkProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind proxy");
@@ -139,8 +146,37 @@ impl LinkProxy {
                     continue; // dropped: the node sees its connection closed
                 }
                 state.links.push(tokio::spawn(async move {
-                    if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                    let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                        return;
+                    };
+                    if delay.is_zero() {
                         let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                        return;
+                    }
+                    let (mut down_read, mut down_write) = down.into_split();
+                    let (mut up_read, mut up_write) = up.into_split();
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                    let reading = async move {
+                        let mut buf = vec![0; 64 * 1024];
+                        while let Ok(n @ 1..) = down_read.read(&mut buf).await {
+                            let due = tokio::time::Instant::now() + delay;
+                            if tx.send((due, buf[..n].to_vec())).is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let writing = async move {
+                        while let Some((due, bytes)) = rx.recv().await {
+                            tokio::time::sleep_until(due).await;
+                            if up_write.write_all(&bytes).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let back = tokio::io::copy(&mut up_read, &mut down_write);
+                    tokio::select! {
+                        () = async { tokio::join!(reading, writing); } => {}
+                        _ = back => {}
                     }
                 }));
             }
