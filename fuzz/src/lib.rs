@@ -7,6 +7,16 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+/// Whether `text` is JSON that `serde_json::Value` cannot hold: valid
+/// syntax (RFC 8259 puts no limit on a number's size) with a number out of
+/// an `f64`'s range, such as `1e400`. The oracles are built on `Value`, so
+/// they cannot judge such a text; the targets still run the decoders on it.
+#[must_use]
+pub fn beyond_value(text: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+        && serde_json::from_str::<Value>(text).is_err()
+}
+
 /// Whether `b` may appear in a channel name, `/` aside.
 #[must_use]
 pub fn name_byte(b: u8) -> bool {
