@@ -4,6 +4,7 @@
 //! our close frame, and [`serve`], which runs a connection until it ends.
 
 use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use protocol::close::CloseReason;
 use protocol::frame::encode_server_frame;
 use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::futures::Notified;
 
 use super::outbox::{Kind, Out};
 use super::reader::{read_loop, readable};
@@ -131,17 +133,19 @@ impl Conn {
     /// Resolves when the socket breaks or a close we started times out.
     pub(super) async fn abandoned(&self) {
         loop {
+            // Pinned in place and awaited by reference: moved into an
+            // `.await` or a `select!`, it would take a second slot in this
+            // future, which every idle connection holds.
             let notified = self.wake.notified();
+            tokio::pin!(notified);
             if self.close.get() == CloseState::Broken {
                 return;
             }
             match self.close_deadline.get() {
+                // Boxed: only closing connections pay for a timer.
                 Some(deadline) => {
-                    // Boxed: only closing connections pay for a timer.
-                    let timer = Box::pin(tokio::time::sleep_until(deadline.into()));
-                    tokio::select! {
-                        () = timer => return,
-                        () = notified => {}
+                    if Box::pin(timed_out(deadline, notified)).await {
+                        return;
                     }
                 }
                 None => notified.await,
@@ -161,20 +165,38 @@ impl Conn {
     }
 }
 
+/// Whether `deadline` comes before `notified`.
+async fn timed_out(deadline: Instant, notified: Pin<&mut Notified<'_>>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep_until(deadline.into()) => true,
+        () = notified => false,
+    }
+}
+
 /// How long a connection whose socket broke may still take to publish the
 /// message its reader holds (its join's announcement waits at most 1 s,
 /// following a channel in the cluster at most 3 s; fan-out credit comes
 /// back as the shards write).
 const FINISH_READING: Duration = Duration::from_secs(5);
 
-/// Serves an upgraded connection until it is closed (the caller then
-/// forgets it).
+/// Serves an upgraded connection until it is closed, then calls `ended`
+/// (which forgets it).
 ///
 /// `prefix` holds bytes the client sent right behind its upgrade request,
-/// which the HTTP layer had already read.
-pub(crate) async fn serve(conn: Rc<Conn>, mut reader: OwnedReadHalf, prefix: Bytes) {
+/// which the HTTP layer had already read (rare: boxed).
+///
+/// This future is the connection's task, held for as long as the
+/// connection lives: what it keeps across an idle wait is memory every idle
+/// connection pays (docs/benchmarks.md, "Idle connections"), so the waits
+/// only closing connections reach are boxed.
+pub(crate) async fn serve(
+    conn: Rc<Conn>,
+    mut reader: OwnedReadHalf,
+    mut prefix: Option<Box<Bytes>>,
+    ended: impl FnOnce(&Rc<Conn>),
+) {
     let end = {
-        let reading = read_loop(&conn, &mut reader, prefix);
+        let reading = read_loop(&conn, &mut reader, &mut prefix);
         tokio::pin!(reading);
         tokio::select! {
         biased;
@@ -186,7 +208,7 @@ pub(crate) async fn serve(conn: Rc<Conn>, mut reader: OwnedReadHalf, prefix: Byt
                 // The socket broke (the peer went away) while the reader
                 // may hold a whole message waiting to be published: let it
                 // finish, bounded; its next read ends it.
-                let _ = tokio::time::timeout(FINISH_READING, &mut reading).await;
+                let _ = Box::pin(tokio::time::timeout(FINISH_READING, &mut reading)).await;
             }
             End::Gone
         }
@@ -227,6 +249,7 @@ pub(crate) async fn serve(conn: Rc<Conn>, mut reader: OwnedReadHalf, prefix: Byt
         }
         End::Gone => {}
     }
+    ended(&conn);
 }
 
 /// After failing a connection: let the close frame go out, half-close, and

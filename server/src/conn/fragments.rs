@@ -16,11 +16,13 @@ use crate::frame::seal;
 /// The buffer starts with [`MAX_SERVER_HEADER`] spare bytes so that the
 /// server header can be written in front of the payload when the last
 /// fragment arrives, without copying the payload again.
+///
+/// Every connection's reader holds one for its whole life, so what only a
+/// message in progress needs is boxed ([`Partial`]): an idle connection
+/// holds a pointer, not the buffer's handle and the validator's state.
 #[derive(Debug, Default)]
 pub(super) struct Assembly {
-    pub(super) buf: Option<BytesMut>,
-    pub(super) opcode: Option<protocol::frame::OpCode>,
-    utf8: Utf8Validator,
+    partial: Option<Box<Partial>>,
     /// The message in progress is compressed (RSV1 on its first frame).
     compressed: bool,
     /// The connection's inflate state (permessage-deflate), created at
@@ -28,9 +30,17 @@ pub(super) struct Assembly {
     inflater: Option<Box<Inflater>>,
 }
 
+/// A message being assembled.
+#[derive(Debug)]
+struct Partial {
+    buf: BytesMut,
+    opcode: protocol::frame::OpCode,
+    utf8: Utf8Validator,
+}
+
 impl Assembly {
     pub(super) fn in_progress(&self) -> bool {
-        self.buf.is_some()
+        self.partial.is_some()
     }
 
     pub(super) fn start(
@@ -46,9 +56,11 @@ impl Assembly {
     fn begin(&mut self, opcode: protocol::frame::OpCode, len: usize) {
         let mut buf = BytesMut::with_capacity(MAX_SERVER_HEADER + len.max(256));
         buf.put_bytes(0, MAX_SERVER_HEADER);
-        self.buf = Some(buf);
-        self.opcode = Some(opcode);
-        self.utf8 = Utf8Validator::new();
+        self.partial = Some(Box::new(Partial {
+            buf,
+            opcode,
+            utf8: Utf8Validator::new(),
+        }));
     }
 
     /// Starts a compressed message (its first frame, `fin` if it is the
@@ -86,7 +98,8 @@ impl Assembly {
         fin: bool,
         max: usize,
     ) -> Result<Option<Bytes>, CloseReason> {
-        let buf = self.buf.as_mut().expect("a message is in progress");
+        let partial = self.partial.as_mut().expect("a message is in progress");
+        let buf = &mut partial.buf;
         if self.compressed {
             let inflater = self
                 .inflater
@@ -99,9 +112,9 @@ impl Assembly {
             }
             buf.put_slice(payload);
         }
-        let opcode = self.opcode.expect("a message is in progress");
+        let opcode = partial.opcode;
         if opcode == protocol::frame::OpCode::Text
-            && self.utf8.feed(&buf[MAX_SERVER_HEADER..], fin).is_err()
+            && partial.utf8.feed(&buf[MAX_SERVER_HEADER..], fin).is_err()
         {
             return Err(CloseReason::INVALID_UTF8);
         }
@@ -113,8 +126,8 @@ impl Assembly {
                 inflater.finish_message();
             }
         }
-        let buf = self.buf.take().expect("a message is in progress");
-        Ok(Some(seal(buf, opcode)))
+        let partial = self.partial.take().expect("a message is in progress");
+        Ok(Some(seal(partial.buf, opcode)))
     }
 }
 

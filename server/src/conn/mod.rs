@@ -185,6 +185,10 @@ pub(crate) struct Conn {
     /// held back for.
     held_back: Cell<u8>,
     ctx: Rc<ConnCtx>,
+    /// Its place in the server's admission counts, given back when the
+    /// connection is dropped. Here rather than in its task: it fits this
+    /// struct's size class, and the task would take the next one.
+    _admission: crate::admission::Ticket,
 }
 
 /// `Conn::held_back` bit: waited for fan-out credit.
@@ -201,6 +205,7 @@ impl Conn {
         name: String,
         (writer, tls): (OwnedWriteHalf, Option<Box<rustls::ServerConnection>>),
         ctx: Rc<ConnCtx>,
+        admission: crate::admission::Ticket,
     ) -> Self {
         let (rate, rate_action) = (ctx.config.max_message_rate, ctx.config.rate_limit_action);
         let now = Instant::now();
@@ -231,6 +236,7 @@ impl Conn {
             lag: Lag::new(now),
             held_back: Cell::new(0),
             ctx,
+            _admission: admission,
         }
     }
 

@@ -167,15 +167,17 @@ impl AsyncRead for Source<'_> {
 /// parsing state (fastwebsockets' `WebSocketRead`, whose buffer is 8 KiB,
 /// and its futures) lives in a boxed [`read_burst`] that exists only while
 /// bytes are arriving, so idle connections stay small.
-pub(super) async fn read_loop(conn: &Rc<Conn>, rd: &mut OwnedReadHalf, mut prefix: Bytes) -> End {
-    if prefix.is_empty() {
-        // An empty slice may still hold hyper's whole read buffer alive.
-        prefix = Bytes::new();
-    }
+///
+/// `prefix`: the bytes the client sent behind its upgrade request, boxed
+/// (rare, and this future is held for the connection's life).
+pub(super) async fn read_loop(
+    conn: &Rc<Conn>,
+    rd: &mut OwnedReadHalf,
+    prefix: &mut Option<Box<Bytes>>,
+) -> End {
     let mut message = Assembly::default();
-    let mut costs = Vec::new();
     loop {
-        if prefix.is_empty() && !conn.tls_has_input() {
+        if prefix.is_none() && !conn.tls_has_input() {
             let ready = std::future::poll_fn(|cx| Poll::Ready(rd.as_ref().poll_read_ready(cx)));
             if ready.await.is_pending() {
                 // Read empty: whatever backlog forgiven tokens were for is gone.
@@ -188,7 +190,7 @@ pub(super) async fn read_loop(conn: &Rc<Conn>, rd: &mut OwnedReadHalf, mut prefi
                 }
             }
         }
-        let burst = read_burst(conn, rd, &mut prefix, &mut message, &mut costs);
+        let burst = read_burst(conn, rd, prefix, &mut message);
         if let Some(end) = Box::pin(burst).await {
             return end;
         }
@@ -201,15 +203,19 @@ pub(super) async fn read_loop(conn: &Rc<Conn>, rd: &mut OwnedReadHalf, mut prefi
 pub(super) async fn read_burst(
     conn: &Rc<Conn>,
     rd: &mut OwnedReadHalf,
-    prefix: &mut Bytes,
+    prefix: &mut Option<Box<Bytes>>,
     message: &mut Assembly,
-    costs: &mut Vec<u32>,
 ) -> Option<End> {
     let max_message = conn.ctx.config.max_message_size;
     let delivered = Cell::new(0u64);
     let headers = conn.deflate.map(|_| RefCell::new(Headers::default()));
+    let mut ahead = prefix.take().map_or_else(Bytes::new, |b| *b);
+    // The fan-out credit a message reserves (see `flow`), reused for the
+    // burst's messages.
+    let mut reserved = Vec::new();
+    let costs = &mut reserved;
     let source = Source {
-        prefix,
+        prefix: &mut ahead,
         rd,
         delivered: &delivered,
         conn,
@@ -271,6 +277,10 @@ pub(super) async fn read_burst(
         }
     }
     .await;
+    drop(ws);
+    if !ahead.is_empty() {
+        *prefix = Some(Box::new(ahead));
+    }
     conn.ctx
         .handle
         .metrics

@@ -37,8 +37,8 @@ impl Shard {
     }
 
     /// Takes over a connection that completed the WebSocket upgrade, with
-    /// its admission ticket and its place in this shard's load: both are
-    /// given back when its task ends.
+    /// its admission ticket (given back when the connection is dropped) and
+    /// its place in this shard's load (given back when its task ends).
     pub(super) async fn adopt(self: &Rc<Self>, upgraded: Upgraded, placement: Placement) {
         let Upgraded {
             stream,
@@ -67,7 +67,7 @@ impl Shard {
         // The low bits: the counter, without the cluster prefix (see `shard`).
         let wanted = name.unwrap_or_else(|| protocol::v1::guest_name(id.0 & 0xFFFF_FFFF));
         let name = self.hub.names.claim(&wanted);
-        let mut conn = Conn::new(id, format, name, (writer, tls), self.ctx.clone());
+        let mut conn = Conn::new(id, format, name, (writer, tls), self.ctx.clone(), ticket);
         if format == Format::V2 {
             conn.v2 = Some(Box::new(V2State::new(grant)));
         }
@@ -120,11 +120,15 @@ impl Shard {
             self.close_for_shutdown(&conn);
         }
         let shard = self.clone();
-        tokio::task::spawn_local(async move {
-            conn::serve(conn.clone(), reader, prefix).await;
-            shard.unregister(&conn);
-            drop((ticket, placement));
-        });
+        // No wrapper future: one would keep its own copy of everything it
+        // moves into `serve`, and the task's allocation takes the next size
+        // class (see `conn::serve`).
+        // An empty slice may still hold hyper's whole read buffer alive.
+        let prefix = (!prefix.is_empty()).then(|| Box::new(prefix));
+        tokio::task::spawn_local(conn::serve(conn, reader, prefix, move |conn| {
+            shard.unregister(conn);
+            drop(placement);
+        }));
     }
 
     /// Forgets a connection whose task is ending.

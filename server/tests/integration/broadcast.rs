@@ -288,3 +288,28 @@ async fn broadcast_crosses_worker_shards() {
         assert_eq!(from, want, "client {i} senders");
     }
 }
+
+/// Frames a client sends in the same write as its upgrade request (it did
+/// not wait for the answer) are read and delivered in order: whole,
+/// fragmented, binary, and one of 30,000 bytes, larger than the HTTP
+/// layer's first read (8 KiB): part of it comes with the request, the rest
+/// from the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_sent_with_the_upgrade_request_are_delivered() {
+    let server = Server::start(&[]).await;
+    let mut clients = vec![server.connect().await, server.connect().await];
+    barrier(&mut clients, false).await;
+    let big = "b".repeat(30_000);
+    let mut frames = masked(1, b"one");
+    frames.extend(encode_frame(false, 0, 1, b"tw", true));
+    frames.extend(encode_frame(true, 0, 0, b"o", true));
+    frames.extend(masked(2, &[1, 2, 3]));
+    frames.extend(masked(1, big.as_bytes()));
+    let _sender = RawClient::connect_sending(&server, &frames).await;
+    for ws in &mut clients {
+        assert_eq!(recv(ws).await, Message::text("one"));
+        assert_eq!(recv(ws).await, Message::text("two"));
+        assert_eq!(recv(ws).await, Message::binary(vec![1, 2, 3]));
+        assert_eq!(recv(ws).await, Message::text(big.clone()));
+    }
+}

@@ -122,7 +122,7 @@ impl RawClient {
             .await
             .expect("tcp connect");
         let extra = format!("Sec-WebSocket-Extensions: {extensions}\r\n");
-        let (client, head) = Self::handshake_with(stream, server.port, &extra).await;
+        let (client, head) = Self::handshake_with(stream, server.port, &extra, &[]).await;
         let answer = head
             .lines()
             .filter_map(|l| l.split_once(':'))
@@ -143,18 +143,37 @@ impl RawClient {
         Self::handshake(stream, server.port).await
     }
 
-    async fn handshake(stream: TcpStream, port: u16) -> RawClient {
-        Self::handshake_with(stream, port, "").await.0
+    /// Connects and sends `frames` in the same write as the upgrade
+    /// request, as a client that does not wait for the answer may.
+    pub(crate) async fn connect_sending(server: &Server, frames: &[u8]) -> RawClient {
+        let stream = TcpStream::connect(server.addr())
+            .await
+            .expect("tcp connect");
+        Self::handshake_with(stream, server.port, "", frames)
+            .await
+            .0
     }
 
-    /// The upgrade with `extra` header lines; returns the response head too.
-    async fn handshake_with(mut stream: TcpStream, port: u16, extra: &str) -> (RawClient, String) {
-        let req = format!(
+    async fn handshake(stream: TcpStream, port: u16) -> RawClient {
+        Self::handshake_with(stream, port, "", &[]).await.0
+    }
+
+    /// The upgrade with `extra` header lines, and `after` right behind the
+    /// request; returns the response head too.
+    async fn handshake_with(
+        mut stream: TcpStream,
+        port: u16,
+        extra: &str,
+        after: &[u8],
+    ) -> (RawClient, String) {
+        let mut req = format!(
             "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\n\
              Sec-WebSocket-Version: 13\r\n{extra}\r\n"
-        );
-        stream.write_all(req.as_bytes()).await.unwrap();
+        )
+        .into_bytes();
+        req.extend_from_slice(after);
+        stream.write_all(&req).await.unwrap();
         let mut client = RawClient {
             stream,
             buf: Vec::new(),
