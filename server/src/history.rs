@@ -87,9 +87,6 @@ pub(crate) struct History {
 pub(crate) struct Log {
     pub(crate) name: Arc<str>,
     ring: Mutex<Ring>,
-    /// With `--redis`: signalled when the log starts following the
-    /// channel's Redis stream (see `cluster::recover`).
-    pub(crate) followed: tokio::sync::Notify,
     /// With `--redis`: every message of the channel after the last one
     /// appended reaches this log from the subscription (false before the
     /// node subscribed and read the stream, and while its link is down).
@@ -246,7 +243,6 @@ impl History {
         let name: Arc<str> = name.into();
         let log = Arc::new(Log {
             name: name.clone(),
-            followed: tokio::sync::Notify::new(),
             following: AtomicBool::new(false),
             ring: Mutex::new(Ring {
                 epoch: new_epoch().into_boxed_str(),

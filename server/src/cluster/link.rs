@@ -30,11 +30,11 @@ pub(super) struct Link {
     pub(super) pending: Mutex<std::collections::HashMap<Arc<str>, usize>>,
     /// Signalled when `pending` changes.
     pub(super) wake: tokio::sync::Notify,
-    /// The channels the subscribing connection is subscribed to now (its
-    /// own set, mirrored for [`super::Relay::subscribed`]).
-    pub(super) subscribed: Mutex<std::collections::HashSet<Arc<str>>>,
-    /// Signalled after each change of `subscribed`.
-    pub(super) resubscribed: tokio::sync::Notify,
+    /// The channels this node follows now: subscribed to and, with
+    /// history, caught up from their stream (see [`super::Relay::follow`]).
+    pub(super) followed: Mutex<std::collections::HashSet<Arc<str>>>,
+    /// Signalled when channels are added to `followed`.
+    pub(super) newly_followed: tokio::sync::Notify,
     /// With history: the fan-out credit this node's clients reserved for
     /// their messages still on their way through Redis, per channel, in the
     /// order they were offered. Each is used for the message's delivery

@@ -23,7 +23,7 @@
 //!   ones (and subscribes to all of them again after a reconnect). A
 //!   member who joins a channel no one else here is in hears other nodes'
 //!   messages once that `SUBSCRIBE` is done, a round trip later: its join
-//!   waits for it ([`Relay::subscribed`]). It receives envelopes,
+//!   waits for it ([`Relay::follow`]). It receives envelopes,
 //!   skips those carrying this node's id (the sender's node has already
 //!   delivered them locally: no duplicates, no loops), frames each message
 //!   once (the raw frame, and the `broadcast.v1` event while v1 clients are
@@ -206,8 +206,8 @@ pub(crate) fn start(
         history: channels.history().map(|h| h.limits()),
         pending: Mutex::default(),
         wake: tokio::sync::Notify::new(),
-        subscribed: Mutex::default(),
-        resubscribed: tokio::sync::Notify::new(),
+        followed: Mutex::default(),
+        newly_followed: tokio::sync::Notify::new(),
         credit: Mutex::default(),
         fanout: fanout.clone(),
         runtime: tokio::runtime::Handle::current(),

@@ -82,66 +82,48 @@ impl Drop for Claim {
 }
 
 impl Relay {
-    /// Before a connection joins channel `name` with history on: waits
-    /// (at most [`IO_TIMEOUT`]) until this node follows it, so that the
-    /// channel's ring holds what the stream holds and receives everything
-    /// after it. Returns at once if it does, or if the link is down (the
-    /// ring then serves what it has). Keep the claim until joined.
-    pub(crate) async fn follow(&self, history: &History, name: &str) -> Claim {
-        if !self.link.stats.cluster.link_up() {
-            return self.no_claim();
-        }
-        let log = history.log(name);
-        let followed = log.followed.notified();
-        tokio::pin!(followed);
-        followed.as_mut().enable();
-        if log.following() {
-            return self.no_claim();
-        }
-        let claim = self.claim(name);
-        if tokio::time::timeout(IO_TIMEOUT, followed).await.is_err() {
-            tracing::debug!(channel = %log.name, "cluster: joining before the stream was read");
-        }
-        claim
-    }
-
-    /// Before a connection joins channel `name` with history off: waits
-    /// (at most [`IO_TIMEOUT`]) until this node is subscribed to its Redis
-    /// channel, so that a member told it joined hears every node's
-    /// messages sent after that. Returns at once if it is, or if the link
-    /// is down. Keep the claim until joined.
-    pub(crate) async fn subscribed(&self, name: &str) -> Claim {
+    /// Before a connection joins channel `name`: waits (at most
+    /// [`IO_TIMEOUT`]) until this node follows it, i.e. is subscribed to
+    /// its Redis channel and, with history, has read its stream, so that a
+    /// member told it joined hears every node's messages sent after that
+    /// (and `since` is served from a ring that holds what the stream
+    /// holds). Returns at once if it does, or if the link is down (the ring
+    /// then serves what it has). Keep the claim until joined.
+    pub(crate) async fn follow(&self, name: &str) -> Claim {
         let link = &self.link;
         if !link.stats.cluster.link_up() {
             return self.no_claim();
         }
-        let is_in = || {
-            link.subscribed
+        let is_followed = || {
+            link.followed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .contains(name)
         };
         let claim = {
             // See `subscribe::follow`: checked and claimed under one lock.
-            let mirror = link.subscribed.lock().unwrap_or_else(|e| e.into_inner());
-            let mut claim = self.register(name);
-            if mirror.contains(name) {
+            let followed = link.followed.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(name) = followed.get(name) {
+                let mut claim = self.register(name.clone());
                 claim.wake = false;
                 return claim;
             }
-            claim
+            self.register(name.into())
         };
         link.wake.notify_one();
         let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
         loop {
-            let changed = link.resubscribed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if is_in() {
+            let added = link.newly_followed.notified();
+            tokio::pin!(added);
+            added.as_mut().enable();
+            if is_followed() {
                 break;
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                tracing::debug!(channel = name, "cluster: joining before the subscription");
+            if tokio::time::timeout_at(deadline, added).await.is_err() {
+                tracing::debug!(
+                    channel = name,
+                    "cluster: joining before the node follows it"
+                );
                 break;
             }
         }
@@ -156,16 +138,9 @@ impl Relay {
         }
     }
 
-    /// Makes the subscribing task follow `name` until the claim is dropped.
-    fn claim(&self, name: &str) -> Claim {
-        let claim = self.register(name);
-        self.link.wake.notify_one();
-        claim
-    }
-
-    /// [`Relay::claim`] without waking the subscribing task.
-    fn register(&self, name: &str) -> Claim {
-        let name: Arc<str> = name.into();
+    /// Makes the subscribing task follow `name` until the claim is dropped
+    /// (it looks once woken).
+    fn register(&self, name: Arc<str>) -> Claim {
         *self
             .link
             .pending
@@ -375,7 +350,6 @@ pub(super) async fn catch_up(
         deliver_logged(at, *offset, &now_epoch, envelope, missed, costs).await;
     }
     log.set_following(true);
-    log.followed.notify_waiters();
     if lost.is_some() || (missed && !entries.is_empty()) {
         tracing::info!(channel = name, missed = entries.len(), lost = ?lost,
             "cluster: caught up from the stream");

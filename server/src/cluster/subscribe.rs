@@ -70,7 +70,7 @@ pub(super) async fn subscribe_loop(
         // A new connection has no subscriptions: take every local channel's.
         let mut subscribed = HashSet::new();
         link.stats.cluster.subscriptions.store(0, Ordering::Relaxed);
-        link.subscribed
+        link.followed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
@@ -83,14 +83,14 @@ pub(super) async fn subscribe_loop(
                 };
                 if let (Some(data), false) = (&mut data, added.is_empty()) {
                     let mut failed = None;
-                    for name in added {
+                    for name in &added {
                         let at = Node {
                             link: &link,
                             fanout: &fanout,
                             channels: &channels,
                             node,
                         };
-                        if let Err(e) = recover::catch_up(&at, data, &name, &mut costs).await {
+                        if let Err(e) = recover::catch_up(&at, data, name, &mut costs).await {
                             failed = Some(e);
                             break;
                         }
@@ -98,6 +98,14 @@ pub(super) async fn subscribe_loop(
                     if let Some(e) = failed {
                         break e;
                     }
+                }
+                // Followed now: the joins waiting for them go on.
+                if !added.is_empty() {
+                    link.followed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(added);
+                    link.newly_followed.notify_waiters();
                 }
             }
             tokio::select! {
@@ -132,10 +140,12 @@ pub(super) async fn subscribe_loop(
 /// subscribed to.
 ///
 /// What is wanted is read, and the channels gone are taken out of
-/// `Link::subscribed`, under that set's lock, which a joining connection
-/// holds while it checks the set and registers its claim
-/// (`Relay::subscribed`): either the claim is seen here and the channel
-/// stays, or the join finds it gone and waits for the next `SUBSCRIBE`.
+/// `Link::followed`, under that set's lock, which a joining connection
+/// holds while it checks the set and registers its claim (`Relay::follow`):
+/// either the claim is seen here and the channel stays, or the join finds
+/// it gone and waits until it is followed again. The caller adds the names
+/// returned to that set once they are followed (with history, after their
+/// catch-up).
 async fn follow(
     link: &Link,
     channels: &Channels,
@@ -143,7 +153,7 @@ async fn follow(
     subscribed: &mut HashSet<Arc<str>>,
 ) -> Result<Vec<Arc<str>>, String> {
     let (wanted, added, gone) = {
-        let mut mirror = link.subscribed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut followed = link.followed.lock().unwrap_or_else(|e| e.into_inner());
         let mut wanted: HashSet<Arc<str>> = channels.names().into_iter().collect();
         wanted.extend(
             link.pending
@@ -155,7 +165,7 @@ async fn follow(
         let added: Vec<Arc<str>> = wanted.difference(subscribed).cloned().collect();
         let gone: Vec<Arc<str>> = subscribed.difference(&wanted).cloned().collect();
         for name in &gone {
-            mirror.remove(name);
+            followed.remove(name);
         }
         (wanted, added, gone)
     };
@@ -175,13 +185,6 @@ async fn follow(
             .await
             .map_err(timed_out)?
             .map_err(io)?;
-    }
-    if !added.is_empty() {
-        link.subscribed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(added.iter().cloned());
-        link.resubscribed.notify_waiters();
     }
     *subscribed = wanted;
     link.stats

@@ -117,24 +117,17 @@ impl Conn {
     }
 
     /// Before [`Conn::join_at`], with `--redis`: waits until this node
-    /// follows channel `name` (with history, see `cluster::Relay::follow`;
-    /// without, until it is subscribed: `cluster::Relay::subscribed`), and
-    /// for a `since` older than the ring's first message reads the messages
-    /// in between from the channel's Redis stream.
+    /// follows channel `name` (see `cluster::Relay::follow`), and with
+    /// history, for a `since` older than the ring's first message reads the
+    /// messages in between from the channel's Redis stream.
     pub(crate) async fn follow(self: &Rc<Self>, name: &str, start: &Start) -> Ready {
         let publisher = &self.ctx.publisher;
         let Some(relay) = publisher.relay() else {
             return Ready::default();
         };
-        let Some(history) = publisher.history() else {
-            return Ready {
-                _claim: Some(relay.subscribed(name).await),
-                older: Vec::new(),
-            };
-        };
-        let claim = relay.follow(history, name).await;
+        let claim = relay.follow(name).await;
         let mut older = Vec::new();
-        if let Start::Since(p) = start {
+        if let (Some(history), Start::Since(p)) = (publisher.history(), start) {
             let log = history.log(name);
             let (epoch, first, last) = {
                 let locked = history.lock(&log);

@@ -119,12 +119,12 @@ impl Shard {
         if self.is_draining() {
             self.close_for_shutdown(&conn);
         }
+        // An empty slice may still hold hyper's whole read buffer alive.
+        let prefix = (!prefix.is_empty()).then(|| Box::new(prefix));
         let shard = self.clone();
         // No wrapper future: one would keep its own copy of everything it
         // moves into `serve`, and the task's allocation takes the next size
         // class (see `conn::serve`).
-        // An empty slice may still hold hyper's whole read buffer alive.
-        let prefix = (!prefix.is_empty()).then(|| Box::new(prefix));
         tokio::task::spawn_local(conn::serve(conn, reader, prefix, move |conn| {
             shard.unregister(conn);
             drop(placement);
