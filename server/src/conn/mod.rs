@@ -15,7 +15,7 @@
 //! A connection is an `Rc<Conn>` owned by one shard thread. Three parties
 //! touch it, all on that thread and never across an `.await` while borrowed:
 //! - the shard's dispatcher writes broadcast frames straight to the socket
-//!   when nothing is queued (one vectored `try_write` per batch), and queues
+//!   when nothing is queued (one `send` or `sendmsg` per batch), and queues
 //!   the rest;
 //! - a flush task, spawned only while bytes are queued, drains the queue when
 //!   the socket is writable;
