@@ -264,7 +264,7 @@ async fn linger(conn: &Conn, reader: &mut OwnedReadHalf) {
         }
         if let Some(tls) = &conn.tls {
             // Best effort: the WebSocket close frame is what matters.
-            tls.borrow_mut().send_close_notify();
+            let _ = tls.borrow_mut().close_notify();
             let _ = conn.flush_tls();
         }
         let _ = socket2::SockRef::from(conn.writer.as_ref()).shutdown(std::net::Shutdown::Write);
