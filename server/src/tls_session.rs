@@ -555,3 +555,306 @@ impl<'s, 'a> Cursor<'s, 'a> {
         gather
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::io::{Read, Write};
+
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::{ClientConnection, SupportedProtocolVersion};
+
+    use super::*;
+
+    fn configs(
+        version: &'static SupportedProtocolVersion,
+    ) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let der = key.cert.der().clone();
+        let pkcs8 = PrivatePkcs8KeyDer::from(key.signing_key.serialize_der());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], PrivateKeyDer::Pkcs8(pkcs8))
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// Both directions of a connection in memory, and how many bytes the
+    /// server's socket gives per read and takes per write.
+    struct Wire {
+        server: TlsSession,
+        client: ClientConnection,
+        to_server: Vec<u8>,
+        to_client: Vec<u8>,
+        read_max: usize,
+        write_max: Cell<usize>,
+        /// Plaintext the client received.
+        client_got: Vec<u8>,
+    }
+
+    fn would_block<T>() -> io::Result<T> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    impl Wire {
+        fn connect(version: &'static SupportedProtocolVersion, read_max: usize) -> Wire {
+            let (server, client) = configs(version);
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut wire = Wire {
+                server: TlsSession::new(server).unwrap(),
+                client: ClientConnection::new(client, name).unwrap(),
+                to_server: Vec::new(),
+                to_client: Vec::new(),
+                read_max,
+                write_max: Cell::new(usize::MAX),
+                client_got: Vec::new(),
+            };
+            for _ in 0..10_000 {
+                if !wire.server.is_handshaking() && !wire.client.is_handshaking() {
+                    wire.client_pump();
+                    return wire;
+                }
+                wire.client_pump();
+                let Wire {
+                    server, to_server, ..
+                } = &mut wire;
+                match server.handshake(|buf| Self::take(to_server, read_max, buf)) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("handshake: {e}"),
+                }
+                wire.server_flush();
+            }
+            panic!("the handshake did not complete");
+        }
+
+        fn take(from: &mut Vec<u8>, max: usize, buf: &mut [u8]) -> io::Result<usize> {
+            if from.is_empty() {
+                return would_block();
+            }
+            let n = from.len().min(buf.len()).min(max);
+            buf[..n].copy_from_slice(&from[..n]);
+            from.drain(..n);
+            Ok(n)
+        }
+
+        /// What the server's socket sends, at most `write_max` per call.
+        fn sender<'a>(
+            to_client: &'a mut Vec<u8>,
+            max: &'a Cell<usize>,
+        ) -> impl FnMut(&[u8]) -> io::Result<usize> + 'a {
+            move |buf| {
+                let n = buf.len().min(max.get());
+                if n == 0 {
+                    return would_block();
+                }
+                to_client.extend_from_slice(&buf[..n]);
+                Ok(n)
+            }
+        }
+
+        fn server_flush(&mut self) -> bool {
+            let mut send = Self::sender(&mut self.to_client, &self.write_max);
+            self.server.flush(&mut send).unwrap()
+        }
+
+        fn server_read(&mut self, dest: &mut [u8]) -> io::Result<usize> {
+            let Wire {
+                server,
+                to_server,
+                read_max,
+                ..
+            } = self;
+            server.read(dest, |buf| Self::take(to_server, *read_max, buf))
+        }
+
+        fn server_write(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+            let send = Self::sender(&mut self.to_client, &self.write_max);
+            self.server.write(iov, send)
+        }
+
+        /// The client sends what it has and takes in what came.
+        fn client_pump(&mut self) {
+            while self.client.wants_write() {
+                self.client.write_tls(&mut self.to_server).unwrap();
+            }
+            let mut came = &self.to_client[..];
+            while !came.is_empty() {
+                self.client.read_tls(&mut came).unwrap();
+                self.client.process_new_packets().unwrap();
+                match self.client.reader().read_to_end(&mut self.client_got) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("client read: {e}"),
+                }
+            }
+            self.to_client.clear();
+        }
+
+        /// Everything the server has for its reader now, `chunk` at a time.
+        fn server_read_all(&mut self, chunk: usize) -> Vec<u8> {
+            let mut got = Vec::new();
+            let mut buf = vec![0; chunk];
+            loop {
+                match self.server_read(&mut buf) {
+                    Ok(0) => return got,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return got,
+                    Err(e) => panic!("server read: {e}"),
+                }
+            }
+        }
+
+        fn client_read_all(&mut self) -> Vec<u8> {
+            self.client_pump();
+            std::mem::take(&mut self.client_got)
+        }
+
+        /// The session holds no buffer of its own.
+        fn assert_idle(&self) {
+            let io = &self.server.io;
+            assert_eq!(io.incoming.capacity(), 0, "incoming kept");
+            assert_eq!(io.plain.bytes.capacity(), 0, "plaintext kept");
+            assert_eq!(io.outgoing.bytes.capacity(), 0, "ciphertext kept");
+        }
+    }
+
+    fn pattern(n: usize, seed: usize) -> Vec<u8> {
+        (0..n).map(|i| ((i * 7 + seed) % 251) as u8).collect()
+    }
+
+    #[test]
+    fn data_flows_both_ways_over_tls12_and_tls13_however_the_socket_splits_it() {
+        for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+            for read_max in [1, 7, 5000, usize::MAX] {
+                let mut wire = Wire::connect(version, read_max);
+                wire.assert_idle();
+                // Larger than a record, then many small writes.
+                let mut sent = pattern(40_000, 1);
+                wire.client.writer().write_all(&sent).unwrap();
+                for i in 0..100 {
+                    let small = pattern(i % 13 + 1, i);
+                    wire.client.writer().write_all(&small).unwrap();
+                    sent.extend_from_slice(&small);
+                }
+                wire.client_pump();
+                assert!(wire.server_read_all(1000) == sent, "{version:?} {read_max}");
+                wire.assert_idle();
+
+                // A large slice, tiny ones (gathered), a middling one; the
+                // socket takes 3000 bytes per write.
+                let big = pattern(50_000, 2);
+                let tiny: Vec<Vec<u8>> = (0..50).map(|i| pattern(i % 5 + 1, i)).collect();
+                let mid = pattern(3_000, 3);
+                let mut iov = vec![IoSlice::new(&big)];
+                iov.extend(tiny.iter().map(|t| IoSlice::new(t)));
+                iov.push(IoSlice::new(&mid));
+                let expected: Vec<u8> = iov.iter().flat_map(|s| s.iter().copied()).collect();
+                wire.write_max.set(3000);
+                let mut taken = 0;
+                let mut got = Vec::new();
+                while taken < expected.len() {
+                    // The unwritten rest, as the outbox would hand it over.
+                    let rest = &expected[taken..];
+                    match wire.server_write(&[IoSlice::new(rest)]) {
+                        Ok(n) => taken += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => panic!("server write: {e}"),
+                    }
+                    while !wire.server_flush() {}
+                    got.extend(wire.client_read_all());
+                }
+                got.extend(wire.client_read_all());
+                assert!(got == expected, "{version:?} {read_max}: server to client");
+                // The slices as given (with gathering) arrive the same.
+                wire.write_max.set(usize::MAX);
+                assert_eq!(wire.server_write(&iov).unwrap(), expected.len());
+                assert!(wire.client_read_all() == expected, "{version:?} gathered");
+                wire.assert_idle();
+            }
+        }
+    }
+
+    #[test]
+    fn ciphertext_held_for_a_full_socket_is_bounded() {
+        let mut wire = Wire::connect(&rustls::version::TLS13, usize::MAX);
+        wire.write_max.set(0);
+        let data = pattern(1 << 20, 4);
+        let taken = wire.server_write(&[IoSlice::new(&data)]).unwrap();
+        assert!(taken > 0 && taken <= crate::tls::TLS_BUFFER, "{taken}");
+        let held = wire.server.io.outgoing.pending().len();
+        assert!(held <= crate::tls::TLS_BUFFER, "{held}");
+        let again = wire.server_write(&[IoSlice::new(&data[taken..])]);
+        assert_eq!(again.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        wire.write_max.set(usize::MAX);
+        assert!(wire.server_flush());
+        assert!(wire.client_read_all() == data[..taken]);
+        wire.assert_idle();
+    }
+
+    /// rustls asks for the peer's update along with its own; the server
+    /// answers ahead of its next record (rustls' choice, in both APIs).
+    #[test]
+    fn a_key_update_from_the_client_is_answered() {
+        let mut wire = Wire::connect(&rustls::version::TLS13, usize::MAX);
+        wire.client.refresh_traffic_keys().unwrap();
+        wire.client.writer().write_all(b"after the update").unwrap();
+        wire.client_pump();
+        assert_eq!(wire.server_read_all(100), b"after the update");
+        assert_eq!(wire.server_write(&[IoSlice::new(b"reply")]).unwrap(), 5);
+        // Two records of 27 bytes: the key update (5 bytes of handshake
+        // message) and the reply.
+        assert_eq!(wire.to_client.len(), 54, "no key update before the reply");
+        assert_eq!(wire.client_read_all(), b"reply");
+        wire.client.writer().write_all(b"and again").unwrap();
+        wire.client_pump();
+        assert_eq!(wire.server_read_all(100), b"and again");
+        wire.assert_idle();
+    }
+
+    #[test]
+    fn close_notify_goes_both_ways() {
+        let mut wire = Wire::connect(&rustls::version::TLS13, usize::MAX);
+        wire.server.close_notify().unwrap();
+        assert!(wire.server_flush());
+        wire.client_pump();
+        let mut rest = Vec::new();
+        // A clean end: Ok, not UnexpectedEof.
+        wire.client.reader().read_to_end(&mut rest).unwrap();
+        wire.client.send_close_notify();
+        wire.client_pump();
+        assert!(!wire.server.has_input());
+        assert_eq!(wire.server_read(&mut [0; 10]).unwrap(), 0);
+        assert!(wire.server.has_input());
+        wire.assert_idle();
+    }
+
+    #[test]
+    fn a_bad_record_fails_the_session_with_an_alert() {
+        for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+            let mut wire = Wire::connect(version, usize::MAX);
+            wire.to_server
+                .extend_from_slice(&[23, 3, 3, 0, 20, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+            wire.to_server
+                .extend_from_slice(&[12, 13, 14, 15, 16, 17, 18, 19, 20]);
+            let e = wire.server_read(&mut [0; 100]).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{version:?}");
+            assert!(wire.server.wants_write(), "{version:?}: no alert");
+            assert!(wire.server_flush());
+            // Later calls fail at once.
+            let e = wire.server_write(&[IoSlice::new(b"x")]).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+            assert!(wire.server.close_notify().is_err());
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! TLS on the shard's socket halves: the reader takes plaintext from the
 //! connection's session, which reads records from the read half; records
 //! the session answers with (an alert, a key update) go out through the
-//! writer.
+//! writer, and so does the close_notify that ends a TLS connection.
 
 use std::cell::RefCell;
 use std::io;
@@ -41,6 +41,18 @@ pub(super) fn poll_read_tls(
                 ready!(rd.as_ref().poll_read_ready(cx))?;
             }
             Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl Conn {
+    /// Ends TLS with close_notify before the socket is closed, if the
+    /// socket takes it now (best effort: the WebSocket close frames are
+    /// what matter). Nothing without TLS.
+    pub(super) fn send_close_notify(&self) {
+        if let Some(tls) = &self.tls {
+            let _ = tls.borrow_mut().close_notify();
+            let _ = self.flush_tls();
         }
     }
 }
