@@ -3,7 +3,7 @@
 //! `upgrade`), after [`Admission`] has let the client in.
 //!
 //! After the upgrade the socket leaves hyper: it is downcast back to the
-//! `TcpStream` (or the TLS stream, split into socket and rustls session),
+//! `TcpStream` (or the TLS stream, split into socket and TLS session),
 //! keeping any bytes hyper read ahead, and [`serve`] returns it as an
 //! [`Upgraded`] to the shard, which owns what happens next. This module
 //! knows nothing of shards.
@@ -63,7 +63,7 @@ impl HttpCtx {
 #[derive(Debug)]
 pub(crate) struct Upgraded {
     pub(crate) stream: TcpStream,
-    pub(crate) tls: Option<Box<rustls::ServerConnection>>,
+    pub(crate) tls: Option<Box<crate::tls_session::TlsSession>>,
     pub(crate) prefix: Bytes,
     pub(crate) format: Format,
     /// The validated name the client asked for, if any.
@@ -130,7 +130,7 @@ pub(crate) async fn serve(
         return serve_http(ctx, stream, peer).await;
     };
     let handshake_timeout = ctx.config.handshake_timeout;
-    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    let accept = crate::tls_stream::accept(stream, tls);
     match tokio::time::timeout(handshake_timeout, accept).await {
         Ok(Ok(stream)) => return serve_http(ctx, stream, peer).await,
         Ok(Err(e)) => tracing::debug!(%peer, cause = %e, "TLS handshake failed"),
@@ -165,8 +165,7 @@ where
     complete_upgrade(pending).await
 }
 
-/// Takes the socket back from hyper (and tokio-rustls): plain, or TLS with
-/// its session, plus what hyper had already read past the request.
+/// Takes the socket back from hyper: plain, or TLS with its session, plus what hyper had already read past the request.
 async fn complete_upgrade(pending: Pending) -> Option<Upgraded> {
     let Pending {
         upgrade,
@@ -188,10 +187,10 @@ async fn complete_upgrade(pending: Pending) -> Option<Upgraded> {
     let adopted = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => Ok((parts.io.into_inner(), None, parts.read_buf)),
         Err(upgraded) => upgraded
-            .downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>()
+            .downcast::<TokioIo<crate::tls_stream::TlsStream>>()
             .map(|parts| {
-                let (tcp, session) = parts.io.into_inner().into_inner();
-                (tcp, Some(Box::new(session)), parts.read_buf)
+                let (tcp, session) = parts.io.into_inner().into_parts();
+                (tcp, Some(session), parts.read_buf)
             }),
     };
     match adopted {

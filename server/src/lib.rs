@@ -53,6 +53,8 @@ mod roster;
 mod shard;
 mod stats;
 mod tls;
+mod tls_session;
+mod tls_stream;
 
 use std::future::Future;
 use std::net::SocketAddr;

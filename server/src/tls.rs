@@ -1,11 +1,13 @@
 //! TLS for `wss://` and `https://` (`--tls-cert`, `--tls-key`): rustls with
 //! the ring provider, no OpenSSL.
 //!
-//! The handshake and the HTTP phase run on tokio-rustls' stream. After the
-//! upgrade the connection leaves it (like a plain one leaves hyper): the
-//! shard keeps the socket halves and the `rustls::ServerConnection`, and
-//! encrypts each frame for each TLS recipient from the shared plaintext
-//! bytes (`conn`). Plain connections never touch any of this.
+//! This file holds the settings. The connection itself is rustls'
+//! unbuffered API over buffers the server owns (`tls_session`), a tokio
+//! stream for the handshake and the HTTP phase (`tls_stream`). After the
+//! upgrade the connection leaves that stream (like a plain one leaves
+//! hyper): the shard keeps the socket halves and the session, and encrypts
+//! each frame for each TLS recipient from the shared plaintext bytes
+//! (`conn`). Plain connections never touch any of this.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,8 +15,8 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// Ciphertext rustls may hold for one connection beyond what the socket
-/// took; the plaintext still waiting stays in the connection's own queue,
+/// Ciphertext a connection may hold beyond what the socket took (what one
+/// write encrypts at most); the plaintext still waiting stays in the connection's own queue,
 /// where `--max-backlog` counts it.
 pub(crate) const TLS_BUFFER: usize = 64 * 1024;
 

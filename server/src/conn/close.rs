@@ -236,7 +236,11 @@ pub(crate) async fn serve(
                     conn.abort();
                 }
             }
-            // Both close frames are exchanged: the server closes TCP first.
+            // Both close frames are exchanged: the server closes TCP first
+            // (a TLS connection after its close_notify).
+            if conn.close.get() == CloseState::Sent {
+                conn.send_close_notify();
+            }
         }
         End::Violation(reason) => {
             conn.note_violation(reason);
@@ -262,11 +266,7 @@ async fn linger(conn: &Conn, reader: &mut OwnedReadHalf) {
         if conn.close.get() == CloseState::Broken {
             return;
         }
-        if let Some(tls) = &conn.tls {
-            // Best effort: the WebSocket close frame is what matters.
-            tls.borrow_mut().send_close_notify();
-            let _ = conn.flush_tls();
-        }
+        conn.send_close_notify();
         let _ = socket2::SockRef::from(conn.writer.as_ref()).shutdown(std::net::Shutdown::Write);
         let mut sink = [0u8; 1024];
         loop {

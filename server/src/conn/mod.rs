@@ -6,7 +6,7 @@
 //! - `reader`: the read side (frames, checks, admission of messages);
 //! - `v2`: the `broadcast.v2` commands;
 //! - `fragments`: reassembly of fragmented messages;
-//! - `tls_io`: rustls record plumbing over the socket halves.
+//! - `tls_io`: TLS reads over the socket's read half.
 //!
 //! A connection knows nothing of shards or registries: it gets a
 //! [`ConnCtx`] (limits, publisher, flow-control view, counters, and the
@@ -159,7 +159,7 @@ pub(crate) struct Conn {
     writer: OwnedWriteHalf,
     /// The TLS session, on a `--tls-cert` server (boxed: plain connections
     /// pay one pointer).
-    tls: Option<Box<RefCell<rustls::ServerConnection>>>,
+    tls: Option<Box<RefCell<crate::tls_session::TlsSession>>>,
     out: RefCell<Outbox>,
     close: Cell<CloseState>,
     /// When a close we started is given up on.
@@ -203,16 +203,13 @@ impl Conn {
         id: ConnId,
         format: Format,
         name: String,
-        (writer, tls): (OwnedWriteHalf, Option<Box<rustls::ServerConnection>>),
+        (writer, tls): (OwnedWriteHalf, Option<Box<crate::tls_session::TlsSession>>),
         ctx: Rc<ConnCtx>,
         admission: crate::admission::Ticket,
     ) -> Self {
         let (rate, rate_action) = (ctx.config.max_message_rate, ctx.config.rate_limit_action);
         let now = Instant::now();
-        let tls = tls.map(|mut session| {
-            session.set_buffer_limit(Some(crate::tls::TLS_BUFFER));
-            Box::new(RefCell::new(*session))
-        });
+        let tls = tls.map(|session| Box::new(RefCell::new(*session)));
         Self {
             id,
             format,
@@ -382,11 +379,7 @@ impl Conn {
     /// Whether the TLS session already holds input to parse (so waiting for
     /// the socket to become readable could wait forever).
     fn tls_has_input(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| {
-            t.borrow_mut().process_new_packets().map_or(true, |state| {
-                state.plaintext_bytes_to_read() > 0 || state.peer_has_closed()
-            })
-        })
+        self.tls.as_ref().is_some_and(|t| t.borrow().has_input())
     }
 
     /// Notes that the peer was heard from.

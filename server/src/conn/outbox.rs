@@ -14,7 +14,6 @@ use bytes::Bytes;
 use protocol::frame::encode_server_frame;
 use tokio::net::tcp::OwnedWriteHalf;
 
-use super::tls_io::{encrypt, SocketWriter};
 use super::{CloseState, Conn};
 
 /// Largest batch gathered into one buffer before its write (see
@@ -467,27 +466,17 @@ impl Conn {
     }
 
     /// Writes `iov` to the peer and returns how many of its bytes were
-    /// taken: straight to the socket, or with TLS encrypted into the
-    /// session's bounded buffer, written out, and again, until the socket
-    /// is full or everything is taken (so a TLS connection takes as much
-    /// per call as a plain one). `WouldBlock` when nothing was taken.
+    /// taken: straight to the socket, or with TLS encrypted (at most
+    /// [`crate::tls::TLS_BUFFER`] of ciphertext held beyond what the socket
+    /// took), written out, and again, until the socket is full or
+    /// everything is taken (so a TLS connection takes as much per call as
+    /// a plain one). `WouldBlock` when nothing was taken.
     pub(super) fn write_wire(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
         let Some(tls) = &self.tls else {
             return send_plain(&self.writer, iov);
         };
-        let mut taken = 0;
-        while self.flush_tls()? {
-            let n = encrypt(&mut tls.borrow_mut(), iov, taken)?;
-            if n == 0 {
-                break;
-            }
-            taken += n;
-        }
         // Records the socket did not take are written by the flush task.
-        if taken == 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(taken)
+        tls.borrow_mut().write(iov, |b| self.writer.try_write(b))
     }
 
     /// Writes the TLS session's pending records; true when none are left
@@ -496,16 +485,7 @@ impl Conn {
         let Some(tls) = &self.tls else {
             return Ok(true);
         };
-        let mut session = tls.borrow_mut();
-        while session.wants_write() {
-            match session.write_tls(&mut SocketWriter(&self.writer)) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
+        tls.borrow_mut().flush(&mut |b| self.writer.try_write(b))
     }
 
     /// Whether TLS records are waiting for the socket.

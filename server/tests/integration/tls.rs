@@ -5,13 +5,14 @@
 use std::process::Stdio;
 
 use futures_util::SinkExt;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::util::{
-    barrier, metric, next_data, parse_metrics, recv, run_start, run_to_exit, server_bin, Pki,
-    Server, TempFile, EVENT_TIMEOUT,
+    barrier, close_payload, encode_frame, masked, metric, next_data, parse_metrics, recv,
+    run_start, run_to_exit, server_bin, Pki, Server, TempFile, EVENT_TIMEOUT, OP_BINARY, OP_CLOSE,
+    OP_TEXT,
 };
 
 #[tokio::test]
@@ -149,24 +150,7 @@ async fn https_serves_health_and_plain_clients_are_refused() {
     .await
     .expect("plain connect attempt timed out");
     assert!(plain.is_err(), "a plain ws client upgraded on a TLS port");
-    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-    loop {
-        let m = pki.https_get(&server, "/metrics").await;
-        assert_eq!(m.status, 200, "{m:?}");
-        let failures = metric(
-            &parse_metrics(&m.body),
-            "broadcast_tls_handshake_failures_total",
-            "",
-        );
-        if failures >= 1.0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "TLS failure never counted"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    pki.await_tls_failures(&server, 1.0).await;
 }
 
 #[tokio::test]
@@ -348,4 +332,83 @@ async fn tls_files_from_the_config_file_and_the_environment() {
     let bad = run_start(&["--config", swapped.path(), "--check-config"], &[]).await;
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
     assert_eq!(bad.stderr.lines().count(), 1, "{bad:?}");
+}
+
+/// What one TLS write carries, the TCP stream splits anywhere: many small
+/// frames and a frame of several records in one write reach another client
+/// whole and in order.
+#[tokio::test]
+async fn frames_spread_over_records_and_reads_arrive_whole_and_in_order() {
+    let pki = Pki::new("records");
+    let server = pki
+        .server(&["--max-message-rate", "0", "--max-message-size", "1048576"])
+        .await;
+    let mut reader = pki.connect(&server).await;
+    let mut sender = pki.raw_wss(&server).await;
+    let mut reader_only = vec![reader];
+    barrier(&mut reader_only, false).await;
+    reader = reader_only.pop().unwrap();
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let mut bytes = Vec::new();
+    for i in 0..300 {
+        bytes.extend(masked(OP_TEXT, format!("small {i}").as_bytes()));
+    }
+    bytes.extend(masked(OP_BINARY, &big));
+    for i in 300..600 {
+        bytes.extend(masked(OP_TEXT, format!("small {i}").as_bytes()));
+    }
+    sender.write_all(&bytes).await.unwrap();
+    sender.flush().await.unwrap();
+    for i in 0..600 {
+        if i == 300 {
+            match recv(&mut reader).await {
+                Message::Binary(b) => assert!(b[..] == big[..], "large message corrupted"),
+                m => panic!("expected the large message, got {m:?}"),
+            }
+        }
+        assert_eq!(recv(&mut reader).await, Message::text(format!("small {i}")));
+    }
+}
+
+/// A client that connects and never completes the handshake is dropped at
+/// the handshake timeout and counted as a TLS failure.
+#[tokio::test]
+async fn a_stalled_tls_handshake_times_out() {
+    let pki = Pki::new("stall");
+    let server = pki.server(&["--handshake-timeout", "1"]).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    // The start of a ClientHello record, and nothing more.
+    tcp.write_all(&[22, 3, 1, 0, 200, 1]).await.unwrap();
+    let mut rest = Vec::new();
+    let ended = timeout(EVENT_TIMEOUT, tcp.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the server kept a stalled handshake open");
+    pki.await_tls_failures(&server, 1.0).await;
+}
+
+/// The server ends TLS with close_notify after the WebSocket close, both
+/// when it fails a connection and after a close the client started: the
+/// client sees a clean end of the TLS stream, not a truncation.
+#[tokio::test]
+async fn tls_connections_end_with_close_notify() {
+    let pki = Pki::new("notify");
+    let server = pki.server(&[]).await;
+    for client_closes in [false, true] {
+        let mut tls = pki.raw_wss(&server).await;
+        let frame = if client_closes {
+            masked(OP_CLOSE, &close_payload(1000, "bye"))
+        } else {
+            // Unmasked: a protocol violation the server closes with 1002.
+            encode_frame(true, 0, OP_TEXT, b"unmasked", false)
+        };
+        tls.write_all(&frame).await.unwrap();
+        let mut rest = Vec::new();
+        let read = timeout(EVENT_TIMEOUT, tls.read_to_end(&mut rest))
+            .await
+            .expect("the server never ended the connection");
+        // tokio-rustls reports a TCP end without close_notify as an error.
+        read.unwrap_or_else(|e| panic!("client_closes {client_closes}: {e}"));
+        let code = if client_closes { 1000u16 } else { 1002 };
+        assert_eq!(rest[0], 0x80 | OP_CLOSE, "{rest:?}");
+        assert_eq!(&rest[2..4], &code.to_be_bytes(), "{rest:?}");
+    }
 }

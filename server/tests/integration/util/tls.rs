@@ -9,7 +9,10 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::Connector;
 
-use super::{barrier, get_request, parse_http, HttpResponse, Server, Ws, EVENT_TIMEOUT};
+use super::{
+    barrier, get_request, metric, parse_http, parse_metrics, HttpResponse, Server, Ws,
+    EVENT_TIMEOUT,
+};
 
 /// A private CA and a server certificate for `127.0.0.1`/`localhost`
 /// signed by it, as PEM files in a directory removed on drop.
@@ -97,13 +100,78 @@ impl Pki {
         clients
     }
 
-    /// `GET path` over HTTPS (`Connection: close`), read to the end.
-    pub(crate) async fn https_get(&self, server: &Server, path: &str) -> HttpResponse {
+    /// A TLS connection to the server (the handshake done), nothing sent.
+    pub(crate) async fn tls_connect(
+        &self,
+        server: &Server,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
         let connector = tokio_rustls::TlsConnector::from(self.client_config());
-        let fetch = async {
+        let connecting = async {
             let tcp = TcpStream::connect(server.addr()).await.unwrap();
             let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-            let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+            connector.connect(name, tcp).await.expect("TLS handshake")
+        };
+        timeout(EVENT_TIMEOUT, connecting)
+            .await
+            .expect("TLS handshake timed out")
+    }
+
+    /// A `wss://` connection upgraded by hand, for tests that write raw
+    /// frames over TLS; the 101 response has been read, nothing more.
+    pub(crate) async fn raw_wss(
+        &self,
+        server: &Server,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let mut tls = self.tls_connect(server).await;
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            server.addr()
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let reading = async {
+            while !head.ends_with(b"\r\n\r\n") {
+                head.push(tls.read_u8().await.expect("upgrade response"));
+            }
+        };
+        timeout(EVENT_TIMEOUT, reading)
+            .await
+            .expect("upgrade response timed out");
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        tls
+    }
+
+    /// Waits until the server has counted `n` failed TLS handshakes.
+    pub(crate) async fn await_tls_failures(&self, server: &Server, n: f64) {
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let m = self.https_get(server, "/metrics").await;
+            assert_eq!(m.status, 200, "{m:?}");
+            let failures = metric(
+                &parse_metrics(&m.body),
+                "broadcast_tls_handshake_failures_total",
+                "",
+            );
+            if failures >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "TLS failures: {failures}, never {n}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `GET path` over HTTPS (`Connection: close`), read to the end.
+    pub(crate) async fn https_get(&self, server: &Server, path: &str) -> HttpResponse {
+        let fetch = async {
+            let mut tls = self.tls_connect(server).await;
             let req = get_request(&server.addr(), path);
             tls.write_all(req.as_bytes()).await.unwrap();
             let mut raw = Vec::new();
