@@ -17,8 +17,15 @@ mod settings;
 /// in malloc/free under many small rooms. Measured on bench scenario 8
 /// (server CPU per delivery 0.30-0.33 -> 0.24-0.26 us) and 10,000 idle
 /// connections (1,820 -> 1,680 B each); one room of 100 unchanged.
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// With `--features dhat-heap` (bench/heap.sh): dhat-rs records every
+/// allocation and its call stack instead.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
 
 /// A WebSocket broadcast server: every message a client sends reaches every
 /// other connected client.
@@ -290,6 +297,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(args.log_format);
+    // Written to dhat-heap.json when `main` returns (after a SIGTERM).
+    #[cfg(feature = "dhat-heap")]
+    let _profile = dhat::Profiler::new_heap();
     purge_in_the_background();
     match args.into_config() {
         Ok(config) => start(config),
