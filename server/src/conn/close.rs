@@ -4,7 +4,6 @@
 //! our close frame, and [`serve`], which runs a connection until it ends.
 
 use std::io;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -13,10 +12,10 @@ use bytes::Bytes;
 use protocol::close::CloseReason;
 use protocol::frame::encode_server_frame;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::futures::Notified;
 
 use super::outbox::{Kind, Out};
 use super::reader::{read_loop, readable};
+use super::signal::Waiter;
 use super::{CloseState, Conn, End};
 use crate::config::CLOSE_TIMEOUT;
 use crate::fanout::Format;
@@ -58,7 +57,7 @@ impl Conn {
         });
         drop(out);
         self.kick();
-        self.wake.notify_waiters();
+        self.wake.notify();
     }
 
     /// Closes with `reason` (see [`Conn::start_close`]); after 1012, the
@@ -122,7 +121,7 @@ impl Conn {
         out.head_written = 0;
         out.data_bytes = 0;
         drop(out);
-        self.wake.notify_waiters();
+        self.wake.notify();
     }
 
     /// Whether our close frame has not reached the socket.
@@ -131,45 +130,50 @@ impl Conn {
     }
 
     /// Resolves when the socket breaks or a close we started times out.
-    pub(super) async fn abandoned(&self) {
-        loop {
-            // Pinned in place and awaited by reference: moved into an
-            // `.await` or a `select!`, it would take a second slot in this
-            // future, which every idle connection holds.
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            if self.close.get() == CloseState::Broken {
-                return;
-            }
-            match self.close_deadline.get() {
-                // Boxed: only closing connections pay for a timer.
-                Some(deadline) => {
-                    if Box::pin(timed_out(deadline, notified)).await {
-                        return;
-                    }
+    #[allow(clippy::manual_async_fn)] // an `async fn` would keep `self` twice
+    pub(super) fn abandoned(&self) -> impl std::future::Future<Output = ()> + '_ {
+        // An `async move` block, not an `async fn`, which would keep `self`
+        // twice in this future, held by every idle connection.
+        async move {
+            let broken = || self.close.get() == CloseState::Broken;
+            loop {
+                self.wake
+                    .until(Waiter::Task, || {
+                        broken() || self.close_deadline.get().is_some()
+                    })
+                    .await;
+                if broken() {
+                    return;
                 }
-                None => notified.await,
+                let Some(deadline) = self.close_deadline.get() else {
+                    continue;
+                };
+                // Boxed: only closing connections pay for a timer.
+                let changed = self.wake.until(Waiter::Task, || {
+                    broken() || self.close_deadline.get() != Some(deadline)
+                });
+                if Box::pin(timed_out(deadline, changed)).await {
+                    return;
+                }
             }
         }
     }
 
     /// Resolves when our close frame is on the wire (or cannot be sent).
     pub(super) async fn close_sent(&self) {
-        loop {
-            let notified = self.wake.notified();
-            if matches!(self.close.get(), CloseState::Sent | CloseState::Broken) {
-                return;
-            }
-            notified.await;
-        }
+        self.wake
+            .until(Waiter::Task, || {
+                matches!(self.close.get(), CloseState::Sent | CloseState::Broken)
+            })
+            .await;
     }
 }
 
-/// Whether `deadline` comes before `notified`.
-async fn timed_out(deadline: Instant, notified: Pin<&mut Notified<'_>>) -> bool {
+/// Whether `deadline` comes before `changed`.
+async fn timed_out(deadline: Instant, changed: impl std::future::Future<Output = ()>) -> bool {
     tokio::select! {
         () = tokio::time::sleep_until(deadline.into()) => true,
-        () = notified => false,
+        () = changed => false,
     }
 }
 
@@ -189,32 +193,47 @@ const FINISH_READING: Duration = Duration::from_secs(5);
 /// connection lives: what it keeps across an idle wait is memory every idle
 /// connection pays (docs/benchmarks.md, "Idle connections"), so the waits
 /// only closing connections reach are boxed.
-pub(crate) async fn serve(
+///
+/// A function returning an `async move` block rather than an `async fn`:
+/// an `async fn` keeps its arguments twice in its future (as they came, and
+/// moved into its body), which cost 40 bytes of every connection's task.
+#[allow(clippy::manual_async_fn)] // see above: an `async fn` is 40 bytes larger
+pub(crate) fn serve(
     conn: Rc<Conn>,
     mut reader: OwnedReadHalf,
     mut prefix: Option<Box<Bytes>>,
     ended: impl FnOnce(&Rc<Conn>),
-) {
-    let end = {
-        let reading = read_loop(&conn, &mut reader, &mut prefix);
-        tokio::pin!(reading);
-        tokio::select! {
-        biased;
-        () = conn.abandoned() => {
-            if conn.close_unsent() {
-                // Our close frame is stuck behind data the peer does not read.
-                conn.abort();
-            } else if conn.close.get() == CloseState::Broken {
-                // The socket broke (the peer went away) while the reader
-                // may hold a whole message waiting to be published: let it
-                // finish, bounded; its next read ends it.
-                let _ = Box::pin(tokio::time::timeout(FINISH_READING, &mut reading)).await;
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        let end = {
+            let reading = read_loop(&conn, &mut reader, &mut prefix);
+            tokio::pin!(reading);
+            tokio::select! {
+            biased;
+            () = conn.abandoned() => {
+                if conn.close_unsent() {
+                    // Our close frame is stuck behind data the peer does not read.
+                    conn.abort();
+                } else if conn.close.get() == CloseState::Broken {
+                    // The socket broke (the peer went away) while the reader
+                    // may hold a whole message waiting to be published: let it
+                    // finish, bounded; its next read ends it.
+                    let _ = Box::pin(tokio::time::timeout(FINISH_READING, &mut reading)).await;
+                }
+                End::Gone
             }
-            End::Gone
-        }
-        end = &mut reading => end,
-        }
-    };
+            end = &mut reading => end,
+            }
+        };
+        // Boxed: only an ending connection needs what comes after.
+        Box::pin(finish(&conn, &mut reader, end)).await;
+        ended(&conn);
+    }
+}
+
+/// What a connection does once its reading has ended: counts the end,
+/// answers a peer's close, or fails the connection after a violation.
+async fn finish(conn: &Rc<Conn>, reader: &mut OwnedReadHalf, end: End) {
     // Closes the server started were counted by reason where it decided.
     if conn.close_deadline.get().is_none() {
         let stats = &conn.ctx.stats;
@@ -249,11 +268,10 @@ pub(crate) async fn serve(
             // ahead of the close, as Autobahn's strict cases expect.
             tokio::task::yield_now().await;
             conn.close_with(reason, true, CLOSE_TIMEOUT);
-            Box::pin(linger(&conn, &mut reader)).await;
+            Box::pin(linger(conn, reader)).await;
         }
         End::Gone => {}
     }
-    ended(&conn);
 }
 
 /// After failing a connection: let the close frame go out, half-close, and

@@ -6,7 +6,8 @@
 //! - `reader`: the read side (frames, checks, admission of messages);
 //! - `v2`: the `broadcast.v2` commands;
 //! - `fragments`: reassembly of fragmented messages;
-//! - `tls_io`: TLS reads over the socket's read half.
+//! - `tls_io`: TLS reads over the socket's read half;
+//! - `signal`: the wake-up of its tasks when its close state changes.
 //!
 //! A connection knows nothing of shards or registries: it gets a
 //! [`ConnCtx`] (limits, publisher, flow-control view, counters, and the
@@ -43,7 +44,6 @@ use fastwebsockets::WebSocketError;
 use protocol::close::CloseReason;
 use smallvec::SmallVec;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::Notify;
 
 use crate::channels::{Channel, ChannelId};
 use crate::config::{RateLimitAction, TokenBucket};
@@ -58,6 +58,7 @@ mod fragments;
 mod outbox;
 mod reader;
 mod resume;
+mod signal;
 mod tls_io;
 mod v2;
 
@@ -174,7 +175,7 @@ pub(crate) struct Conn {
     /// A keepalive ping was sent since the peer was last heard from.
     pinged: Cell<bool>,
     /// Wakes the connection's own task when the close state changes.
-    wake: Notify,
+    wake: signal::Signal,
     /// `--max-message-rate` (0: unlimited) and this connection's bucket.
     rate: u32,
     rate_action: RateLimitAction,
@@ -226,7 +227,7 @@ impl Conn {
             input_until_answer: Cell::new(false),
             last_seen: Cell::new(now),
             pinged: Cell::new(false),
-            wake: Notify::new(),
+            wake: signal::Signal::default(),
             rate,
             rate_action,
             bucket: Cell::new(TokenBucket::full(rate, now)),

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use protocol::frame::encode_server_frame;
 use tokio::net::tcp::OwnedWriteHalf;
 
+use super::signal::Waiter;
 use super::{CloseState, Conn};
 
 /// Largest batch gathered into one buffer before its write (see
@@ -185,9 +186,9 @@ pub(super) async fn writable(wr: &OwnedWriteHalf) -> io::Result<()> {
 /// Drains a connection's queue as the socket becomes writable; exits when
 /// the queue is empty or the connection is given up.
 pub(super) async fn flush(conn: Rc<Conn>) {
+    let broken = || conn.close.get() == CloseState::Broken;
     loop {
-        let woken = conn.wake.notified();
-        if conn.close.get() == CloseState::Broken {
+        if broken() {
             break;
         }
         tokio::select! {
@@ -197,7 +198,7 @@ pub(super) async fn flush(conn: Rc<Conn>) {
                     break;
                 }
             }
-            () = woken => continue,
+            () = conn.wake.until(Waiter::Flush, broken) => break,
         }
         if conn.write_queued() != Flush::Pending {
             break;
@@ -428,7 +429,7 @@ impl Conn {
                 }
                 if out.close_written && self.close.get() == CloseState::Queued {
                     self.close.set(CloseState::Sent);
-                    self.wake.notify_waiters();
+                    self.wake.notify();
                 }
                 return Flush::Done;
             }
