@@ -8,7 +8,8 @@
 //! (docs/benchmarks.md, "Idle connections").
 
 use std::cell::Cell;
-use std::future::{poll_fn, Future};
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 /// Who waits: at most one future of each at a time.
@@ -52,21 +53,14 @@ impl Signal {
 
     /// Resolves once `done()` holds: checked at once, then whenever the
     /// task is polled after a [`Signal::notify`] (or anything else woke it).
-    /// A plain future over a closure, not an `async fn`, which would keep
-    /// its arguments twice.
-    pub(super) fn until<'a>(
-        &'a self,
-        who: Waiter,
-        mut done: impl FnMut() -> bool + 'a,
-    ) -> impl Future<Output = ()> + 'a {
-        poll_fn(move |cx| {
-            if done() {
-                Poll::Ready(())
-            } else {
-                self.register(who, cx);
-                Poll::Pending
-            }
-        })
+    /// When it resolves or is dropped, it takes its waker out of the slot,
+    /// so that no waker keeps a finished task's memory alive.
+    pub(super) fn until<F: FnMut() -> bool + Unpin>(&self, who: Waiter, done: F) -> Until<'_, F> {
+        Until {
+            signal: self,
+            who,
+            done,
+        }
     }
 
     fn register(&self, who: Waiter, cx: &Context<'_>) {
@@ -75,6 +69,34 @@ impl Signal {
             Some(waker) if waker.will_wake(cx.waker()) => slot.set(Some(waker)),
             _ => slot.set(Some(cx.waker().clone())),
         }
+    }
+}
+
+/// The future of [`Signal::until`]: a small struct, not an `async fn`
+/// (which would keep its arguments twice).
+pub(super) struct Until<'a, F> {
+    signal: &'a Signal,
+    who: Waiter,
+    done: F,
+}
+
+impl<F: FnMut() -> bool + Unpin> Future for Until<'_, F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if (this.done)() {
+            return Poll::Ready(());
+        }
+        this.signal.register(this.who, cx);
+        Poll::Pending
+    }
+}
+
+impl<F> Drop for Until<'_, F> {
+    fn drop(&mut self) {
+        // One waiter per slot: what is there is this future's own waker.
+        drop(self.signal.slots[self.who as usize].take());
     }
 }
 
@@ -112,6 +134,20 @@ mod tests {
         // Both slots are empty again: no waker outlives its wait.
         assert_eq!(
             format!("{:?}", signal),
+            "Signal { task: false, flush: false }"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_wait_given_up_leaves_no_waker_behind() {
+        let signal = Signal::default();
+        let never = tokio::time::timeout(
+            std::time::Duration::from_millis(10),
+            signal.until(Waiter::Flush, || false),
+        );
+        assert!(never.await.is_err());
+        assert_eq!(
+            format!("{signal:?}"),
             "Signal { task: false, flush: false }"
         );
     }
