@@ -152,7 +152,7 @@ impl Admission {
             admission: self.clone(),
             ip: None,
         };
-        ticket.ip = self.count_ip(req.peer)?;
+        ticket.ip = self.count_ip(req.peer)?.map(Box::new);
         Ok(ticket)
     }
 
@@ -213,7 +213,9 @@ impl Admission {
 #[derive(Debug)]
 pub(crate) struct Ticket {
     admission: Arc<Admission>,
-    ip: Option<IpAddr>,
+    /// Boxed: counted only with `--max-connections-per-ip` (off by
+    /// default), and every connection holds a ticket.
+    ip: Option<Box<IpAddr>>,
 }
 
 impl Drop for Ticket {
@@ -222,8 +224,8 @@ impl Drop for Ticket {
             .stats
             .connections
             .fetch_sub(1, Ordering::Relaxed);
-        if let Some(ip) = self.ip {
-            self.admission.release_ip(ip);
+        if let Some(ip) = self.ip.take() {
+            self.admission.release_ip(*ip);
         }
     }
 }

@@ -191,8 +191,9 @@ impl Audience {
 pub(crate) struct Lag {
     behind: Cell<bool>,
     stalled: Cell<bool>,
-    /// When the outbox last moved (or became non-empty).
-    moved: Cell<Instant>,
+    /// When the outbox last moved (or became non-empty), in
+    /// [`crate::clock::millis`] (4 bytes in every connection, not 16).
+    moved: Cell<u32>,
 }
 
 impl Lag {
@@ -200,7 +201,7 @@ impl Lag {
         Self {
             behind: Cell::new(false),
             stalled: Cell::new(false),
-            moved: Cell::new(now),
+            moved: Cell::new(crate::clock::millis(now)),
         }
     }
 
@@ -208,13 +209,13 @@ impl Lag {
     pub(crate) fn fell_behind(&self, audience: &Audience) {
         if !self.behind.replace(true) {
             audience.behind.set(audience.behind.get() + 1);
-            self.moved.set(Instant::now());
+            self.moved.set(crate::clock::millis(Instant::now()));
         }
     }
 
     /// Bytes left the outbox.
     pub(crate) fn moved(&self, audience: &Audience, now: Instant) {
-        self.moved.set(now);
+        self.moved.set(crate::clock::millis(now));
         if self.stalled.replace(false) {
             audience.stalled.set(audience.stalled.get() - 1);
         }
@@ -236,7 +237,7 @@ impl Lag {
     pub(crate) fn check_stall(&self, audience: &Audience, now: Instant) -> bool {
         if self.behind.get()
             && !self.stalled.get()
-            && now.saturating_duration_since(self.moved.get()) >= STALL_AFTER
+            && crate::clock::since(now, self.moved.get()) >= STALL_AFTER
         {
             self.stalled.set(true);
             audience.stalled.set(audience.stalled.get() + 1);

@@ -32,6 +32,7 @@ mod admission;
 mod api;
 mod assets;
 mod channels;
+mod clock;
 mod cluster;
 mod config;
 mod conn;

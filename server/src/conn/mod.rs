@@ -46,7 +46,7 @@ use smallvec::SmallVec;
 use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::channels::{Channel, ChannelId};
-use crate::config::{RateLimitAction, TokenBucket};
+use crate::config::TokenBucket;
 use crate::dispatch::Recipient;
 use crate::fanout::{ConnId, Format, ShardHandle};
 use crate::flow::{Audience, Lag};
@@ -171,15 +171,15 @@ pub(crate) struct Conn {
     /// dropped; this way none is (they all precede its answer).
     input_until_answer: Cell<bool>,
     /// Last time bytes arrived from the peer.
-    last_seen: Cell<Instant>,
+    /// (In [`crate::clock::millis`]: 4 bytes, not an `Instant`'s 16.)
+    last_seen: Cell<u32>,
     /// A keepalive ping was sent since the peer was last heard from.
     pinged: Cell<bool>,
     /// Wakes the connection's own task when the close state changes.
     wake: signal::Signal,
-    /// `--max-message-rate` (0: unlimited) and this connection's bucket.
-    rate: u32,
-    rate_action: RateLimitAction,
-    bucket: Cell<TokenBucket>,
+    /// This connection's `--max-message-rate` bucket; `None` (no
+    /// allocation) when the limit is off, the default.
+    bucket: Option<Box<Cell<TokenBucket>>>,
     /// Whether the outbox is behind, for the shard's audience gate.
     lag: Lag,
     /// The causes (bits of `HELD_*`) this publisher was already logged as
@@ -208,7 +208,7 @@ impl Conn {
         ctx: Rc<ConnCtx>,
         admission: crate::admission::Ticket,
     ) -> Self {
-        let (rate, rate_action) = (ctx.config.max_message_rate, ctx.config.rate_limit_action);
+        let rate = ctx.config.max_message_rate;
         let now = Instant::now();
         let tls = tls.map(|session| Box::new(RefCell::new(*session)));
         Self {
@@ -225,12 +225,10 @@ impl Conn {
             close: Cell::new(CloseState::Open),
             close_deadline: Cell::new(None),
             input_until_answer: Cell::new(false),
-            last_seen: Cell::new(now),
+            last_seen: Cell::new(crate::clock::millis(now)),
             pinged: Cell::new(false),
             wake: signal::Signal::default(),
-            rate,
-            rate_action,
-            bucket: Cell::new(TokenBucket::full(rate, now)),
+            bucket: (rate > 0).then(|| Box::new(Cell::new(TokenBucket::full(rate, now)))),
             lag: Lag::new(now),
             held_back: Cell::new(0),
             ctx,
@@ -241,31 +239,33 @@ impl Conn {
     /// Takes a token for one more message; `Err(wait)` when the connection
     /// is over `--max-message-rate` and the next token is `wait` away.
     fn take_message_token(&self) -> Result<(), Duration> {
-        if self.rate == 0 {
+        let Some(cell) = &self.bucket else {
             return Ok(());
-        }
-        let mut bucket = self.bucket.get();
-        let ok = bucket.take(self.rate, Instant::now());
-        self.bucket.set(bucket);
+        };
+        let rate = self.ctx.config.max_message_rate;
+        let mut bucket = cell.get();
+        let ok = bucket.take(rate, Instant::now());
+        cell.set(bucket);
         if ok {
             Ok(())
         } else {
-            Err(bucket.shortfall(self.rate))
+            Err(bucket.shortfall(rate))
         }
     }
 
     /// Updates the rate-limit bucket: the server kept this client waiting
     /// `waited` (`Some`), or its socket has been read empty (`None`).
     fn adjust_bucket(&self, waited: Option<Duration>) {
-        if self.rate == 0 {
+        let Some(cell) = &self.bucket else {
             return;
-        }
-        let mut bucket = self.bucket.get();
+        };
+        let rate = self.ctx.config.max_message_rate;
+        let mut bucket = cell.get();
         match waited {
-            Some(d) => bucket.forgive(self.rate, d),
-            None => bucket.settle(self.rate),
+            Some(d) => bucket.forgive(rate, d),
+            None => bucket.settle(rate),
         }
-        self.bucket.set(bucket);
+        cell.set(bucket);
     }
 
     /// Counts time this publisher was held back, and logs the first time
@@ -385,14 +385,14 @@ impl Conn {
 
     /// Notes that the peer was heard from.
     fn touch(&self) {
-        self.last_seen.set(Instant::now());
+        self.last_seen.set(crate::clock::millis(Instant::now()));
         self.pinged.set(false);
     }
 
     /// How long the peer has been silent, and whether it was pinged since.
     pub(crate) fn silence(&self, now: Instant) -> (Duration, bool) {
         (
-            now.saturating_duration_since(self.last_seen.get()),
+            crate::clock::since(now, self.last_seen.get()),
             self.pinged.get(),
         )
     }
@@ -424,5 +424,19 @@ impl From<WebSocketError> for End {
             E::UnexpectedEOF | E::IoError(_) => End::Gone,
             _ => End::Violation(CloseReason::protocol("protocol error")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle connection holds a `Conn` in an `Rc` (16 bytes of counts
+    /// in front), which jemalloc rounds up to a size class: crossing a class
+    /// boundary costs the whole next class per connection
+    /// (docs/benchmarks.md, "Idle connections").
+    #[test]
+    fn conn_stays_in_its_size_class() {
+        let size = std::mem::size_of::<super::Conn>();
+        eprintln!("Conn: {size} bytes");
+        assert!(size + 16 <= 320, "Conn is {size} bytes");
     }
 }

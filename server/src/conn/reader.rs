@@ -430,7 +430,7 @@ pub(super) async fn admit(
 /// except a v2 client, whose message is refused instead (`Ok(false)`).
 pub(super) async fn rate_limit(conn: &Rc<Conn>) -> Result<bool, End> {
     while let Err(wait) = conn.take_message_token() {
-        if conn.rate_action == RateLimitAction::Close {
+        if conn.ctx.config.rate_limit_action == RateLimitAction::Close {
             if conn.format == Format::V2 {
                 return Ok(false);
             }
