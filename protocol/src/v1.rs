@@ -266,6 +266,16 @@ pub fn guest_name(id: u64) -> String {
     format!("guest-{id}")
 }
 
+/// Whether `name` is in the guests' namespace: `guest-` and digits, in any
+/// case. Only [`guest_name`] gives out such names, so a server can keep them
+/// unique by the id alone; a client that asks for one gets it suffixed.
+pub fn is_guest_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    bytes.len() > 6
+        && bytes[..6].eq_ignore_ascii_case(b"guest-")
+        && bytes[6..].iter().all(u8::is_ascii_digit)
+}
+
 /// Percent-decodes a query-string value (`+` is a space). Returns `None` for
 /// malformed escapes or bytes that are not UTF-8.
 pub fn decode_query_value(v: &str) -> Option<String> {
@@ -390,6 +400,25 @@ mod tests {
                 "{}",
                 e.encode()
             );
+        }
+    }
+
+    #[test]
+    fn guest_names_are_their_own_namespace() {
+        for id in [0, 7, u64::from(u32::MAX)] {
+            assert!(is_guest_name(&guest_name(id)));
+        }
+        assert!(is_guest_name("GUEST-12"));
+        for chosen in [
+            "guest",
+            "guest-",
+            "guest-1a",
+            "guest-1-2",
+            "guests-1",
+            "alice-3",
+            "gu",
+        ] {
+            assert!(!is_guest_name(chosen), "{chosen}");
         }
     }
 

@@ -4,11 +4,17 @@
 //! gets the first free suffix (`alice`, `alice-2`, `alice-3`, ...). This is
 //! touched on connect and disconnect only, never per message, so a plain
 //! mutex is the right tool.
+//!
+//! Guests' names (`guest-<id>`, see [`protocol::v1::guest_name`]) are unique
+//! by their connection's id and are not kept here: that saves a set entry
+//! for every client that chose no name. So the guests' namespace is closed
+//! to chosen names: asking for `guest-7` gives `guest-7-2`, and a taken
+//! `guest` becomes `guest_2`, never a guest's `guest-2`.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use protocol::v1::MAX_NAME_CHARS;
+use protocol::v1::{is_guest_name, MAX_NAME_CHARS};
 
 #[derive(Debug, Default)]
 pub(crate) struct Names {
@@ -20,14 +26,14 @@ impl Names {
     /// variant, and returns the reserved name.
     pub(crate) fn claim(&self, wanted: &str) -> String {
         let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
-        if taken.insert(wanted.to_lowercase()) {
+        if !is_guest_name(wanted) && taken.insert(wanted.to_lowercase()) {
             return wanted.to_owned();
         }
         for n in 2u64.. {
-            let suffix = format!("-{n}");
-            let room = MAX_NAME_CHARS.saturating_sub(suffix.chars().count());
-            let base: String = wanted.chars().take(room).collect();
-            let candidate = format!("{base}{suffix}");
+            let mut candidate = suffixed(wanted, '-', n);
+            if is_guest_name(&candidate) {
+                candidate = suffixed(wanted, '_', n);
+            }
             if taken.insert(candidate.to_lowercase()) {
                 return candidate;
             }
@@ -35,11 +41,22 @@ impl Names {
         unreachable!("some suffix is always free")
     }
 
-    /// Frees a name claimed earlier.
+    /// Frees a name claimed earlier, or a guest's (which holds nothing).
     pub(crate) fn release(&self, name: &str) {
+        if is_guest_name(name) {
+            return;
+        }
         let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
         taken.remove(&name.to_lowercase());
     }
+}
+
+/// `wanted` with `{separator}{n}` appended, cut to fit the length limit.
+fn suffixed(wanted: &str, separator: char, n: u64) -> String {
+    let suffix = format!("{separator}{n}");
+    let room = MAX_NAME_CHARS.saturating_sub(suffix.chars().count());
+    let base: String = wanted.chars().take(room).collect();
+    base + &suffix
 }
 
 #[cfg(test)]
@@ -54,6 +71,21 @@ mod tests {
         assert_eq!(names.claim("alice"), "alice-3");
         names.release("ALICE-2");
         assert_eq!(names.claim("alice"), "alice-2");
+    }
+
+    #[test]
+    fn chosen_names_stay_out_of_the_guests_namespace() {
+        let names = Names::default();
+        assert_eq!(names.claim("guest-7"), "guest-7-2");
+        assert_eq!(names.claim("GUEST-7"), "GUEST-7-3");
+        assert_eq!(names.claim("guest"), "guest");
+        assert_eq!(names.claim("Guest"), "Guest_2");
+        assert_eq!(names.claim("guest"), "guest_3");
+        // A guest's name is not kept, so releasing one frees nothing else.
+        names.release("guest-2");
+        assert_eq!(names.claim("guest"), "guest_4");
+        names.release("guest_3");
+        assert_eq!(names.claim("guest"), "guest_3");
     }
 
     #[test]

@@ -65,8 +65,11 @@ impl Shard {
         let (reader, writer) = stream.into_split();
         let id = ConnId(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
         // The low bits: the counter, without the cluster prefix (see `shard`).
-        let wanted = name.unwrap_or_else(|| protocol::v1::guest_name(id.0 & 0xFFFF_FFFF));
-        let name = self.hub.names.claim(&wanted);
+        // Guests' names are unique by the id and kept by nobody (`names`).
+        let name = match name {
+            Some(wanted) => self.hub.names.claim(&wanted),
+            None => protocol::v1::guest_name(id.0 & 0xFFFF_FFFF),
+        };
         let mut conn = Conn::new(id, format, name, (writer, tls), self.ctx.clone(), ticket);
         if format == Format::V2 {
             conn.v2 = Some(Box::new(V2State::new(grant)));

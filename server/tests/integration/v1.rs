@@ -266,6 +266,27 @@ async fn shutdown_sends_notice_then_close_1001() {
     assert!(server.wait_exit(Duration::from_secs(10)).await.success());
 }
 
+/// Guests' names are theirs alone: a client that asks for a live guest's
+/// name, or for one a guest could get, is given another.
+#[tokio::test]
+async fn a_chosen_name_never_looks_like_a_guest() {
+    let server = Server::start(&[]).await;
+    let mut guest = connect_v1(&server, None).await;
+    let guests_name = event_of(&mut guest, "welcome").await["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut mimic = connect_v1(&server, Some(&guests_name)).await;
+    assert_eq!(
+        event_of(&mut mimic, "welcome").await["name"],
+        format!("{guests_name}-2")
+    );
+    let mut first = connect_v1(&server, Some("guest")).await;
+    assert_eq!(event_of(&mut first, "welcome").await["name"], "guest");
+    let mut second = connect_v1(&server, Some("guest")).await;
+    assert_eq!(event_of(&mut second, "welcome").await["name"], "guest_2");
+}
+
 #[tokio::test]
 async fn healthz_counts_v1_connections() {
     let server = Server::start(&[]).await;
