@@ -32,7 +32,9 @@
 #   8  many small rooms: 10,000 subscribers in 1,000 channels of 10
 #      (--channels 1000), 100 publishers (one per channel) at --max-rate,
 #      64 B; ours only (the baseline has no channels): server CPU per
-#      delivery against scenario 2a's (one room of 100) in the same run
+#      delivery against scenario 2a's (one room of 100) in the same run,
+#      plus 8r: one room of 10 with 1 publisher, the control with the
+#      fan-out and window of one of 8's channels and no channels at all
 #   9  compression (permessage-deflate), ours only, DEFAULT flags, each run
 #      with load-test --compression ("on": subscribers and the publisher
 #      offer it) and without ("off": no offer): 9 saturation, 100
@@ -111,7 +113,7 @@ stop_server() {
 }
 
 # Scenario definitions: id, title, load-test arguments.
-ALL_SCENARIOS=(s1 s2a s2b s3 s4 s5 s5r s6 s7 s8 s9 s9s s9m)
+ALL_SCENARIOS=(s1 s2a s2b s3 s4 s5 s5r s6 s7 s8 s8r s9 s9s s9m)
 read -r -a SCENARIOS <<<"${BENCH_SCENARIOS:-${ALL_SCENARIOS[*]}}"
 for sc in "${SCENARIOS[@]}"; do
   [[ " ${ALL_SCENARIOS[*]} " == *" $sc "* ]] || { echo "bench/run.sh: unknown scenario $sc (${ALL_SCENARIOS[*]})" >&2; exit 2; }
@@ -128,6 +130,7 @@ declare -A TITLE=(
   [s6]="6. Overload: 1,000 subscribers, 30 publishers at 900 msg/s each (27,000 msg/s), 64 B, $DURATION, default server flags"
   [s7]="7. Flood fairness: 200 subscribers, 1 publisher as fast as TCP allows + 1 at 50 msg/s, 64 B, $DURATION, default server flags"
   [s8]="8. Many small rooms: 10,000 subscribers in 1,000 channels of 10, 100 publishers at --max-rate (window 64 each), 64 B, $DURATION, ours only"
+  [s8r]="8r. Control for 8: one room of 10 subscribers, 1 publisher at --max-rate (window 64), 64 B, $DURATION, ours only: the fan-out and window of each of 8's channels, without channels"
   [s9]="9. Compression: 100 subscribers, 1 publisher, --max-rate (window 64), 4 KiB JSON, $DURATION, default server flags, load-test --compression vs no offer"
   [s9s]="9s. Compression, small messages: the same with 64 B JSON (under --compression-min-size 256)"
   [s9m]="9m. Compression, memory: 2,000 idle subscribers (ramp 2,000/s), held 3 s, negotiated vs not"
@@ -144,6 +147,7 @@ declare -A ARGS=(
   [s6]="--clients 1000 --publishers 30 --rate 27000 --size 64 --duration $DURATION --drain 120s --drain-quiet 5s --after-close 10s"
   [s7]="--clients 200 --publishers 1 --rate 50 --flooders 1 --size 64 --duration $DURATION --drain 120s --drain-quiet 5s --after-close 10s"
   [s8]="--clients 10000 --channels 1000 --publishers 100 --max-rate --window 64 --size 64 --duration $DURATION --drain 10s"
+  [s8r]="--clients 10 --publishers 1 --max-rate --window 64 --size 64 --duration $DURATION --drain 5s"
   [s9]="--clients 100 --publishers 1 --max-rate --window 64 --size 4096 --payload json --duration $DURATION --drain 5s"
   [s9s]="--clients 100 --publishers 1 --max-rate --window 64 --size 64 --payload json --duration $DURATION --drain 5s"
   [s9m]="--clients 2000 --idle --ramp 2000 --settle 1s --duration 3s --after-close 1s"
@@ -154,7 +158,7 @@ declare -A KINDS=([s9]="on off" [s9s]="on off" [s9m]="on off")
 declare -A KIND_ARGS=([on]="--compression" [off]="")
 kinds() { echo "${KINDS[$1]:-ours baseline}"; }
 # Scenarios the baseline cannot run (it has no channels).
-declare -A OURS_ONLY=([s8]=1)
+declare -A OURS_ONLY=([s8]=1 [s8r]=1)
 # Ours serves /metrics on its main port: the server-side latency histogram
 # and the flow-control counters (the baseline has none).
 declare -A WITH_METRICS=([s6]=1 [s7]=1 [s9]=1 [s9s]=1)
@@ -481,6 +485,13 @@ OS=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" || uname -s)
   echo "| latency p50 / p99 (ms) | $(fmt "$(val s8 ours .latency.p50_ms)" 3) / $(fmt "$(val s8 ours .latency.p99_ms)" 3) |"
   echo "| loss ratio (worst run) | $(fmt "$(worst s8 ours .loss_ratio)" 6) |"
   echo "| **server CPU per delivery (µs)** | $(fmt "$(val s8 ours '.server.cpu_run_s * 1e6 / .delivered')" 3) |"
+  if ran s8r; then
+    echo "| 8r, one room of 10: server CPU per delivery (µs) | $(fmt "$(val s8r ours '.server.cpu_run_s * 1e6 / .delivered')" 3) |"
+    echo "| **8 ÷ 8r** (what channels cost at the same fan-out) | $(fmt "$(quot "$(val s8 ours '.server.cpu_run_s * 1e6 / .delivered')" "$(val s8r ours '.server.cpu_run_s * 1e6 / .delivered')")" 2) × |"
+  fi
+  if ran s2a; then
+    echo "| 8 ÷ 2a (one room of 100: ten times the fan-out) | $(fmt "$(quot "$(val s8 ours '.server.cpu_run_s * 1e6 / .delivered')" "$(val s2a ours '.server.cpu_run_s * 1e6 / .delivered')")" 2) × |"
+  fi
   echo "| server CPU (% of one core) | $(fmt "$(val s8 ours .server.cpu_run_pct)" 0) |"
   echo "| server RSS peak (MiB) | $(fmt "$(val s8 ours '.server.rss_peak_kib / 1024')" 1) |"
   echo

@@ -45,8 +45,9 @@ pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(300);
 /// Default `--history-memory`: bytes kept over all channels.
 pub const DEFAULT_HISTORY_MEMORY: usize = 64 << 20;
 
-/// Bytes an entry costs besides its frames and its sender's name.
-const ENTRY_OVERHEAD: usize = 96;
+/// Bytes an entry costs besides its frames and a long sender name: its
+/// slot in the ring.
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>();
 
 /// Length of an epoch.
 const EPOCH_LEN: usize = 8;
@@ -114,7 +115,7 @@ struct Entry {
     /// The frame raw clients got.
     raw: Bytes,
     from: u64,
-    name: Box<str>,
+    name: SenderName,
     /// Milliseconds since the Unix epoch, as its events show.
     time: u64,
     v1: Option<Bytes>,
@@ -125,9 +126,37 @@ impl Entry {
     fn size(&self) -> usize {
         ENTRY_OVERHEAD
             + held(self.raw.len())
-            + self.name.len()
+            + self.name.heap_len()
             + self.v1.as_ref().map_or(0, |b| held(b.len()))
             + self.v2.as_ref().map_or(0, |b| held(b.len()))
+    }
+}
+
+/// A kept message's sender name, inline up to 24 bytes (most names): an
+/// append then allocates nothing for it, and the drop of the entry it
+/// replaces frees nothing, often on another shard's thread.
+#[derive(Debug)]
+struct SenderName(smallvec::SmallVec<[u8; 24]>);
+
+impl SenderName {
+    fn as_str(&self) -> &str {
+        // Built from a `&str` only.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// Bytes it holds outside the entry.
+    fn heap_len(&self) -> usize {
+        if self.0.spilled() {
+            self.0.len()
+        } else {
+            0
+        }
+    }
+}
+
+impl From<&str> for SenderName {
+    fn from(name: &str) -> Self {
+        Self(smallvec::SmallVec::from_slice(name.as_bytes()))
     }
 }
 
@@ -470,12 +499,31 @@ impl Locked<'_> {
         let (v1, v2) = (entry.v1.clone(), entry.v2.clone());
         self.ring.last = offset;
         self.ring.touched = entry.at;
-        let stats = &self.history.stats;
-        stats.bytes.fetch_add(entry.size(), Ordering::Relaxed);
-        stats.messages.fetch_add(1, Ordering::Relaxed);
+        // A full ring drops its oldest entry for each new one: the shared
+        // counters (a cache line every shard's publishers write) change by
+        // the difference only, which is usually nothing.
+        let added = entry.size();
         self.ring.entries.push_back(entry);
+        let (mut removed, mut dropped) = (0usize, 0usize);
         while self.ring.entries.len() > self.history.limits.size {
-            self.drop_front();
+            if let Some(old) = self.ring.entries.pop_front() {
+                removed += old.size();
+                dropped += 1;
+            }
+        }
+        let stats = &self.history.stats;
+        if added > removed {
+            stats.bytes.fetch_add(added - removed, Ordering::Relaxed);
+        } else if removed > added {
+            stats.bytes.fetch_sub(removed - added, Ordering::Relaxed);
+        }
+        if dropped != 1 {
+            // At most one entry is added, so this is 1 - dropped.
+            if dropped == 0 {
+                stats.messages.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.messages.fetch_sub(dropped - 1, Ordering::Relaxed);
+            }
         }
         (v1, v2)
     }
@@ -488,11 +536,17 @@ impl Locked<'_> {
                 &entry.raw,
                 &self.log.name,
                 entry.from,
-                &entry.name,
+                entry.name.as_str(),
                 entry.time,
                 position,
             ),
-            _ => frame::v1_message(&entry.raw, entry.from, &entry.name, entry.time, position),
+            _ => frame::v1_message(
+                &entry.raw,
+                entry.from,
+                entry.name.as_str(),
+                entry.time,
+                position,
+            ),
         }
     }
 
@@ -564,7 +618,7 @@ impl Locked<'_> {
                 at: self.now,
                 raw: o.raw,
                 from: o.from,
-                name: o.name,
+                name: SenderName::from(&*o.name),
                 time: o.time,
                 v1: None,
                 v2: None,
@@ -617,7 +671,7 @@ impl Locked<'_> {
             .map(|e| Kept {
                 offset: e.offset,
                 from: e.from,
-                name: e.name.to_string(),
+                name: e.name.as_str().to_owned(),
                 time: e.time,
                 raw: e.raw.clone(),
             })
