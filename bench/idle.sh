@@ -53,17 +53,10 @@ declare -A ARGS=(
 SERVER="$REL/broadcast-server start --host 127.0.0.1 --port 0"
 
 run() { # scenario
-  local sc=$1 log=$OUT/$1
-  : >"$log.out"
+  local sc=$1 log=$OUT/$1 url pid
   # shellcheck disable=SC2086
-  RUST_LOG=warn $SERVER >"$log.out" 2>"$log.err" &
-  local pid=$! url=""
-  for _ in $(seq 200); do
-    url=$(grep -o 'ws://[^ ]*' "$log.out" | head -1 || true)
-    [ -n "$url" ] && break
-    sleep 0.05
-  done
-  [ -n "$url" ] || { echo "bench/idle.sh: the server did not start; see $log.err" >&2; exit 1; }
+  start_ws_server "$log" $SERVER || { echo "bench/idle.sh: the server did not start; see $log.err" >&2; exit 1; }
+  url=$SERVER_URL pid=$SERVER_PID
   echo "== $sc: load-test --url $url --server-pid $pid ${ARGS[$sc]} $COMMON" >&2
   # shellcheck disable=SC2086
   "$LOADTEST" --url "$url" --server-pid "$pid" ${ARGS[$sc]} $COMMON --json "$log.json" >"$log.txt" 2>&1 || true

@@ -31,6 +31,25 @@ build_release() {
   fi
 }
 
+# start_ws_server LOG CMD...: runs CMD in the background (stdout to LOG.out,
+# stderr to LOG.err) and waits up to 10 s for the ws:// URL it prints; sets
+# SERVER_PID and SERVER_URL. Returns 1 if it exits or prints none by then.
+start_ws_server() {
+  local log=$1
+  shift
+  : >"$log.out"
+  RUST_LOG=${RUST_LOG:-warn} "$@" >"$log.out" 2>"$log.err" &
+  SERVER_PID=$!
+  SERVER_URL=""
+  for _ in $(seq 200); do
+    SERVER_URL=$(grep -o 'ws://[^ ]*' "$log.out" | head -1 || true)
+    [ -n "$SERVER_URL" ] && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  return 1
+}
+
 # ---- redis-server and nodes on 127.0.0.1 at ports of our choosing (rolling.sh,
 # presence.sh). Every process started is appended to PIDS; kill_all stops them.
 

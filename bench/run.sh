@@ -86,19 +86,9 @@ SERVER_PID=""
 SERVER_URL=""
 
 start_server() { # kind scenario logfile
-  local kind=$1 log=$3
-  : >"$log.out"
-  # shellcheck disable=SC2086
-  RUST_LOG=warn $(server_cmd "$kind" "$2") >"$log.out" 2>"$log.err" &
-  SERVER_PID=$!
-  SERVER_URL=""
-  for _ in $(seq 200); do
-    SERVER_URL=$(grep -o 'ws://[^ ]*' "$log.out" | head -1 || true)
-    [ -n "$SERVER_URL" ] && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "bench/run.sh: $kind server did not start; see $log.err" >&2
+  # shellcheck disable=SC2046
+  start_ws_server "$3" $(server_cmd "$1" "$2") && return 0
+  echo "bench/run.sh: $1 server did not start; see $3.err" >&2
   exit 1
 }
 

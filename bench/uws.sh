@@ -55,16 +55,10 @@ declare -A ARGS=(
 declare -A KINDS=([f1]="ours ours1 uws" [s2]="ours uws" [m1]="ours uws")
 
 run() { # scenario kind run
-  local sc=$1 kind=$2 i=$3 log=$OUT/$1-$2-$3 url="" pid
+  local sc=$1 kind=$2 i=$3 log=$OUT/$1-$2-$3 url pid
   # shellcheck disable=SC2086
-  RUST_LOG=warn ${SERVER[$kind]} >"$log.out" 2>"$log.err" &
-  pid=$!
-  for _ in $(seq 200); do
-    url=$(grep -o 'ws://[^ ]*' "$log.out" | head -1 || true)
-    [ -n "$url" ] && break
-    sleep 0.05
-  done
-  [ -n "$url" ] || { echo "bench/uws.sh: $kind did not start; see $log.err" >&2; exit 1; }
+  start_ws_server "$log" ${SERVER[$kind]} || { echo "bench/uws.sh: $kind did not start; see $log.err" >&2; exit 1; }
+  url=$SERVER_URL pid=$SERVER_PID
   echo "== $sc $kind run $i: load-test --url $url ${ARGS[$sc]}" >&2
   # shellcheck disable=SC2086
   "$LOADTEST" --url "$url" --server-pid "$pid" ${ARGS[$sc]} --no-progress --json "$log.json" \

@@ -1,7 +1,8 @@
 //! A TLS connection as a tokio stream, for the handshake ([`accept`]) and
 //! the HTTP phase (hyper reads and writes it through `TokioIo`); after the
 //! WebSocket upgrade [`TlsStream::into_parts`] gives the socket and the
-//! session back for the shard.
+//! session back for the shard, whose reader shares this stream's read
+//! loop ([`poll_plaintext`]).
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
@@ -93,29 +94,42 @@ impl AsyncRead for TlsStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            let TlsStream { tcp, session, .. } = this;
-            let result = session.read(buf.initialize_unfilled(), |b| tcp.try_read(b));
-            if session.wants_write() {
-                // An alert or a key update's answer: sent now if the socket
-                // takes it, else before the next write.
-                let _ = session.flush(&mut |b| tcp.try_write(b));
+        let TlsStream { tcp, session, .. } = self.get_mut();
+        poll_plaintext(
+            cx,
+            buf,
+            |dest| {
+                let result = session.read(dest, |b| tcp.try_read(b));
+                if session.wants_write() {
+                    // An alert or a key update's answer: sent now if the
+                    // socket takes it, else before the next write.
+                    let _ = session.flush(&mut |b| tcp.try_write(b));
+                }
+                result
+            },
+            |cx| tcp.poll_read_ready(cx),
+        )
+    }
+}
+
+/// [`TlsSession::read`] as `AsyncRead::poll_read` needs it, for this
+/// stream and for the shard's socket halves (`conn`): `read` reads the
+/// session once (and sees to what it then wants to send), `readable`
+/// waits for the socket. Ready with nothing read is the end of the stream.
+pub(crate) fn poll_plaintext(
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+    mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+    mut readable: impl FnMut(&mut Context<'_>) -> Poll<io::Result<()>>,
+) -> Poll<io::Result<()>> {
+    loop {
+        match read(buf.initialize_unfilled()) {
+            Ok(n) => {
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
             }
-            match result {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(tcp.poll_read_ready(cx))?;
-                }
-                // The peer closed TCP without close_notify: an end, too.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(readable(cx))?,
+            Err(e) => return Poll::Ready(Err(e)),
         }
     }
 }

@@ -6,13 +6,14 @@
 use std::cell::RefCell;
 use std::io;
 use std::rc::Rc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use tokio::io::ReadBuf;
 use tokio::net::tcp::OwnedReadHalf;
 
 use super::Conn;
 use crate::tls_session::TlsSession;
+use crate::tls_stream::poll_plaintext;
 
 /// Reads plaintext from a TLS connection: what the session already holds,
 /// else records from the socket. Ready with nothing read means the end of
@@ -24,25 +25,22 @@ pub(super) fn poll_read_tls(
     cx: &mut Context<'_>,
     buf: &mut ReadBuf<'_>,
 ) -> Poll<io::Result<()>> {
-    loop {
-        let mut session = tls.borrow_mut();
-        let result = session.read(buf.initialize_unfilled(), |b| rd.try_read(b));
-        let reply = session.wants_write();
-        drop(session);
-        if reply {
-            conn.kick();
-        }
-        match result {
-            Ok(n) => {
-                buf.advance(n);
-                return Poll::Ready(Ok(()));
+    poll_plaintext(
+        cx,
+        buf,
+        |dest| {
+            let mut session = tls.borrow_mut();
+            let result = session.read(dest, |b| rd.try_read(b));
+            let reply = session.wants_write();
+            drop(session);
+            if reply {
+                // An alert or a key update's answer, through the writer.
+                conn.kick();
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                ready!(rd.as_ref().poll_read_ready(cx))?;
-            }
-            Err(e) => return Poll::Ready(Err(e)),
-        }
-    }
+            result
+        },
+        |cx| rd.as_ref().poll_read_ready(cx),
+    )
 }
 
 impl Conn {
