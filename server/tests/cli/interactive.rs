@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::SinkExt;
+use nix::sys::termios::LocalFlags;
 use portable_pty::{native_pty_system, CommandBuilder, PtySize};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -76,10 +77,31 @@ impl Term {
         }
     }
 
-    fn type_keys(&self, keys: &str) {
+    /// Types `keys` once the line editor is reading (the terminal in raw
+    /// mode). Between two lines rustyline gives the terminal back in its
+    /// cooked mode, where the kernel's line discipline would act on keys
+    /// typed right then (turn Ctrl+D into an end of file nobody reads, echo
+    /// them) before the editor sees them.
+    async fn type_keys(&self, keys: &str) {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        while self.cooked() {
+            assert!(
+                Instant::now() < deadline,
+                "the line editor never took the terminal (still in cooked mode); screen:\n{}",
+                self.screen().0.join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let mut w = self.writer.lock().unwrap();
         w.write_all(keys.as_bytes()).unwrap();
         w.flush().unwrap();
+    }
+
+    /// Whether the terminal is in canonical (cooked) mode.
+    fn cooked(&self) -> bool {
+        self.master
+            .get_termios()
+            .is_none_or(|t| t.local_flags.contains(LocalFlags::ICANON))
     }
 
     /// The screen's rows and the cursor's row.
@@ -186,7 +208,7 @@ async fn typed_text_survives_incoming_messages() {
     term.wait_prompt("erin> ").await;
 
     // In one write, like a paste: every key must be handled at once.
-    term.type_keys("half a li");
+    term.type_keys("half a li").await;
     term.wait_prompt("erin> half a li").await;
     peer.send(Message::text("incoming!")).await.unwrap();
     let rows = term
@@ -202,7 +224,7 @@ async fn typed_text_survives_incoming_messages() {
         rows.iter().rposition(|r| r == "erin> half a li").unwrap()
     );
 
-    term.type_keys("ne\r");
+    term.type_keys("ne\r").await;
     assert_eq!(next_text(&mut peer).await, "half a line");
     // Once a later message is shown, the sent line must be on screen once
     // (as typed), not echoed back.
@@ -219,7 +241,7 @@ async fn typed_text_survives_incoming_messages() {
     );
     assert!(rows.iter().any(|r| r == "erin> half a line"), "{rows:#?}");
 
-    term.type_keys("\x04"); // Ctrl+D on an empty line
+    term.type_keys("\x04").await; // Ctrl+D on an empty line
     let st = term.wait_exit().await;
     assert!(st.success(), "Ctrl+D exit status {st:?}");
     // The terminal is left on a fresh line.
@@ -236,9 +258,9 @@ async fn ctrl_c_leaves_with_exit_0() {
     let mut term = Term::spawn(&["--host", "127.0.0.1", "--port", &port, "--name", "fay"]);
     term.wait_prompt("fay> ").await;
     server.wait_connections(1).await;
-    term.type_keys("never sent");
+    term.type_keys("never sent").await;
     term.wait_prompt("fay> never sent").await;
-    term.type_keys("\x03");
+    term.type_keys("\x03").await;
     let st = term.wait_exit().await;
     assert!(st.success(), "Ctrl+C exit status {st:?}");
     term.assert_termios_restored();
@@ -257,7 +279,7 @@ async fn drop_without_reconnect_restores_the_terminal() {
         rows.iter().any(|r| r.contains("(1 online)"))
     })
     .await;
-    term.type_keys("unsent");
+    term.type_keys("unsent").await;
     term.wait_for("the typed text", |rows, cursor| {
         rows[cursor].ends_with("> unsent")
     })
@@ -312,7 +334,7 @@ async fn slash_commands_move_between_channels() {
     })
     .await;
     term.wait_prompt("erin #a> ").await;
-    term.type_keys("to a\r");
+    term.type_keys("to a\r").await;
     assert_eq!(next_text(&mut ann).await, "to a");
 
     // One channel: no tag.
@@ -323,13 +345,13 @@ async fn slash_commands_move_between_channels() {
     })
     .await;
 
-    term.type_keys("/join b\r");
+    term.type_keys("/join b\r").await;
     term.wait_for("joining #b", |rows, _| {
         rows.iter().any(|r| r == "joined #b (3 online)")
     })
     .await;
     term.wait_prompt("erin #b> ").await;
-    term.type_keys("//slash for b\r");
+    term.type_keys("//slash for b\r").await;
     assert_eq!(next_text(&mut ben).await, "/slash for b");
     assert_eq!(next_text(&mut bea).await, "/slash for b");
 
@@ -349,18 +371,18 @@ async fn slash_commands_move_between_channels() {
         rows.iter().any(|r| r == "[#a] * carol joined (4 online)")
     })
     .await;
-    term.type_keys("/switch a\r");
+    term.type_keys("/switch a\r").await;
     term.wait_prompt("erin #a> ").await;
-    term.type_keys("/who\r");
+    term.type_keys("/who\r").await;
     term.wait_for("the members of #a", |rows, _| {
         rows.iter()
             .any(|r| r.starts_with("#a: 4 online: carol, erin (you), walt, and 1 more unnamed"))
     })
     .await;
-    term.type_keys("back in a\r");
+    term.type_keys("back in a\r").await;
     assert_eq!(next_text(&mut ann).await, "back in a");
 
-    term.type_keys("/leave b\r");
+    term.type_keys("/leave b\r").await;
     term.wait_for("leaving #b", |rows, _| rows.iter().any(|r| r == "left #b"))
         .await;
     term.wait_prompt("erin #a> ").await;
@@ -380,13 +402,13 @@ async fn slash_commands_move_between_channels() {
         "{rows:#?}"
     );
 
-    term.type_keys("/frob\r");
+    term.type_keys("/frob\r").await;
     term.wait_for("the hint", |rows, _| {
         rows.iter()
             .any(|r| r == "error: unknown command /frob: /help lists them; //text sends /text")
     })
     .await;
-    term.type_keys("/quit\r");
+    term.type_keys("/quit\r").await;
     let st = term.wait_exit().await;
     assert!(st.success(), "/quit exit status {st:?}");
     term.assert_termios_restored();
@@ -429,19 +451,19 @@ async fn who_names_members_who_were_there_first() {
     term.wait_prompt("erin #a> ").await;
     // Nothing happened in #a since erin joined: dora's name comes from the
     // server's list.
-    term.type_keys("/who\r");
+    term.type_keys("/who\r").await;
     term.wait_for("the members of #a", |rows, _| {
         rows.iter().any(|r| {
             r == "#a: 3 online: dora, erin (you), and 1 more unnamed (plain clients, or too many to name)"
         })
     })
     .await;
-    term.type_keys("/who b\r");
+    term.type_keys("/who b\r").await;
     term.wait_for("the members of #b", |rows, _| {
         rows.iter().any(|r| r == "#b: 1 online: bert")
     })
     .await;
-    term.type_keys("/quit\r");
+    term.type_keys("/quit\r").await;
     let st = term.wait_exit().await;
     assert!(st.success(), "/quit exit status {st:?}");
 }
@@ -456,15 +478,15 @@ async fn channel_commands_need_channel() {
     let port = server.port.to_string();
     let mut term = Term::spawn(&["--host", "127.0.0.1", "--port", &port, "--name", "gus"]);
     term.wait_prompt("gus> ").await;
-    term.type_keys("/join a\r");
+    term.type_keys("/join a\r").await;
     term.wait_for("the hint", |rows, _| {
         rows.iter()
             .any(|r| r == "error: start with --channel to use channels")
     })
     .await;
-    term.type_keys("//hi\r");
+    term.type_keys("//hi\r").await;
     assert_eq!(next_text(&mut peer).await, "/hi");
-    term.type_keys("\x04");
+    term.type_keys("\x04").await;
     let st = term.wait_exit().await;
     assert!(st.success(), "Ctrl+D exit status {st:?}");
 }
